@@ -1,0 +1,58 @@
+"""Training controls for any ``nn.Module`` and any ``torch.optim`` optimizer.
+
+After the kexue.fm notes https://kexue.fm/archives/6418 and https://kexue.fm/archives/6575:
+learning rates per layer or name pattern, free gradient transforms, weight EMA, capture of
+intermediate tensors (attention maps included) and process-safe data loading.
+"""
+
+from kexue.train.capture import Captured, capture
+from kexue.train.data import ShardedIterable
+from kexue.train.ema import EMA, ema_warmup, unwrap_model
+from kexue.train.param_groups import block_depth, is_bias_or_norm, param_groups, scale_parametrize
+from kexue.train.transforms import (
+    GradientTransform,
+    TransformHandle,
+    accumulate,
+    adaptive_clip,
+    add_noise,
+    apply_transform,
+    centralize,
+    chain,
+    clip_by_global_norm,
+    clip_by_norm,
+    clip_by_value,
+    map_grads,
+    scale,
+    select,
+    skip_nonfinite,
+    with_transforms,
+)
+
+__all__ = [
+    "EMA",
+    "Captured",
+    "GradientTransform",
+    "ShardedIterable",
+    "TransformHandle",
+    "accumulate",
+    "adaptive_clip",
+    "add_noise",
+    "apply_transform",
+    "block_depth",
+    "capture",
+    "centralize",
+    "chain",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "ema_warmup",
+    "is_bias_or_norm",
+    "map_grads",
+    "param_groups",
+    "scale",
+    "scale_parametrize",
+    "select",
+    "skip_nonfinite",
+    "unwrap_model",
+    "with_transforms",
+]

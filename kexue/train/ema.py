@@ -1,0 +1,284 @@
+"""Exponential moving average of a model's weights, for any ``nn.Module`` and any optimizer.
+
+The averaged weights follow
+
+    ema_t = d_t · ema_{t-1} + (1 − d_t) · θ_t,        ema_0 = θ_0,
+
+one update per call of :meth:`EMA.update` (or every ``update_every`` calls), where θ_t are the
+model's parameters (and floating-point buffers such as BatchNorm statistics) after optimizer step t
+and d_t is the decay, constant or scheduled. The update is a single ``torch._foreach_lerp_`` over
+cached tensor lists; evaluation with the averaged weights swaps tensor storages in and out of the
+model (no copies when dtypes match), so the training weights come back bit for bit.
+
+Example::
+
+    ema = EMA(model, decay=ema_warmup(0.999))
+    for x, y in loader:
+        loss_fn(model(x), y).backward()
+        opt.step(); opt.zero_grad()
+        ema.update()
+    with ema.swapped():
+        evaluate(model)
+
+References:
+    https://kexue.fm/archives/6575 (让Keras更酷一些!: 中间变量、权重滑动和安全生成器)
+    Polyak & Juditsky, "Acceleration of stochastic approximation by averaging", 1992.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EMA", "ema_warmup", "unwrap_model"]
+
+Decay = float | Callable[[int], float]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel / DataParallel (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers so that names carry no wrapper prefix."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def ema_warmup(decay: float, power: float = 2 / 3, gamma: float = 1.0) -> Callable[[int], float]:
+    """A decay schedule that starts small and rises to ``decay``.
+
+        d_t = min(decay, 1 − (1 + t/γ)^(−power))
+
+    With ``power=1, gamma=1`` this is (t)/(t+1), i.e. the EMA is the plain running mean of all
+    weights so far until it reaches ``decay``; ``power=2/3`` reaches 0.999 after ~31k steps and
+    0.9999 after ~1M steps (Karras et al.'s power-function EMA).
+
+    Args:
+        decay: the final decay, in (0, 1).
+        power: how fast the decay approaches 1; > 0.
+        gamma: step scale; > 0.
+
+    Returns:
+        A function step -> decay, to pass as ``EMA(model, decay=...)``.
+    """
+    _check_decay(decay)
+    if not power > 0:
+        raise ValueError(f"power must be > 0, got {power!r}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma!r}")
+
+    def schedule(step: int) -> float:
+        return min(decay, 1.0 - (1.0 + step / gamma) ** (-power))
+
+    return schedule
+
+
+def _check_decay(decay: float) -> None:
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
+        raise ValueError(f"decay must be a float in the open interval (0, 1), got {decay!r}")
+
+
+class EMA:
+    """Weight EMA of ``model`` (parameters and, by default, floating-point buffers).
+
+    The shadow copy is kept in ``dtype`` (by default at least float32, so a bf16/fp16 model
+    still averages in float32) on ``device`` (default: beside each parameter; ``"cpu"`` offloads it).
+    Non-floating buffers (``num_batches_tracked``) are copied, not averaged.
+
+    Under DistributedDataParallel every rank holds the same parameters after each step, so
+    every rank's EMA is the same as the single-process EMA; pass the DDP model or its
+    ``.module`` — names are stored without the ``module.`` prefix either way.
+
+    Args:
+        model: the model to average; must have at least one parameter.
+        decay: d in ema_t = d·ema_{t-1} + (1−d)·θ_t: a float in (0, 1), or a function
+            update index (1, 2, ...) -> decay such as :func:`ema_warmup`.
+        update_every: average only on every ``update_every``-th call of :meth:`update`
+            (the decay applies per average, not per call).
+        buffers: ``"average"`` floating buffers like parameters, ``"copy"`` them as they are,
+            or ``"ignore"`` buffers altogether.
+        dtype: shadow dtype for floating tensors; ``None`` promotes each to at least float32.
+        device: shadow device; ``None`` keeps each tensor's own device.
+
+    Raises:
+        ValueError: for a model without parameters, a decay outside (0, 1), update_every < 1
+            or an unknown ``buffers`` mode.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: Decay = 0.999,
+        *,
+        update_every: int = 1,
+        buffers: Literal["average", "copy", "ignore"] = "average",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not callable(decay):
+            _check_decay(decay)
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
+        if buffers not in ("average", "copy", "ignore"):
+            raise ValueError(f"buffers must be 'average', 'copy' or 'ignore', got {buffers!r}")
+        self.model = unwrap_model(model)
+        self.decay = decay
+        self.update_every = update_every
+        self.buffers = buffers
+        self.step = 0  # calls of update()
+        self.num_updates = 0  # averages taken
+
+        params = [(n, p) for n, p in self.model.named_parameters() if p.is_floating_point()]
+        if not params:
+            raise ValueError(
+                f"model {type(model).__name__} has no floating-point parameters to average"
+            )
+        averaged = list(params)
+        copied: list[tuple[str, Tensor]] = []
+        if buffers != "ignore":
+            for n, b in self.model.named_buffers():
+                (averaged if buffers == "average" and b.is_floating_point() else copied).append(
+                    (n, b)
+                )
+        self._names = [n for n, _ in averaged]
+        self._copy_names = [n for n, _ in copied]
+        with torch.no_grad():
+            self.shadow = [_shadow_like(t, dtype, device) for _, t in averaged]
+            self.shadow_copied = [t.detach().clone().to(device or t.device) for _, t in copied]
+        # Lerp needs matching dtype and device; otherwise we take the slower mul + add path.
+        self._fast = all(
+            s.dtype == t.dtype and s.device == t.device
+            for s, (_, t) in zip(self.shadow, averaged, strict=True)
+        )
+        self._refresh_live()
+
+    # -- the hot path ---------------------------------------------------------------------------
+
+    def _refresh_live(self) -> None:
+        """Cache the model's current tensors (call again if the model's tensors were replaced)."""
+        params = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
+        live = {**buffers, **params}
+        self._live = [live[n] for n in self._names]
+        self._live_copied = [buffers[n] for n in self._copy_names]
+
+    def decay_at(self, num_updates: int) -> float:
+        """The decay used for the ``num_updates``-th average (1-based)."""
+        d = self.decay(num_updates) if callable(self.decay) else self.decay
+        if not 0.0 <= d < 1.0 or math.isnan(d):
+            raise ValueError(f"decay schedule returned {d!r} at update {num_updates}; need [0, 1)")
+        return d
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the model's current weights into the average (call after ``optimizer.step()``)."""
+        self.step += 1
+        if self.step % self.update_every:
+            return
+        self.num_updates += 1
+        weight = 1.0 - self.decay_at(self.num_updates)
+        if self._fast:
+            torch._foreach_lerp_(self.shadow, self._live, weight)
+        else:
+            live = [t.to(s.device, non_blocking=True) for s, t in zip(self.shadow, self._live)]
+            torch._foreach_mul_(self.shadow, 1.0 - weight)
+            torch._foreach_add_(self.shadow, live, alpha=weight)
+        for s, b in zip(self.shadow_copied, self._live_copied, strict=True):
+            s.copy_(b, non_blocking=True)
+
+    # -- evaluation with the averaged weights ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[nn.Module]:
+        """Put the averaged weights into the model for the duration of the block.
+
+        Storages are exchanged (``tensor.data`` pointers), not copied, when the shadow has the
+        model's dtype and device; otherwise the shadow is cast into fresh tensors. Either way
+        the training tensors themselves are set aside untouched and put back on exit, so the
+        training weights are restored bit for bit, even if the block raises.
+
+        Yields:
+            The model, now holding the averaged weights.
+        """
+        live = self._live + self._live_copied
+        shadow = self.shadow + self.shadow_copied
+        saved = [t.data for t in live]
+        try:
+            for t, s in zip(live, shadow, strict=True):
+                t.data = s.data if (s.dtype == t.dtype and s.device == t.device) else s.to(t)
+            yield self.model
+        finally:
+            for t, d in zip(live, saved, strict=True):
+                t.data = d
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        """Copy the averaged weights into ``model`` (same architecture) and return it."""
+        target = unwrap_model(model)
+        tensors = {**dict(target.named_buffers()), **dict(target.named_parameters())}
+        for name, s in zip(self._names + self._copy_names, self.shadow + self.shadow_copied):
+            if name not in tensors:
+                raise ValueError(f"model has no tensor named {name!r} to copy the average into")
+            tensors[name].copy_(s)
+        return model
+
+    def averaged_model(self) -> nn.Module:
+        """A deep copy of the model holding the averaged weights (for export or serving)."""
+        return self.copy_to(copy.deepcopy(self.model))
+
+    # -- checkpointing --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Shadow tensors by name plus the step counters (the decay itself is configuration)."""
+        return {
+            "step": self.step,
+            "num_updates": self.num_updates,
+            "shadow": dict(zip(self._names, self.shadow, strict=True)),
+            "copied": dict(zip(self._copy_names, self.shadow_copied, strict=True)),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output in place (dtype/device of this EMA are kept).
+
+        Raises:
+            ValueError: if names or shapes do not match this EMA's model.
+        """
+        for key, names, tensors in (
+            ("shadow", self._names, self.shadow),
+            ("copied", self._copy_names, self.shadow_copied),
+        ):
+            saved = state.get(key, {})
+            if set(saved) != set(names):
+                missing = sorted(set(names) - set(saved))[:5]
+                extra = sorted(set(saved) - set(names))[:5]
+                raise ValueError(
+                    f"state[{key!r}] does not match this model: missing {missing}, unexpected {extra}"
+                )
+            for name, t in zip(names, tensors, strict=True):
+                if saved[name].shape != t.shape:
+                    raise ValueError(
+                        f"state[{key!r}][{name!r}] has shape {tuple(saved[name].shape)}, "
+                        f"expected {tuple(t.shape)}"
+                    )
+                t.copy_(saved[name])
+        self.step = int(state["step"])
+        self.num_updates = int(state["num_updates"])
+
+
+def _shadow_like(t: Tensor, dtype: torch.dtype | None, device: torch.device | str | None) -> Tensor:
+    if dtype is None:
+        dtype = torch.promote_types(t.dtype, torch.float32)
+    out = t.detach().to(device=device or t.device, dtype=dtype, copy=True)
+    return out.contiguous()

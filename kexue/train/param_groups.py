@@ -1,0 +1,246 @@
+"""Learning rates per layer or per name pattern, for any ``nn.Module`` and ``torch.optim`` optimizer.
+
+:func:`param_groups` turns a model into optimizer parameter groups. Each parameter's learning
+rate is ``lr`` times the product of
+
+* every ``multipliers`` pattern its name matches (glob, or ``re.compile(...)`` for a regex), and
+* ``layer_decay ** (L − depth)`` for layer-wise decay, where blocks found by ``layers.N.`` /
+  ``blocks.N.`` (or a user ``depth`` function) have depth N+1, parameters before the first block
+  (embeddings) depth 0, and those after the last block (norm, head) depth L = number of blocks + 1.
+
+Every group carries its own absolute ``lr`` (and its ``lr_scale``), so any ``torch.optim``
+scheduler, which rescales each group's ``lr`` by the same factor, keeps the ratios. Parameters
+with the same (lr, weight decay) share a group, so there are as few groups as possible.
+
+:func:`scale_parametrize` is the note's other route: write θ = λ·φ and train φ. With plain SGD
+the step on θ is then λ²·α·∇θ (effective learning rate λ²α); with Adam, which is invariant to the
+gradient's scale, it is λ·α (exactly, when ε is also divided by λ).
+
+References:
+    https://kexue.fm/archives/6418 (让Keras更酷一些!: 分层的学习率和自由的梯度)
+    Clark et al., "ELECTRA", 2020 and Bao et al., "BEiT", 2021 (layer-wise learning-rate decay).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from kexue.train.ema import unwrap_model
+
+__all__ = ["block_depth", "is_bias_or_norm", "param_groups", "scale_parametrize"]
+
+Pattern = str | re.Pattern[str]
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|blocks|layer|h)\.(\d+)\.")
+
+
+def is_bias_or_norm(name: str, param: Tensor) -> bool:
+    """The usual no-weight-decay rule: biases, norm gains and other tensors with ndim ≤ 1."""
+    return param.ndim <= 1
+
+
+def block_depth(name: str) -> int | None:
+    """Index of the stacked block a parameter lives in, from HF/timm-style names.
+
+    ``encoder.layers.3.attn.weight`` and ``blocks.3.mlp.fc1.bias`` give 3; names with no
+    ``layers.N.`` / ``blocks.N.`` / ``layer.N.`` / ``h.N.`` part give None.
+    """
+    m = _BLOCK.search(name)
+    return int(m.group(1)) if m else None
+
+
+def _matches(pattern: Pattern, name: str) -> bool:
+    if isinstance(pattern, re.Pattern):
+        return pattern.search(name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _depths(
+    names: list[str], depth: Callable[[str], int | None]
+) -> tuple[list[int], int]:
+    """Depth of each parameter: 0 before the first block, i+1 in block i, L after the last."""
+    block = [depth(n) for n in names]
+    found = [b for b in block if b is not None]
+    if not found:
+        raise ValueError(
+            "layer_decay is set but no parameter name contains a block index "
+            "(layers.N. / blocks.N. / layer.N. / h.N.); pass depth=fn(name) -> int | None"
+        )
+    top = max(found) + 2  # embeddings 0, blocks 1..n, head n+1
+    first = next(i for i, b in enumerate(block) if b is not None)
+    out = [b + 1 if b is not None else (0 if i < first else top) for i, b in enumerate(block)]
+    return out, top
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    *,
+    weight_decay: float = 0.0,
+    multipliers: Mapping[Pattern, float] | None = None,
+    layer_decay: float | None = None,
+    depth: Callable[[str], int | None] = block_depth,
+    no_decay: Callable[[str, Tensor], bool] | Iterable[Pattern] | None = is_bias_or_norm,
+    extra: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups with per-pattern and layer-wise learning rates.
+
+    lr_i = lr · Π_{patterns p matching name_i} multipliers[p] · layer_decay^(L − depth_i)
+
+    A parameter whose multiplier is 0 is left out of every group, so the optimizer never
+    touches it; parameters with ``requires_grad=False`` are skipped too.
+
+    Args:
+        model: any module (DDP / torch.compile wrappers are unwrapped for naming).
+        lr: base learning rate, > 0.
+        weight_decay: decay for parameters not selected by ``no_decay``.
+        multipliers: name pattern -> multiplier. A ``str`` is a glob matched against the full
+            parameter name (``"head.*"``, ``"*.bias"``); an ``re.Pattern`` is searched in it.
+            Several matching patterns multiply. Every pattern must match some parameter.
+        layer_decay: ratio between consecutive depths, in (0, 1]; None disables it.
+        depth: name -> block index or None, used with ``layer_decay`` (see :func:`block_depth`).
+        no_decay: which parameters get weight decay 0: a predicate ``(name, param) -> bool``
+            or patterns; None gives every parameter ``weight_decay``.
+        extra: further keys copied into every group (``betas``, ``momentum``...).
+
+    Returns:
+        A list of dicts with ``params``, ``names``, ``lr``, ``lr_scale`` and ``weight_decay``,
+        ready for any ``torch.optim`` optimizer.
+
+    Raises:
+        ValueError: for a model without trainable parameters, a pattern that matches nothing,
+            a negative multiplier, ``lr`` ≤ 0 or ``layer_decay`` outside (0, 1].
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    weight_decay = _positive("weight_decay", weight_decay)
+    if layer_decay is not None and (
+        isinstance(layer_decay, bool)
+        or not isinstance(layer_decay, (int, float))
+        or not 0 < layer_decay <= 1
+    ):
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
+    named = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError(f"model {type(model).__name__} has no trainable parameters")
+    names = [n for n, _ in named]
+
+    scale = [1.0] * len(named)
+    for pattern, mult in (multipliers or {}).items():
+        if not isinstance(pattern, (str, re.Pattern)):
+            raise ValueError(f"multipliers keys must be str or re.Pattern, got {pattern!r}")
+        mult = _positive(f"multipliers[{pattern!r}]", mult)
+        hits = [i for i, n in enumerate(names) if _matches(pattern, n)]
+        if not hits:
+            raise ValueError(
+                f"multipliers pattern {_show(pattern)} matches no trainable parameter; "
+                f"names look like {names[:3]}"
+            )
+        for i in hits:
+            scale[i] *= mult
+    if layer_decay is not None:
+        depths, top = _depths(names, depth)
+        scale = [s * layer_decay ** (top - d) for s, d in zip(scale, depths, strict=True)]
+
+    if no_decay is None:
+        decays = [weight_decay] * len(named)
+    elif callable(no_decay):
+        decays = [0.0 if no_decay(n, p) else weight_decay for n, p in named]
+    else:
+        patterns = list(no_decay)
+        for pattern in patterns:
+            if not any(_matches(pattern, n) for n in names):
+                raise ValueError(f"no_decay pattern {_show(pattern)} matches no parameter")
+        decays = [
+            0.0 if any(_matches(q, n) for q in patterns) else weight_decay for n in names
+        ]
+
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for (name, p), s, wd in zip(named, scale, decays, strict=True):
+        if s == 0.0:
+            continue
+        group = groups.setdefault(
+            (s, wd),
+            {"params": [], "names": [], "lr": lr * s, "lr_scale": s, "weight_decay": wd,
+             **(extra or {})},
+        )
+        group["params"].append(p)
+        group["names"].append(name)
+    return sorted(groups.values(), key=lambda g: (-g["lr_scale"], g["weight_decay"]))
+
+
+def _show(pattern: Pattern) -> str:
+    return f"re.compile({pattern.pattern!r})" if isinstance(pattern, re.Pattern) else repr(pattern)
+
+
+class _Scale(nn.Module):
+    """θ = λ·φ as a parametrization; ``right_inverse`` stores φ = θ/λ so θ is unchanged."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, phi: Tensor) -> Tensor:
+        return phi * self.scale
+
+    def right_inverse(self, theta: Tensor) -> Tensor:
+        return theta / self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+def scale_parametrize(model: nn.Module, scales: Mapping[Pattern, float]) -> nn.Module:
+    """Reparameterise matched parameters as θ = λ·φ (the note's layer-wise LR trick).
+
+    The optimizer then sees φ (``module.parametrizations.<name>.original``); the model computes
+    with θ = λ·φ, unchanged at the start. One optimizer step with gradient g = ∂L/∂θ gives
+
+        SGD (lr α):            Δθ = λ·Δφ = −λ²·α·g          (effective lr λ²α)
+        Adam (lr α, eps ε):    Δθ = −λ·α·m̂/(√v̂ + ε/λ)      (effective lr λα, eps ε/λ)
+
+    since ∂L/∂φ = λ·g and Adam's update does not depend on the gradient's scale. Useful when
+    an optimizer or framework gives no per-parameter learning rate.
+
+    Args:
+        model: the model, edited in place (``torch.nn.utils.parametrize``).
+        scales: name pattern (glob or ``re.Pattern``) -> λ > 0; the first matching pattern wins.
+
+    Returns:
+        The same model.
+
+    Raises:
+        ValueError: for a pattern matching no parameter, or λ ≤ 0.
+    """
+    target = unwrap_model(model)
+    named = list(target.named_parameters())
+    todo: dict[str, float] = {}
+    for pattern, lam in scales.items():
+        lam = _positive(f"scales[{_show(pattern)}]", lam)
+        if lam == 0:
+            raise ValueError(f"scales[{_show(pattern)}] must be > 0, got 0")
+        hits = [n for n, _ in named if _matches(pattern, n)]
+        if not hits:
+            raise ValueError(f"scales pattern {_show(pattern)} matches no parameter")
+        for n in hits:
+            todo.setdefault(n, lam)
+    for name, lam in todo.items():
+        module_name, _, attr = name.rpartition(".")
+        module = target.get_submodule(module_name)
+        with torch.no_grad():
+            parametrize.register_parametrization(module, attr, _Scale(lam))
+    return model

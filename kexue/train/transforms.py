@@ -1,0 +1,446 @@
+"""Free per-parameter gradient transforms for any ``torch.optim`` optimizer, no subclassing.
+
+One contract: a :class:`GradientTransform` is a pair of functions
+
+    init(params) -> state
+    update(grads, state, params) -> (grads | None, state)
+
+over lists of tensors in a fixed order. ``update`` may work in place and returns the gradients
+the optimizer should use, or ``None`` to skip this optimizer step (accumulation, non-finite
+gradients). :func:`chain` composes transforms left to right; :func:`select` applies one to the
+parameters whose names match a pattern; :func:`with_transforms` plugs a transform into an
+optimizer through ``register_step_pre_hook``, so ``optimizer.step()`` sees transformed
+gradients. Implementations use ``torch._foreach_*`` and never synchronise with the host, except
+:func:`skip_nonfinite`, which must decide on the host whether to step (as ``GradScaler`` does).
+
+Example::
+
+    tx = chain(clip_by_norm(1.0), centralize(), accumulate(4))
+    handle = with_transforms(optimizer, tx)
+    ... loss.backward(); optimizer.step(); optimizer.zero_grad()   # as usual
+
+References:
+    https://kexue.fm/archives/6418 (让Keras更酷一些!: 分层的学习率和自由的梯度)
+    optax (Babuschkin et al., 2020) for the (init, update) contract.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from kexue.train.ema import unwrap_model
+
+__all__ = [
+    "GradientTransform",
+    "TransformHandle",
+    "accumulate",
+    "adaptive_clip",
+    "add_noise",
+    "apply_transform",
+    "centralize",
+    "chain",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "map_grads",
+    "scale",
+    "select",
+    "skip_nonfinite",
+    "with_transforms",
+]
+
+Grads = list[Tensor]
+
+
+class GradientTransform(NamedTuple):
+    """``init(params) -> state`` and ``update(grads, state, params) -> (grads | None, state)``."""
+
+    init: Callable[[list[Tensor]], Any]
+    update: Callable[[Grads, Any, list[Tensor]], tuple[Grads | None, Any]]
+
+
+def _stateless(fn: Callable[[Grads, list[Tensor]], Grads]) -> GradientTransform:
+    return GradientTransform(lambda params: None, lambda g, s, p: (fn(g, p), s))
+
+
+def _groups(tensors: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by (device, dtype): foreach kernels need one of each."""
+    out: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        out.setdefault((t.device, t.dtype), []).append(i)
+    return list(out.values())
+
+
+def _number(name: str, value: Any, low: float = 0.0, strict: bool = True) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or (value <= low if strict else value < low):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {op} {low}, got {value!r}")
+    return float(value)
+
+
+# -- transforms ------------------------------------------------------------------------------
+
+
+def scale(factor: float) -> GradientTransform:
+    """g ← factor · g."""
+    factor = _number("factor", factor, low=-math.inf)
+
+    def fn(grads: Grads, params: list[Tensor]) -> Grads:
+        torch._foreach_mul_(grads, factor)
+        return grads
+
+    return _stateless(fn)
+
+
+def clip_by_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
+    """Per-tensor norm clipping: g ← g · min(1, max_norm / (‖g‖₂ + eps)) for each tensor."""
+    max_norm = _number("max_norm", max_norm)
+
+    def fn(grads: Grads, params: list[Tensor]) -> Grads:
+        for idx in _groups(grads):
+            g = [grads[i] for i in idx]
+            norms = torch.stack(torch._foreach_norm(g))  # (n,)
+            coef = (max_norm / (norms + eps)).clamp_(max=1.0)
+            torch._foreach_mul_(g, list(coef))
+        return grads
+
+    return _stateless(fn)
+
+
+def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
+    """Global norm clipping: g ← g · min(1, max_norm / (‖(g_1, …, g_n)‖₂ + eps))."""
+    max_norm = _number("max_norm", max_norm)
+
+    def fn(grads: Grads, params: list[Tensor]) -> Grads:
+        if not grads:
+            return grads
+        device = grads[0].device
+        per_group = [
+            torch.stack(torch._foreach_norm([grads[i] for i in idx])).to(device, torch.float32)
+            for idx in _groups(grads)
+        ]
+        total = torch.linalg.vector_norm(torch.cat(per_group))
+        coef = (max_norm / (total + eps)).clamp_(max=1.0)
+        for idx in _groups(grads):
+            g = [grads[i] for i in idx]
+            torch._foreach_mul_(g, coef.to(g[0].device, g[0].dtype))
+        return grads
+
+    return _stateless(fn)
+
+
+def clip_by_value(limit: float) -> GradientTransform:
+    """Element-wise clipping: g ← clamp(g, −limit, limit)."""
+    limit = _number("limit", limit)
+
+    def fn(grads: Grads, params: list[Tensor]) -> Grads:
+        torch._foreach_clamp_min_(grads, -limit)
+        torch._foreach_clamp_max_(grads, limit)
+        return grads
+
+    return _stateless(fn)
+
+
+def _unitwise_norm(t: Tensor) -> Tensor:
+    # Norm of each output unit (row): over all dims but the first; whole tensor for ndim ≤ 1.
+    if t.ndim <= 1:
+        return torch.linalg.vector_norm(t)
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)), keepdim=True)  # (out, 1, ...)
+
+
+def adaptive_clip(clipping: float = 0.01, eps: float = 1e-3) -> GradientTransform:
+    """Adaptive gradient clipping (AGC), unit-wise.
+
+        g_i ← g_i · min(1, clipping · max(‖W_i‖, eps) / ‖g_i‖)
+
+    for each output unit i (row of a weight matrix / filter of a convolution).
+
+    References:
+        Brock et al., "High-Performance Large-Scale Image Recognition Without Normalization",
+        2021.
+    """
+    clipping = _number("clipping", clipping)
+    eps = _number("eps", eps)
+
+    def fn(grads: Grads, params: list[Tensor]) -> Grads:
+        for g, p in zip(grads, params, strict=True):
+            w_norm = _unitwise_norm(p.detach()).clamp_min(eps)
+            g_norm = _unitwise_norm(g).clamp_min(1e-6)
+            g.mul_((clipping * w_norm / g_norm).clamp_(max=1.0))
+        return grads
+
+    return _stateless(fn)
+
+
+def centralize() -> GradientTransform:
+    """Gradient centralisation: subtract from each output unit its mean over the other dims.
+
+        g_i ← g_i − mean(g_i)   for tensors with ndim > 1 (biases and norms are left alone)
+
+    References:
+        Yong et al., "Gradient Centralization", ECCV 2020.
+    """
+
+    def fn(grads: Grads, params: list[Tensor]) -> Grads:
+        for g in grads:
+            if g.ndim > 1:
+                g.sub_(g.mean(dim=tuple(range(1, g.ndim)), keepdim=True))
+        return grads
+
+    return _stateless(fn)
+
+
+def add_noise(
+    eta: float = 0.01, gamma: float = 0.55, generator: torch.Generator | None = None
+) -> GradientTransform:
+    """Annealed Gaussian gradient noise: g ← g + N(0, σ_t²), σ_t² = eta / (1 + t)^gamma.
+
+    t counts calls (0, 1, ...). Noise is drawn from ``generator`` (which must live on the
+    gradients' device) or the global generator.
+
+    References:
+        Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep Networks",
+        2015.
+    """
+    eta = _number("eta", eta, strict=False)
+    gamma = _number("gamma", gamma, strict=False)
+
+    def update(grads: Grads, step: int, params: list[Tensor]) -> tuple[Grads, int]:
+        std = math.sqrt(eta / (1 + step) ** gamma)
+        noise = [torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
+                 for g in grads]
+        torch._foreach_add_(grads, noise, alpha=std)
+        return grads, step + 1
+
+    return GradientTransform(lambda params: 0, update)
+
+
+def skip_nonfinite() -> GradientTransform:
+    """Skip the optimizer step when any gradient holds NaN or ±inf.
+
+    The decision needs one host synchronisation per step (as in ``torch.amp.GradScaler``).
+    The state counts skipped steps.
+    """
+
+    def update(grads: Grads, skipped: int, params: list[Tensor]) -> tuple[Grads | None, int]:
+        if not grads:
+            return grads, skipped
+        finite = torch.stack(
+            [torch.isfinite(torch.stack(torch._foreach_norm([grads[i] for i in idx]))).all()
+             .to(grads[0].device) for idx in _groups(grads)]
+        ).all()
+        if bool(finite):
+            return grads, skipped
+        return None, skipped + 1
+
+    return GradientTransform(lambda params: 0, update)
+
+
+class _Accumulation(NamedTuple):
+    count: int
+    buffers: list[Tensor]
+
+
+def accumulate(every: int, average: bool = True) -> GradientTransform:
+    """Gradient accumulation: step once every ``every`` calls with the mean (or sum) of the
+    gradients since the last step; the other calls skip the optimizer step.
+
+    The user's loop stays ``backward(); step(); zero_grad()`` at every micro-batch.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an int >= 1, got {every!r}")
+
+    def init(params: list[Tensor]) -> _Accumulation:
+        return _Accumulation(0, [torch.zeros_like(p, memory_format=torch.preserve_format)
+                                 for p in params])
+
+    def update(
+        grads: Grads, state: _Accumulation, params: list[Tensor]
+    ) -> tuple[Grads | None, _Accumulation]:
+        torch._foreach_add_(state.buffers, grads)
+        count = state.count + 1
+        if count < every:
+            return None, _Accumulation(count, state.buffers)
+        out = torch._foreach_div(state.buffers, every) if average else \
+            [b.clone() for b in state.buffers]
+        torch._foreach_zero_(state.buffers)
+        return out, _Accumulation(0, state.buffers)
+
+    return GradientTransform(init, update)
+
+
+def map_grads(fn: Callable[[Tensor, Tensor], Tensor]) -> GradientTransform:
+    """A user function applied to each tensor: g ← fn(g, param)."""
+    if not callable(fn):
+        raise ValueError(f"fn must be callable (grad, param) -> grad, got {fn!r}")
+
+    def apply(grads: Grads, params: list[Tensor]) -> Grads:
+        out = [fn(g, p) for g, p in zip(grads, params, strict=True)]
+        for o, g in zip(out, grads, strict=True):
+            if not isinstance(o, Tensor) or o.shape != g.shape:
+                got = tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__
+                raise ValueError(f"fn must return a tensor of shape {tuple(g.shape)}, got {got}")
+        return out
+
+    return _stateless(apply)
+
+
+# -- composition -----------------------------------------------------------------------------
+
+
+def chain(*transforms: GradientTransform) -> GradientTransform:
+    """Apply ``transforms`` left to right; a ``None`` (skip) from any stops the chain."""
+    for i, t in enumerate(transforms):
+        if not isinstance(t, GradientTransform):
+            raise ValueError(f"chain argument {i} must be a GradientTransform, got {t!r}")
+
+    def init(params: list[Tensor]) -> tuple[Any, ...]:
+        return tuple(t.init(params) for t in transforms)
+
+    def update(
+        grads: Grads, states: tuple[Any, ...], params: list[Tensor]
+    ) -> tuple[Grads | None, tuple[Any, ...]]:
+        new = list(states)
+        out: Grads | None = grads
+        for i, t in enumerate(transforms):
+            out, new[i] = t.update(out, states[i], params)
+            if out is None:
+                break
+        return out, tuple(new)
+
+    return GradientTransform(init, update)
+
+
+def select(
+    model: nn.Module, patterns: str | re.Pattern[str] | Sequence[str | re.Pattern[str]],
+    inner: GradientTransform,
+) -> GradientTransform:
+    """Apply ``inner`` only to parameters of ``model`` whose names match ``patterns``
+    (globs, or ``re.Pattern`` searched in the name); the others pass through unchanged.
+
+    Raises:
+        ValueError: if a pattern matches no parameter of ``model``.
+    """
+    if isinstance(patterns, (str, re.Pattern)):
+        patterns = [patterns]
+    named = list(unwrap_model(model).named_parameters())
+    chosen: set[int] = set()
+    for pat in patterns:
+        hits = {id(p) for n, p in named if (
+            pat.search(n) is not None if isinstance(pat, re.Pattern)
+            else fnmatch.fnmatchcase(n, pat))}
+        if not hits:
+            raise ValueError(f"select pattern {pat!r} matches no parameter of the model; "
+                             f"names look like {[n for n, _ in named[:3]]}")
+        chosen |= hits
+
+    def init(params: list[Tensor]) -> tuple[list[int], Any]:
+        idx = [i for i, p in enumerate(params) if id(p) in chosen]
+        return idx, inner.init([params[i] for i in idx])
+
+    def update(
+        grads: Grads, state: tuple[list[int], Any], params: list[Tensor]
+    ) -> tuple[Grads | None, tuple[list[int], Any]]:
+        idx, inner_state = state
+        sub, inner_state = inner.update([grads[i] for i in idx], inner_state,
+                                        [params[i] for i in idx])
+        if sub is None:
+            return None, (idx, inner_state)
+        out = list(grads)
+        for i, g in zip(idx, sub, strict=True):
+            out[i] = g
+        return out, (idx, inner_state)
+
+    return GradientTransform(init, update)
+
+
+# -- plugging into an optimizer --------------------------------------------------------------
+
+
+def apply_transform(
+    params: Sequence[Tensor], transform: GradientTransform, state: Any
+) -> tuple[bool, Any]:
+    """Run ``transform`` on the ``.grad`` of ``params`` in place.
+
+    Parameters without a gradient take part as zeros (so global norms and accumulation see
+    them correctly) but keep ``grad=None``, so the optimizer still leaves them alone.
+
+    Returns:
+        ``(step, new_state)``: ``step`` is False when the transform asked to skip; then every
+        ``.grad`` is set to None so that ``optimizer.step()`` changes nothing.
+    """
+    params = list(params)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    out, state = transform.update(grads, state, params)
+    if out is None:
+        for p in params:
+            p.grad = None
+        return False, state
+    if len(out) != len(params):
+        raise ValueError(f"transform returned {len(out)} gradients for {len(params)} parameters")
+    for p, g in zip(params, out, strict=True):
+        if p.grad is not None and g is not p.grad:
+            p.grad = g
+    return True, state
+
+
+class TransformHandle:
+    """What :func:`with_transforms` returns: the live ``state``, counters and ``remove()``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, transform: GradientTransform) -> None:
+        self.optimizer = optimizer
+        self.transform = transform
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.state = transform.init(self.params)
+        self.steps_taken = 0
+        self.steps_skipped = 0
+        self._hook = optimizer.register_step_pre_hook(self._pre_step)
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        stepped, self.state = apply_transform(self.params, self.transform, self.state)
+        if stepped:
+            self.steps_taken += 1
+        else:
+            self.steps_skipped += 1
+
+    def remove(self) -> None:
+        """Detach the transform from the optimizer."""
+        self._hook.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Transform state and counters, for ``torch.save`` beside the optimizer's."""
+        return {"state": self.state, "steps_taken": self.steps_taken,
+                "steps_skipped": self.steps_skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.state = state["state"]
+        self.steps_taken = state["steps_taken"]
+        self.steps_skipped = state["steps_skipped"]
+
+
+def with_transforms(
+    optimizer: torch.optim.Optimizer, transform: GradientTransform
+) -> TransformHandle:
+    """Transform the gradients of every parameter of ``optimizer`` before each ``step()``.
+
+    Works with any ``torch.optim.Optimizer`` (a step pre-hook; no subclass). The parameter
+    list is fixed when this is called: add parameter groups before, not after.
+
+    Raises:
+        ValueError: if ``optimizer`` is not a torch optimizer or ``transform`` is not a
+            :class:`GradientTransform`.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)!r}")
+    if not isinstance(transform, GradientTransform):
+        raise ValueError(f"transform must be a GradientTransform, got {transform!r}")
+    return TransformHandle(optimizer, transform)

@@ -1,0 +1,282 @@
+"""EMA against its closed form, checkpoint round-trips, bit-exact swaps and DDP."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from kexue.train import EMA, ema_warmup
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _closed_form(history: list[dict[str, torch.Tensor]], decays: list[float]):
+    """ema_t = d_t ema_{t-1} + (1 − d_t) θ_t in float64, ema_0 = θ_0."""
+    ema = {k: v.double().clone() for k, v in history[0].items()}
+    for theta, d in zip(history[1:], decays, strict=True):
+        for k in ema:
+            ema[k] = d * ema[k] + (1 - d) * theta[k].double()
+    return ema
+
+
+def _perturb(model: nn.Module, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen))
+
+
+@pytest.mark.parametrize("decay", [0.9, ema_warmup(0.99, power=1.0)])
+def test_ema_equals_closed_form(decay):
+    gen = torch.Generator().manual_seed(1)
+    model = nn.Linear(5, 3)
+    ema = EMA(model, decay=decay, buffers="ignore")
+    history = [{k: v.clone() for k, v in model.state_dict().items()}]
+    for _ in range(25):
+        _perturb(model, gen)
+        history.append({k: v.clone() for k, v in model.state_dict().items()})
+        ema.update()
+    decays = [decay(t) if callable(decay) else decay for t in range(1, 26)]
+    expected = _closed_form(history, decays)
+    got = ema.state_dict()["shadow"]
+    for k in expected:
+        torch.testing.assert_close(got[k].double(), expected[k], rtol=1e-6, atol=1e-6)
+
+
+def test_warmup_schedule_is_running_mean_at_power_one():
+    # d_t = t/(t+1) gives ema_t = mean(θ_0..θ_t): a closed form independent of the recursion.
+    gen = torch.Generator().manual_seed(2)
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=ema_warmup(0.999999, power=1.0))
+    seen = [model.weight.detach().clone()]
+    for _ in range(10):
+        _perturb(model, gen)
+        seen.append(model.weight.detach().clone())
+        ema.update()
+    torch.testing.assert_close(ema.state_dict()["shadow"]["weight"], torch.stack(seen).mean(0))
+
+
+def test_update_every_and_buffers():
+    gen = torch.Generator().manual_seed(3)
+    model = _net()
+    ema = EMA(model, decay=0.5, update_every=3)
+    history = [{k: v.clone() for k, v in model.state_dict().items()}]
+    model.train()
+    for step in range(1, 10):
+        model(torch.randn(16, 4, generator=gen))  # moves BN running statistics
+        _perturb(model, gen)
+        ema.update()
+        if step % 3 == 0:
+            history.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert ema.num_updates == 3 and ema.step == 9
+    float_keys = [k for k, v in history[0].items() if v.is_floating_point()]
+    expected = _closed_form([{k: h[k] for k in float_keys} for h in history], [0.5] * 3)
+    state = ema.state_dict()
+    assert "1.running_mean" in state["shadow"] and "1.running_var" in state["shadow"]
+    for k in float_keys:
+        torch.testing.assert_close(state["shadow"][k].double(), expected[k])
+    # Integer buffers are copied as of the last average, not averaged.
+    assert state["copied"]["1.num_batches_tracked"].item() == 9
+
+
+def _train_steps(model, opt, ema, gen, n):
+    for _ in range(n):
+        x = torch.randn(8, 4, generator=gen)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update()
+
+
+def test_save_load_resume_is_bit_exact():
+    torch.manual_seed(0)
+    model = _net()
+    ref = _net()
+    ref.load_state_dict(model.state_dict())
+    decay = ema_warmup(0.99)
+
+    # 2N steps straight through.
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    ema = EMA(ref, decay=decay)
+    _train_steps(ref, opt, ema, torch.Generator().manual_seed(7), 12)
+
+    # N steps, save everything, load into fresh objects, N more steps.
+    opt1 = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ema1 = EMA(model, decay=decay)
+    gen = torch.Generator().manual_seed(7)
+    _train_steps(model, opt1, ema1, gen, 6)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt1.state_dict(), "ema": ema1.state_dict(),
+                "gen": gen.get_state()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    model2 = _net()
+    model2.load_state_dict(ckpt["model"])
+    opt2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
+    opt2.load_state_dict(ckpt["opt"])
+    ema2 = EMA(model2, decay=decay)
+    ema2.load_state_dict(ckpt["ema"])
+    gen2 = torch.Generator()
+    gen2.set_state(ckpt["gen"])
+    _train_steps(model2, opt2, ema2, gen2, 6)
+
+    a, b = ema.state_dict(), ema2.state_dict()
+    assert a["step"] == b["step"] == 12
+    for k in a["shadow"]:
+        assert torch.equal(a["shadow"][k], b["shadow"][k]), k
+
+
+def test_swap_is_bit_exact_and_shows_average():
+    gen = torch.Generator().manual_seed(4)
+    model = _net().eval()
+    ema = EMA(model, decay=0.8)
+    for _ in range(5):
+        _perturb(model, gen)
+        ema.update()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ptrs = [p.data_ptr() for p in model.parameters()]
+    x = torch.randn(6, 4, generator=gen)
+    expected = ema.averaged_model().eval()(x)
+    with ema.swapped() as swapped:
+        assert swapped is model
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+        for name, s in ema.state_dict()["shadow"].items():
+            assert torch.equal(model.state_dict()[name], s)
+    after = model.state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert [p.data_ptr() for p in model.parameters()] == ptrs
+
+    with pytest.raises(RuntimeError), ema.swapped():
+        raise RuntimeError("boom")
+    for k in before:
+        assert torch.equal(before[k], model.state_dict()[k]), k
+
+
+def test_low_precision_model_keeps_fp32_shadow():
+    gen = torch.Generator().manual_seed(5)
+    model = nn.Linear(6, 4).to(torch.bfloat16)
+    ema = EMA(model, decay=0.9)
+    assert all(s.dtype == torch.float32 for s in ema.shadow)
+    history = [{"weight": model.weight.detach().clone()}]
+    for _ in range(20):
+        with torch.no_grad():
+            model.weight.add_(torch.randn(model.weight.shape, generator=gen).bfloat16())
+        history.append({"weight": model.weight.detach().clone()})
+        ema.update()
+    expected = _closed_form(history, [0.9] * 20)["weight"]
+    torch.testing.assert_close(ema.state_dict()["shadow"]["weight"].double(), expected,
+                               rtol=1e-6, atol=1e-6)
+    before = model.weight.detach().clone()
+    with ema.swapped():
+        assert model.weight.dtype == torch.bfloat16
+        torch.testing.assert_close(model.weight.double(), expected, rtol=1e-2, atol=1e-2)
+    assert torch.equal(model.weight, before)
+
+
+def test_cpu_offload_argument():
+    model = nn.Linear(3, 3)
+    ema = EMA(model, decay=0.5, device="cpu", dtype=torch.float64)
+    assert all(s.dtype == torch.float64 and s.device.type == "cpu" for s in ema.shadow)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update()
+    torch.testing.assert_close(ema.shadow[0], (model.weight.double() - 0.5).detach())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"decay": 1.0}, "decay"),
+        ({"decay": 0.0}, "decay"),
+        ({"decay": 1.5}, "decay"),
+        ({"decay": -0.1}, "decay"),
+        ({"update_every": 0}, "update_every"),
+        ({"buffers": "mean"}, "buffers"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EMA(nn.Linear(2, 2), **kwargs)
+
+
+def test_model_without_parameters_and_bad_state():
+    with pytest.raises(ValueError, match="no floating-point parameters"):
+        EMA(nn.ReLU())
+    ema = EMA(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="does not match"):
+        ema.load_state_dict(EMA(nn.Linear(2, 3, bias=False)).state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        ema.load_state_dict(EMA(nn.Linear(3, 2)).state_dict())
+    bad = EMA(nn.Linear(2, 2), decay=lambda t: 1.5)
+    with pytest.raises(ValueError, match="decay schedule"):
+        bad.update()
+
+
+# -- DDP: two gloo processes on CPU give the single-process EMA --------------------------------
+
+def _data():
+    gen = torch.Generator().manual_seed(11)
+    return [(torch.randn(8, 4, generator=gen), torch.randn(8, 3, generator=gen)) for _ in range(5)]
+
+
+def _model():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        model = nn.parallel.DistributedDataParallel(_model())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ema = EMA(model, decay=0.7)
+        for x, y in _data():
+            xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+            loss = (model(xs) - ys).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ema.update()
+        torch.save(ema.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_equal_single_process():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema = EMA(model, decay=0.7)
+    for x, y in _data():
+        loss = (model(x) - y).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update()
+    expected = ema.state_dict()["shadow"]
+    with tempfile.TemporaryDirectory() as out:
+        os.environ.pop("MASTER_ADDR", None)
+        mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        for rank in range(2):
+            got = torch.load(f"{out}/rank{rank}.pt")["shadow"]
+            assert set(got) == set(expected)  # no "module." prefix
+            for k in expected:
+                torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6)

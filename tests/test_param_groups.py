@@ -1,0 +1,197 @@
+"""Per-pattern and layer-wise learning rates against hand-computed values, and the θ = λ·φ identity."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from kexue.train import param_groups, scale_parametrize
+
+
+class Tower(nn.Module):
+    """embed -> blocks.0..3 -> norm -> head: the usual stacked-block naming."""
+
+    def __init__(self, width: int = 6, depth: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, width)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.blocks:
+            h = torch.tanh(block(h))
+        return self.head(self.norm(h))
+
+
+def _lr_of(groups: list[dict]) -> dict[str, float]:
+    return {n: g["lr"] for g in groups for n in g["names"]}
+
+
+def test_multipliers_glob_and_regex_multiply():
+    groups = param_groups(Tower(), 0.1, multipliers={"head.*": 10.0, re.compile(r"bias$"): 0.5})
+    lr = _lr_of(groups)
+    assert lr["head.weight"] == pytest.approx(1.0)
+    assert lr["head.bias"] == pytest.approx(0.5)  # 0.1 · 10 · 0.5
+    assert lr["embed.bias"] == pytest.approx(0.05)
+    assert lr["blocks.2.weight"] == pytest.approx(0.1)
+    assert len(lr) == sum(1 for _ in Tower().parameters())
+
+
+def test_zero_multiplier_freezes():
+    groups = param_groups(Tower(), 0.1, multipliers={"embed.*": 0.0})
+    names = {n for g in groups for n in g["names"]}
+    assert not any(n.startswith("embed.") for n in names)
+
+
+def test_layer_decay_exponents():
+    d = 0.5
+    lr = _lr_of(param_groups(Tower(), 1.0, layer_decay=d))
+    # depth: embed 0, blocks.i i+1, norm/head 5 (= L); lr = d^(L - depth)
+    assert lr["embed.weight"] == pytest.approx(d**5)
+    for i in range(4):
+        assert lr[f"blocks.{i}.weight"] == pytest.approx(d ** (4 - i))
+    assert lr["norm.weight"] == lr["head.bias"] == pytest.approx(1.0)
+
+
+def test_layer_decay_on_torch_transformer_and_user_depth():
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 3,
+                                enable_nested_tensor=False)
+    lr = _lr_of(param_groups(enc, 1.0, layer_decay=0.8))
+    assert lr["layers.0.linear1.weight"] == pytest.approx(0.8**3)
+    assert lr["layers.2.linear1.weight"] == pytest.approx(0.8)
+
+    def depth(name: str) -> int | None:
+        return {"embed": 0, "head": 1}.get(name.split(".")[0])
+
+    lr = _lr_of(param_groups(Tower(), 1.0, layer_decay=0.5, depth=depth))
+    # user blocks: embed = block 0 (depth 1), head = block 1 (depth 2); parameters in no block
+    # that come after the first block count as the top (depth L = 3).
+    assert lr["embed.weight"] == pytest.approx(0.25)
+    assert lr["head.weight"] == pytest.approx(0.5)
+    assert lr["norm.weight"] == pytest.approx(1.0)
+
+
+def test_no_decay_and_group_merging():
+    groups = param_groups(Tower(), 0.1, weight_decay=0.05)
+    wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert wd["blocks.0.bias"] == wd["norm.weight"] == 0.0
+    assert wd["blocks.0.weight"] == 0.05
+    assert len(groups) == 2  # one lr, two weight decays
+    groups = param_groups(Tower(), 0.1, weight_decay=0.05, no_decay=["head.*"])
+    wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert wd["head.weight"] == 0.0 and wd["blocks.0.bias"] == 0.05
+
+
+@pytest.mark.parametrize(
+    "make_sched",
+    [
+        lambda opt: torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.3),
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10),
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + s)),
+        lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in
+                                                                     opt.param_groups],
+                                                        total_steps=20),
+        lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 0.1, 1.0, 5),
+    ],
+)
+def test_scheduler_keeps_ratios(make_sched):
+    model = Tower()
+    groups = param_groups(model, 0.01, layer_decay=0.7, multipliers={"head.*": 3.0})
+    opt = torch.optim.AdamW(groups)
+    sched = make_sched(opt)
+    for _ in range(7):
+        opt.step()
+        sched.step()
+        base = opt.param_groups[0]["lr"] / opt.param_groups[0]["lr_scale"]
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(base * g["lr_scale"], rel=1e-9)
+
+
+def test_sgd_step_uses_group_lrs():
+    torch.manual_seed(0)
+    model = Tower().double()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = param_groups(model, 0.1, layer_decay=0.5, multipliers={"*.bias": 2.0})
+    opt = torch.optim.SGD(groups)
+    model(torch.randn(5, 3, dtype=torch.float64)).pow(2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    lr = _lr_of(groups)
+    opt.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n] - lr[n] * grads[n])
+
+
+def _run(model, opt, xs):
+    for x in xs:
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("lam", [0.3, 4.0])
+def test_reparameterisation_identity_sgd(lam):
+    torch.manual_seed(0)
+    xs = [torch.randn(7, 3, dtype=torch.float64) for _ in range(5)]
+    alpha = 0.05
+    plain = Tower().double()
+    reparam = scale_parametrize(copy.deepcopy(plain), {"blocks.*": lam})
+    torch.testing.assert_close(reparam(xs[0]), plain(xs[0]))  # θ unchanged at start
+    # Plain model: lr λ²α on the block weights, α elsewhere.
+    _run(plain, torch.optim.SGD(param_groups(plain, alpha, multipliers={"blocks.*": lam**2})),
+         xs)
+    _run(reparam, torch.optim.SGD(reparam.parameters(), lr=alpha), xs)
+    for i in range(4):
+        torch.testing.assert_close(reparam.blocks[i].weight, plain.blocks[i].weight)
+    torch.testing.assert_close(reparam.head.weight, plain.head.weight)
+
+
+@pytest.mark.parametrize("lam", [0.3, 4.0])
+def test_reparameterisation_identity_adam(lam):
+    torch.manual_seed(0)
+    xs = [torch.randn(7, 3, dtype=torch.float64) for _ in range(5)]
+    alpha, eps = 0.01, 1e-8
+    plain = Tower().double()
+    reparam = scale_parametrize(copy.deepcopy(plain), {"head.weight": lam})
+    rest = [p for n, p in plain.named_parameters() if n != "head.weight"]
+    opt = torch.optim.Adam([{"params": rest},
+                            {"params": [plain.head.weight], "lr": lam * alpha, "eps": eps / lam}],
+                           lr=alpha, eps=eps)
+    _run(plain, opt, xs)
+    _run(reparam, torch.optim.Adam(reparam.parameters(), lr=alpha, eps=eps), xs)
+    torch.testing.assert_close(reparam.head.weight, plain.head.weight)
+    torch.testing.assert_close(reparam.blocks[0].weight, plain.blocks[0].weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"multipliers": {"decoder.*": 2.0}}, "decoder"),
+        ({"multipliers": {"head.*": -1.0}}, "head"),
+        ({"layer_decay": 1.5}, "layer_decay"),
+        ({"layer_decay": 0.0}, "layer_decay"),
+        ({"no_decay": ["nothing.*"]}, "nothing"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        param_groups(Tower(), 0.1, **kwargs)
+
+
+def test_bad_model_and_lr():
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        param_groups(nn.ReLU(), 0.1)
+    with pytest.raises(ValueError, match="lr"):
+        param_groups(Tower(), 0.0)
+    with pytest.raises(ValueError, match="block index"):
+        param_groups(nn.Linear(2, 2), 0.1, layer_decay=0.5)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        scale_parametrize(Tower(), {"nope": 2.0})
+    with pytest.raises(ValueError, match="> 0"):
+        scale_parametrize(Tower(), {"head.weight": 0.0})

@@ -1,0 +1,268 @@
+"""Gradient transforms: invariants, hand-computed references, composition order, optimizers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kexue.train import (
+    GradientTransform,
+    accumulate,
+    adaptive_clip,
+    add_noise,
+    apply_transform,
+    centralize,
+    chain,
+    clip_by_global_norm,
+    clip_by_norm,
+    clip_by_value,
+    map_grads,
+    scale,
+    select,
+    skip_nonfinite,
+    with_transforms,
+)
+
+
+def _grads(seed: int = 0, scale_: float = 3.0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(4, 5), (5,), (3, 2, 2), (1,), (6, 1)]
+    return [scale_ * torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+
+
+def _run(tx: GradientTransform, grads, params=None):
+    params = params if params is not None else [torch.zeros_like(g) for g in grads]
+    out, _ = tx.update([g.clone() for g in grads], tx.init(params), params)
+    return out
+
+
+def test_clip_by_norm_matches_formula_and_bound():
+    grads = _grads()
+    grads[1] = grads[1] * 1e-3  # one tensor already inside the bound
+    out = _run(clip_by_norm(1.0, eps=0.0), grads)
+    for g, o in zip(grads, out):
+        n = g.norm().item()
+        torch.testing.assert_close(o, g * min(1.0, 1.0 / n))
+        assert o.norm() <= 1.0 + 1e-12
+    torch.testing.assert_close(out[1], grads[1])
+
+
+def test_clip_by_global_norm_matches_torch_and_bound():
+    grads = _grads()
+    out = _run(clip_by_global_norm(2.0), grads)
+    params = [nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(params, 2.0, foreach=False)
+    for p, o in zip(params, out):
+        torch.testing.assert_close(o, p.grad)
+    total = math.sqrt(sum(o.pow(2).sum().item() for o in out))
+    assert total <= 2.0 + 1e-9
+    small = _grads(scale_=1e-4)
+    for o, g in zip(_run(clip_by_global_norm(2.0), small), small):
+        torch.testing.assert_close(o, g)
+
+
+def test_clip_by_value():
+    grads = _grads()
+    out = _run(clip_by_value(0.5), grads)
+    for g, o in zip(grads, out):
+        assert o.abs().max() <= 0.5
+        torch.testing.assert_close(o, g.clamp(-0.5, 0.5))
+
+
+def test_adaptive_clip_rowwise_reference():
+    grads = _grads()
+    gen = torch.Generator().manual_seed(9)
+    params = [torch.randn(g.shape, generator=gen, dtype=torch.float64) * 0.1 for g in grads]
+    clip, eps = 0.05, 1e-3
+    out = _run(adaptive_clip(clip, eps), grads, params)
+    for g, p, o in zip(grads, params, out):
+        rows_g = g.reshape(g.shape[0], -1) if g.ndim > 1 else g.reshape(1, -1)  # (units, fan_in)
+        rows_p = p.reshape(p.shape[0], -1) if p.ndim > 1 else p.reshape(1, -1)
+        expected = []
+        for rg, rp in zip(rows_g, rows_p):
+            limit = clip * max(rp.norm().item(), eps)
+            expected.append(rg * min(1.0, limit / rg.norm().item()))
+        torch.testing.assert_close(o, torch.stack(expected).reshape(g.shape))
+        assert (o.reshape(rows_g.shape).norm(dim=1)
+                <= clip * rows_p.norm(dim=1).clamp_min(eps) + 1e-9).all()
+
+
+def test_centralize_zero_mean_rows():
+    grads = _grads()
+    out = _run(centralize(), grads)
+    for g, o in zip(grads, out):
+        if g.ndim > 1:
+            rows = o.reshape(o.shape[0], -1)  # (units, fan_in)
+            torch.testing.assert_close(rows.mean(1), torch.zeros(o.shape[0], dtype=o.dtype))
+            torch.testing.assert_close(o - g, (-g.reshape(g.shape[0], -1).mean(1))
+                                       .reshape(-1, *[1] * (g.ndim - 1)).expand_as(g))
+        else:
+            torch.testing.assert_close(o, g)
+
+
+def test_add_noise_variance_schedule():
+    # Statistical: 200k draws; the sample std is within 1% of σ_t (≈ 14 standard errors).
+    eta, gamma = 0.5, 0.55
+    tx = add_noise(eta, gamma, generator=torch.Generator().manual_seed(0))
+    grads = [torch.zeros(100_000), torch.zeros(100_000)]
+    state = tx.init(grads)
+    for t in range(3):
+        out, state = tx.update([g.clone() for g in grads], state, grads)
+        std = torch.cat(out).std().item()
+        assert abs(std - math.sqrt(eta / (1 + t) ** gamma)) < 0.01 * std
+        assert abs(torch.cat(out).mean().item()) < 0.01
+
+
+def test_chain_order_matters():
+    grads = _grads()
+    a = _run(chain(clip_by_norm(1.0), scale(2.0)), grads)
+    b = _run(chain(scale(2.0), clip_by_norm(1.0)), grads)
+    assert all(o.norm() <= 2.0 + 1e-9 for o in a) and max(o.norm() for o in a) > 1.5
+    assert all(o.norm() <= 1.0 + 1e-9 for o in b)
+
+
+def test_select_only_touches_matched():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    params = list(model.parameters())
+    grads = [torch.ones_like(p) for p in params]
+    tx = select(model, "1.*", scale(0.0))
+    out, _ = tx.update([g.clone() for g in grads], tx.init(params), params)
+    assert torch.equal(out[0], grads[0]) and torch.equal(out[1], grads[1])
+    assert out[2].abs().sum() == 0 and out[3].abs().sum() == 0
+    with pytest.raises(ValueError, match="matches no parameter"):
+        select(model, "2.*", scale(1.0))
+
+
+def test_map_grads_user_function_and_shape_check():
+    grads = _grads()
+    out = _run(map_grads(lambda g, p: g.sign()), grads)
+    for g, o in zip(grads, out):
+        torch.testing.assert_close(o, g.sign())
+    with pytest.raises(ValueError, match="shape"):
+        _run(map_grads(lambda g, p: g.sum()), grads)
+
+
+def _quadratic():
+    torch.manual_seed(0)
+    target = torch.tensor([1.0, -2.0, 3.0])
+    w = nn.Parameter(torch.zeros(3))
+    return w, target
+
+
+@pytest.mark.parametrize(
+    "make_opt, steps",
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.1), 400),
+        (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 400),
+        (lambda p: torch.optim.Adam(p, lr=0.05), 800),
+        (lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.0), 800),
+        (lambda p: torch.optim.RMSprop(p, lr=0.01), 800),
+        (lambda p: torch.optim.Adagrad(p, lr=0.5), 800),
+    ],
+)
+def test_every_optimizer_reaches_the_minimum(make_opt, steps):
+    w, target = _quadratic()
+    opt = make_opt([w])
+    with_transforms(opt, chain(clip_by_norm(1.0), centralize(), clip_by_value(5.0)))
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * (w - target).pow(2).sum()).backward()
+        opt.step()
+    torch.testing.assert_close(w.detach(), target, atol=2e-3, rtol=0)
+
+
+def test_accumulate_equals_one_big_batch():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    ref = nn.Linear(4, 2)
+    ref.load_state_dict(model.state_dict())
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    handle = with_transforms(opt, accumulate(4))
+    start = [p.detach().clone() for p in model.parameters()]
+    for i, (xb, yb) in enumerate(zip(x.chunk(4), y.chunk(4))):
+        opt.zero_grad()
+        (model(xb) - yb).pow(2).mean().backward()
+        opt.step()
+        if i < 3:
+            assert all(torch.equal(p, s) for p, s in zip(model.parameters(), start))
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    (ref(x) - y).pow(2).mean().backward()
+    ref_opt.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)
+    assert handle.steps_taken == 1 and handle.steps_skipped == 3
+
+
+def test_skip_nonfinite_leaves_params_and_state_alone():
+    w = nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1)
+    handle = with_transforms(opt, skip_nonfinite())
+    (w * torch.tensor([1.0, float("nan"), 1.0])).sum().backward()
+    opt.step()
+    assert torch.equal(w.detach(), torch.ones(3)) and len(opt.state) == 0
+    assert handle.steps_skipped == 1 and handle.state == 1
+    opt.zero_grad()
+    w.sum().backward()
+    opt.step()
+    assert not torch.equal(w.detach(), torch.ones(3)) and handle.steps_taken == 1
+
+
+def test_params_without_grad_stay_untouched():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([a, b], lr=1.0)
+    with_transforms(opt, clip_by_global_norm(1.0))
+    (3 * a).sum().backward()
+    opt.step()
+    assert b.grad is None and torch.equal(b.detach(), torch.ones(2))
+    torch.testing.assert_close(a.detach(), torch.ones(2) - 1 / math.sqrt(2))
+
+
+def test_handle_remove_and_state_dict():
+    w = nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=1.0)
+    handle = with_transforms(opt, scale(0.0))
+    w.sum().backward()
+    opt.step()
+    assert torch.equal(w.detach(), torch.ones(2))
+    handle.remove()
+    opt.zero_grad()
+    w.sum().backward()
+    opt.step()
+    assert torch.equal(w.detach(), torch.zeros(2))
+    saved = handle.state_dict()
+    handle.load_state_dict(saved)
+    assert handle.steps_taken == 1
+
+
+def test_apply_transform_function():
+    w = nn.Parameter(torch.ones(4))
+    w.grad = torch.full((4,), 10.0)
+    tx = clip_by_norm(1.0)
+    stepped, _ = apply_transform([w], tx, tx.init([w]))
+    assert stepped and w.grad.norm() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        (lambda: clip_by_norm(0.0), "max_norm"),
+        (lambda: clip_by_norm(float("nan")), "max_norm"),
+        (lambda: clip_by_global_norm(-1.0), "max_norm"),
+        (lambda: clip_by_value(-1), "limit"),
+        (lambda: adaptive_clip(0.0), "clipping"),
+        (lambda: add_noise(-1.0), "eta"),
+        (lambda: accumulate(0), "every"),
+        (lambda: chain(scale(1.0), "clip"), "chain argument 1"),
+        (lambda: map_grads(3), "fn"),
+        (lambda: with_transforms("adam", scale(1.0)), "optimizer"),
+    ],
+)
+def test_bad_input(factory, match):
+    with pytest.raises(ValueError, match=match):
+        factory()
