@@ -1,0 +1,113 @@
+"""The ``kexue`` command line: ``kexue report`` (the main job), ``kexue run NAME``, ``kexue list``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="kexue: techniques from the Scientific Spaces notes (kexue.fm), rerun on real data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+Full = Annotated[bool, typer.Option("--full", help="Full-size runs instead of quick mode.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed for every experiment.")]
+Out = Annotated[Path, typer.Option("--out", help="Directory for index.html, figures, JSON.")]
+Threads = Annotated[int, typer.Option("--threads", min=1, help="torch threads to use.")]
+
+
+class CliError(Exception):
+    """An error the user can fix: printed as one line, exit status 2."""
+
+
+def _table(records: list[dict]) -> Table:
+    table = Table(title="kexue report")
+    for col in ("experiment", "claim", "result", "s"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        mark = "[green]holds[/]" if r["claim_holds"] else "[red]does not hold[/]"
+        table.add_row(r["name"], mark, r["summary"], f"{r['seconds']:.1f}")
+    return table
+
+
+def _run_many(names: list[str], full: bool, seed: int, out: Path, threads: int) -> list[dict]:
+    import torch
+
+    from kexue.experiments import EXPERIMENTS, run_experiment
+    from kexue.report import save_result, write_report
+
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise CliError(f"unknown experiment {unknown[0]!r}; known: {', '.join(EXPERIMENTS)}")
+    torch.set_num_threads(threads)
+    records = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeElapsedColumn(), console=console,
+                  disable=not console.is_terminal and not sys.stderr.isatty()) as progress:
+        task = progress.add_task("experiments", total=len(names))
+        for name in names:
+            progress.update(task, description=f"running {name}")
+            records.append(save_result(run_experiment(name, full=full, seed=seed), out))
+            progress.advance(task)
+    path = write_report(records, out)
+    console.print(_table(records))
+    console.print(f"report written to {path}")
+    return records
+
+
+@app.command()
+def report(
+    full: Full = False,
+    seed: Seed = 0,
+    out: Out = Path("report"),
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only these.")] = None,
+    threads: Threads = 1,
+) -> None:
+    """Rerun every note's claim on embedded real data and write OUT/index.html with figures."""
+    from kexue.experiments import EXPERIMENTS
+
+    _run_many(list(only or EXPERIMENTS), full, seed, out, threads)
+
+
+@app.command()
+def run(
+    name: Annotated[str, typer.Argument(help="Experiment name (see `kexue list`).")],
+    full: Full = False,
+    seed: Seed = 0,
+    out: Out = Path("report"),
+    threads: Threads = 1,
+) -> None:
+    """Run one experiment and write its figures and results to OUT."""
+    _run_many([name], full, seed, out, threads)
+
+
+@app.command(name="list")
+def list_() -> None:
+    """List the experiments with the claim each one checks."""
+    from kexue.experiments import EXPERIMENTS
+
+    table = Table()
+    table.add_column("name")
+    table.add_column("claim", overflow="fold")
+    table.add_column("note")
+    for name, module in EXPERIMENTS.items():
+        table.add_row(name, module.CLAIM, module.NOTE)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except (CliError, ValueError, FileNotFoundError, PermissionError) as err:
+        Console(stderr=True).print(f"kexue: error: {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
