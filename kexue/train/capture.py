@@ -123,7 +123,8 @@ def capture(
     Args:
         model: any module, possibly wrapped as above.
         patterns: one or more module-name globs (``fnmatch.fnmatchcase``), e.g.
-            ``"blocks.*.attn"``; ``""`` is the root module itself.
+            ``"blocks.*.attn"``; ``""`` is the root module itself. As in fnmatch, ``*`` also
+            matches dots: ``"blocks.*"`` matches ``"blocks.0"`` and ``"blocks.0.attn"``.
         attention: also record scaled-dot-product attention probabilities.
         detach: record tensors detached from the autograd graph (default); ``False`` keeps the
             graph, for losses on intermediates.
@@ -256,6 +257,7 @@ def _sdpa_probs(
     attn_mask: Tensor | None = None,
     dropout_p: float = 0.0,
     is_causal: bool = False,
+    *,
     scale: float | None = None,
     enable_gqa: bool = False,
 ) -> Tensor:

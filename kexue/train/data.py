@@ -112,9 +112,9 @@ class ShardedIterable(IterableDataset):
 
     Two kinds of ``source``:
 
-    - **Sequence-like** (has ``__len__`` and ``__getitem__``, e.g. a list or a map-style
-      ``Dataset``): example ``i`` is ``source[i]``, read by the shard that owns it (the read runs
-      in the thread pool when ``threads > 0``). With ``shuffle=True`` the order is
+    - **Sequence-like** (has ``__len__`` and ``__getitem__`` taking ``0 .. len - 1``, e.g. a list
+      or a map-style ``Dataset``): example ``i`` is ``source[i]``, read by the shard that owns it
+      (the read runs in the thread pool when ``threads > 0``). With ``shuffle=True`` the order is
       ``torch.randperm(len(source))`` drawn from ``(seed, epoch)``, the same on every shard.
     - **Stream** (a zero-argument callable returning a fresh iterable, e.g. one that reads the
       lines of a file): item ``i`` of the stream goes to shard ``i mod num_shards``. Every shard

@@ -1,0 +1,58 @@
+"""The command line end to end: every command's --help, the report, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kexue.cli import app
+from kexue.experiments import EXPERIMENTS
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["report"], ["run"], ["list"]])
+def test_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_list_names_every_experiment():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    for name in EXPERIMENTS:
+        assert name in result.output
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kexue", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_unknown_experiment_is_one_line_error(tmp_path):
+    proc = _cli("run", "no_such_thing", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no_such_thing" in lines[0] and "known:" in lines[0]
+
+
+@pytest.mark.slow
+def test_report_runs_every_experiment(tmp_path):
+    """The main job in quick mode: every claim holds, every figure and the page are written."""
+    proc = _cli("report", "--out", str(tmp_path), "--seed", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in records] == list(EXPERIMENTS)
+    page = (tmp_path / "index.html").read_text()
+    for r in records:
+        assert r["claim_holds"], (r["name"], r["summary"])
+        for key in ("seed", "config", "torch", "device", "git_sha"):
+            assert key in r
+        for fig in r["figures"]:
+            assert (tmp_path / fig).stat().st_size > 1000
+            assert fig in page
