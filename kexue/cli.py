@@ -1,4 +1,4 @@
-"""The ``kexue`` command line: ``kexue report`` (the main job), ``kexue run NAME``, ``kexue list``."""
+"""The ``kexue`` command line: ``kexue report`` (the main job), ``run NAME`` and ``list``."""
 
 from __future__ import annotations
 

@@ -41,6 +41,10 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _verdict(record: dict[str, Any]) -> str:
+    return "holds" if record["claim_holds"] else "does not hold"
+
+
 def write_report(records: Sequence[dict[str, Any]], out: Path) -> Path:
     """Write ``results.json`` and ``index.html`` for saved results; return the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -48,8 +52,7 @@ def write_report(records: Sequence[dict[str, Any]], out: Path) -> Path:
     esc = html.escape
     rows = "".join(
         f"<tr><td><a href='#{esc(r['name'])}'>{esc(r['name'])}</a></td>"
-        f"<td class='{'ok' if r['claim_holds'] else 'no'}'>"
-        f"{'holds' if r['claim_holds'] else 'does not hold'}</td>"
+        f"<td class='{'ok' if r['claim_holds'] else 'no'}'>{_verdict(r)}</td>"
         f"<td>{esc(r['summary'])}</td><td>{r['seconds']:.1f}</td></tr>"
         for r in records
     )
@@ -61,8 +64,8 @@ def write_report(records: Sequence[dict[str, Any]], out: Path) -> Path:
         sections.append(
             f"<section id='{esc(r['name'])}'><h2>{esc(r['title'])}</h2>"
             f"<p>Note: <a href='{esc(r['note'])}'>{esc(r['note'])}</a></p>"
-            f"<p><b>Claim:</b> {esc(r['claim'])} — <b>{'holds' if r['claim_holds'] else 'does not hold'}"
-            f"</b>.</p><p>{esc(r['summary'])}</p><table>{metrics}</table>{figs}"
+            f"<p><b>Claim:</b> {esc(r['claim'])} — <b>{_verdict(r)}</b>.</p>"
+            f"<p>{esc(r['summary'])}</p><table>{metrics}</table>{figs}"
             f"<p class='meta'>mode {esc(r['mode'])} · seed {r['seed']} · config "
             f"{esc(json.dumps(r['config']))} · torch {esc(r['torch'])} · {esc(r['device'])} · "
             f"git {esc(r['git_sha'])} · {r['seconds']:.1f} s</p></section>"

@@ -1,4 +1,4 @@
-"""Per-pattern and layer-wise learning rates against hand-computed values, and the θ = λ·φ identity."""
+"""Per-pattern and layer-wise learning rates against hand-computed values; the θ = λ·φ identity."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Claim: a weight EMA lowers the test loss of a model trained with noisy SGD.
 
 Trains an MLP on sklearn's real handwritten digits with small-batch, high-learning-rate SGD
-and weight decay (so there is a minimum and the weights rattle around it) and evaluates both the raw weights and their EMA
-(``kexue.train.EMA``, evaluated through ``ema.swapped()``) along the way.
+and weight decay (so there is a minimum and the weights rattle around it), and evaluates both
+the raw weights and their EMA (through ``ema.swapped()``) along the way.
 Note: https://kexue.fm/archives/6575
 """
 

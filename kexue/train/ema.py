@@ -91,7 +91,8 @@ class EMA:
     """Weight EMA of ``model`` (parameters and, by default, floating-point buffers).
 
     The shadow copy is kept in ``dtype`` (by default at least float32, so a bf16/fp16 model
-    still averages in float32) on ``device`` (default: beside each parameter; ``"cpu"`` offloads it).
+    still averages in float32) on ``device`` (default: beside each parameter; ``"cpu"``
+    offloads it). Create the EMA after moving the model to its device and dtype.
     Non-floating buffers (``num_batches_tracked``) are copied, not averaged.
 
     Under DistributedDataParallel every rank holds the same parameters after each step, so
@@ -191,7 +192,8 @@ class EMA:
         if self._fast:
             torch._foreach_lerp_(self.shadow, self._live, weight)
         else:
-            live = [t.to(s.device, non_blocking=True) for s, t in zip(self.shadow, self._live)]
+            live = [t.to(s.device, non_blocking=True)
+                    for s, t in zip(self.shadow, self._live, strict=True)]
             torch._foreach_mul_(self.shadow, 1.0 - weight)
             torch._foreach_add_(self.shadow, live, alpha=weight)
         for s, b in zip(self.shadow_copied, self._live_copied, strict=True):
@@ -227,7 +229,8 @@ class EMA:
         """Copy the averaged weights into ``model`` (same architecture) and return it."""
         target = unwrap_model(model)
         tensors = {**dict(target.named_buffers()), **dict(target.named_parameters())}
-        for name, s in zip(self._names + self._copy_names, self.shadow + self.shadow_copied):
+        for name, s in zip(self._names + self._copy_names, self.shadow + self.shadow_copied,
+                           strict=True):
             if name not in tensors:
                 raise ValueError(f"model has no tensor named {name!r} to copy the average into")
             tensors[name].copy_(s)
@@ -264,7 +267,8 @@ class EMA:
                 missing = sorted(set(names) - set(saved))[:5]
                 extra = sorted(set(saved) - set(names))[:5]
                 raise ValueError(
-                    f"state[{key!r}] does not match this model: missing {missing}, unexpected {extra}"
+                    f"state[{key!r}] does not match this model: missing {missing}, "
+                    f"unexpected {extra}"
                 )
             for name, t in zip(names, tensors, strict=True):
                 if saved[name].shape != t.shape:

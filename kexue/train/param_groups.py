@@ -1,4 +1,4 @@
-"""Learning rates per layer or per name pattern, for any ``nn.Module`` and ``torch.optim`` optimizer.
+"""Learning rates per layer or per name pattern, for any ``nn.Module`` and any optimizer.
 
 :func:`param_groups` turns a model into optimizer parameter groups. Each parameter's learning
 rate is ``lr`` times the product of
