@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from kexue.train import (
@@ -64,6 +66,30 @@ def test_clip_by_global_norm_matches_torch_and_bound():
     small = _grads(scale_=1e-4)
     for o, g in zip(_run(clip_by_global_norm(2.0), small), small):
         torch.testing.assert_close(o, g)
+
+
+_shapes = st.lists(st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple),
+                   min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=_shapes, bound=st.floats(1e-3, 1e3), spread=st.floats(-4, 4), seed=st.integers(0, 99))
+def test_clipping_invariants_property(shapes, bound, spread, seed):
+    """Any shapes, any scale: clipped norms within the bound, directions kept, and tensors
+    already inside the bound untouched."""
+    gen = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(s, generator=gen, dtype=torch.float64) * 10**spread for s in shapes]
+    per = _run(clip_by_norm(bound, eps=0.0), grads)
+    glob = _run(clip_by_global_norm(bound, eps=0.0), grads)
+    total = math.sqrt(sum(g.pow(2).sum().item() for g in grads))
+    assert math.sqrt(sum(o.pow(2).sum().item() for o in glob)) <= bound * (1 + 1e-9)
+    for g, p, q in zip(grads, per, glob):
+        n = g.norm().item()
+        assert p.norm().item() <= bound * (1 + 1e-9)
+        if n <= bound:
+            assert torch.equal(p, g)
+        torch.testing.assert_close(p, g * min(1.0, bound / n) if n > 0 else g)
+        torch.testing.assert_close(q, g * min(1.0, bound / total) if total > 0 else g)
 
 
 def test_clip_by_value():

@@ -192,12 +192,14 @@ class EMA:
         if self._fast:
             torch._foreach_lerp_(self.shadow, self._live, weight)
         else:
-            live = [t.to(s.device, non_blocking=True)
+            # A device-to-host copy may only be non-blocking if we synchronise before reading it,
+            # so copies are asynchronous only towards an accelerator.
+            live = [t.to(s.device, non_blocking=s.device.type != "cpu")
                     for s, t in zip(self.shadow, self._live, strict=True)]
             torch._foreach_mul_(self.shadow, 1.0 - weight)
             torch._foreach_add_(self.shadow, live, alpha=weight)
         for s, b in zip(self.shadow_copied, self._live_copied, strict=True):
-            s.copy_(b, non_blocking=True)
+            s.copy_(b, non_blocking=s.device.type != "cpu")
 
     # -- evaluation with the averaged weights ---------------------------------------------------
 

@@ -27,6 +27,7 @@ References:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -123,13 +124,15 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform
         if not grads:
             return grads
         device = grads[0].device
-        per_group = [
-            torch.stack(torch._foreach_norm([grads[i] for i in idx])).to(device, torch.float32)
-            for idx in _groups(grads)
-        ]
+        groups = _groups(grads)
+        # Accumulate in the widest dtype present (at least float32) so the bound holds exactly.
+        acc = functools.reduce(torch.promote_types, (grads[i[0]].dtype for i in groups),
+                               torch.float32)
+        per_group = [torch.stack(torch._foreach_norm([grads[i] for i in idx])).to(device, acc)
+                     for idx in groups]
         total = torch.linalg.vector_norm(torch.cat(per_group))
         coef = (max_norm / (total + eps)).clamp_(max=1.0)
-        for idx in _groups(grads):
+        for idx in groups:
             g = [grads[i] for i in idx]
             torch._foreach_mul_(g, coef.to(g[0].device, g[0].dtype))
         return grads
