@@ -132,8 +132,10 @@ def test_save_load_resume_is_bit_exact():
 
     a, b = ema.state_dict(), ema2.state_dict()
     assert a["step"] == b["step"] == 12
-    for k in a["shadow"]:
-        assert torch.equal(a["shadow"][k], b["shadow"][k]), k
+    for part in ("shadow", "copied"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), k
 
 
 def test_swap_is_bit_exact_and_shows_average():
@@ -161,6 +163,63 @@ def test_swap_is_bit_exact_and_shows_average():
         raise RuntimeError("boom")
     for k in before:
         assert torch.equal(before[k], model.state_dict()[k]), k
+
+
+def test_training_mode_forward_inside_swap_leaves_average_alone():
+    model = _net()
+    ema = EMA(model, decay=0.5)
+    before = {k: v.clone() for k, v in ema.state_dict()["shadow"].items()}
+    with ema.swapped():
+        model.train()
+        model(torch.randn(8, 4))  # updates BatchNorm running statistics
+    after = ema.state_dict()["shadow"]
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 3)
+        self.register_buffer("mask", torch.full((3, 3), float("-inf")).triu(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.proj(x) + self.mask).softmax(-1)
+
+
+def test_nonfinite_buffers_are_copied_not_averaged():
+    model = _Masked()
+    ema = EMA(model, decay=0.9)
+    ema.update()
+    assert "mask" in ema.state_dict()["copied"]
+    with ema.swapped():
+        assert not torch.isnan(model(torch.randn(2, 3, 3))).any()
+
+
+def test_tied_weights_and_replaced_tensors():
+    emb = nn.Embedding(5, 4)
+    head = nn.Linear(4, 5, bias=False)
+    head.weight = emb.weight
+    model = nn.ModuleDict({"emb": emb, "head": head})
+    ema = EMA(model, decay=0.5)
+    assert list(ema.state_dict()["shadow"]) == ["emb.weight"]
+    with torch.no_grad():
+        emb.weight.add_(2.0)
+    ema.update()
+    with ema.swapped():
+        assert model["head"].weight is model["emb"].weight
+
+    # load_state_dict(assign=True) replaces the Parameter objects: the EMA follows them.
+    lin = nn.Linear(2, 2)
+    ema = EMA(lin, decay=0.5)
+    new = {k: torch.full_like(v, 4.0) for k, v in lin.state_dict().items()}
+    lin.load_state_dict(new, assign=True)
+    start = ema.shadow[0].clone()
+    ema.update()
+    torch.testing.assert_close(ema.shadow[0], 0.5 * start + 2.0)
+    with ema.swapped():
+        torch.testing.assert_close(lin.weight.detach(), 0.5 * start + 2.0)
+    assert torch.equal(lin.weight.detach(), torch.full((2, 2), 4.0))
 
 
 def test_low_precision_model_keeps_fp32_shadow():

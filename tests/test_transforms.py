@@ -249,6 +249,76 @@ def test_params_without_grad_stay_untouched():
     torch.testing.assert_close(a.detach(), torch.ones(2) - 1 / math.sqrt(2))
 
 
+def test_accumulate_keeps_sums_of_params_missing_from_the_last_micro_batch():
+    a, b, c = (nn.Parameter(torch.zeros(2)) for _ in range(3))
+    opt = torch.optim.SGD([a, b, c], lr=1.0)
+    handle = with_transforms(opt, accumulate(2))
+    (a.sum() + b.sum()).backward()  # micro-batch 1: a and b
+    opt.step()
+    opt.zero_grad()
+    b.sum().backward()  # micro-batch 2: only b
+    opt.step()
+    assert handle.last_stepped
+    torch.testing.assert_close(a.detach(), torch.full((2,), -0.5))  # mean of (1, 0)
+    torch.testing.assert_close(b.detach(), torch.full((2,), -1.0))
+    assert c.grad is None and torch.equal(c.detach(), torch.zeros(2))  # never had a gradient
+
+
+def test_closure_is_a_clear_error():
+    w = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=1.0)
+    with_transforms(opt, scale(0.0))
+
+    def closure():
+        opt.zero_grad()
+        loss = w.sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(ValueError, match="closure"):
+        opt.step(closure)
+    with pytest.raises(ValueError, match="closure"):
+        opt.step(closure=closure)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_gradients_clip_without_overflow(dtype):
+    # ‖g‖ = 300·√1e5 ≈ 9.5e4 > fp16 max: the norm must be accumulated in float32.
+    g = [torch.full((100_000,), 300.0, dtype=dtype), torch.full((10,), 0.5, dtype=dtype)]
+    per = _run(clip_by_norm(1.0), g)
+    glob = _run(clip_by_global_norm(1.0), g)
+    assert torch.isfinite(per[0]).all() and per[0].abs().max() > 0
+    assert per[0].double().norm() <= 1.0 + 5e-3  # within the dtype's rounding
+    assert sum(o.double().pow(2).sum() for o in glob).sqrt() <= 1.0 + 5e-3
+    out = _run(skip_nonfinite(), g)
+    assert out is not None  # all finite: do not skip
+
+
+def test_state_survives_torch_save_load(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = with_transforms(opt, chain(add_noise(0.1), accumulate(3), skip_nonfinite()))
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    torch.save(handle.state_dict(), tmp_path / "tx.pt")
+    loaded = torch.load(tmp_path / "tx.pt")  # default weights_only=True
+    fresh = with_transforms(torch.optim.SGD(model.parameters(), lr=0.1),
+                            chain(add_noise(0.1), accumulate(3), skip_nonfinite()))
+    fresh.load_state_dict(loaded)
+    noise_step, acc, skipped = fresh.state
+    assert noise_step == 1 and acc["count"] == 1 and skipped == 0
+    torch.testing.assert_close(acc["buffers"][0], handle.state[1]["buffers"][0])
+
+
+def test_sparse_gradients_are_a_clear_error():
+    emb = nn.Embedding(5, 2, sparse=True)
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    with_transforms(opt, clip_by_norm(1.0))
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="dense"):
+        opt.step()
+
+
 def test_handle_remove_and_state_dict():
     w = nn.Parameter(torch.ones(2))
     opt = torch.optim.SGD([w], lr=1.0)

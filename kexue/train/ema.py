@@ -149,30 +149,41 @@ class EMA:
         copied: list[tuple[str, Tensor]] = []
         if buffers != "ignore":
             for n, b in self.model.named_buffers():
-                (averaged if buffers == "average" and b.is_floating_point() else copied).append(
-                    (n, b)
-                )
+                # Buffers holding ±inf/NaN (additive attention masks) would average to NaN.
+                average = buffers == "average" and b.is_floating_point() and bool(
+                    torch.isfinite(b).all())
+                (averaged if average else copied).append((n, b))
         self._names = [n for n, _ in averaged]
         self._copy_names = [n for n, _ in copied]
         with torch.no_grad():
             self.shadow = [_shadow_like(t, dtype, device) for _, t in averaged]
             self.shadow_copied = [t.detach().clone().to(device or t.device) for _, t in copied]
-        # Lerp needs matching dtype and device; otherwise we take the slower mul + add path.
-        self._fast = all(
-            s.dtype == t.dtype and s.device == t.device
-            for s, (_, t) in zip(self.shadow, averaged, strict=True)
-        )
-        self._refresh_live()
+        module_name, _, attr = self._names[0].rpartition(".")
+        self._probe = (self.model.get_submodule(module_name), attr)
+        self.refresh()
 
     # -- the hot path ---------------------------------------------------------------------------
 
-    def _refresh_live(self) -> None:
-        """Cache the model's current tensors (call again if the model's tensors were replaced)."""
-        params = dict(self.model.named_parameters())
-        buffers = dict(self.model.named_buffers())
-        live = {**buffers, **params}
-        self._live = [live[n] for n in self._names]
-        self._live_copied = [buffers[n] for n in self._copy_names]
+    def refresh(self) -> None:
+        """Re-read the model's tensors. Called automatically when the model's first parameter
+        object was replaced (``load_state_dict(assign=True)``, ``to_empty``...).
+
+        Raises:
+            ValueError: if the model no longer has a tensor the EMA averages.
+        """
+        tensors = {**dict(self.model.named_buffers()), **dict(self.model.named_parameters())}
+        missing = [n for n in self._names + self._copy_names if n not in tensors]
+        if missing:
+            raise ValueError(f"model no longer has tensors {missing[:5]} that the EMA averages")
+        self._live = [tensors[n] for n in self._names]
+        self._live_copied = [tensors[n] for n in self._copy_names]
+        self._fast = all(s.dtype == t.dtype and s.device == t.device
+                         for s, t in zip(self.shadow, self._live, strict=True))
+
+    def _check_live(self) -> None:
+        module, attr = self._probe
+        if getattr(module, attr, None) is not self._live[0]:
+            self.refresh()
 
     def decay_at(self, num_updates: int) -> float:
         """The decay used for the ``num_updates``-th average (1-based)."""
@@ -189,6 +200,8 @@ class EMA:
             return
         self.num_updates += 1
         weight = 1.0 - self.decay_at(self.num_updates)
+        self._check_live()
+        # Lerp needs matching dtype and device; otherwise the slower mul + add path.
         if self._fast:
             torch._foreach_lerp_(self.shadow, self._live, weight)
         else:
@@ -207,20 +220,27 @@ class EMA:
     def swapped(self) -> Iterator[nn.Module]:
         """Put the averaged weights into the model for the duration of the block.
 
-        Storages are exchanged (``tensor.data`` pointers), not copied, when the shadow has the
-        model's dtype and device; otherwise the shadow is cast into fresh tensors. Either way
-        the training tensors themselves are set aside untouched and put back on exit, so the
-        training weights are restored bit for bit, even if the block raises.
+        Parameters exchange storages with the shadow (``tensor.data`` pointers, no copies) when
+        dtype and device match; otherwise the shadow is cast into fresh tensors. Buffers always
+        get fresh copies, so that a forward pass in training mode (BatchNorm statistics) cannot
+        write into the average. The training tensors themselves are set aside untouched and
+        put back on exit, so the training weights are restored bit for bit, even if the block
+        raises. Do not modify parameters in place inside the block: with shared storage that
+        would modify the average.
 
         Yields:
             The model, now holding the averaged weights.
         """
+        self._check_live()
+        n = len(self._live)
         live = self._live + self._live_copied
         shadow = self.shadow + self.shadow_copied
         saved = [t.data for t in live]
         try:
-            for t, s in zip(live, shadow, strict=True):
-                t.data = s.data if (s.dtype == t.dtype and s.device == t.device) else s.to(t)
+            for i, (t, s) in enumerate(zip(live, shadow, strict=True)):
+                share = i < n and isinstance(t, nn.Parameter) and s.dtype == t.dtype \
+                    and s.device == t.device
+                t.data = s.data if share else s.to(t, copy=True)
             yield self.model
         finally:
             for t, d in zip(live, saved, strict=True):

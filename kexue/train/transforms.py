@@ -79,6 +79,13 @@ def _groups(tensors: Sequence[Tensor]) -> list[list[int]]:
     return list(out.values())
 
 
+def _norms(grads: Grads) -> Tensor:
+    """L2 norm of each tensor (same device and dtype), accumulated in float32 or wider so
+    that fp16/bf16 gradients neither overflow nor round the clipping bound."""
+    acc = torch.promote_types(grads[0].dtype, torch.float32)
+    return torch.stack(torch._foreach_norm(grads, 2, dtype=acc))  # (n,)
+
+
 def _number(name: str, value: Any, low: float = 0.0, strict: bool = True) -> float:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or (value <= low if strict else value < low):
@@ -108,9 +115,8 @@ def clip_by_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
         for idx in _groups(grads):
             g = [grads[i] for i in idx]
-            norms = torch.stack(torch._foreach_norm(g))  # (n,)
-            coef = (max_norm / (norms + eps)).clamp_(max=1.0)
-            torch._foreach_mul_(g, list(coef))
+            coef = (max_norm / (_norms(g) + eps)).clamp_(max=1.0)  # (n,)
+            torch._foreach_mul_(g, list(coef.to(g[0].dtype)))
         return grads
 
     return _stateless(fn)
@@ -128,8 +134,7 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform
         # Accumulate in the widest dtype present (at least float32) so the bound holds exactly.
         acc = functools.reduce(torch.promote_types, (grads[i[0]].dtype for i in groups),
                                torch.float32)
-        per_group = [torch.stack(torch._foreach_norm([grads[i] for i in idx])).to(device, acc)
-                     for idx in groups]
+        per_group = [_norms([grads[i] for i in idx]).to(device, acc) for idx in groups]
         total = torch.linalg.vector_norm(torch.cat(per_group))
         coef = (max_norm / (total + eps)).clamp_(max=1.0)
         for idx in groups:
@@ -236,9 +241,10 @@ def skip_nonfinite() -> GradientTransform:
     def update(grads: Grads, skipped: int, params: list[Tensor]) -> tuple[Grads | None, int]:
         if not grads:
             return grads, skipped
+        # The max-norm of a finite tensor is finite (an L2 norm can overflow); NaN propagates.
         finite = torch.stack(
-            [torch.isfinite(torch.stack(torch._foreach_norm([grads[i] for i in idx]))).all()
-             .to(grads[0].device) for idx in _groups(grads)]
+            [torch.isfinite(torch.stack(torch._foreach_norm([grads[i] for i in idx], math.inf)))
+             .all().to(grads[0].device) for idx in _groups(grads)]
         ).all()
         if bool(finite):
             return grads, skipped
@@ -247,35 +253,36 @@ def skip_nonfinite() -> GradientTransform:
     return GradientTransform(lambda params: 0, update)
 
 
-class _Accumulation(NamedTuple):
-    count: int
-    buffers: list[Tensor]
-
-
 def accumulate(every: int, average: bool = True) -> GradientTransform:
     """Gradient accumulation: step once every ``every`` calls with the mean (or sum) of the
     gradients since the last step; the other calls skip the optimizer step.
 
-    The user's loop stays ``backward(); step(); zero_grad()`` at every micro-batch.
+    The user's loop stays ``backward(); step(); zero_grad()`` at every micro-batch; advance
+    LR schedulers and EMAs only when ``handle.last_stepped`` is True. A parameter that got
+    gradients in earlier micro-batches but none in the last one still receives its sum; one
+    that got none in the whole window keeps ``grad=None``. The state is
+    ``{"count": int, "seen": [bool, ...], "buffers": [Tensor, ...]}``.
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an int >= 1, got {every!r}")
 
-    def init(params: list[Tensor]) -> _Accumulation:
-        return _Accumulation(0, [torch.zeros_like(p, memory_format=torch.preserve_format)
-                                 for p in params])
+    def init(params: list[Tensor]) -> dict[str, Any]:
+        buffers = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+        return {"count": 0, "seen": [False] * len(params), "buffers": buffers}
 
     def update(
-        grads: Grads, state: _Accumulation, params: list[Tensor]
-    ) -> tuple[Grads | None, _Accumulation]:
-        torch._foreach_add_(state.buffers, grads)
-        count = state.count + 1
+        grads: Grads, state: dict[str, Any], params: list[Tensor]
+    ) -> tuple[Grads | None, dict[str, Any]]:
+        buffers = state["buffers"]
+        torch._foreach_add_(buffers, grads)
+        seen = [s or not _is_stand_in(g) for s, g in zip(state["seen"], grads, strict=True)]
+        count = state["count"] + 1
         if count < every:
-            return None, _Accumulation(count, state.buffers)
-        out = torch._foreach_div(state.buffers, every) if average else \
-            [b.clone() for b in state.buffers]
-        torch._foreach_zero_(state.buffers)
-        return out, _Accumulation(0, state.buffers)
+            return None, {"count": count, "seen": seen, "buffers": buffers}
+        out = torch._foreach_div(buffers, every) if average else [b.clone() for b in buffers]
+        out = [o if s else g for o, s, g in zip(out, seen, grads, strict=True)]
+        torch._foreach_zero_(buffers)
+        return out, {"count": 0, "seen": [False] * len(params), "buffers": buffers}
 
     return GradientTransform(init, update)
 
@@ -286,7 +293,7 @@ def map_grads(fn: Callable[[Tensor, Tensor], Tensor]) -> GradientTransform:
         raise ValueError(f"fn must be callable (grad, param) -> grad, got {fn!r}")
 
     def apply(grads: Grads, params: list[Tensor]) -> Grads:
-        out = [fn(g, p) for g, p in zip(grads, params, strict=True)]
+        out = [g if _is_stand_in(g) else fn(g, p) for g, p in zip(grads, params, strict=True)]
         for o, g in zip(out, grads, strict=True):
             if not isinstance(o, Tensor) or o.shape != g.shape:
                 got = tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__
@@ -368,20 +375,42 @@ def select(
 # -- plugging into an optimizer --------------------------------------------------------------
 
 
+_STAND_IN = "_kexue_stand_in"
+
+
+def _stand_in(p: Tensor) -> Tensor:
+    """Zeros standing in for the missing gradient of ``p``, marked as such."""
+    z = torch.zeros_like(p)
+    setattr(z, _STAND_IN, True)
+    return z
+
+
+def _is_stand_in(t: Tensor) -> bool:
+    return getattr(t, _STAND_IN, False)
+
+
 def apply_transform(
     params: Sequence[Tensor], transform: GradientTransform, state: Any
 ) -> tuple[bool, Any]:
     """Run ``transform`` on the ``.grad`` of ``params`` in place.
 
-    Parameters without a gradient take part as zeros (so global norms and accumulation see
-    them correctly) but keep ``grad=None``, so the optimizer still leaves them alone.
+    A parameter without a gradient takes part as zeros (so global norms and accumulation see
+    it correctly). It keeps ``grad=None``, so the optimizer leaves it alone, unless the
+    transform returns a new tensor for it (an accumulated sum from earlier micro-batches).
 
     Returns:
         ``(step, new_state)``: ``step`` is False when the transform asked to skip; then every
         ``.grad`` is set to None so that ``optimizer.step()`` changes nothing.
+
+    Raises:
+        ValueError: for sparse gradients, or a transform returning the wrong number of them.
     """
     params = list(params)
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for i, p in enumerate(params):
+        if p.grad is not None and p.grad.layout != torch.strided:
+            raise ValueError(f"gradient transforms need dense gradients; parameter {i} "
+                             f"{tuple(p.shape)} has a {p.grad.layout} gradient")
+    grads = [p.grad if p.grad is not None else _stand_in(p) for p in params]
     out, state = transform.update(grads, state, params)
     if out is None:
         for p in params:
@@ -390,13 +419,14 @@ def apply_transform(
     if len(out) != len(params):
         raise ValueError(f"transform returned {len(out)} gradients for {len(params)} parameters")
     for p, g in zip(params, out, strict=True):
-        if p.grad is not None and g is not p.grad:
+        if g is not p.grad and not _is_stand_in(g):
             p.grad = g
     return True, state
 
 
 class TransformHandle:
-    """What :func:`with_transforms` returns: the live ``state``, counters and ``remove()``."""
+    """What :func:`with_transforms` returns: the live ``state``, counters, ``last_stepped``
+    (whether the latest ``optimizer.step()`` changed anything) and ``remove()``."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, transform: GradientTransform) -> None:
         self.optimizer = optimizer
@@ -405,10 +435,18 @@ class TransformHandle:
         self.state = transform.init(self.params)
         self.steps_taken = 0
         self.steps_skipped = 0
+        self.last_stepped = False
         self._hook = optimizer.register_step_pre_hook(self._pre_step)
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # args holds (optimizer, *step_args): a closure is the first step argument.
+        if (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None:
+            raise ValueError(
+                "with_transforms cannot transform gradients computed inside step(closure) "
+                "(the hook runs before the closure); call backward() before step() instead"
+            )
         stepped, self.state = apply_transform(self.params, self.transform, self.state)
+        self.last_stepped = stepped
         if stepped:
             self.steps_taken += 1
         else:
@@ -435,8 +473,10 @@ def with_transforms(
 ) -> TransformHandle:
     """Transform the gradients of every parameter of ``optimizer`` before each ``step()``.
 
-    Works with any ``torch.optim.Optimizer`` (a step pre-hook; no subclass). The parameter
-    list is fixed when this is called: add parameter groups before, not after.
+    Works with any ``torch.optim.Optimizer`` (a step pre-hook; no subclass) stepped without a
+    closure. The parameter list is fixed when this is called: add parameter groups before,
+    not after. A skip (from :func:`accumulate`, :func:`skip_nonfinite`, also inside
+    :func:`select`) skips the whole step, for every parameter.
 
     Raises:
         ValueError: if ``optimizer`` is not a torch optimizer or ``transform`` is not a
