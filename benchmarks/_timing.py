@@ -1,7 +1,7 @@
 """The one way kexue benchmarks time code and record results.
 
-    measure(fn)                      -> {"median_s", "iqr_s", "runs"}
-    measure_interleaved({name: fn})  -> {name: {"median_s", "iqr_s", "runs"}}
+    measure(fn)                      -> {"median_s", "iqr_s", "min_s", "runs", "number"}
+    measure_interleaved({name: fn})  -> {name: {...the same...}}
     write_results(topic, rows)       -> results/<topic>.json and results/<topic>.md
 
 A *run* is ``number`` back-to-back calls of ``fn``, timed with ``time.perf_counter`` (after
@@ -67,7 +67,8 @@ def _run(fn: Callable[[], Any], number: int) -> float:
 
 def _summary(runs: list[float]) -> dict[str, Any]:
     q1, _, q3 = statistics.quantiles(runs, n=4) if len(runs) > 1 else (runs[0],) * 3
-    return {"median_s": statistics.median(runs), "iqr_s": q3 - q1, "runs": runs}
+    return {"median_s": statistics.median(runs), "iqr_s": q3 - q1, "min_s": min(runs),
+            "runs": runs}
 
 
 def measure_interleaved(
@@ -87,7 +88,7 @@ def measure_interleaved(
             ``number`` times per run to reach it (``number`` fixed per callable after warm-up).
 
     Returns:
-        name -> ``{"median_s", "iqr_s", "runs", "number"}``, seconds per call.
+        name -> ``{"median_s", "iqr_s", "min_s", "runs", "number"}``, seconds per call.
     """
     if repeats < 1 or warmup < 0 or min_time < 0:
         raise ValueError(f"need repeats >= 1, warmup >= 0, min_time >= 0; got "
@@ -110,7 +111,7 @@ def measure_interleaved(
 def measure(
     fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 15, min_time: float = 0.02
 ) -> dict[str, Any]:
-    """Median and interquartile range of the seconds per call of ``fn`` (see module doc)."""
+    """Median, interquartile range and minimum of the seconds per call of ``fn``."""
     return measure_interleaved({"fn": fn}, warmup=warmup, repeats=repeats, min_time=min_time)["fn"]
 
 
@@ -130,13 +131,16 @@ def write_results(
 
     Each row needs ``benchmark``, ``case``, ``impl`` and the fields of :func:`measure`. A row
     with ``baseline`` (the ``impl`` of another row of the same benchmark and case) gets
-    ``ratio`` = its median / the baseline's median. Optional: ``target_ratio`` (largest
+    ``ratio``: the median over rounds of (its run / the baseline's run in the same round) when
+    both were timed in the same :func:`measure_interleaved` call, so that slow drifts of load
+    cancel, with ``ratio_iqr``; ``ratio_of_medians`` too. Optional: ``target_ratio`` (largest
     acceptable ratio) or ``target_s`` (largest acceptable median), which set ``met``; ``note``.
     A row without ``median_s`` records something that could not be measured, with its ``note``.
     """
     rows = [dict(r) for r in rows]
     medians = {(r["benchmark"], r["case"], r["impl"]): r["median_s"] for r in rows
                if "median_s" in r}
+    runs = {(r["benchmark"], r["case"], r["impl"]): r["runs"] for r in rows if "runs" in r}
     for r in rows:
         base = r.get("baseline")
         if base is None or "median_s" not in r:
@@ -145,7 +149,13 @@ def write_results(
         if key not in medians:
             raise ValueError(f"row {r['impl']!r} names baseline {base!r}, which was not measured "
                              f"in {r['benchmark']!r} / {r['case']!r}")
-        r["ratio"] = r["median_s"] / medians[key]
+        base_runs = runs[key]
+        if len(base_runs) == len(r["runs"]):  # interleaved rounds: pair run i with run i
+            paired = _summary([a / b for a, b in zip(r["runs"], base_runs, strict=True)])
+            r["ratio"], r["ratio_iqr"] = paired["median_s"], paired["iqr_s"]
+        else:
+            r["ratio"], r["ratio_iqr"] = r["median_s"] / medians[key], None
+        r["ratio_of_medians"] = r["median_s"] / medians[key]
         if "target_ratio" in r:
             r["met"] = r["ratio"] <= r["target_ratio"]
     for r in rows:
@@ -167,19 +177,22 @@ def _markdown(header: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
     baselines = {(r["benchmark"], r["case"], r["baseline"]) for r in rows if r.get("baseline")}
     lines = [f"# Benchmark: {header['topic']}", "",
              " · ".join(f"{k}: `{v}`" for k, v in header.items() if k != "topic"), "",
-             "Medians of seconds per call over timed runs after warm-up; IQR = interquartile "
-             "range of the runs; ratio = median / median of the named baseline, measured in the "
-             "same process, interleaved.", ""]
+             "Seconds per call: median over the timed runs after warm-up (runs × calls per "
+             "run), interquartile range (IQR) and fastest run (min). Candidates of one case run "
+             "in the same process, interleaved in rounds; ratio = median over rounds of (run / "
+             "the baseline's run in the same round), with its IQR. Lower is faster.", ""]
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-    lines += ["| benchmark | case | implementation | median | IQR | runs | ratio | target |",
-              "|---|---|---|---:|---:|---:|---:|---|"]
+    lines += ["| benchmark | case | implementation | median | IQR | min | runs | ratio | target |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         head = f"| {r['benchmark']} | {r['case']} | {r['impl']} |"
         if "median_s" not in r:
-            lines.append(f"{head} — | — | — | — | not measured: {r.get('note', '')} |")
+            lines.append(f"{head} — | — | — | — | — | not measured: {r.get('note', '')} |")
             continue
         if "ratio" in r:
-            ratio = f"{r['ratio']:.2f}× {r['baseline']}"
+            spread = f" (IQR {r['ratio_iqr']:.2g})" if r.get("ratio_iqr") is not None else ""
+            value = f"{r['ratio']:.2f}" if r["ratio"] >= 0.1 else f"{r['ratio']:.2g}"
+            ratio = f"{value}×{spread} vs {r['baseline']}"
         elif (r["benchmark"], r["case"], r["impl"]) in baselines:
             ratio = "baseline"
         else:
@@ -191,6 +204,10 @@ def _markdown(header: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
             target = f"≤ {_fmt_time(r['target_s'])}"
         if "met" in r:
             target += " met" if r["met"] else " **missed**"
+            if not r["met"] and "target_ratio" in r and r.get("ratio_iqr") and \
+                    r["ratio"] - r["target_ratio"] < r["ratio_iqr"] / 2:
+                target += " (by less than half the ratio's IQR)"
         lines.append(f"{head} {_fmt_time(r['median_s'])} | {_fmt_time(r['iqr_s'])} | "
-                     f"{len(r['runs'])}×{r.get('number', 1)} | {ratio} | {target} |")
+                     f"{_fmt_time(r['min_s'])} | {len(r['runs'])}×{r.get('number', 1)} | "
+                     f"{ratio} | {target} |")
     return "\n".join(lines) + "\n"

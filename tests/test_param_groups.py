@@ -70,11 +70,43 @@ def test_layer_decay_on_torch_transformer_and_user_depth():
         return {"embed": 0, "head": 1}.get(name.split(".")[0])
 
     lr = _lr_of(param_groups(Tower(), 1.0, layer_decay=0.5, depth=depth))
-    # user blocks: embed = block 0 (depth 1), head = block 1 (depth 2); parameters in no block
-    # that come after the first block count as the top (depth L = 3).
+    # user blocks: embed = block 0 (depth 1), head = block 1 (depth 2), L = 3; parameters in
+    # no block between them take the depth of the block before them.
     assert lr["embed.weight"] == pytest.approx(0.25)
+    assert lr["blocks.3.weight"] == lr["norm.weight"] == pytest.approx(0.25)
     assert lr["head.weight"] == pytest.approx(0.5)
-    assert lr["norm.weight"] == pytest.approx(1.0)
+
+
+class Staged(nn.Module):
+    """timm-style stages.S.blocks.B naming, a root-level tensor and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(4))
+        self.stages = nn.ModuleList(
+            nn.ModuleDict({"blocks": nn.ModuleList(nn.Linear(4, 4) for _ in range(2))})
+            for _ in range(2)
+        )
+        self.head = nn.Linear(4, 2)
+
+
+def test_layer_decay_nested_stages_and_encoder_decoder():
+    lr = _lr_of(param_groups(Staged(), 1.0, layer_decay=0.5))
+    # blocks in order: s0b0, s0b1, s1b0, s1b1 -> depths 1..4; cls_token 0; head 5
+    assert lr["cls_token"] == pytest.approx(0.5**5)
+    assert lr["stages.0.blocks.0.weight"] == pytest.approx(0.5**4)
+    assert lr["stages.0.blocks.1.weight"] == pytest.approx(0.5**3)
+    assert lr["stages.1.blocks.0.weight"] == pytest.approx(0.5**2)
+    assert lr["stages.1.blocks.1.weight"] == pytest.approx(0.5)
+    assert lr["head.weight"] == pytest.approx(1.0)
+
+    tr = nn.Transformer(8, 2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=16)
+    lr = _lr_of(param_groups(tr, 1.0, layer_decay=0.5))
+    # encoder layers 1, 2; encoder.norm stays at 2; decoder layers 3, 4; decoder.norm L = 5
+    assert lr["encoder.layers.0.linear1.weight"] == pytest.approx(0.5**4)
+    assert lr["encoder.norm.weight"] == pytest.approx(0.5**3)
+    assert lr["decoder.layers.1.linear1.weight"] == pytest.approx(0.5)
+    assert lr["decoder.norm.weight"] == pytest.approx(1.0)
 
 
 def test_no_decay_and_group_merging():
@@ -83,9 +115,10 @@ def test_no_decay_and_group_merging():
     assert wd["blocks.0.bias"] == wd["norm.weight"] == 0.0
     assert wd["blocks.0.weight"] == 0.05
     assert len(groups) == 2  # one lr, two weight decays
-    groups = param_groups(Tower(), 0.1, weight_decay=0.05, no_decay=["head.*"])
-    wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
-    assert wd["head.weight"] == 0.0 and wd["blocks.0.bias"] == 0.05
+    for no_decay in (["head.*"], "head.*"):
+        groups = param_groups(Tower(), 0.1, weight_decay=0.05, no_decay=no_decay)
+        wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
+        assert wd["head.weight"] == 0.0 and wd["blocks.0.bias"] == 0.05
 
 
 @pytest.mark.parametrize(
@@ -102,15 +135,19 @@ def test_no_decay_and_group_merging():
 )
 def test_scheduler_keeps_ratios(make_sched):
     model = Tower()
-    groups = param_groups(model, 0.01, layer_decay=0.7, multipliers={"head.*": 3.0})
-    opt = torch.optim.AdamW(groups)
+    opt = torch.optim.AdamW(param_groups(model, 0.01, layer_decay=0.7,
+                                         multipliers={"head.*": 3.0}))
     sched = make_sched(opt)
+    # The multipliers asked for, written out by hand: 0.7^(5 − depth), ×3 on the head.
+    want = {"embed.weight": 0.7**5, "blocks.0.weight": 0.7**4, "blocks.3.bias": 0.7,
+            "norm.weight": 1.0, "head.weight": 3.0}
+    lr = {n: g for g in opt.param_groups for n in g["names"]}
     for _ in range(7):
         opt.step()
         sched.step()
-        base = opt.param_groups[0]["lr"] / opt.param_groups[0]["lr_scale"]
-        for g in opt.param_groups:
-            assert g["lr"] == pytest.approx(base * g["lr_scale"], rel=1e-9)
+        base = lr["norm.weight"]["lr"]
+        for name, mult in want.items():
+            assert lr[name]["lr"] == pytest.approx(base * mult, rel=1e-9), name
 
 
 def test_sgd_step_uses_group_lrs():
@@ -182,6 +219,15 @@ def test_reparameterisation_identity_adam(lam):
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         param_groups(Tower(), 0.1, **kwargs)
+
+
+def test_scale_parametrize_refuses_tied_weights():
+    emb, head = nn.Embedding(5, 4), nn.Linear(4, 5, bias=False)
+    head.weight = emb.weight
+    model = nn.ModuleDict({"emb": emb, "head": head})
+    for pattern in ("emb.weight", "head.weight"):
+        with pytest.raises(ValueError, match="shared"):
+            scale_parametrize(model, {pattern: 2.0})
 
 
 def test_bad_model_and_lr():

@@ -8,7 +8,7 @@ intermediate tensors (attention maps included) and process-safe data loading.
 from kexue.train.capture import Captured, capture
 from kexue.train.data import ShardedIterable
 from kexue.train.ema import EMA, ema_warmup, unwrap_model
-from kexue.train.param_groups import block_depth, is_bias_or_norm, param_groups, scale_parametrize
+from kexue.train.param_groups import block_of, is_bias_or_norm, param_groups, scale_parametrize
 from kexue.train.transforms import (
     GradientTransform,
     TransformHandle,
@@ -38,7 +38,7 @@ __all__ = [
     "adaptive_clip",
     "add_noise",
     "apply_transform",
-    "block_depth",
+    "block_of",
     "capture",
     "centralize",
     "chain",

@@ -177,8 +177,15 @@ class EMA:
             raise ValueError(f"model no longer has tensors {missing[:5]} that the EMA averages")
         self._live = [tensors[n] for n in self._names]
         self._live_copied = [tensors[n] for n in self._copy_names]
-        self._fast = all(s.dtype == t.dtype and s.device == t.device
-                         for s, t in zip(self.shadow, self._live, strict=True))
+        same = [s.dtype == t.dtype and s.device == t.device
+                for s, t in zip(self.shadow, self._live, strict=True)]
+        self._fast = all(same)
+        # For swapped(): parameters share the shadow's storage where they can; buffers and
+        # mismatched dtypes/devices get copies.
+        self._swap_plan = [(t, s, ok and isinstance(t, nn.Parameter))
+                           for t, s, ok in zip(self._live, self.shadow, same, strict=True)]
+        self._swap_plan += [(t, s, False)
+                            for t, s in zip(self._live_copied, self.shadow_copied, strict=True)]
 
     def _check_live(self) -> None:
         module, attr = self._probe
@@ -232,18 +239,14 @@ class EMA:
             The model, now holding the averaged weights.
         """
         self._check_live()
-        n = len(self._live)
-        live = self._live + self._live_copied
-        shadow = self.shadow + self.shadow_copied
-        saved = [t.data for t in live]
+        plan = self._swap_plan
+        saved = [t.data for t, _, _ in plan]
         try:
-            for i, (t, s) in enumerate(zip(live, shadow, strict=True)):
-                share = i < n and isinstance(t, nn.Parameter) and s.dtype == t.dtype \
-                    and s.device == t.device
-                t.data = s.data if share else s.to(t, copy=True)
+            for t, s, share in plan:
+                t.data = s if share else s.to(t, copy=True)
             yield self.model
         finally:
-            for t, d in zip(live, saved, strict=True):
+            for (t, _, _), d in zip(plan, saved, strict=True):
                 t.data = d
 
     @torch.no_grad()

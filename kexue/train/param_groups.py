@@ -4,9 +4,10 @@
 rate is ``lr`` times the product of
 
 * every ``multipliers`` pattern its name matches (glob, or ``re.compile(...)`` for a regex), and
-* ``layer_decay ** (L − depth)`` for layer-wise decay, where blocks found by ``layers.N.`` /
-  ``blocks.N.`` (or a user ``depth`` function) have depth N+1, parameters before the first block
-  (embeddings) depth 0, and those after the last block (norm, head) depth L = number of blocks + 1.
+* ``layer_decay ** (L − depth)`` for layer-wise decay, where the b-th block (found by
+  ``layers.N`` / ``blocks.N`` / ``stages.N`` names, or a user ``depth`` function) has depth b+1,
+  parameters before the first block (embeddings) depth 0, and those after the last block
+  (norm, head) depth L = number of blocks + 1.
 
 Every group carries its own absolute ``lr`` (and its ``lr_scale``), so any ``torch.optim``
 scheduler, which rescales each group's ``lr`` by the same factor, keeps the ratios. Parameters
@@ -34,10 +35,10 @@ from torch.nn.utils import parametrize
 
 from kexue.train.ema import unwrap_model
 
-__all__ = ["block_depth", "is_bias_or_norm", "param_groups", "scale_parametrize"]
+__all__ = ["block_of", "is_bias_or_norm", "param_groups", "scale_parametrize"]
 
 Pattern = str | re.Pattern[str]
-_BLOCK = re.compile(r"(?:^|\.)(?:layers|blocks|layer|h)\.(\d+)\.")
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|blocks|layer|h|stages)\.(\d+)(?=\.)")
 
 
 def is_bias_or_norm(name: str, param: Tensor) -> bool:
@@ -45,14 +46,15 @@ def is_bias_or_norm(name: str, param: Tensor) -> bool:
     return param.ndim <= 1
 
 
-def block_depth(name: str) -> int | None:
-    """Index of the stacked block a parameter lives in, from HF/timm-style names.
+def block_of(name: str) -> str | None:
+    """The stacked block a parameter lives in, from HF/timm-style names, or None.
 
-    ``encoder.layers.3.attn.weight`` and ``blocks.3.mlp.fc1.bias`` give 3; names with no
-    ``layers.N.`` / ``blocks.N.`` / ``layer.N.`` / ``h.N.`` part give None.
+    The block is the name up to the last ``layers.N`` / ``blocks.N`` / ``layer.N`` / ``h.N`` /
+    ``stages.N`` part: ``encoder.layer.3.attn.q.weight`` -> ``encoder.layer.3``,
+    ``stages.1.blocks.0.mlp.fc1.bias`` -> ``stages.1.blocks.0``, ``head.weight`` -> None.
     """
-    m = _BLOCK.search(name)
-    return int(m.group(1)) if m else None
+    found = list(_BLOCK.finditer(name))
+    return name[: found[-1].end(1)] if found else None
 
 
 def _matches(pattern: Pattern, name: str) -> bool:
@@ -67,20 +69,37 @@ def _positive(name: str, value: Any) -> float:
     return float(value)
 
 
-def _depths(
-    names: list[str], depth: Callable[[str], int | None]
-) -> tuple[list[int], int]:
-    """Depth of each parameter: 0 before the first block, i+1 in block i, L after the last."""
-    block = [depth(n) for n in names]
-    found = [b for b in block if b is not None]
+def _depths(names: list[str], depth: Callable[[str], int | None] | None) -> tuple[list[int], int]:
+    """Depth of every parameter and the top depth L.
+
+    Block b (0-based; by default the order in which blocks first appear among the parameters,
+    which is the order of registration) has depth b + 1. A parameter in no block takes the
+    depth of the block listed before it (0 before the first block: embeddings, and root-level
+    tensors such as ``cls_token``), and L = number of blocks + 1 after the last block (final
+    norm, head).
+    """
+    if depth is None:
+        blocks = [block_of(n) for n in names]
+        order = {b: i for i, b in enumerate(dict.fromkeys(b for b in blocks if b is not None))}
+        index = [order[b] if b is not None else None for b in blocks]
+    else:
+        index = [depth(n) for n in names]
+        bad = [i for i in index if i is not None and (isinstance(i, bool) or
+                                                      not isinstance(i, int) or i < 0)]
+        if bad:
+            raise ValueError(f"depth must return an int >= 0 or None, got {bad[0]!r}")
+    found = [i for i, b in enumerate(index) if b is not None]
     if not found:
         raise ValueError(
             "layer_decay is set but no parameter name contains a block index "
-            "(layers.N. / blocks.N. / layer.N. / h.N.); pass depth=fn(name) -> int | None"
+            "(layers.N / blocks.N / layer.N / h.N / stages.N); pass depth=fn(name) -> int | None"
         )
-    top = max(found) + 2  # embeddings 0, blocks 1..n, head n+1
-    first = next(i for i, b in enumerate(block) if b is not None)
-    out = [b + 1 if b is not None else (0 if i < first else top) for i, b in enumerate(block)]
+    top = max(index[i] for i in found) + 2
+    out, current = [], 0
+    for i, b in enumerate(index):
+        if b is not None:
+            current = b + 1
+        out.append(current if b is not None or i < found[-1] else top)
     return out, top
 
 
@@ -91,7 +110,7 @@ def param_groups(
     weight_decay: float = 0.0,
     multipliers: Mapping[Pattern, float] | None = None,
     layer_decay: float | None = None,
-    depth: Callable[[str], int | None] = block_depth,
+    depth: Callable[[str], int | None] | None = None,
     no_decay: Callable[[str, Tensor], bool] | Iterable[Pattern] | None = is_bias_or_norm,
     extra: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
@@ -110,7 +129,8 @@ def param_groups(
             parameter name (``"head.*"``, ``"*.bias"``); an ``re.Pattern`` is searched in it.
             Several matching patterns multiply. Every pattern must match some parameter.
         layer_decay: ratio between consecutive depths, in (0, 1]; None disables it.
-        depth: name -> block index or None, used with ``layer_decay`` (see :func:`block_depth`).
+        depth: name -> block index (0, 1, ...) or None, used with ``layer_decay``; by default
+            blocks are found by :func:`block_of` and numbered in order of appearance.
         no_decay: which parameters get weight decay 0: a predicate ``(name, param) -> bool``
             or patterns; None gives every parameter ``weight_decay``.
         extra: further keys copied into every group (``betas``, ``momentum``...).
@@ -161,7 +181,7 @@ def param_groups(
     elif callable(no_decay):
         decays = [0.0 if no_decay(n, p) else weight_decay for n, p in named]
     else:
-        patterns = list(no_decay)
+        patterns = [no_decay] if isinstance(no_decay, (str, re.Pattern)) else list(no_decay)
         for pattern in patterns:
             if not any(_matches(pattern, n) for n in names):
                 raise ValueError(f"no_decay pattern {_show(pattern)} matches no parameter")
@@ -227,16 +247,27 @@ def scale_parametrize(model: nn.Module, scales: Mapping[Pattern, float]) -> nn.M
         ValueError: for a pattern matching no parameter, or λ ≤ 0.
     """
     target = unwrap_model(model)
-    named = list(target.named_parameters())
+    named = list(target.named_parameters(remove_duplicate=False))
+    aliases: dict[int, list[str]] = {}
+    for n, p in named:
+        aliases.setdefault(id(p), []).append(n)
     todo: dict[str, float] = {}
     for pattern, lam in scales.items():
         lam = _positive(f"scales[{_show(pattern)}]", lam)
         if lam == 0:
             raise ValueError(f"scales[{_show(pattern)}] must be > 0, got 0")
-        hits = [n for n, _ in named if _matches(pattern, n)]
+        hits = {n for n, _ in named if _matches(pattern, n)}
         if not hits:
             raise ValueError(f"scales pattern {_show(pattern)} matches no parameter")
-        for n in hits:
+        for n, p in named:
+            if n not in hits:
+                continue
+            if len(aliases[id(p)]) > 1:
+                raise ValueError(
+                    f"scales pattern {_show(pattern)} matches {n!r}, which is shared with "
+                    f"{[a for a in aliases[id(p)] if a != n]}; a parametrization on one alias "
+                    "would leave the others computing with φ instead of θ"
+                )
             todo.setdefault(n, lam)
     for name, lam in todo.items():
         module_name, _, attr = name.rpartition(".")
