@@ -48,6 +48,9 @@ def _run_many(names: list[str], full: bool, seed: int, out: Path, threads: int) 
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         raise CliError(f"unknown experiment {unknown[0]!r}; known: {', '.join(EXPERIMENTS)}")
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     records = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
@@ -105,9 +108,28 @@ def list_() -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
+    """Entry point: user errors (bad arguments too) become one line on stderr, exit status 2."""
     try:
-        app()
-    except (CliError, ValueError, FileNotFoundError, PermissionError) as err:
-        Console(stderr=True).print(f"kexue: error: {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        code = app(standalone_mode=False)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except (CliError, ValueError, OSError) as err:
+        _fail(str(err))
+    except Exception as err:
+        # Usage errors of the CLI framework (missing argument, bad option value, unknown
+        # command) carry their own message.
+        if hasattr(err, "format_message") and hasattr(err, "exit_code"):
+            if not err.format_message():  # `kexue` alone: the help was printed
+                sys.exit(0)
+            _fail(err.format_message())
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    line = " ".join(message.split())
+    Console(stderr=True, width=10_000).print(f"kexue: error: {line}", highlight=False,
+                                             markup=False)
+    sys.exit(2)

@@ -34,11 +34,31 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_unknown_experiment_is_one_line_error(tmp_path):
-    proc = _cli("run", "no_such_thing", "--out", str(tmp_path))
-    assert proc.returncode == 2
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["run", "no_such_thing"], ["no_such_thing", "known:"]),
+        (["run"], ["Missing argument"]),
+        (["report", "--threads", "0"], ["--threads"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, args, words):
+    proc = _cli(*args, "--out", str(tmp_path)) if args[0] in ("run", "report") and len(args) > 1 \
+        else _cli(*args)
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no_such_thing" in lines[0] and "known:" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("kexue: error:"), proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_out_that_is_a_file_fails_before_running(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    proc = _cli("run", "attention_maps", "--out", str(target))
+    assert proc.returncode == 2 and "not a directory" in proc.stderr
+    assert target.read_text() == "x"
 
 
 @pytest.mark.slow

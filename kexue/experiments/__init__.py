@@ -44,7 +44,7 @@ def run_experiment(name: str, *, full: bool = False, seed: int = 0) -> dict[str,
         "mode": "full" if full else "quick",
         "seed": seed,
         "config": config,
-        **environment(),
+        **environment("cpu"),  # the experiments run on the CPU
         "seconds": time.perf_counter() - start,
         **result,
     }

@@ -99,7 +99,10 @@ def capture(
     is added, ``is_causal`` keeps the lower triangle aligned to the top-left corner
     (query i sees keys 0..i, also when Tq != Tk), ``scale`` defaults to 1/√E, ``enable_gqa``
     repeats each key head for its group of query heads. Then the real SDPA runs unchanged on
-    the same arguments, so the model's outputs are bit-identical with and without capture.
+    the same arguments, so the outputs of a model that calls SDPA are bit-identical with and
+    without capture. (One exception: ``nn.TransformerEncoder``'s fused inference fast path is
+    not taken while a torch-function mode is active, so in eval mode its outputs then come from
+    the regular path: equal up to float rounding, and no longer zeroed at padded positions.)
     Caveats:
 
     * P is taken before dropout: with ``dropout_p > 0`` the SDPA output is a dropped-out P times
