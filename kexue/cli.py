@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -50,7 +51,12 @@ def _run_many(names: list[str], full: bool, seed: int, out: Path, threads: int) 
         raise CliError(f"unknown experiment {unknown[0]!r}; known: {', '.join(EXPERIMENTS)}")
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CliError(f"--out {out}: {err.strerror or err}") from err
+    if not os.access(out, os.W_OK):
+        raise CliError(f"--out {out} is not writable")
     torch.set_num_threads(threads)
     records = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
@@ -115,7 +121,7 @@ def main() -> None:
         sys.exit(done.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except (CliError, ValueError, OSError) as err:
+    except CliError as err:
         _fail(str(err))
     except Exception as err:
         # Usage errors of the CLI framework (missing argument, bad option value, unknown

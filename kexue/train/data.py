@@ -279,6 +279,14 @@ class ShardedIterable(IterableDataset):
             f"threads={self.threads})"
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by spawn/forkserver have no process group: resolve the
+        # rank in the parent, where the dataset is pickled for them.
+        state = self.__dict__.copy()
+        if self.world_size is None:
+            state["rank"], state["world_size"] = self._rank_and_world_size()
+        return state
+
     def _rank_and_world_size(self) -> tuple[int, int]:
         if self.world_size is not None:
             return self.rank, self.world_size

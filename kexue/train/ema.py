@@ -158,15 +158,17 @@ class EMA:
         with torch.no_grad():
             self.shadow = [_shadow_like(t, dtype, device) for _, t in averaged]
             self.shadow_copied = [t.detach().clone().to(device or t.device) for _, t in copied]
-        module_name, _, attr = self._names[0].rpartition(".")
-        self._probe = (self.model.get_submodule(module_name), attr)
         self.refresh()
 
     # -- the hot path ---------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Re-read the model's tensors. Called automatically when the model's first parameter
-        object was replaced (``load_state_dict(assign=True)``, ``to_empty``...).
+        """Re-read the model's tensors by name.
+
+        Replaced tensors are noticed automatically: :meth:`update` checks the first one
+        (``load_state_dict(assign=True)``, ``to_empty`` replace them all), and
+        :meth:`swapped` checks every one. Replacing a
+        whole submodule (``model.head = nn.Linear(...)``) is not noticed: call ``refresh()``.
 
         Raises:
             ValueError: if the model no longer has a tensor the EMA averages.
@@ -177,6 +179,13 @@ class EMA:
             raise ValueError(f"model no longer has tensors {missing[:5]} that the EMA averages")
         self._live = [tensors[n] for n in self._names]
         self._live_copied = [tensors[n] for n in self._copy_names]
+        # Where each tensor lives: (the dict holding it, key), for cheap identity checks.
+        self._slots = []
+        for name in self._names + self._copy_names:
+            module_name, _, attr = name.rpartition(".")
+            module = self.model.get_submodule(module_name)
+            self._slots.append((module._parameters if attr in module._parameters
+                                else module._buffers, attr))
         same = [s.dtype == t.dtype and s.device == t.device
                 for s, t in zip(self.shadow, self._live, strict=True)]
         self._fast = all(same)
@@ -187,9 +196,9 @@ class EMA:
         self._swap_plan += [(t, s, False)
                             for t, s in zip(self._live_copied, self.shadow_copied, strict=True)]
 
-    def _check_live(self) -> None:
-        module, attr = self._probe
-        if getattr(module, attr, None) is not self._live[0]:
+    def _check_live(self, every: bool = False) -> None:
+        live = self._live + self._live_copied if every else self._live[:1]
+        if any(d.get(k) is not t for (d, k), t in zip(self._slots, live, strict=False)):
             self.refresh()
 
     def decay_at(self, num_updates: int) -> float:
@@ -238,7 +247,7 @@ class EMA:
         Yields:
             The model, now holding the averaged weights.
         """
-        self._check_live()
+        self._check_live(every=True)
         plan = self._swap_plan
         saved = [t.data for t, _, _ in plan]
         try:

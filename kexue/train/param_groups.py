@@ -38,7 +38,7 @@ from kexue.train.ema import unwrap_model
 __all__ = ["block_of", "is_bias_or_norm", "param_groups", "scale_parametrize"]
 
 Pattern = str | re.Pattern[str]
-_BLOCK = re.compile(r"(?:^|\.)(?:layers|blocks|layer|h|stages)\.(\d+)(?=\.)")
+_BLOCK = re.compile(r"(?:^|\.)(layers|blocks|block|layer|h|stages)\.(\d+)(?=\.)")
 
 
 def is_bias_or_norm(name: str, param: Tensor) -> bool:
@@ -49,12 +49,21 @@ def is_bias_or_norm(name: str, param: Tensor) -> bool:
 def block_of(name: str) -> str | None:
     """The stacked block a parameter lives in, from HF/timm-style names, or None.
 
-    The block is the name up to the last ``layers.N`` / ``blocks.N`` / ``layer.N`` / ``h.N`` /
-    ``stages.N`` part: ``encoder.layer.3.attn.q.weight`` -> ``encoder.layer.3``,
-    ``stages.1.blocks.0.mlp.fc1.bias`` -> ``stages.1.blocks.0``, ``head.weight`` -> None.
+    The block is the name up to its first ``layers.N`` / ``blocks.N`` / ``block.N`` /
+    ``layer.N`` / ``h.N`` part, or up to ``stages.N`` for a stage with no blocks in it: a stage
+    holds blocks, while a block may hold sub-layers (T5's ``block.N.layer.M``)::
+
+        encoder.layer.3.attn.q.weight           -> encoder.layer.3
+        stages.1.blocks.0.mlp.fc1.bias          -> stages.1.blocks.0
+        stages.2.downsample.weight              -> stages.2
+        encoder.block.0.layer.1.wo.weight       -> encoder.block.0
+        head.weight                             -> None
     """
     found = list(_BLOCK.finditer(name))
-    return name[: found[-1].end(1)] if found else None
+    if not found:
+        return None
+    block = next((m for m in found if m.group(1) != "stages"), found[-1])
+    return name[: block.end(2)]
 
 
 def _matches(pattern: Pattern, name: str) -> bool:
