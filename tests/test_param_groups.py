@@ -117,7 +117,8 @@ def test_layer_decay_nested_stages_and_encoder_decoder():
     assert lr["stages.1.blocks.1.weight"] == pytest.approx(0.5)
     assert lr["head.weight"] == pytest.approx(1.0)
 
-    tr = nn.Transformer(8, 2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=16)
+    tr = nn.Transformer(8, 2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=16,
+                        batch_first=True)
     lr = _lr_of(param_groups(tr, 1.0, layer_decay=0.5))
     # encoder layers 1, 2; encoder.norm stays at 2; decoder layers 3, 4; decoder.norm L = 5
     assert lr["encoder.layers.0.linear1.weight"] == pytest.approx(0.5**4)

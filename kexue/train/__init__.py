@@ -5,9 +5,10 @@ learning rates per layer or name pattern, free gradient transforms, weight EMA, 
 intermediate tensors (attention maps included) and process-safe data loading.
 """
 
+from kexue.train._naming import unwrap_model
 from kexue.train.capture import Captured, capture
 from kexue.train.data import ShardedIterable
-from kexue.train.ema import EMA, ema_warmup, unwrap_model
+from kexue.train.ema import EMA, ema_warmup
 from kexue.train.param_groups import block_of, is_bias_or_norm, param_groups, scale_parametrize
 from kexue.train.transforms import (
     GradientTransform,

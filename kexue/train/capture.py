@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from kexue.train.ema import unwrap_model
+from kexue.train._naming import unwrap_model
 
 __all__ = ["Captured", "capture"]
 

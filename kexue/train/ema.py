@@ -36,21 +36,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EMA", "ema_warmup", "unwrap_model"]
+from kexue.train._naming import unwrap_model
+
+__all__ = ["EMA", "ema_warmup"]
 
 Decay = float | Callable[[int], float]
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DistributedDataParallel / DataParallel (``.module``) and ``torch.compile``
-    (``._orig_mod``) wrappers so that names carry no wrapper prefix."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def ema_warmup(decay: float, power: float = 2 / 3, gamma: float = 1.0) -> Callable[[int], float]:

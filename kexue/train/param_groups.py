@@ -24,7 +24,6 @@ References:
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -33,11 +32,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from kexue.train.ema import unwrap_model
+from kexue.train._naming import Pattern, matches, show, unwrap_model
 
 __all__ = ["block_of", "is_bias_or_norm", "param_groups", "scale_parametrize"]
 
-Pattern = str | re.Pattern[str]
 _BLOCK = re.compile(r"(?:^|\.)(layers|blocks|block|layer|h|stages)\.(\d+)(?=\.)")
 
 
@@ -64,12 +62,6 @@ def block_of(name: str) -> str | None:
         return None
     block = next((m for m in found if m.group(1) != "stages"), found[-1])
     return name[: block.end(2)]
-
-
-def _matches(pattern: Pattern, name: str) -> bool:
-    if isinstance(pattern, re.Pattern):
-        return pattern.search(name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
 
 
 def _positive(name: str, value: Any) -> float:
@@ -173,10 +165,10 @@ def param_groups(
         if not isinstance(pattern, (str, re.Pattern)):
             raise ValueError(f"multipliers keys must be str or re.Pattern, got {pattern!r}")
         mult = _positive(f"multipliers[{pattern!r}]", mult)
-        hits = [i for i, n in enumerate(names) if _matches(pattern, n)]
+        hits = [i for i, n in enumerate(names) if matches(pattern, n)]
         if not hits:
             raise ValueError(
-                f"multipliers pattern {_show(pattern)} matches no trainable parameter; "
+                f"multipliers pattern {show(pattern)} matches no trainable parameter; "
                 f"names look like {names[:3]}"
             )
         for i in hits:
@@ -192,10 +184,10 @@ def param_groups(
     else:
         patterns = [no_decay] if isinstance(no_decay, (str, re.Pattern)) else list(no_decay)
         for pattern in patterns:
-            if not any(_matches(pattern, n) for n in names):
-                raise ValueError(f"no_decay pattern {_show(pattern)} matches no parameter")
+            if not any(matches(pattern, n) for n in names):
+                raise ValueError(f"no_decay pattern {show(pattern)} matches no parameter")
         decays = [
-            0.0 if any(_matches(q, n) for q in patterns) else weight_decay for n in names
+            0.0 if any(matches(q, n) for q in patterns) else weight_decay for n in names
         ]
 
     groups: dict[tuple[float, float], dict[str, Any]] = {}
@@ -210,10 +202,6 @@ def param_groups(
         group["params"].append(p)
         group["names"].append(name)
     return sorted(groups.values(), key=lambda g: (-g["lr_scale"], g["weight_decay"]))
-
-
-def _show(pattern: Pattern) -> str:
-    return f"re.compile({pattern.pattern!r})" if isinstance(pattern, re.Pattern) else repr(pattern)
 
 
 class _Scale(nn.Module):
@@ -262,18 +250,18 @@ def scale_parametrize(model: nn.Module, scales: Mapping[Pattern, float]) -> nn.M
         aliases.setdefault(id(p), []).append(n)
     todo: dict[str, float] = {}
     for pattern, lam in scales.items():
-        lam = _positive(f"scales[{_show(pattern)}]", lam)
+        lam = _positive(f"scales[{show(pattern)}]", lam)
         if lam == 0:
-            raise ValueError(f"scales[{_show(pattern)}] must be > 0, got 0")
-        hits = {n for n, _ in named if _matches(pattern, n)}
+            raise ValueError(f"scales[{show(pattern)}] must be > 0, got 0")
+        hits = {n for n, _ in named if matches(pattern, n)}
         if not hits:
-            raise ValueError(f"scales pattern {_show(pattern)} matches no parameter")
+            raise ValueError(f"scales pattern {show(pattern)} matches no parameter")
         for n, p in named:
             if n not in hits:
                 continue
             if len(aliases[id(p)]) > 1:
                 raise ValueError(
-                    f"scales pattern {_show(pattern)} matches {n!r}, which is shared with "
+                    f"scales pattern {show(pattern)} matches {n!r}, which is shared with "
                     f"{[a for a in aliases[id(p)] if a != n]}; a parametrization on one alias "
                     "would leave the others computing with φ instead of θ"
                 )

@@ -26,7 +26,6 @@ References:
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import math
 import re
@@ -36,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from kexue.train.ema import unwrap_model
+from kexue.train._naming import matches, show, unwrap_model
 
 __all__ = [
     "GradientTransform",
@@ -344,11 +343,9 @@ def select(
     named = list(unwrap_model(model).named_parameters())
     chosen: set[int] = set()
     for pat in patterns:
-        hits = {id(p) for n, p in named if (
-            pat.search(n) is not None if isinstance(pat, re.Pattern)
-            else fnmatch.fnmatchcase(n, pat))}
+        hits = {id(p) for n, p in named if matches(pat, n)}
         if not hits:
-            raise ValueError(f"select pattern {pat!r} matches no parameter of the model; "
+            raise ValueError(f"select pattern {show(pat)} matches no parameter of the model; "
                              f"names look like {[n for n, _ in named[:3]]}")
         chosen |= hits
 
