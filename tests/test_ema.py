@@ -342,3 +342,20 @@ def test_ddp_two_processes_equal_single_process():
             assert set(got) == set(expected)  # no "module." prefix
             for k in expected:
                 torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_model_is_unwrapped():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    compiled = torch.compile(model, backend="eager")
+    ema = EMA(compiled, decay=0.5)
+    assert list(ema.state_dict()["shadow"]) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    x = torch.randn(3, 4)
+    start = model(x).detach()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update()
+    expected = ema.averaged_model()(x)
+    with ema.swapped():
+        torch.testing.assert_close(compiled(x), expected)
+    assert not torch.allclose(compiled(x), start)
