@@ -156,9 +156,9 @@ class EMA:
         """Re-read the model's tensors by name.
 
         Replaced tensors are noticed automatically: :meth:`update` checks the first one
-        (``load_state_dict(assign=True)``, ``to_empty`` replace them all), and
-        :meth:`swapped` checks every one. Replacing a
-        whole submodule (``model.head = nn.Linear(...)``) is not noticed: call ``refresh()``.
+        (``load_state_dict(assign=True)`` and ``to_empty`` replace them all) and
+        :meth:`swapped` checks every one. Replacing a whole submodule
+        (``model.head = nn.Linear(...)``) is not noticed: call ``refresh()`` after it.
 
         Raises:
             ValueError: if the model no longer has a tensor the EMA averages.
