@@ -145,23 +145,23 @@ def test_more_shards_than_examples():
     assert sorted(x for outputs in per_rank for x in outputs) == [0, 1, 2]
 
 
-def test_rank_from_torch_distributed(monkeypatch):
+@pytest.fixture
+def rank_1_of_3(monkeypatch):
+    """torch.distributed as seen by rank 1 of 3, in this process only."""
     dist = torch.distributed
     monkeypatch.setattr(dist, "is_available", lambda: True)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 3)
+
+
+def test_rank_from_torch_distributed(rank_1_of_3):
     ds = ShardedIterable(list(range(10)))
     assert list(ds) == [1, 4, 7] and len(ds) == 3
 
 
-def test_rank_from_torch_distributed_reaches_spawned_workers(monkeypatch):
+def test_rank_from_torch_distributed_reaches_spawned_workers(rank_1_of_3):
     # Spawned workers have no process group: the rank must be resolved before pickling.
-    dist = torch.distributed
-    monkeypatch.setattr(dist, "is_available", lambda: True)
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
-    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 3)
     loader = DataLoader(ShardedIterable(list(range(10))), batch_size=None, num_workers=2,
                         multiprocessing_context="spawn")
     assert sorted(int(x) for x in loader) == [1, 4, 7]
