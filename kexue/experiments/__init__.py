@@ -17,10 +17,15 @@ import matplotlib
 matplotlib.use("Agg")
 
 from kexue._env import environment  # noqa: E402
-from kexue.experiments import attention_maps, ema_digits, layerwise_lr  # noqa: E402
+from kexue.experiments import (  # noqa: E402
+    attention_maps,
+    ema_digits,
+    layerwise_lr,
+    mixers_digits,
+)
 
 EXPERIMENTS: dict[str, ModuleType] = {
-    m.NAME: m for m in (ema_digits, layerwise_lr, attention_maps)
+    m.NAME: m for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits)
 }
 
 
