@@ -65,8 +65,10 @@ class _Layout:
     the real queries that see no key here (None: there are none). ``to_seq`` maps an
     (X', Y, L, E) result back to (B, H', T, E) and ``from_seq`` the other way, for X' = X or a
     slice of it. ``rows(x, i)`` is the part of a contiguous (B, H, T, E) tensor that slice
-    ``i`` maps to; ``add_q_grad(g, out)`` / ``add_kv_grad(g, out)`` add a slice's query / key
-    gradients to its ``rows``.
+    ``i`` maps to. Gradients: ``add_q_grad(g, out)`` adds a slice's query gradient (X', Y, L,
+    E) to its ``rows``; key gradients of windows ``j`` (a slice of dim 1) are summed by
+    ``add_key_grad(g, acc, j)`` into an accumulator ``key_grad_buffer(x')`` (X' rows), which
+    ``key_grad_to_seq(acc)`` shows as the slice's ``rows``.
     """
 
     inputs: Callable[[slice], tuple[Tensor, Tensor, Tensor]]
@@ -78,7 +80,9 @@ class _Layout:
     from_seq: Callable[[Tensor], Tensor]
     rows: Callable[[Tensor, slice], Tensor]
     add_q_grad: Callable[[Tensor, Tensor], None]
-    add_kv_grad: Callable[[Tensor, Tensor], None]
+    key_grad_buffer: Callable[[Tensor], Tensor]
+    add_key_grad: Callable[[Tensor, Tensor, slice], None]
+    key_grad_to_seq: Callable[[Tensor], Tensor]
 
 
 _ALL = slice(None)
@@ -137,12 +141,16 @@ def _local_layout(
     def add_q_grad(g: Tensor, out: Tensor) -> None:  # (H', W, c, E) into (B, H', T, E)
         out += to_seq(g)
 
-    def add_kv_grad(g: Tensor, out: Tensor) -> None:  # (H', W, span * c, E) into (B, H', T, E)
-        chunks = g.new_zeros(g.shape[0], b * per, c, g.shape[-1])  # (H', B * per, c, E)
-        for i in range(span):  # window slot i holds chunk w + i
-            chunks[:, i : i + wins] += g[:, :, i * c : (i + 1) * c]
-        chunks = chunks.view(g.shape[0], b, per * c, g.shape[-1])  # (H', B, per * c, E)
-        out += chunks[:, :, c : c + t].transpose(0, 1)
+    def key_grad_buffer(q_rows: Tensor) -> Tensor:  # (H', W, c, E) -> zeros (H', B * per, c, E)
+        return q_rows.new_zeros(q_rows.shape[0], b * per, c, q_rows.shape[-1])
+
+    def add_key_grad(g: Tensor, acc: Tensor, j: slice) -> None:  # (H', W', span * c, E)
+        for s in range(span):  # slot s of window w holds padded chunk w + s
+            acc[:, j.start + s : j.stop + s] += g[:, :, s * c : (s + 1) * c]
+
+    def key_grad_to_seq(acc: Tensor) -> Tensor:  # (H', B * per, c, E) -> (B, H', T, E)
+        acc = acc.view(acc.shape[0], b, per * c, acc.shape[-1])  # (H', B, per * c, E)
+        return acc[:, :, c : c + t].transpose(0, 1)
 
     pos = torch.arange(span * c, device=q.device)
     d = c + pos[:c, None] - pos  # (c, S): query position - key position, in every window
@@ -167,7 +175,9 @@ def _local_layout(
         from_seq=from_seq,
         rows=rows,
         add_q_grad=add_q_grad,
-        add_kv_grad=add_kv_grad,
+        key_grad_buffer=key_grad_buffer,
+        add_key_grad=add_key_grad,
+        key_grad_to_seq=key_grad_to_seq,
     )
 
 
@@ -203,8 +213,14 @@ def _atrous_layout(
     def rows(x: Tensor, i: slice) -> Tensor:  # (B, H, T, E) contiguous -> (BH', T, E)
         return x.view(b * h, t, x.shape[-1])[i]
 
-    def add_grad(g: Tensor, out: Tensor) -> None:  # (BH', rate, m, E) into (BH', T, E)
-        out += g.transpose(1, 2).reshape(g.shape[0], tp, g.shape[-1])[:, :t]
+    def ungroup(x: Tensor) -> Tensor:  # (BH', rate, m, E) -> (BH', T, E)
+        return x.transpose(1, 2).reshape(x.shape[0], tp, x.shape[-1])[:, :t]
+
+    def add_q_grad(g: Tensor, out: Tensor) -> None:
+        out += ungroup(g)
+
+    def add_key_grad(g: Tensor, acc: Tensor, j: slice) -> None:  # (BH', rate', m, E)
+        acc[:, j] += g
 
     mask = blind = None
     if key_padding_mask is not None or (tp > t and not causal):
@@ -229,8 +245,10 @@ def _atrous_layout(
         to_seq=to_seq,
         from_seq=from_seq,
         rows=rows,
-        add_q_grad=add_grad,
-        add_kv_grad=add_grad,
+        add_q_grad=add_q_grad,
+        key_grad_buffer=torch.zeros_like,
+        add_key_grad=add_key_grad,
+        key_grad_to_seq=ungroup,
     )
 
 
@@ -260,9 +278,14 @@ def _merge(
     return out.to(dtype), lse
 
 
-# Backward works on slices of dim 0 so that the kernel's key-gradient buffers (elements) stay
-# about this small: one big buffer is a fresh, page-faulting allocation on every call.
-_BACKWARD_SLICE = 1 << 22
+# The backward goes one head at a time, in blocks of windows (dim 1) whose keys hold about
+# this many elements: the kernel's gradient buffers stay small and are reused, where one big
+# buffer is a fresh, page-faulting allocation on every call.
+_BACKWARD_SLICE = 1 << 20
+
+
+def _slices(size: int, step: int) -> list[slice]:
+    return [slice(a, min(a + step, size)) for a in range(0, size, step)]
 
 
 class _FlashAttention(torch.autograd.Function):
@@ -273,7 +296,8 @@ class _FlashAttention(torch.autograd.Function):
     flash backward per layout with the *merged* output and log-sum-exp: the kernel recomputes
     P = exp(S - lse) and D = rowsum(dO ∘ out) from them, which are then exactly the rows of
     the joint softmax, so each call returns that layout's share of the true gradient. It goes
-    in slices of dim 0 and adds each slice's gradients straight into (B, H, T, Dh) buffers.
+    one head at a time in blocks of windows, rebuilding each block's inputs, and adds the
+    gradients straight into (B, H, T, Dh) buffers.
     """
 
     @staticmethod
@@ -318,17 +342,23 @@ class _FlashAttention(torch.autograd.Function):
             mask = next(masks) if has_mask else None
             g, o = lay.from_seq(grad), lay.from_seq(out)  # (X, Y, L, Dh)
             lse_ = lay.from_seq(lse.unsqueeze(-1)).squeeze(-1) if merged else lse
-            step = max(1, _BACKWARD_SLICE * lay.size // max(1, 3 * out.numel()))
-            for a in range(0, lay.size, step):
-                i = slice(a, a + step)
-                dq, dk, dv = _FLASH_BACKWARD(
-                    g[i], *lay.inputs(i), o[i], lse_[i], 0.0, lay.is_causal,
-                    attn_mask=mask[i] if mask is not None and mask.shape[0] > 1 else mask,
-                    scale=ctx.scale,
-                )
+            for i in _slices(lay.size, 1):  # heads (or batch x heads) one at a time
+                q, kw, vw = lay.inputs(i)  # (X', Y, L, Dh), (X', Y, S, Dh) x 2
+                dq, dk, dv = torch.zeros_like(q), lay.key_grad_buffer(q), lay.key_grad_buffer(q)
+                for j in _slices(q.shape[1], max(1, _BACKWARD_SLICE // kw[0, 0].numel())):
+                    mask_ = None if mask is None else mask[
+                        i if mask.shape[0] > 1 else _ALL, j if mask.shape[1] > 1 else _ALL
+                    ]
+                    dq_, dk_, dv_ = _FLASH_BACKWARD(
+                        g[i, j], q[:, j], kw[:, j], vw[:, j], o[i, j], lse_[i, j], 0.0,
+                        lay.is_causal, attn_mask=mask_, scale=ctx.scale,
+                    )
+                    dq[:, j] = dq_
+                    lay.add_key_grad(dk_, dk, j)
+                    lay.add_key_grad(dv_, dv, j)
                 lay.add_q_grad(dq, lay.rows(grads[0], i))
-                lay.add_kv_grad(dk, lay.rows(grads[1], i))
-                lay.add_kv_grad(dv, lay.rows(grads[2], i))
+                lay.rows(grads[1], i).add_(lay.key_grad_to_seq(dk))
+                lay.rows(grads[2], i).add_(lay.key_grad_to_seq(dv))
         return (None, None, *grads)
 
 
