@@ -5,7 +5,7 @@ is replaced by three small softmax kernels
 
     softmax(QKᵀ)V ≈ softmax(QK̃ᵀ) · softmax(Q̃K̃ᵀ)⁺ · softmax(Q̃Kᵀ)V,
 
-where ⁺ is the Moore–Penrose pseudo-inverse. As the note puts it, softmax(QK̃ᵀ) and softmax(Q̃Kᵀ)
+where ⁺ is the Moore–Penrose pseudo-inverse. Here softmax(QK̃ᵀ) and softmax(Q̃Kᵀ)
 are two attentions through the landmarks, and the middle factor undoes the landmarks' own
 attention so that the product is exact when the landmarks are the tokens themselves (m = n).
 
@@ -122,7 +122,9 @@ class _RunMeans(torch.autograd.Function):
     reach one backward, which adds the means' share (each run's gradient spread over its tokens)
     into the alias's gradient, a fresh tensor from SDPA's backward: one pass and no (B, H, T, D)
     allocation, where autograd's own backward of slice + reshape + mean would zero-fill, divide,
-    copy and add full-size tensors several times.
+    copy and add full-size tensors several times. Writing into that gradient is safe only
+    because the alias feeds nothing but SDPA, whose input gradients are fresh tensors that no
+    other node holds; gradients of other layouts (e.g. expanded) are copied first.
     """
 
     @staticmethod
