@@ -99,6 +99,29 @@ def run(
     _run_many([name], full, seed, out, threads)
 
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@app.command()
+def bench(
+    topic: Annotated[str, typer.Argument(help="Benchmark topic: train, attention, ...")],
+    quick: Annotated[bool, typer.Option("--quick", help="Short sizes only.")] = False,
+) -> None:
+    """Run benchmarks/bench_TOPIC.py (from a kexue checkout): prints the table and writes
+    benchmarks/results/TOPIC.* with peers measured in the same run."""
+    import subprocess
+
+    script = BENCHMARKS / f"bench_{topic}.py"
+    if not script.is_file():
+        known = sorted(p.stem.removeprefix("bench_") for p in BENCHMARKS.glob("bench_*.py"))
+        where = f"known: {', '.join(known)}" if known else f"no benchmarks under {BENCHMARKS}"
+        raise CliError(f"unknown benchmark {topic!r}; {where} (benchmarks need a checkout)")
+    done = subprocess.run([sys.executable, str(script), *(["--quick"] if quick else [])],
+                          check=False)
+    if done.returncode:
+        raise typer.Exit(done.returncode)
+
+
 @app.command(name="list")
 def list_() -> None:
     """List the experiments with the claim each one checks."""

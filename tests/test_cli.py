@@ -15,7 +15,7 @@ from kexue.experiments import EXPERIMENTS
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["report"], ["run"], ["list"]])
+@pytest.mark.parametrize("command", [[], ["report"], ["run"], ["list"], ["bench"]])
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -41,6 +41,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["run"], ["Missing argument"]),
         (["report", "--threads", "0"], ["--threads"]),
         (["frobnicate"], ["frobnicate"]),
+        (["bench", "no_such_topic"], ["no_such_topic", "attention", "train"]),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, args, words):
