@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import statistics
 import time
@@ -211,3 +212,11 @@ def _markdown(header: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                      f"{_fmt_time(r['min_s'])} | {len(r['runs'])}×{r.get('number', 1)} | "
                      f"{ratio} | {target} |")
     return "\n".join(lines) + "\n"
+
+
+def peer_version(dist: str) -> str:
+    """The installed version of the PyPI distribution ``dist``, or "not installed"."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

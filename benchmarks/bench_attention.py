@@ -66,7 +66,6 @@ import ctypes
 import dataclasses
 import functools
 import gc
-import importlib.metadata
 import json
 import math
 import statistics
@@ -82,7 +81,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import RESULTS, measure_interleaved, parser, setup, write_results  # noqa: E402
+from _timing import (  # noqa: E402
+    RESULTS,
+    measure_interleaved,
+    parser,
+    peer_version,
+    setup,
+    write_results,
+)
 
 import kexue.attention as ka  # noqa: E402
 
@@ -103,13 +109,6 @@ MB = 1e6
 # -- peers -------------------------------------------------------------------------------------
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 @functools.cache
 def load_nystrom_peer() -> tuple[type | None, str]:
     """``nystrom_attention.NystromAttention`` and a note (version, or why it is missing)."""
@@ -117,7 +116,7 @@ def load_nystrom_peer() -> tuple[type | None, str]:
         from nystrom_attention import NystromAttention
     except ImportError as e:
         return None, f"nystrom-attention unavailable ({e}); pip install --no-deps nystrom-attention"
-    return NystromAttention, f"nystrom-attention {_version('nystrom-attention')}"
+    return NystromAttention, f"nystrom-attention {peer_version('nystrom-attention')}"
 
 
 @functools.cache
@@ -127,7 +126,7 @@ def load_mixer_peer() -> tuple[Callable[..., nn.Module] | None, str]:
         from mlp_mixer_pytorch.mlp_mixer_pytorch import FeedForward
     except ImportError as e:
         return None, f"mlp-mixer-pytorch unavailable ({e}); pip install --no-deps mlp-mixer-pytorch"
-    return FeedForward, f"mlp-mixer-pytorch {_version('mlp-mixer-pytorch')}"
+    return FeedForward, f"mlp-mixer-pytorch {peer_version('mlp-mixer-pytorch')}"
 
 
 def peer_nystrom_module(t: int) -> nn.Module:

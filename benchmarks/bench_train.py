@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import measure_interleaved, parser, setup, write_results  # noqa: E402
+from _timing import (  # noqa: E402
+    measure_interleaved,
+    parser,
+    peer_version,
+    setup,
+    write_results,
+)
 
 import kexue.train as kt  # noqa: E402
 
@@ -41,13 +47,6 @@ Row = dict[str, Any]
 # -- peers -------------------------------------------------------------------------------------
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 @functools.cache
 def load_ema_pytorch() -> tuple[type | None, str]:
     """``ema_pytorch.EMA`` and a note (version, or why it is missing)."""
@@ -55,7 +54,7 @@ def load_ema_pytorch() -> tuple[type | None, str]:
         from ema_pytorch import EMA
     except ImportError as e:
         return None, f"ema-pytorch unavailable ({e}); pip install --no-deps ema-pytorch"
-    return EMA, f"ema-pytorch {_version('ema-pytorch')}"
+    return EMA, f"ema-pytorch {peer_version('ema-pytorch')}"
 
 
 @functools.cache
@@ -65,7 +64,7 @@ def load_timm_ema() -> tuple[type | None, str]:
     ``import timm`` imports timm.models, which needs torchvision; ``timm/utils/model_ema.py``
     itself imports only torch, so without torchvision that one file is loaded on its own.
     """
-    version = _version("timm")
+    version = peer_version("timm")
     try:
         from timm.utils.model_ema import ModelEmaV3
         return ModelEmaV3, f"timm {version}"
