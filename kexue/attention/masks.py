@@ -26,6 +26,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable
 
 import torch
@@ -175,15 +177,7 @@ def and_(*masks: MaskFn) -> MaskFn:
     Raises:
         ValueError: if no mask is given or one is not callable.
     """
-    _check_masks("and_", masks)
-
-    def mask(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
-        out = masks[0](b, h, q, k)
-        for m in masks[1:]:
-            out = out & m(b, h, q, k)
-        return out
-
-    return mask
+    return _combine("and_", operator.and_, masks)
 
 
 def or_(*masks: MaskFn) -> MaskFn:
@@ -192,13 +186,16 @@ def or_(*masks: MaskFn) -> MaskFn:
     Raises:
         ValueError: if no mask is given or one is not callable.
     """
-    _check_masks("or_", masks)
+    return _combine("or_", operator.or_, masks)
+
+
+def _combine(
+    name: str, op: Callable[[Tensor, Tensor], Tensor], masks: tuple[MaskFn, ...]
+) -> MaskFn:
+    _check_masks(name, masks)
 
     def mask(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
-        out = masks[0](b, h, q, k)
-        for m in masks[1:]:
-            out = out | m(b, h, q, k)
-        return out
+        return functools.reduce(op, (m(b, h, q, k) for m in masks))
 
     return mask
 
