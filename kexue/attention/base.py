@@ -17,7 +17,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AttendFn", "MultiHeadAttention", "check_heads", "check_padding_mask", "check_qkv"]
+__all__ = [
+    "AttendFn",
+    "MultiHeadAttention",
+    "check_heads",
+    "check_int",
+    "check_padding_mask",
+    "check_qkv",
+]
 
 AttendFn = Callable[..., Tensor]
 
@@ -63,15 +70,25 @@ def check_padding_mask(mask: Tensor | None, batch: int, length: int) -> Tensor |
     return mask
 
 
+def check_int(name: str, value: object, low: int = 1) -> int:
+    """``value`` itself if it is an int >= ``low`` (bools rejected).
+
+    Raises:
+        ValueError: naming ``name``, the value and the allowed range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
 def check_heads(dim: int, heads: int) -> int:
     """Head size Dh = dim / heads.
 
     Raises:
         ValueError: unless ``dim`` and ``heads`` are positive ints and heads divides dim.
     """
-    for name, value in (("dim", dim), ("heads", heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_int("dim", dim)
+    check_int("heads", heads)
     if dim % heads:
         raise ValueError(f"heads={heads} must divide dim={dim}")
     return dim // heads

@@ -33,6 +33,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from kexue.attention.base import check_int
+
 __all__ = [
     "MaskFn",
     "and_",
@@ -46,17 +48,6 @@ __all__ = [
 ]
 
 MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-
-
-def positive_int(name: str, value: object) -> int:
-    """``value`` itself if it is an int >= 1 (bools rejected).
-
-    Raises:
-        ValueError: naming ``name``, the value and the allowed range.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 def causal() -> MaskFn:
@@ -82,7 +73,7 @@ def local(window: int) -> MaskFn:
     References:
         https://kexue.fm/archives/6853
     """
-    radius = positive_int("window", window) // 2
+    radius = check_int("window", window) // 2
 
     def mask(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
         return (q - k).abs() <= radius
@@ -101,7 +92,7 @@ def dilated(rate: int) -> MaskFn:
     References:
         https://kexue.fm/archives/6853
     """
-    rate = positive_int("rate", rate)
+    rate = check_int("rate", rate)
 
     def mask(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
         return (q - k) % rate == 0
@@ -125,7 +116,7 @@ def strided(stride: int) -> MaskFn:
 
         Child et al. 2019, Generating Long Sequences with Sparse Transformers, section 4.3.
     """
-    stride = positive_int("stride", stride)
+    stride = check_int("stride", stride)
 
     def mask(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
         return (q - k) % stride == 0
@@ -152,8 +143,8 @@ def fixed(stride: int, c: int) -> MaskFn:
     References:
         Child et al. 2019, Generating Long Sequences with Sparse Transformers, section 4.3.
     """
-    stride = positive_int("stride", stride)
-    c = positive_int("c", c)
+    stride = check_int("stride", stride)
+    c = check_int("c", c)
     if c > stride:
         raise ValueError(f"c must be an int in [1, stride={stride}], got {c}")
 
@@ -219,7 +210,7 @@ def dense_mask(
     if not callable(mask_fn):
         raise ValueError(f"mask_fn must be callable (b, h, q, k) -> bool, got {mask_fn!r}")
     for name, value in (("B", B), ("H", H), ("T", T)):
-        positive_int(name, value)
+        check_int(name, value)
     b = torch.arange(B, device=device).view(B, 1, 1, 1)
     h = torch.arange(H, device=device).view(1, H, 1, 1)
     q = torch.arange(T, device=device).view(1, 1, T, 1)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kexue.attention.base import check_heads, check_padding_mask
+from kexue.attention.base import check_heads, check_int, check_padding_mask
 
 __all__ = [
     "Affine",
@@ -49,12 +49,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -145,8 +139,8 @@ class MLPMixerToken(nn.Module):
 
     def __init__(self, dim: int, seq_len: int, expansion: float = 0.5) -> None:
         super().__init__()
-        self.dim = _check_int("dim", dim)
-        self.seq_len = _check_int("seq_len", seq_len)
+        self.dim = check_int("dim", dim)
+        self.seq_len = check_int("seq_len", seq_len)
         self.hidden = max(1, round(_check_positive("expansion", expansion) * dim))
         self.fc1 = nn.Linear(seq_len, self.hidden)  # W_1: T -> D_S
         self.fc2 = nn.Linear(self.hidden, seq_len)  # W_2: D_S -> T
@@ -216,12 +210,12 @@ class GatingUnit(nn.Module):
         init_scale: float = 1e-3,
     ) -> None:
         super().__init__()
-        self.dim = _check_int("dim", dim)
-        self.seq_len = _check_int("seq_len", seq_len)
+        self.dim = check_int("dim", dim)
+        self.seq_len = check_int("seq_len", seq_len)
         self.half = max(1, round(_check_positive("expansion", expansion) * dim / 2))  # e
         self.init_scale = _check_positive("init_scale", init_scale)
         self.attention_dim = (
-            None if attention_dim is None else _check_int("attention_dim", attention_dim)
+            None if attention_dim is None else check_int("attention_dim", attention_dim)
         )
         self.proj_in = nn.Linear(dim, 2 * self.half)  # U
         self.norm = nn.LayerNorm(self.half)
@@ -287,7 +281,7 @@ class Affine(nn.Module):
 
     def __init__(self, dim: int, init: float = 1.0) -> None:
         super().__init__()
-        self.dim = _check_int("dim", dim)
+        self.dim = check_int("dim", dim)
         self.alpha = nn.Parameter(torch.full((dim,), float(init)))
         self.beta = nn.Parameter(torch.zeros(dim))
 
@@ -326,8 +320,8 @@ class ResMLPToken(nn.Module):
 
     def __init__(self, dim: int, seq_len: int, *, layerscale: float = 0.1) -> None:
         super().__init__()
-        self.dim = _check_int("dim", dim)
-        self.seq_len = _check_int("seq_len", seq_len)
+        self.dim = check_int("dim", dim)
+        self.seq_len = check_int("seq_len", seq_len)
         self.pre = Affine(dim)
         self.cross_patch = nn.Linear(seq_len, seq_len)  # A, a
         self.post = Affine(dim, init=layerscale)
@@ -414,8 +408,8 @@ class ExternalAttention(nn.Module):
 
     def __init__(self, dim: int, memory: int = 64, *, eps: float = 1e-9) -> None:
         super().__init__()
-        self.dim = _check_int("dim", dim)
-        self.memory = _check_int("memory", memory)
+        self.dim = check_int("dim", dim)
+        self.memory = check_int("memory", memory)
         self.eps = _check_positive("eps", eps)
         self.m_k = nn.Linear(dim, memory, bias=False)
         self.m_v = nn.Linear(memory, dim, bias=False)
@@ -474,7 +468,7 @@ class SynthesizerDense(nn.Module):
         super().__init__()
         self.head_dim = check_heads(dim, heads)
         self.dim, self.heads = dim, heads
-        self.seq_len = _check_int("seq_len", seq_len)
+        self.seq_len = check_int("seq_len", seq_len)
         self.synth = nn.Sequential(
             nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, heads * seq_len)
         )  # F: W_1, W_2
@@ -525,8 +519,8 @@ class SynthesizerRandom(nn.Module):
         self, seq_len: int, heads: int, *, dim: int | None = None, trainable: bool = True
     ) -> None:
         super().__init__()
-        self.seq_len = _check_int("seq_len", seq_len)
-        self.heads = _check_int("heads", heads)
+        self.seq_len = check_int("seq_len", seq_len)
+        self.heads = check_int("heads", heads)
         self.dim = dim
         logits = torch.randn(heads, seq_len, seq_len)  # (H, T, T)
         if trainable:

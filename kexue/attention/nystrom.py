@@ -27,15 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from kexue.attention.base import MultiHeadAttention, check_padding_mask, check_qkv
+from kexue.attention.base import MultiHeadAttention, check_int, check_padding_mask, check_qkv
 
 __all__ = ["NystromAttention", "iterative_pinv", "nystrom_attention"]
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def iterative_pinv(a: Tensor, iters: int = 6) -> Tensor:
@@ -70,7 +64,7 @@ def iterative_pinv(a: Tensor, iters: int = 6) -> Tensor:
     if not isinstance(a, Tensor) or a.ndim < 2 or not a.is_floating_point():
         got = (tuple(a.shape), a.dtype) if isinstance(a, Tensor) else type(a).__name__
         raise ValueError(f"a must be a floating-point (..., p, q) tensor, got {got}")
-    _check_int("iters", iters, 0)
+    check_int("iters", iters, 0)
     absolute = a.abs()
     norm_1 = absolute.sum(-2).amax(-1)  # (...,) largest column sum
     norm_inf = absolute.sum(-1).amax(-1)  # (...,) largest row sum
@@ -225,8 +219,8 @@ def nystrom_attention(
     check_qkv(q, k, v)
     b, _, t, dh = q.shape
     mask = check_padding_mask(key_padding_mask, b, t)
-    m = _check_int("landmarks", landmarks, 1)
-    iters = _check_int("pinv_iters", pinv_iters, 0)
+    m = check_int("landmarks", landmarks, 1)
+    iters = check_int("pinv_iters", pinv_iters, 0)
     if causal is not False:
         raise ValueError(
             f"causal={causal!r} is not supported: landmarks average whole segments, so every "
@@ -301,8 +295,8 @@ class NystromAttention(MultiHeadAttention):
     def __init__(
         self, dim: int, heads: int, landmarks: int = 64, pinv_iters: int = 6, *, bias: bool = True
     ) -> None:
-        _check_int("landmarks", landmarks, 1)
-        _check_int("pinv_iters", pinv_iters, 0)
+        check_int("landmarks", landmarks, 1)
+        check_int("pinv_iters", pinv_iters, 0)
         attend = functools.partial(nystrom_attention, landmarks=landmarks, pinv_iters=pinv_iters)
         super().__init__(dim, heads, attend, bias=bias)
         self.landmarks, self.pinv_iters = landmarks, pinv_iters

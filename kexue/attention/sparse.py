@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kexue.attention.base import MultiHeadAttention, check_padding_mask, check_qkv
+from kexue.attention.base import MultiHeadAttention, check_int, check_padding_mask, check_qkv
 from kexue.attention.dense import _check_scale
-from kexue.attention.masks import positive_int
 
 __all__ = [
     "AtrousAttention",
@@ -456,7 +455,7 @@ def local_attention(
         https://kexue.fm/archives/6853
     """
     key_padding_mask, scale = _prepare(q, k, v, key_padding_mask, scale)
-    radius = min(positive_int("window", window) // 2, q.shape[2] - 1)
+    radius = min(check_int("window", window) // 2, q.shape[2] - 1)
     build = functools.partial(
         _local_layout, radius=radius, causal=causal, key_padding_mask=key_padding_mask
     )
@@ -500,7 +499,7 @@ def atrous_attention(
         https://kexue.fm/archives/6853
     """
     key_padding_mask, scale = _prepare(q, k, v, key_padding_mask, scale)
-    rate = min(positive_int("rate", rate), q.shape[2])
+    rate = min(check_int("rate", rate), q.shape[2])
     build = functools.partial(
         _atrous_layout, rate=rate, causal=causal, key_padding_mask=key_padding_mask
     )
@@ -554,8 +553,8 @@ def sparse_attention(
     """
     key_padding_mask, scale = _prepare(q, k, v, key_padding_mask, scale)
     t = q.shape[2]
-    radius = min(positive_int("window", window) // 2, t - 1)
-    stride = min(positive_int("stride", stride), t)
+    radius = min(check_int("window", window) // 2, t - 1)
+    stride = min(check_int("stride", stride), t)
     local = functools.partial(
         _local_layout, radius=radius, causal=causal, key_padding_mask=key_padding_mask,
         skip_stride=stride,
@@ -583,7 +582,7 @@ class LocalAttention(MultiHeadAttention):
     def __init__(
         self, dim: int, heads: int, window: int, causal: bool = False, *, bias: bool = True
     ) -> None:
-        positive_int("window", window)
+        check_int("window", window)
         attend = functools.partial(local_attention, window=window, causal=causal)
         super().__init__(dim, heads, attend, bias=bias)
         self.window, self.causal = window, causal
@@ -609,7 +608,7 @@ class AtrousAttention(MultiHeadAttention):
     def __init__(
         self, dim: int, heads: int, rate: int, causal: bool = False, *, bias: bool = True
     ) -> None:
-        positive_int("rate", rate)
+        check_int("rate", rate)
         attend = functools.partial(atrous_attention, rate=rate, causal=causal)
         super().__init__(dim, heads, attend, bias=bias)
         self.rate, self.causal = rate, causal
@@ -643,8 +642,8 @@ class SparseAttention(MultiHeadAttention):
         *,
         bias: bool = True,
     ) -> None:
-        positive_int("window", window)
-        positive_int("stride", stride)
+        check_int("window", window)
+        check_int("stride", stride)
         attend = functools.partial(sparse_attention, window=window, stride=stride, causal=causal)
         super().__init__(dim, heads, attend, bias=bias)
         self.window, self.stride, self.causal = window, stride, causal
