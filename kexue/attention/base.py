@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "check_int",
     "check_padding_mask",
     "check_qkv",
+    "check_scale",
 ]
 
 AttendFn = Callable[..., Tensor]
@@ -79,6 +81,19 @@ def check_int(name: str, value: object, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return value
+
+
+def check_scale(scale: float | None, head_dim: int) -> float:
+    """The logit scale: ``scale`` itself, or 1/√Dh for None.
+
+    Raises:
+        ValueError: unless ``scale`` is None or a finite number > 0.
+    """
+    if scale is None:
+        return head_dim**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise ValueError(f"scale must be a finite number > 0 or None, got {scale!r}")
+    return float(scale)
 
 
 def check_heads(dim: int, heads: int) -> int:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kexue.attention.base import MultiHeadAttention, check_padding_mask, check_qkv
+from kexue.attention.base import MultiHeadAttention, check_padding_mask, check_qkv, check_scale
 from kexue.attention.masks import MaskFn, dense_mask
 
 __all__ = ["DenseAttention", "dense_attention", "sdpa_attention"]
@@ -59,14 +59,6 @@ def _visible(
     return out
 
 
-def _check_scale(scale: float | None, head_dim: int) -> float:
-    if scale is None:
-        return head_dim**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a float > 0 or None, got {scale!r}")
-    return float(scale)
-
-
 def dense_attention(
     q: Tensor,
     k: Tensor,
@@ -100,7 +92,7 @@ def dense_attention(
         https://kexue.fm/archives/6853
     """
     check_qkv(q, k, v)
-    scale = _check_scale(scale, q.shape[-1])
+    scale = check_scale(scale, q.shape[-1])
     visible = _visible(mask, q, key_padding_mask)
     scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, T)
     if visible is None:
@@ -143,7 +135,7 @@ def sdpa_attention(
         ValueError: for bad shapes, dtypes, masks or scale, naming the argument.
     """
     check_qkv(q, k, v)
-    scale = _check_scale(scale, q.shape[-1])
+    scale = check_scale(scale, q.shape[-1])
     visible = _visible(mask, q, key_padding_mask)
     if visible is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)

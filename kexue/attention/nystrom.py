@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from kexue.attention.base import MultiHeadAttention, check_int, check_padding_mask, check_qkv
+from kexue.attention.base import (
+    MultiHeadAttention,
+    check_int,
+    check_padding_mask,
+    check_qkv,
+    check_scale,
+)
 
 __all__ = ["NystromAttention", "iterative_pinv", "nystrom_attention"]
 
@@ -226,10 +232,7 @@ def nystrom_attention(
             f"causal={causal!r} is not supported: landmarks average whole segments, so every "
             "query would attend to future tokens through them; use causal=False"
         )
-    if scale is None:
-        scale = 1.0 / math.sqrt(dh)
-    elif isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
-        raise ValueError(f"scale must be a finite number > 0 or None, got {scale!r}")
+    scale = check_scale(scale, dh)
     key_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T)
     if m >= t:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)

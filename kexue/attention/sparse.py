@@ -32,8 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kexue.attention.base import MultiHeadAttention, check_int, check_padding_mask, check_qkv
-from kexue.attention.dense import _check_scale
+from kexue.attention.base import (
+    MultiHeadAttention,
+    check_int,
+    check_padding_mask,
+    check_qkv,
+    check_scale,
+)
 
 __all__ = [
     "AtrousAttention",
@@ -407,7 +412,7 @@ def _prepare(
     q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, scale: float | None
 ) -> tuple[Tensor | None, float]:
     check_qkv(q, k, v)
-    return check_padding_mask(key_padding_mask, q.shape[0], q.shape[2]), _check_scale(
+    return check_padding_mask(key_padding_mask, q.shape[0], q.shape[2]), check_scale(
         scale, q.shape[-1]
     )
 
