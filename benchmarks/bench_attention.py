@@ -2,6 +2,7 @@
 
     python benchmarks/bench_attention.py [--quick] [--threads N]   # T = 1k, 4k, 16k; quick: 1k, 4k
     python benchmarks/bench_attention.py --case local:16384:forward+backward   # one memory case
+    python benchmarks/bench_attention.py --group flex   # one group -> results/attention_flex.*
 
 Writes results/attention.json, results/attention.md and results/attention_scaling.png.
 CPU, float32, B = 1, H = 8, Dh = 64 (D = H·Dh = 512), window 256, 64 landmarks, 1 thread.
@@ -32,6 +33,9 @@ d. MLP-Mixer token mixing, (B, T, D): kexue ``MLPMixerToken(512, T)`` (hidden D_
    default width would be 4·D; set to 256 to match). The same map, a two-layer MLP across the
    fixed T tokens shared by all channels, so compared with each other; it is not attention, so
    not with SDPA.
+e. FlexAttention, forward only (no CPU backward in torch 2.13): kexue ``flex_sparse_attention``
+   (the compiled kernel; the compilation is the warm-up call) on the three patterns of (a) as
+   mask functions, beside the hand-written paths of (a) and dense SDPA, all against dense SDPA.
 
 Time: ``_timing.measure_interleaved`` over every candidate of a group at every T together
 (plus a matmul, the FLOP-rate reference), so all of a group's figures come from the same
@@ -62,7 +66,6 @@ Exponent: log(t(16k) / t(4k)) / log 4, per round, median; 1 for O(T), 2 for O(T�
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import dataclasses
 import functools
 import gc
@@ -91,6 +94,7 @@ from _timing import (  # noqa: E402
 )
 
 import kexue.attention as ka  # noqa: E402
+from kexue.experiments._common import rss_growth  # noqa: E402
 
 Row = dict[str, Any]
 
@@ -253,6 +257,21 @@ CANDIDATES: dict[str, Candidate] = {
                             module=peer_token_mixer, needs=load_mixer_peer),
     "mixer": Candidate("kexue MLPMixerToken", token_mlp_flops,
                        module=lambda t: ka.MLPMixerToken(DIM, t)),
+    # one mask object each, so that the block mask is built once per T (kexue.attention.flex)
+    "flex_local": Candidate(f"kexue flex_sparse_attention local w={WINDOW}",
+                            attention_flops(pairs_local), pairs=pairs_local,
+                            attend=functools.partial(ka.flex_sparse_attention,
+                                                     mask=ka.masks.local(WINDOW))),
+    "flex_atrous": Candidate(f"kexue flex_sparse_attention dilated r={RATE}",
+                             attention_flops(pairs_atrous), pairs=pairs_atrous,
+                             attend=functools.partial(ka.flex_sparse_attention,
+                                                      mask=ka.masks.dilated(RATE))),
+    "flex_strided": Candidate(
+        f"kexue flex_sparse_attention local+strided w={WINDOW} s={STRIDE}",
+        attention_flops(pairs_local_strided), pairs=pairs_local_strided,
+        attend=functools.partial(ka.flex_sparse_attention,
+                                 mask=ka.masks.or_(ka.masks.local(WINDOW),
+                                                   ka.masks.strided(STRIDE)))),
 }
 
 
@@ -264,6 +283,7 @@ class Group:
     baseline: str
     timing: tuple[int, int, float]  # warmup, repeats, min_time of measure_interleaved
     quick_timing: tuple[int, int, float]
+    modes: tuple[str, ...] = MODES
 
 
 GROUPS = {
@@ -276,6 +296,10 @@ GROUPS = {
                                       "nystrom_module_peer", (0, 5, 0.1), (0, 3, 0.05)),
     "token MLP (B, T, D)": Group(("mixer_peer", "mixer"), "mixer_peer", (0, 5, 0.1),
                                  (0, 3, 0.05)),
+    # FlexAttention has no CPU backward: inference only. Warm-up 1 call = the compilation.
+    "FlexAttention compiled (B, H, T, Dh)": Group(
+        ("sdpa", "local", "flex_local", "atrous", "flex_atrous", "strided", "flex_strided"), "sdpa",
+        (1, 3, 0.2), (1, 3, 0.05), modes=("forward",)),
 }
 
 
@@ -333,31 +357,13 @@ def matmul_step() -> Callable[[], None]:
 # -- memory: one case in a fresh process -------------------------------------------------------
 
 
-def _proc_status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024  # reported in kB
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _release_free_heap() -> None:
-    """Hand glibc's free heap pages back to the OS, so that the resident set is live memory."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the baseline may then include free pages
-        pass
-
-
 def run_case(key: str, t: int, mode: str) -> dict[str, int]:
     """Peak resident-set growth of one call of ``key`` at ``t`` over its allocated inputs."""
     make_step(key, WARM_T, mode)()  # code pages and lazy state, not this case's memory
-    step = make_step(key, t, mode)
-    gc.collect()
-    _release_free_heap()
-    baseline = _proc_status_bytes("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    step()
-    return {"peak_bytes": _proc_status_bytes("VmHWM") - baseline, "baseline_bytes": baseline}
+    peak = rss_growth(make_step(key, t, mode))
+    if peak is None:
+        raise SystemExit("memory needs Linux with glibc (/proc/self/status, malloc_trim)")
+    return {"peak_bytes": peak}
 
 
 def case_in_subprocess(key: str, t: int, mode: str, threads: int) -> dict[str, Any]:
@@ -438,20 +444,24 @@ def time_group(name: str, mode: str, lengths: tuple[int, ...], quick: bool) -> l
 # -- derived figures and targets (issue 3) -------------------------------------------------------
 
 
-def _find(rows: list[Row], key: str, t: int, mode: str) -> Row | None:
+def _find(rows: list[Row], key: str, t: int, mode: str, group: str | None = None) -> Row | None:
+    """The timed row of ``key`` at ``t`` and ``mode`` (in ``group``; default: the first found)."""
     return next((r for r in rows if r.get("key") == key and r.get("T") == t
-                 and r.get("mode") == mode and "median_s" in r), None)
+                 and r.get("mode") == mode and "median_s" in r
+                 and group in (None, r.get("group"))), None)
 
 
-def speedup(rows: list[Row], key: str, base: str, t: int, mode: str) -> float | None:
+def speedup(rows: list[Row], key: str, base: str, t: int, mode: str,
+            group: str | None = None) -> float | None:
     """How many times faster ``key`` runs than ``base``: median over rounds of base / key."""
-    r, b = _find(rows, key, t, mode), _find(rows, base, t, mode)
+    r, b = _find(rows, key, t, mode, group), _find(rows, base, t, mode, group)
     return None if r is None or b is None else _paired(b["runs"], r["runs"])
 
 
-def exponent(rows: list[Row], key: str, mode: str, lo: int = 4096, hi: int = 16384) -> float | None:
+def exponent(rows: list[Row], key: str, mode: str, lo: int = 4096, hi: int = 16384,
+             group: str | None = None) -> float | None:
     """log(t(hi) / t(lo)) / log(hi / lo), median over rounds."""
-    a, b = _find(rows, key, lo, mode), _find(rows, key, hi, mode)
+    a, b = _find(rows, key, lo, mode, group), _find(rows, key, hi, mode, group)
     if a is None or b is None:
         return None
     return math.log(_paired(b["runs"], a["runs"])) / math.log(hi / lo)
@@ -558,25 +568,27 @@ def summary_markdown(rows: list[Row], lengths: tuple[int, ...], checks: list[dic
              f"| method | mode | keys/query at {big} | median {ts} | speedup {ts} | "
              f"peak MB {ts} | exponent | FLOP % |",
              "|---|---|---:|---|---|---|---:|---:|"]
-    for group in GROUPS.values():
+    for name, group in GROUPS.items():
         for key in group.keys:
-            for mode in MODES:
-                found = [_find(rows, key, t, mode) for t in lengths]
+            for mode in group.modes:
+                found = [_find(rows, key, t, mode, name) for t in lengths]
                 if all(r is None for r in found):
                     continue
                 last = found[-1] or {}
                 kpq = _num(last.get("keys_per_query"), ".0f")
                 ups = " / ".join("—" if key == group.baseline else
-                                 _num(speedup(rows, key, group.baseline, t, mode), ".3g", "×")
+                                 _num(speedup(rows, key, group.baseline, t, mode, name), ".3g", "×")
                                  for t in lengths)
                 mems = " / ".join(_num(r and r.get("peak_mb")) for r in found)
                 times = " / ".join(_time(r) for r in found)
                 frac = last.get("fraction_of_matmul")
                 lines.append(
                     f"| {CANDIDATES[key].label} | {mode} | {kpq} | {times} | {ups} | {mems} | "
-                    f"{_num(exponent(rows, key, mode), '.2f')} | "
+                    f"{_num(exponent(rows, key, mode, group=name), '.2f')} | "
                     f"{_num(None if frac is None else 100 * frac, '.1f', '%')} |")
     verdict = {True: "met", False: "**missed**", None: "not measured (needs T = 4k and 16k)"}
+    if all(c["met"] is None for c in checks):  # e.g. --quick or --group: no target measured
+        return "\n".join(lines) + "\n"
     lines += ["", "## Targets at T = 16k (issue 3)", "",
               "| target | measured | verdict |", "|---|---:|---|"]
     lines += [f"| {c['target']} | {_num(c['measured'], '.3g', c['unit'])} | {verdict[c['met']]} |"
@@ -596,7 +608,8 @@ def plot(rows: list[Row], lengths: tuple[int, ...], path: Path) -> None:
     colors = {"sdpa": "black", "local": pair[0], "atrous": pair[2], "strided": pair[4],
               "nystrom": pair[6], "nystrom_core": pair[8], "nystrom_core_peer": pair[9],
               "nystrom_module": pair[10], "nystrom_module_peer": pair[11], "mixer": pair[12],
-              "mixer_peer": pair[13]}
+              "mixer_peer": pair[13], "flex_local": pair[1], "flex_atrous": pair[3],
+              "flex_strided": pair[5]}
     for col, mode in enumerate(MODES):
         for key, c in CANDIDATES.items():
             found = [r for r in (_find(rows, key, t, mode) for t in lengths) if r is not None]
@@ -634,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--case", help="KEY:T:MODE: print the peak memory of one case as JSON "
                    f"(KEY in {', '.join(CANDIDATES)}; MODE in {', '.join(MODES)})")
+    p.add_argument("--group", help="time only the groups whose name contains this text "
+                   "(case-insensitive), e.g. flex; results go to results/attention_<text>.*")
     args = p.parse_args(argv)
     device = setup(args)
     if device.type != "cpu":
@@ -646,9 +661,13 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     lengths = QUICK_LENGTHS if args.quick else LENGTHS
+    names = [n for n in GROUPS if args.group is None or args.group.lower() in n.lower()]
+    if not names:
+        raise SystemExit(f"--group {args.group!r} matches none of: {', '.join(GROUPS)}")
+    stem = "attention" if args.group is None else f"attention_{args.group.lower()}"
     rows: list[Row] = []
-    for name in GROUPS:
-        for mode in MODES:
+    for name in names:
+        for mode in GROUPS[name].modes:
             start = time.perf_counter()
             rows += time_group(name, mode, lengths, args.quick)
             gc.collect()
@@ -681,16 +700,16 @@ def main(argv: list[str] | None = None) -> None:
              "are the steadier figures",
              "after this table: peak memory, speedups, exponents, FLOP rate and the targets; "
              "the method is in the docstring of benchmarks/bench_attention.py"]
-    md = write_results("attention", rows, device=device, notes=notes)
+    md = write_results(stem, rows, device=device, notes=notes)
     with md.open("a") as f:
         f.write(summary_markdown(rows, lengths, checks))
-    data = json.loads((RESULTS / "attention.json").read_text())
+    data = json.loads((RESULTS / f"{stem}.json").read_text())
     data["targets"] = checks
     data["exponents"] = {key: {mode: exponent(rows, key, mode) for mode in MODES}
                          for key in CANDIDATES}
     data["seconds_total"] = time.perf_counter() - started
-    (RESULTS / "attention.json").write_text(json.dumps(data, indent=1) + "\n")
-    plot(rows, lengths, RESULTS / "attention_scaling.png")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    plot(rows, lengths, RESULTS / f"{stem}_scaling.png")
     print(md.read_text())
     print(f"total {time.perf_counter() - started:.0f} s", file=sys.stderr)
 

@@ -6,6 +6,8 @@
   dilated, strided, fixed) combined with ``and_`` / ``or_``.
 - :mod:`~kexue.attention.dense`: the dense reference (any mask, float64-capable) and SDPA.
 - :mod:`~kexue.attention.sparse`: fast local, atrous and local+strided attention.
+- :mod:`~kexue.attention.flex`: any mask function through compiled FlexAttention (CUDA;
+  CPU inference).
 - :mod:`~kexue.attention.nystrom`: Nyström attention.
 - :mod:`~kexue.attention.mixers`: the MLP family; :mod:`~kexue.attention.block`: ``Block``.
 
@@ -32,6 +34,7 @@ from kexue.attention.base import (
 )
 from kexue.attention.block import MLP_MIXERS, Block, build_mixer
 from kexue.attention.dense import DenseAttention, dense_attention, sdpa_attention
+from kexue.attention.flex import block_mask, flex_sparse_attention
 from kexue.attention.mixers import (
     Affine,
     ExternalAttention,
@@ -89,11 +92,13 @@ __all__ = [
     "SynthesizerDense",
     "SynthesizerRandom",
     "atrous_attention",
+    "block_mask",
     "build_mixer",
     "check_heads",
     "check_padding_mask",
     "check_qkv",
     "dense_attention",
+    "flex_sparse_attention",
     "iterative_pinv",
     "local_attention",
     "masks",

@@ -3,7 +3,8 @@
 Every experiment module defines ``NAME``, ``TITLE``, ``NOTE`` (the kexue.fm link), ``CLAIM``,
 ``QUICK`` and ``FULL`` configurations and ``run(config, seed)``, which returns ``metrics``,
 ``claim_holds``, a one-line ``summary`` and matplotlib ``figures``. :func:`run_experiment` adds
-the provenance (seed, config, torch version, device, git SHA, seconds).
+the provenance (seed, config, torch version, device, git SHA, seconds). A module whose claim is
+about wall-clock speed sets ``TIMED = True``: its verdict is reported, not asserted by tests.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ matplotlib.use("Agg")
 from kexue._env import environment  # noqa: E402
 from kexue.experiments import (  # noqa: E402
     attention_maps,
+    attention_scaling,
     ema_digits,
     layerwise_lr,
     mixers_digits,
 )
 
 EXPERIMENTS: dict[str, ModuleType] = {
-    m.NAME: m for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits)
+    m.NAME: m
+    for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling)
 }
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -47,3 +52,29 @@ def tail_mean(values: list[float], fraction: float = 0.5) -> float:
     """Mean of the last ``fraction`` of ``values`` (a steadier figure than the last point)."""
     k = max(1, int(len(values) * fraction))
     return float(np.mean(values[-k:]))
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def rss_growth(call: Callable[[], object]) -> int | None:
+    """Peak resident-set growth of one ``call()`` in bytes: VmHWM after - VmRSS before.
+
+    Python's and glibc's free memory is handed back to the OS first (``gc.collect``,
+    ``malloc_trim``), and the kernel's peak mark is reset (``/proc/self/clear_refs``), so the
+    figure is what the call adds at its peak: outputs, intermediates, gradients. Linux only;
+    None elsewhere. torch keeps no CPU allocator statistics, hence the resident set.
+    """
+    try:
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        before = _status_bytes("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    except (OSError, AttributeError, RuntimeError):  # not Linux with glibc
+        return None
+    call()
+    return _status_bytes("VmHWM") - before

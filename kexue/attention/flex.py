@@ -1,0 +1,152 @@
+"""Any mask function through torch's FlexAttention: block-sparse, fused, compiled.
+
+A pattern from :mod:`kexue.attention.masks` (or any ``(b, h, q, k) -> bool`` function) becomes
+a FlexAttention ``BlockMask``: the (T / 128)² grid of key/query blocks is scanned once, blocks
+with no visible pair are skipped, and the compiled kernel computes only the rest, so the cost
+follows the pattern's density without a hand-written path per pattern.
+
+Where it helps (torch 2.13):
+
+- CUDA: forward and backward, compiled; the fast path for training there.
+- CPU: inference only. The compiled CPU kernel has no backward, so on the CPU
+  :func:`flex_sparse_attention` refuses inputs that require grad while grad mode is on; train
+  with :func:`~kexue.attention.local_attention`, :func:`~kexue.attention.atrous_attention` or
+  :func:`~kexue.attention.sparse_attention` (forward and backward on the fused SDPA kernel).
+
+The first call at a new shape compiles (tens of seconds on a CPU; cached afterwards), and a
+block mask is built once per (mask function, B, H, T, device) and reused while the same mask
+function object is passed again.
+
+References:
+    https://kexue.fm/archives/6853 (为节约而生:从标准Attention到稀疏Attention)
+
+    Dong, Feng, Guessous, Liang, He. Flex Attention: A Programming Model for Generating
+    Optimized Attention Kernels. arXiv:2412.05496, 2024.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch import Tensor
+from torch.nn.attention import flex_attention as _flex
+
+from kexue.attention.base import check_padding_mask, check_qkv, check_scale
+from kexue.attention.masks import MaskFn
+
+__all__ = ["block_mask", "flex_sparse_attention"]
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled() -> object:
+    return torch.compile(_flex.flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_block_mask(
+    mask: MaskFn, batch: int | None, heads: int | None, length: int, device: torch.device
+) -> _flex.BlockMask:
+    return _flex.create_block_mask(mask, batch, heads, length, length, device=device)
+
+
+def block_mask(
+    mask: MaskFn,
+    length: int,
+    *,
+    batch: int | None = None,
+    heads: int | None = None,
+    device: torch.device | str = "cpu",
+) -> _flex.BlockMask:
+    """The FlexAttention ``BlockMask`` of ``mask`` at sequence length ``length`` (cached).
+
+    Args:
+        mask: a mask function ``(b, h, q, k) -> bool``, True = visible.
+        length: sequence length T (queries and keys).
+        batch, heads: None when the mask does not depend on the batch / head index.
+        device: where the kernel will run.
+
+    Returns:
+        A ``torch.nn.attention.flex_attention.BlockMask``; the same object again for the same
+        arguments (the cache holds the last 32).
+
+    Raises:
+        ValueError: if ``mask`` is not callable or ``length`` < 1.
+    """
+    if not callable(mask):
+        raise ValueError(f"mask must be a mask function (b, h, q, k) -> bool, got {mask!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be an int >= 1, got {length!r}")
+    return _cached_block_mask(mask, batch, heads, length, torch.device(device))
+
+
+def flex_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: MaskFn,
+    *,
+    key_padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    compiled: bool = True,
+) -> Tensor:
+    """Attention restricted to a mask function, through FlexAttention's block-sparse kernel.
+
+        out_i = Σ_{j : mask(b, h, i, j)} softmax_j(q_i·k_j · scale) v_j
+
+    A query with no visible key (fully padded, say) gets zeros, as in
+    :func:`~kexue.attention.dense_attention`.
+
+    Args:
+        q, k, v: (B, H, T, Dh).
+        mask: mask function ``(b, h, q, k) -> bool`` from :mod:`kexue.attention.masks`, e.g.
+            ``masks.or_(masks.local(256), masks.strided(64))``. Pass the same object on each
+            call to reuse its block mask.
+        key_padding_mask: (B, T) bool, True = keep. The block mask then depends on it and is
+            rebuilt on every call.
+        scale: logit scale; default 1 / sqrt(Dh).
+        compiled: run the ``torch.compile``-d kernel (the fast one); False runs FlexAttention
+            eagerly, which materialises the scores (for checking, not for speed).
+
+    Returns:
+        (B, H, T, Dh); equals ``dense_attention(q, k, v, mask, key_padding_mask=...)``.
+
+    Raises:
+        ValueError: for bad shapes or dtypes, a mask that is not callable, or CPU inputs that
+            require grad while grad mode is on (FlexAttention has no CPU backward in torch
+            2.13).
+
+    References:
+        https://kexue.fm/archives/6853
+    """
+    check_qkv(q, k, v)
+    batch, heads, length, head_dim = q.shape
+    key_padding_mask = check_padding_mask(key_padding_mask, batch, length)
+    scale = check_scale(scale, head_dim)
+    if not callable(mask):
+        raise ValueError(f"mask must be a mask function (b, h, q, k) -> bool, got {mask!r}")
+    if (
+        q.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in (q, k, v))
+    ):
+        raise ValueError(
+            "flex_sparse_attention on the CPU is inference only (FlexAttention has no CPU "
+            "backward in torch 2.13): call it under torch.no_grad(), or train with "
+            "local_attention, atrous_attention or sparse_attention"
+        )
+    if key_padding_mask is None:
+        blocks = block_mask(mask, length, device=q.device)
+    else:
+        keep = key_padding_mask
+
+        def padded(b: Tensor, h: Tensor, qi: Tensor, ki: Tensor) -> Tensor:
+            return mask(b, h, qi, ki) & keep[b, ki]
+
+        blocks = _flex.create_block_mask(padded, batch, None, length, length, device=q.device)
+    if compiled:
+        return _compiled()(q, k, v, block_mask=blocks, scale=scale)  # (B, H, T, Dh)
+    with warnings.catch_warnings():  # eager was asked for: its "use torch.compile" is noise
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return _flex.flex_attention(q, k, v, block_mask=blocks, scale=scale)
