@@ -22,13 +22,15 @@ from kexue.experiments import (  # noqa: E402
     attention_maps,
     attention_scaling,
     ema_digits,
+    estimator_variance,
     layerwise_lr,
     mixers_digits,
 )
 
 EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling)
+    for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling,
+              estimator_variance)
 }
 
 
