@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from kexue.estimators.score import leave_one_out
 from kexue.estimators.zeroth import zo_gradient
 
 __all__ = [
@@ -218,8 +219,6 @@ class PolicyGradient:
         rewards = torch.tensor([_reward(metric_fn, y, y_hat[i]) for i in range(k)],
                                dtype=log_pi.dtype, device=log_pi.device)  # (K,)
         if self.baseline == "loo":
-            from kexue.estimators.score import leave_one_out
-
             advantage = rewards - leave_one_out(rewards)
         else:
             advantage = rewards

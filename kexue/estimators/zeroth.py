@@ -286,17 +286,25 @@ def _probe(
     offset = 0
     counts: list[Tensor] = []
     try:
-        for p, m, e, z in zip(params, masters, eps, _directions(params, seed), strict=True):
+        directions = _directions(params, seed)
+        for p, m, e in zip(params, masters, eps, strict=True):
+            z = next(directions)
             new = torch.add(p if m is None else m, z, alpha=e).to(p.dtype)
-            counts.append((new == p).sum())
+            counts.append(torch.count_nonzero(new == p))  # not .sum(): an int64 copy
             p.copy_(new)
+            # free z before the next one is drawn (one direction tensor alive at a time; zip
+            # would keep the previous one in its cached tuple while drawing the next)
+            del new, z
         offset = 1
         loss_plus = _evaluate(closure, "closure")
-        for p, m, e, z in zip(params, masters, eps, _directions(params, seed), strict=True):
+        directions = _directions(params, seed)
+        for p, m, e in zip(params, masters, eps, strict=True):
+            z = next(directions)
             if m is None:
                 p.add_(z, alpha=-2 * e)
             else:
                 p.copy_(torch.add(m, z, alpha=-e))
+            del z
         offset = -1
         loss_minus = _evaluate(closure, "closure")
     finally:
@@ -308,11 +316,14 @@ def _restore(params: list[Tensor], masters: list[Tensor | None], eps: list[float
              offset: int) -> None:
     if offset == 0:
         return
-    for p, m, e, z in zip(params, masters, eps, _directions(params, seed), strict=True):
+    directions = _directions(params, seed)
+    for p, m, e in zip(params, masters, eps, strict=True):
+        z = next(directions)
         if m is None:
             p.add_(z, alpha=-offset * e)
         else:
             p.copy_(m)
+        del z
 
 
 def _warn_unchanged(fraction: float, threshold: float, stacklevel: int) -> None:
@@ -448,8 +459,11 @@ class SeedZO(torch.optim.Optimizer):
             if g["weight_decay"]:
                 t.mul_(1 - g["lr"] * g["weight_decay"])
         for seed, d in zip(seeds, diffs, strict=True):
-            for t, g, z in zip(targets, groups, _directions(params, seed), strict=True):
+            directions = _directions(params, seed)
+            for t, g in zip(targets, groups, strict=True):
+                z = next(directions)
                 t.add_(z, alpha=-g["lr"] * d / (k * g["eps"]))
+                del z
         for p, m in zip(params, masters, strict=True):
             if m is not None:
                 p.copy_(m)
@@ -539,8 +553,11 @@ def zo_backward(
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         for seed, d in zip(seeds, diffs, strict=True):
-            for p, z in zip(params, _directions(params, seed), strict=True):
+            directions = _directions(params, seed)
+            for p in params:
+                z = next(directions)
                 p.grad.add_(z, alpha=d / (k * eps))
+                del z
     fraction = unchanged / (sum(p.numel() for p in params) * k)
     if fraction > warn_unchanged:
         _warn_unchanged(fraction, warn_unchanged, stacklevel=2)

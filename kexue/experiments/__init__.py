@@ -21,6 +21,7 @@ from kexue._env import environment  # noqa: E402
 from kexue.experiments import (  # noqa: E402
     attention_maps,
     attention_scaling,
+    direct_metric,
     ema_digits,
     estimator_variance,
     layerwise_lr,
@@ -30,7 +31,7 @@ from kexue.experiments import (  # noqa: E402
 EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m
     for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling,
-              estimator_variance)
+              estimator_variance, direct_metric)
 }
 
 
