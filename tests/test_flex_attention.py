@@ -68,6 +68,22 @@ def test_compiled_kernel_matches_dense_reference(name: str) -> None:
                                atol=2e-5, rtol=0)
 
 
+def test_too_many_compilations_raise_instead_of_running_eagerly(monkeypatch) -> None:
+    """Past the limit torch would silently run FlexAttention eagerly, with T × T scores."""
+    import torch._dynamo
+
+    from kexue.attention import flex
+
+    monkeypatch.setattr(flex, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch._dynamo.reset()
+    q, k, v = _qkv((1, 1, 16, 8))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="compiled its kernel 1 times"):
+        for window in (3, 5, 7):  # each radius is a new guard: a new compilation
+            flex_sparse_attention(q, k, v, local(window))
+    torch._dynamo.reset()
+
+
 def test_block_mask_is_cached_per_mask_object() -> None:
     mask = local(8)
     assert block_mask(mask, 64) is block_mask(mask, 64)

@@ -13,9 +13,11 @@ Where it helps (torch 2.13):
   with :func:`~kexue.attention.local_attention`, :func:`~kexue.attention.atrous_attention` or
   :func:`~kexue.attention.sparse_attention` (forward and backward on the fused SDPA kernel).
 
-The first call at a new shape compiles (tens of seconds on a CPU; cached afterwards), and a
-block mask is built once per (mask function, B, H, T, device) and reused while the same mask
-function object is passed again.
+The first call at a new shape or with a new mask function compiles (tens of seconds on a CPU;
+cached afterwards); after ``RECOMPILE_LIMIT`` compilations a call raises instead of silently
+running FlexAttention eagerly (which would materialise the T × T scores). A block mask is built
+once per (mask function, B, H, T, device) and reused while the same mask function object is
+passed again.
 
 References:
     https://kexue.fm/archives/6853 (为节约而生:从标准Attention到稀疏Attention)
@@ -37,6 +39,8 @@ from kexue.attention.base import check_padding_mask, check_qkv, check_scale
 from kexue.attention.masks import MaskFn
 
 __all__ = ["block_mask", "flex_sparse_attention"]
+
+RECOMPILE_LIMIT = 64  # compilations of the kernel (mask functions × shapes) before an error
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,6 +120,7 @@ def flex_sparse_attention(
         ValueError: for bad shapes or dtypes, a mask that is not callable, or CPU inputs that
             require grad while grad mode is on (FlexAttention has no CPU backward in torch
             2.13).
+        RuntimeError: when the kernel would be compiled more than ``RECOMPILE_LIMIT`` times.
 
     References:
         https://kexue.fm/archives/6853
@@ -146,7 +151,21 @@ def flex_sparse_attention(
 
         blocks = _flex.create_block_mask(padded, batch, None, length, length, device=q.device)
     if compiled:
-        return _compiled()(q, k, v, block_mask=blocks, scale=scale)  # (B, H, T, Dh)
+        # Each new (mask function, shape) compiles anew. Past dynamo's default limit of 8,
+        # torch would silently run FlexAttention eagerly, materialising (B, H, T, T) scores
+        # (gigabytes at 16k): allow more compilations, and fail loudly instead of falling back.
+        with torch._dynamo.config.patch(
+            recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit),
+            fail_on_recompile_limit_hit=True,
+        ):
+            try:
+                return _compiled()(q, k, v, block_mask=blocks, scale=scale)  # (B, H, T, Dh)
+            except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+                raise RuntimeError(
+                    f"flex_sparse_attention has compiled its kernel {RECOMPILE_LIMIT} times (one "
+                    "per mask function and shape): reuse mask objects and shapes, raise "
+                    "kexue.attention.flex.RECOMPILE_LIMIT, or pass compiled=False"
+                ) from e
     with warnings.catch_warnings():  # eager was asked for: its "use torch.compile" is noise
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         return _flex.flex_attention(q, k, v, block_mask=blocks, scale=scale)
