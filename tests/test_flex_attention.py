@@ -68,6 +68,19 @@ def test_compiled_kernel_matches_dense_reference(name: str) -> None:
                                atol=2e-5, rtol=0)
 
 
+def test_compiled_kernel_with_a_head_and_batch_dependent_mask() -> None:
+    """Block layouts differ per (b, h): one shared layout would skip or unmask blocks."""
+
+    def mask(b, h, q, k):  # head 0 causal, head 1 anti-causal; batch 1 also local
+        pattern = torch.where(h == 0, k <= q, k >= q)
+        return pattern & ((b == 0) | ((q - k).abs() <= 40))
+
+    q, k, v = _qkv((2, 2, 256, 16), seed=2)
+    with torch.no_grad():
+        out = flex_sparse_attention(q, k, v, mask)
+    torch.testing.assert_close(out.double(), _reference(q, k, v, mask), atol=2e-5, rtol=0)
+
+
 def test_too_many_compilations_raise_instead_of_running_eagerly(monkeypatch) -> None:
     """Past the limit torch would silently run FlexAttention eagerly, with T × T scores."""
     import torch._dynamo

@@ -41,7 +41,7 @@ from kexue.attention.masks import MaskFn
 __all__ = ["block_mask", "flex_sparse_attention"]
 
 RECOMPILE_LIMIT = 64  # compilations of the kernel (mask functions × shapes) before an error
-COMPILE_BLOCK_MASK_FROM = 2048  # T from which block masks are built compiled (memory, above)
+COMPILE_BLOCK_MASK_FROM = 2048**2  # B·H·T² mask entries from which block masks are compiled
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,11 +52,12 @@ def _compiled() -> object:
 def _create(
     mask: MaskFn, batch: int | None, heads: int | None, length: int, device: torch.device
 ) -> _flex.BlockMask:
-    # Eager construction materialises the (T, T) mask in int64 twice (16·T² bytes: 268 MB at
-    # 4k, 4.3 GB at 16k, measured); compiled, it stays near 43 MB but costs a compilation
-    # (seconds) per mask function, so it is used only above COMPILE_BLOCK_MASK_FROM.
+    # Eager construction materialises the (B, H, T, T) mask in int64 twice (16·B·H·T² bytes:
+    # 268 MB at B = H = 1, T = 4k; 4.3 GB at 16k, measured); compiled, it stays near 43 MB but
+    # costs a compilation (seconds) per mask function, so it is used only for large masks.
+    entries = (batch or 1) * (heads or 1) * length**2
     return _flex.create_block_mask(mask, batch, heads, length, length, device=device,
-                                   _compile=length >= COMPILE_BLOCK_MASK_FROM)
+                                   _compile=entries >= COMPILE_BLOCK_MASK_FROM)
 
 
 @functools.lru_cache(maxsize=32)
@@ -79,7 +80,8 @@ def block_mask(
     Args:
         mask: a mask function ``(b, h, q, k) -> bool``, True = visible.
         length: sequence length T (queries and keys).
-        batch, heads: None when the mask does not depend on the batch / head index.
+        batch, heads: B and H; None only when the mask does not depend on the batch / head
+            index (one layout is then shared by all).
         device: where the kernel will run.
 
     Returns:
@@ -153,14 +155,16 @@ def flex_sparse_attention(
             "local_attention, atrous_attention or sparse_attention"
         )
     if key_padding_mask is None:
-        blocks = block_mask(mask, length, device=q.device)
+        # per (b, h): the block layout of a mask that depends on the batch or head index differs
+        # between them, and one layout for all would skip or leave unmasked the wrong blocks
+        blocks = block_mask(mask, length, batch=batch, heads=heads, device=q.device)
     else:
         keep = key_padding_mask
 
         def padded(b: Tensor, h: Tensor, qi: Tensor, ki: Tensor) -> Tensor:
             return mask(b, h, qi, ki) & keep[b, ki]
 
-        blocks = _create(padded, batch, None, length, q.device)
+        blocks = _create(padded, batch, heads, length, q.device)
     if compiled:
         # Each new (mask function, shape) compiles anew. Past dynamo's default limit of 8,
         # torch would silently run FlexAttention eagerly, materialising (B, H, T, T) scores
