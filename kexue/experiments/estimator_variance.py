@@ -72,6 +72,8 @@ def _summary(estimates: Tensor, exact: Tensor) -> dict[str, float]:
 def _gaussian(config: dict[str, Any], offset: float, gen: torch.Generator) -> dict[str, Tensor]:
     """N estimates of d/dμ E[(z − a)² + c] at μ = 1, σ = 1, a = −0.5; exact 2(μ − a) = 3."""
     n, k, mu0, sigma, a = config["replicates"], config["samples"], 1.0, 1.0, -0.5
+    if k < 2 or k % 2:
+        raise ValueError(f"samples must be an even int >= 2 (antithetic pairs), got {k!r}")
 
     def f(z: Tensor) -> Tensor:
         return (z - a) ** 2 + offset
