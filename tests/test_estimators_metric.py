@@ -21,6 +21,7 @@ from kexue.estimators.metric import (
     macro_f1,
     maximize,
 )
+from kexue.estimators.zeroth import zo_gradient
 
 Z_MAX = 4.5  # per-component z-test bound at fixed seeds (two-sided normal tail ~7e-6)
 F64 = torch.float64
@@ -68,6 +69,25 @@ def test_metrics_reject_bad_input():
         macro_f1(y, y, 2)
     with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
         macro_f1(y, y, 0)
+
+
+def test_metrics_of_an_empty_batch_of_predictions_are_empty():
+    """B may hold no prediction vector: the result is an empty tensor of shape B (no reshape
+    error). No labels at all (empty S) stays a ValueError, as in sklearn."""
+    y = torch.tensor([0, 1])
+    dtype = torch.get_default_dtype()
+    for fn in (accuracy, functools.partial(macro_f1, num_classes=2), binary_f1):
+        for pred, shape in ((torch.zeros(0, 2, dtype=torch.long), (0,)),
+                            (torch.zeros(3, 0, 2, dtype=torch.long), (3, 0)),
+                            (torch.zeros(0, 4, 2, dtype=torch.long), (0, 4))):
+            out = fn(y, pred)
+            assert out.shape == shape and out.dtype == dtype
+        out = fn(torch.tensor(1), torch.zeros(0, dtype=torch.long))  # S = (): one label
+        assert out.shape == (0,)
+        assert fn(torch.tensor(1), torch.tensor([1, 0])).shape == (2,)
+        for empty in (torch.zeros(0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long)):
+            with pytest.raises(ValueError, match="y_true must hold at least one label"):
+                fn(torch.zeros(0, dtype=torch.long), empty)
 
 
 # -- estimators against exact gradients ------------------------------------------------------
@@ -155,6 +175,85 @@ def test_estimators_reject_bad_input():
         PolicyGradient().backward(model, x, y, lambda t, p: torch.tensor(math.nan))
     with pytest.raises(ValueError, match=r"model\(x\) must return logits of shape"):
         PolicyGradient().backward(model, x, y[:2], accuracy)
+
+
+class _Logits(nn.Module):
+    """A "model" whose logits are its parameter, whatever x is."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, x) -> torch.Tensor:
+        return self.logits
+
+
+def test_policy_gradient_of_a_bf16_model_matches_float32():
+    """Rewards 0.950..0.956 lie within two bf16 ulps (2⁻⁸ ≈ 0.0039 at 0.95): computed in bf16
+    they round to one or two values and the leave-one-out advantages are wrong. Promoted to
+    float32, a bf16 model (bf16-exact logits) samples, scores and differentiates exactly as the
+    float32 one; its gradient is the float32 gradient rounded to bf16."""
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 3, generator=gen).bfloat16()
+    y = torch.randint(0, 3, (6,), generator=gen)
+
+    def metric(t, p):
+        return 0.95 + 0.001 * (p == t).sum()
+
+    grads, means = {}, {}
+    for dtype in (torch.bfloat16, torch.float32):
+        model = _Logits(base.to(dtype))
+        est = PolicyGradient(samples=8, generator=torch.Generator().manual_seed(4))
+        means[dtype] = est.backward(model, None, y, metric)
+        grads[dtype] = model.logits.grad
+    assert grads[torch.bfloat16].dtype == torch.bfloat16
+    assert grads[torch.float32].abs().sum() > 0  # the rewards did differ
+    assert torch.equal(grads[torch.bfloat16], grads[torch.float32].bfloat16())
+    for mean in means.values():
+        assert mean.shape == () and mean.dtype == F64 and mean.device.type == "cpu"
+    assert means[torch.bfloat16].item() == means[torch.float32].item()
+    assert 0.95 <= means[torch.float32].item() <= 0.956
+
+
+def test_policy_gradient_rejects_a_generator_of_another_device_type():
+    """'meta' logits stand in for CUDA ones on a CPU-only machine."""
+    model = nn.Linear(2, 3, device="meta")
+    x, y = torch.empty(4, 2, device="meta"), torch.zeros(4, dtype=torch.long)
+    est = PolicyGradient(generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="generator must be on the tensors' device type, got a "
+                                         "generator on cpu for tensors on meta"):
+        est.backward(model, x, y, accuracy)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got int"):
+        PolicyGradient(generator=0)
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_zeroth_order_returns_the_mean_over_perturbed_models_only(antithetic):
+    """The metric is 1 at the unperturbed weights and 0 anywhere else, so the returned mean
+    reward is 0 exactly when M(θ), the one-sided baseline, is left out. The gradient is that of
+    zo_gradient with baseline "value" (the same seeds)."""
+    x, y, model = _tiny_problem()
+    w0 = model.weight.detach().clone()
+
+    def at_theta(t, p):
+        return float(torch.equal(model.weight, w0))
+
+    est = ZerothOrder(0.5, directions=4, antithetic=antithetic,
+                      generator=torch.Generator().manual_seed(6))
+    mean = est.backward(model, x, y, at_theta)
+    assert mean.shape == () and mean.dtype == F64 and mean.device.type == "cpu"
+    assert mean.item() == 0.0
+    got = _grads(model)
+    params = list(model.parameters())
+    expected = zo_gradient(lambda: -accuracy(y, model(x).argmax(-1)), params, sigma=0.5,
+                           num_samples=4, antithetic=antithetic,
+                           generator=torch.Generator().manual_seed(6))
+    model.zero_grad()
+    ZerothOrder(0.5, directions=4, antithetic=antithetic,
+                generator=torch.Generator().manual_seed(6)).backward(model, x, y, accuracy)
+    torch.testing.assert_close(_grads(model), torch.cat([g.reshape(-1) for g in expected]),
+                               rtol=0, atol=0)
+    assert torch.isfinite(got).all()
 
 
 # -- maximize --------------------------------------------------------------------------------

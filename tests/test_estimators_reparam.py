@@ -292,3 +292,33 @@ def test_bad_input_raises():
         gaussian_rsample(mean, scale_tril=torch.eye(2))
     with pytest.raises(ValueError, match="sample_shape must be"):
         gaussian_rsample(mean, 1.0, sample_shape=(-1,))
+
+
+def test_generator_of_another_device_type_is_a_clear_value_error():
+    """A CPU generator for tensors on another device: torch would fail deep inside the sampler
+    (CUDA) or silently draw (meta); every sampler raises ValueError naming both devices first.
+    'meta' tensors stand in for CUDA ones on a CPU-only machine."""
+    cpu = torch.Generator().manual_seed(0)
+    logits = torch.zeros(3, 4, device="meta")
+    mean = torch.zeros(3, device="meta")
+    match = r"generator must be on the tensors' device type, got a generator on cpu for " \
+            r"tensors on meta"
+    for call in (lambda: gumbel_max(logits, generator=cpu),
+                 lambda: gumbel_softmax(logits, 0.5, generator=cpu),
+                 lambda: gumbel_softmax(logits, 0.5, hard=True, generator=cpu),
+                 lambda: gumbel_noise((3, 4), device="meta", generator=cpu),
+                 lambda: gaussian_rsample(mean, 1.0, generator=cpu),
+                 lambda: gaussian_rsample(mean, scale_tril=torch.eye(3, device="meta"),
+                                          generator=cpu)):
+        with pytest.raises(ValueError, match=match):
+            call()
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got int"):
+        gumbel_max(torch.zeros(3), generator=0)
+    # std / scale_tril on another device than mean
+    with pytest.raises(ValueError, match=r"std must be on mean's device meta, got cpu"):
+        gaussian_rsample(mean, torch.ones(3))
+    with pytest.raises(ValueError, match=r"scale_tril must be on mean's device cpu, got meta"):
+        gaussian_rsample(torch.zeros(3), scale_tril=torch.eye(3, device="meta"))
+    # same device type: still fine, and an int sample_shape is accepted
+    assert gumbel_noise((2,), device="cpu", generator=cpu).shape == (2,)
+    assert gaussian_rsample(torch.zeros(3), 1.0, sample_shape=2, generator=cpu).shape == (2, 3)

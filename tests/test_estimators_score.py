@@ -310,3 +310,54 @@ def test_surrogate_shapes_generators_and_errors():
     assert len(e.log_probs) == 1
     torch.testing.assert_close(magic_box(torch.tensor([0.3, -2.0])), torch.ones(2), rtol=0,
                                atol=0)
+
+
+def test_moving_average_rejects_empty_and_non_finite_cost_and_keeps_its_value():
+    """mean([]) is NaN and one NaN/inf batch would poison b for good: both raise, b unchanged."""
+    ma = MovingAverageBaseline(momentum=0.5)
+    ma.update(torch.tensor([1.0, 3.0]))
+    with pytest.raises(ValueError, match=r"cost must hold at least one element, got an empty "
+                                         r"tensor of shape \(0, 2\)"):
+        ma.update(torch.zeros(0, 2))
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="cost must be finite, got NaN or inf entries"):
+            ma.update(torch.tensor([1.0, bad]))
+    with pytest.raises(ValueError, match="cost must be finite"):  # inf − inf in the mean
+        ma.update(torch.tensor([math.inf, -math.inf]))
+    assert ma().item() == 2.0 and bool(ma.initialized)
+    fresh = MovingAverageBaseline()
+    with pytest.raises(ValueError, match="cost must be finite"):
+        fresh.update(torch.tensor([math.nan], dtype=F64))
+    assert not bool(fresh.initialized) and fresh().item() == 0.0
+    assert ma.update(torch.tensor([4.0])).item() == 2.0 and ma().item() == 3.0
+
+
+def test_surrogate_sample_shape_accepts_an_int_and_validates():
+    probs = torch.full((2,), 0.3, dtype=F64)
+    for dist in (Normal(torch.zeros(2, dtype=F64), 1.0), Bernoulli(probs)):
+        for gen in (None, _gen(1)):
+            z = Surrogate().sample(dist, sample_shape=3, generator=gen)
+            assert z.shape == (3, 2)
+            assert Surrogate().sample(dist, sample_shape=[4, 1], generator=gen).shape == (4, 1, 2)
+    assert Surrogate().sample(Categorical(logits=torch.zeros(5)), sample_shape=3,
+                              generator=_gen(2)).shape == (3,)
+    for bad in (-1, 2.5, "3", (2, -1), True):
+        with pytest.raises(ValueError, match="sample_shape must be a sequence of ints >= 0"):
+            Surrogate().sample(Normal(0.0, 1.0), sample_shape=bad)
+
+
+def test_surrogate_generator_of_another_device_type_is_a_clear_value_error():
+    """'meta' tensors stand in for CUDA ones on a CPU-only machine."""
+    cpu = _gen(0)
+    loc = torch.zeros(2, device="meta")
+    match = "generator must be on the tensors' device type, got a generator on cpu for " \
+            "tensors on meta"
+    dists = [Normal(loc, torch.ones(2, device="meta"), validate_args=False),
+             Independent(Normal(loc, torch.ones(2, device="meta"), validate_args=False), 1),
+             Bernoulli(probs=torch.full((2,), 0.5, device="meta"), validate_args=False),
+             Categorical(logits=torch.zeros(2, 3, device="meta"), validate_args=False)]
+    for dist in dists:
+        with pytest.raises(ValueError, match=match):
+            Surrogate().sample(dist, generator=cpu)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None"):
+        Surrogate().sample(Normal(0.0, 1.0), generator=7)

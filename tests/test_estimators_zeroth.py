@@ -409,3 +409,59 @@ def test_seed_zo_rejects_bad_input_and_restores_on_bad_loss():
     assert torch.equal(w, before)
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         zo_backward(lambda: w.sum(), [w], eps=-1.0)
+
+
+@pytest.mark.parametrize("fail_call, fail_at", [(1, 0), (1, 2), (2, 0), (2, 2), (2, 3)])
+@pytest.mark.parametrize("master", [False, True])
+def test_probe_undoes_exactly_the_shifts_made_before_a_failure(monkeypatch, fail_call,
+                                                                fail_at, master):
+    """The direction stream raises partway: in the +εz loop (call 1) or the −2εz loop (call 2),
+    after ``fail_at`` parameters were shifted. Every parameter must come back: bit-exact with a
+    master copy and for parameters never touched; replayed ones within 1 ulp of |θ| + ε|z|
+    (bitwise equal to the replay arithmetic θ + εz − εz, or θ + εz − 2εz + εz). The old
+    single-offset restore left the first parameters shifted (call 1) or at θ − 2εz (call 2)."""
+    from kexue.estimators import zeroth
+
+    real = zeroth._directions
+    calls = []
+
+    def failing(params, seed, method="gaussian"):
+        calls.append(1)
+        call = len(calls)
+        for i, z in enumerate(real(params, seed, method)):
+            if call == fail_call and i == fail_at:
+                raise RuntimeError("direction stream failed")
+            yield z
+
+    monkeypatch.setattr(zeroth, "_directions", failing)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(7, 5, generator=gen), torch.randn(11, generator=gen),
+              torch.randn(3, 3, generator=gen), torch.randn(4, generator=gen)]
+    before = [p.clone() for p in params]
+    eps = 1e-2
+    if master:
+        opt = SeedZO(params, lr=0.0, eps=eps, master_weights=True, seed=3)
+        with pytest.raises(RuntimeError, match="direction stream failed"):
+            opt.step(lambda: sum(p.sum() for p in params))
+        for p, b in zip(params, before):
+            assert torch.equal(p, b)
+        return
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(RuntimeError, match="direction stream failed"):
+        zo_backward(lambda: sum(p.sum() for p in params), params, eps=eps,
+                    generator=torch.Generator().manual_seed(5))  # draws `seed`
+    zs = _z_of(params, seed)
+    for i, (p, b, z) in enumerate(zip(params, before, zs)):
+        if fail_call == 1 and i >= fail_at:  # never shifted
+            assert torch.equal(p, b)
+            continue
+        expected = torch.add(b, z, alpha=eps)
+        if fail_call == 2 and i < fail_at:  # reached θ − εz
+            expected.add_(z, alpha=-2 * eps)
+            expected.add_(z, alpha=eps)
+        else:
+            expected.add_(z, alpha=-eps)
+        assert torch.equal(p, expected)
+        bound = _ulp((b.to(F64).abs() + eps * z.to(F64).abs()).float())
+        assert ((p.to(F64) - b.to(F64)).abs() <= bound).all()
+    assert all(p.grad is None for p in params)  # nothing was accumulated

@@ -12,7 +12,11 @@
   batch-level metric (accuracy, macro-F1, ...) with :class:`PolicyGradient` or
   :class:`ZerothOrder`.
 
-Every stochastic function takes ``generator: torch.Generator | None``.
+Randomness is explicit: every stochastic function, :meth:`Surrogate.sample` and the
+:class:`PolicyGradient` and :class:`ZerothOrder` estimators take
+``generator: torch.Generator | None`` (torch's default generator when None). The exception is
+:class:`SeedZO`, which takes ``seed: int`` and owns its generator; that generator's state is
+part of its ``state_dict``.
 
 References:
     https://kexue.fm/archives/6705 (漫谈重参数:从正态分布到Gumbel Softmax)

@@ -3,7 +3,7 @@
 A metric of label tensors, M(y, ŷ), is piecewise constant in the weights. Two ways around it,
 one contract: an *estimator* object with
 
-    estimator.backward(model, x, y, metric_fn) -> mean reward (0-d tensor)
+    estimator.backward(model, x, y, metric_fn) -> mean reward (0-d float64 CPU tensor)
 
 which adds −∇(smoothed metric) into the parameters' ``.grad`` (a descent direction, so any
 ``torch.optim`` optimizer maximises the metric), and :func:`maximize`, the loop around it.
@@ -18,7 +18,9 @@ Both are the same estimator (kexue.fm/archives/7737): a search distribution, in 
 space or in the weight space, and the score-function gradient of its expected reward.
 
 Metric helpers take integer labels ``y_true`` of any shape S and predictions of shape
-(*B, *S) and reduce over S, so K sampled prediction vectors are scored in one call.
+(*B, *S) and reduce over S, so K sampled prediction vectors are scored in one call. An empty
+batch B (e.g. zero prediction vectors) gives an empty result of shape B; an empty S (no labels)
+raises ``ValueError``, as sklearn does for empty inputs.
 
 References:
     https://kexue.fm/archives/7737 (殊途同归的策略梯度与零阶优化)
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from kexue.estimators.reparam import _check_generator
 from kexue.estimators.score import leave_one_out
 from kexue.estimators.zeroth import zo_gradient
 
@@ -55,7 +58,7 @@ MetricFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _labels(y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
-    """(N,) true and (*B, N) predicted labels, S flattened to N."""
+    """(N,) true and (*B, N) predicted labels, S flattened to N ≥ 1; B may be empty."""
     for name, t in (("y_true", y_true), ("y_pred", y_pred)):
         if not isinstance(t, Tensor) or t.is_floating_point() or t.is_complex():
             got = t.dtype if isinstance(t, Tensor) else type(t).__name__
@@ -67,7 +70,8 @@ def _labels(y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
     if y_true.numel() == 0:
         raise ValueError("y_true must hold at least one label, got an empty tensor")
     batch = y_pred.shape[:y_pred.ndim - y_true.ndim]
-    return y_true.reshape(-1).long(), y_pred.reshape(*batch, -1).long()  # (N,), (*B, N)
+    n = y_true.numel()  # not -1: reshape cannot infer N when B holds no element
+    return y_true.reshape(n).long(), y_pred.reshape(*batch, n).long()  # (N,), (*B, N)
 
 
 def accuracy(y_true: Tensor, y_pred: Tensor) -> Tensor:
@@ -78,10 +82,10 @@ def accuracy(y_true: Tensor, y_pred: Tensor) -> Tensor:
         y_pred: integer predictions, shape (*B, *S).
 
     Returns:
-        Float tensor of shape B.
+        Float tensor of shape B (empty when B holds no element).
 
     Raises:
-        ValueError: for non-integer labels or mismatched shapes.
+        ValueError: for non-integer labels, empty ``y_true`` or mismatched shapes.
     """
     y, p = _labels(y_true, y_pred)
     return (p == y).to(torch.get_default_dtype()).mean(-1)
@@ -100,10 +104,11 @@ def macro_f1(y_true: Tensor, y_pred: Tensor, num_classes: int) -> Tensor:
         num_classes: C ≥ 1.
 
     Returns:
-        Float tensor of shape B.
+        Float tensor of shape B (empty when B holds no element).
 
     Raises:
-        ValueError: for C < 1, labels outside [0, C), non-integer labels or mismatched shapes.
+        ValueError: for C < 1, labels outside [0, C), non-integer labels, empty ``y_true`` or
+            mismatched shapes.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
@@ -131,10 +136,10 @@ def binary_f1(y_true: Tensor, y_pred: Tensor, positive: int = 1) -> Tensor:
         positive: the label counted as positive.
 
     Returns:
-        Float tensor of shape B.
+        Float tensor of shape B (empty when B holds no element).
 
     Raises:
-        ValueError: for non-integer labels or mismatched shapes.
+        ValueError: for non-integer labels, empty ``y_true`` or mismatched shapes.
     """
     y, p = _labels(y_true, y_pred)
     dtype = torch.get_default_dtype()
@@ -161,7 +166,8 @@ def _reward(metric_fn: MetricFn, y: Tensor, y_hat: Tensor) -> float:
 
 class MetricEstimator(Protocol):
     """``backward(model, x, y, metric_fn)`` adds −∇(smoothed metric) into ``.grad`` and
-    returns the mean reward it observed as a 0-d tensor."""
+    returns the mean reward it observed as a 0-d float64 tensor on the CPU (whatever the
+    model's dtype and device; ``float(...)`` of it is exact)."""
 
     def backward(self, model: nn.Module, x: Any, y: Tensor, metric_fn: MetricFn) -> Tensor: ...
 
@@ -178,15 +184,21 @@ class PolicyGradient:
     is what ``.grad`` receives. The reward is batch-level, so one sample is one prediction
     vector for the whole batch; the noise grows with the batch size.
 
+    Precision: logits are promoted to at least float32 (``promote_types(dtype, float32)``)
+    before the softmax, so sampling, log π, the rewards and the advantages r_k − b_k never
+    round to a half-precision grid (rewards 0.9512 and 0.9531 are one bf16 value apart); the
+    gradient reaches a bf16/fp16 model in its own dtype.
+
     Args:
         samples: K ≥ 2 (leave-one-out) or ≥ 1 with ``baseline="none"``.
         baseline: ``"loo"`` (leave-one-out, unbiased) or ``"none"``.
-        generator: for the samples; must live on the logits' device. None uses torch's
+        generator: for the samples; must have the logits' device type. None uses torch's
             global generator.
 
     Raises:
-        ValueError: for K too small or an unknown baseline; in :meth:`backward`, for logits
-            whose leading shape is not y's, or a non-finite metric.
+        ValueError: for K too small, an unknown baseline or a generator that is not a
+            torch.Generator; in :meth:`backward`, for logits whose leading shape is not y's, a
+            generator of another device type than the logits, or a non-finite metric.
 
     References:
         https://kexue.fm/archives/7737
@@ -201,30 +213,37 @@ class PolicyGradient:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < low:
             raise ValueError(f"samples must be an int >= {low} for baseline={baseline!r}, "
                              f"got {samples!r}")
+        _check_generator(generator, None)
         self.samples, self.baseline, self.generator = samples, baseline, generator
 
     def backward(self, model: nn.Module, x: Any, y: Tensor, metric_fn: MetricFn) -> Tensor:
-        """Add −∇E_π[M(y, ŷ)] into ``.grad``; return the mean sampled reward."""
+        """Add −∇E_π[M(y, ŷ)] into ``.grad``.
+
+        Returns:
+            The mean of the K sampled rewards, a 0-d float64 CPU tensor.
+        """
         logits = model(x)  # (*S, C)
         if not isinstance(logits, Tensor) or logits.shape[:-1] != y.shape:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"model(x) must return logits of shape (*{tuple(y.shape)}, C) "
                              f"for y of shape {tuple(y.shape)}, got {got}")
+        _check_generator(self.generator, logits.device)
         k, c = self.samples, logits.shape[-1]
-        log_probs = logits.reshape(-1, c).log_softmax(-1)  # (N, C)
+        work = torch.promote_types(logits.dtype, torch.float32)  # never a half type
+        log_probs = logits.reshape(-1, c).to(work).log_softmax(-1)  # (N, C)
         draws = torch.multinomial(log_probs.detach().exp(), k, replacement=True,
                                   generator=self.generator)  # (N, K)
-        log_pi = log_probs.gather(1, draws).sum(0)  # log π(ŷ_k), (K,)
+        log_pi = log_probs.gather(1, draws).sum(0)  # log π(ŷ_k), (K,), dtype work
         y_hat = draws.T.reshape(k, *y.shape)  # (K, *S)
-        rewards = torch.tensor([_reward(metric_fn, y, y_hat[i]) for i in range(k)],
-                               dtype=log_pi.dtype, device=log_pi.device)  # (K,)
+        values = [_reward(metric_fn, y, y_hat[i]) for i in range(k)]
+        rewards = torch.tensor(values, dtype=log_pi.dtype, device=log_pi.device)  # (K,)
         if self.baseline == "loo":
             advantage = rewards - leave_one_out(rewards)
         else:
             advantage = rewards
         surrogate = -(advantage * log_pi).mean()
         surrogate.backward()
-        return rewards.mean()
+        return torch.tensor(math.fsum(values) / k, dtype=torch.float64)
 
 
 class ZerothOrder:
@@ -241,8 +260,10 @@ class ZerothOrder:
             scaling its weights, so the effective smoothing shrinks as the weights grow.
         directions: N ≥ 1 directions (2N forward passes when antithetic).
         method: ``"gaussian"`` or ``"spsa"``.
-        antithetic: pairs θ ± σu (else one-sided with b = M(θ)).
-        generator: draws the direction seeds; None uses torch's global generator.
+        antithetic: pairs θ ± σu (else one-sided with b = M(θ), evaluated here and passed to
+            ``zo_gradient`` as a fixed baseline: the same estimate).
+        generator: draws the direction seeds (any device); None uses torch's global
+            generator.
 
     Raises:
         ValueError: for σ ≤ 0, N < 1 or an unknown method.
@@ -265,19 +286,33 @@ class ZerothOrder:
         self.antithetic, self.generator = antithetic, generator
 
     def backward(self, model: nn.Module, x: Any, y: Tensor, metric_fn: MetricFn) -> Tensor:
-        """Add −∇M_σ(θ) into ``.grad``; return the mean reward over the perturbed models."""
+        """Add −∇M_σ(θ) into ``.grad``.
+
+        Returns:
+            The mean reward over the perturbed models only (θ ± σu_k, or θ + σu_k one-sided;
+            the unperturbed M(θ) used as the one-sided baseline is not included), a 0-d
+            float64 CPU tensor.
+        """
         params = [p for p in model.parameters() if p.requires_grad]
+
+        def evaluate() -> float:
+            with torch.no_grad():
+                return _reward(metric_fn, y, model(x).argmax(-1))
+
+        # b = −M(θ) as a number: zo_gradient's "value" baseline, evaluated here so that only
+        # perturbed evaluations reach cost() below.
+        baseline = None if self.antithetic else -evaluate()
         rewards: list[float] = []
 
         def cost() -> float:
-            r = _reward(metric_fn, y, model(x).argmax(-1))
+            r = evaluate()
             rewards.append(r)
             return -r
 
         zo_gradient(cost, params, sigma=self.sigma, num_samples=self.directions,
-                    method=self.method, antithetic=self.antithetic, generator=self.generator,
-                    accumulate_into_grad=True)
-        return torch.tensor(sum(rewards) / len(rewards))
+                    method=self.method, antithetic=self.antithetic, baseline=baseline,
+                    generator=self.generator, accumulate_into_grad=True)
+        return torch.tensor(math.fsum(rewards) / len(rewards), dtype=torch.float64)
 
 
 # -- the loop ----------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ categorical distribution the Gumbel-max trick z = argmax_i (log p_i + g_i), g_i 
 is exact but not differentiable, and Gumbel-softmax relaxes it to softmax((log p + g)/τ).
 
 Randomness comes only through ``generator`` (torch's default generator when it is None); two
-calls with equally seeded generators return the same sample. Validation of tensor values
+calls with equally seeded generators return the same sample. A generator must have the device
+type of the tensors it draws for (a CPU generator for CPU tensors, a CUDA one for CUDA tensors);
+a mismatch raises ``ValueError``. Validation of tensor values
 (finiteness, positivity) synchronises with the host once per call.
 
 References:
@@ -54,6 +56,20 @@ def _size(name: str, shape: int | Sequence[int]) -> torch.Size:
     return torch.Size(int(d) for d in dims)
 
 
+def _check_generator(generator: object, device: torch.device | str | None) -> None:
+    """Reject a ``generator`` that is not a torch.Generator (or None), or whose device type is
+    not that of ``device``, the device of the tensors it would draw (torch fails deep inside the
+    sampler otherwise). ``device`` None checks the type only. Shared by score and metric."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got "
+                         f"{type(generator).__name__}")
+    if device is not None and torch.device(device).type != generator.device.type:
+        raise ValueError(f"generator must be on the tensors' device type, got a generator on "
+                         f"{generator.device} for tensors on {torch.device(device)}")
+
+
 def _float_tensor(name: str, t: object) -> Tensor:
     if not isinstance(t, Tensor) or not t.is_floating_point():
         got = t.dtype if isinstance(t, Tensor) else type(t).__name__
@@ -79,7 +95,7 @@ def gaussian_rsample(
     std: Tensor | float | None = None,
     *,
     scale_tril: Tensor | None = None,
-    sample_shape: Sequence[int] = (),
+    sample_shape: int | Sequence[int] = (),
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Reparameterised Gaussian sample, differentiable in ``mean`` and ``std``/``scale_tril``.
@@ -90,19 +106,21 @@ def gaussian_rsample(
 
     Args:
         mean: μ. Diagonal form: any shape, broadcast with ``std``. Full form: (..., D).
-        std: σ > 0, broadcastable with ``mean``; a tensor must have ``mean``'s dtype.
-        scale_tril: L of shape (..., D, D), lower-triangular with a positive diagonal; its
-            batch dims broadcast with ``mean``'s. Give exactly one of ``std``, ``scale_tril``.
-        sample_shape: leading dims S of independent draws.
-        generator: source of ε; torch's default generator when None.
+        std: σ > 0, broadcastable with ``mean``; a tensor must have ``mean``'s dtype and device.
+        scale_tril: L of shape (..., D, D), lower-triangular with a positive diagonal, with
+            ``mean``'s dtype and device; its batch dims broadcast with ``mean``'s. Give exactly
+            one of ``std``, ``scale_tril``.
+        sample_shape: leading dims S of independent draws (an int or a sequence of ints).
+        generator: source of ε, of ``mean``'s device type; torch's default generator when None.
 
     Returns:
         z of shape (*S, *batch) (diagonal) or (*S, *batch, D) (full), batch the broadcast shape.
 
     Raises:
         ValueError: if both or neither of ``std`` and ``scale_tril`` are given, for shapes that
-            do not broadcast, non-finite inputs, σ ≤ 0, or an L that is not lower-triangular
-            with a positive diagonal.
+            do not broadcast, non-finite inputs, σ ≤ 0, an L that is not lower-triangular
+            with a positive diagonal, a ``std``/``scale_tril`` on another device than ``mean``,
+            or a ``generator`` of another device type.
 
     References:
         https://kexue.fm/archives/6705
@@ -114,11 +132,15 @@ def gaussian_rsample(
                          f"got std={'None' if std is None else 'given'}, "
                          f"scale_tril={'None' if scale_tril is None else 'given'}")
     sample_shape = _size("sample_shape", sample_shape)
+    _check_generator(generator, mean.device)
     if std is not None:
         if isinstance(std, Tensor):
             _float_tensor("std", std)
             if std.dtype != mean.dtype:
                 raise ValueError(f"std must have mean's dtype {mean.dtype}, got {std.dtype}")
+            if std.device != mean.device:
+                raise ValueError(f"std must be on mean's device {mean.device}, got "
+                                 f"{std.device}")
         elif isinstance(std, bool) or not isinstance(std, (int, float)):
             raise ValueError(f"std must be a tensor or a number > 0, got {std!r}")
         else:
@@ -144,6 +166,8 @@ def gaussian_rsample(
                          f"scale_tril {tuple(L.shape)}, mean {tuple(mean.shape)}")
     if L.dtype != mean.dtype:
         raise ValueError(f"scale_tril must have mean's dtype {mean.dtype}, got {L.dtype}")
+    if L.device != mean.device:
+        raise ValueError(f"scale_tril must be on mean's device {mean.device}, got {L.device}")
     try:
         batch = torch.broadcast_shapes(mean.shape[:-1], L.shape[:-2])
     except RuntimeError:
@@ -193,13 +217,14 @@ def gumbel_noise(
         shape: output shape.
         dtype: floating-point output dtype.
         device: output device; the generator's device when None and a generator is given.
-        generator: source of u; torch's default generator when None.
+        generator: source of u, of ``device``'s type; torch's default generator when None.
 
     Returns:
         g of the given shape, dtype and device.
 
     Raises:
-        ValueError: for a non-floating ``dtype`` or a bad ``shape``.
+        ValueError: for a non-floating ``dtype``, a bad ``shape``, or a ``generator`` whose
+            device type is not ``device``'s.
 
     References:
         https://kexue.fm/archives/6705
@@ -207,6 +232,7 @@ def gumbel_noise(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     shape = _size("shape", shape)
+    _check_generator(generator, device)
     if device is None and generator is not None:
         device = generator.device
     draw = torch.float64 if dtype == torch.float64 else torch.float32
@@ -214,9 +240,12 @@ def gumbel_noise(
     return _gumbel_from_uniform(u).to(dtype)
 
 
-def _checked_logits(logits: Tensor, dim: int) -> tuple[Tensor, int]:
-    """Logits to work with (float32 for half types) and dim ≥ 0; rejects NaN, +inf, all −inf."""
+def _checked_logits(logits: Tensor, dim: int,
+                    generator: torch.Generator | None) -> tuple[Tensor, int]:
+    """Logits to work with (float32 for half types) and dim ≥ 0; rejects NaN, +inf, all −inf,
+    and a generator of another device type (checked before any host synchronisation)."""
     logits = _float_tensor("logits", logits)
+    _check_generator(generator, logits.device)
     dim = _dim("logits", logits, dim)
     if logits.shape[dim] == 0:
         raise ValueError(f"logits must have at least one category along dim={dim}, got shape "
@@ -243,20 +272,21 @@ def gumbel_max(
         logits: unnormalised log-probabilities l, categories along ``dim``; −inf masks a
             category (never sampled). Half-precision logits are perturbed in float32.
         dim: category dim.
-        generator: source of the noise; torch's default generator when None.
+        generator: source of the noise, of ``logits``' device type; torch's default generator
+            when None.
 
     Returns:
         int64 indices of ``logits``' shape without ``dim``.
 
     Raises:
         ValueError: for non-floating logits, NaN or +inf logits, a category dim that is empty or
-            entirely −inf, or an invalid ``dim``.
+            entirely −inf, an invalid ``dim``, or a ``generator`` of another device type.
 
     References:
         https://kexue.fm/archives/6705
         Gumbel, "Statistical Theory of Extreme Values", 1954; Maddison et al., 2017.
     """
-    work, dim = _checked_logits(logits, dim)
+    work, dim = _checked_logits(logits, dim, generator)
     g = gumbel_noise(work.shape, dtype=work.dtype, device=work.device, generator=generator)
     return (work.detach() + g).argmax(dim)
 
@@ -293,7 +323,8 @@ def gumbel_softmax(
         tau: temperature τ > 0.
         hard: return the straight-through one-hot instead of y.
         dim: category dim.
-        generator: source of the noise; torch's default generator when None.
+        generator: source of the noise, of ``logits``' device type; torch's default generator
+            when None.
 
     Returns:
         y of ``logits``' shape and dtype; sums to 1 along ``dim``.
@@ -306,7 +337,7 @@ def gumbel_softmax(
         https://kexue.fm/archives/6705
         Jang et al., ICLR 2017; Maddison et al., ICLR 2017.
     """
-    work, dim = _checked_logits(logits, dim)
+    work, dim = _checked_logits(logits, dim, generator)
     tau = _tau(tau, work.dtype)
     g = gumbel_noise(work.shape, dtype=work.dtype, device=work.device, generator=generator)
     y = work + g

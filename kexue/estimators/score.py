@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 
-from kexue.estimators.reparam import gumbel_max
+from kexue.estimators.reparam import _check_generator, _size, gumbel_max
 
 __all__ = [
     "LearnedBaseline",
@@ -188,10 +188,29 @@ class MovingAverageBaseline(nn.Module):
 
     @torch.no_grad()
     def update(self, cost: Tensor) -> Tensor:
-        """Return b_{t−1} in ``cost``'s dtype and device, then fold mean(cost) into b."""
+        """Return b_{t−1} in ``cost``'s dtype and device, then fold mean(cost) into b.
+
+        Checking that mean(cost) is finite synchronises with the host once per call.
+
+        Args:
+            cost: the current batch of costs, any shape, at least one element, all finite.
+
+        Returns:
+            b_{t−1}, a 0-d tensor in ``cost``'s dtype and device (0 before the first update).
+
+        Raises:
+            ValueError: for a non-floating or empty ``cost``, or one with NaN or inf entries
+                (or whose mean overflows); b is left unchanged, as one such batch would
+                otherwise poison it for good.
+        """
         cost = _float_tensor("cost", cost)
-        before = self.value.clone()
+        if cost.numel() == 0:
+            raise ValueError(f"cost must hold at least one element, got an empty tensor of "
+                             f"shape {tuple(cost.shape)}")
         m = cost.detach().mean().to(self.value)
+        if not bool(m.isfinite()):  # any NaN or ±inf entry makes the mean non-finite
+            raise ValueError(f"cost must be finite, got NaN or inf entries (mean {m.item()})")
+        before = self.value.clone()
         # torch.where instead of `if initialized`: no host synchronisation.
         self.value.copy_(torch.where(self.initialized, self.value.lerp(m, 1 - self.momentum), m))
         self.initialized.fill_(True)
@@ -285,12 +304,14 @@ def _draw(dist: Distribution, shape: torch.Size, generator: torch.Generator,
     if isinstance(dist, Independent):
         return _draw(dist.base_dist, shape, generator, rsample)
     if isinstance(dist, Normal):
+        _check_generator(generator, dist.loc.device)
         eps = torch.randn(shape + dist.batch_shape, generator=generator, dtype=dist.loc.dtype,
                           device=dist.loc.device)
         z = dist.loc + dist.scale * eps
         return z if rsample else z.detach()
     if isinstance(dist, Bernoulli):
         probs = dist.probs.detach()
+        _check_generator(generator, probs.device)
         u = torch.rand(shape + dist.batch_shape, generator=generator, dtype=probs.dtype,
                        device=probs.device)
         return (u < probs).to(probs.dtype)
@@ -351,7 +372,7 @@ class Surrogate:
         self,
         dist: Distribution,
         *,
-        sample_shape: Sequence[int] = (),
+        sample_shape: int | Sequence[int] = (),
         reparam: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -359,19 +380,21 @@ class Surrogate:
 
         Args:
             dist: a ``torch.distributions.Distribution``.
-            sample_shape: leading dims of independent draws.
+            sample_shape: leading dims of independent draws, an int or a sequence of ints.
             reparam: None uses ``rsample`` when ``dist.has_rsample``; True requires it; False
                 forces a detached sample plus a score node ``dist.log_prob(z)``.
-            generator: explicit noise source, supported for Normal, Bernoulli, Categorical and
-                Independent of these (sampled here, as torch.distributions ignores generators);
-                None uses the distribution's own sampler and torch's default generator.
+            generator: explicit noise source of the distribution's device type, supported for
+                Normal, Bernoulli, Categorical and Independent of these (sampled here, as
+                torch.distributions ignores generators); None uses the distribution's own
+                sampler and torch's default generator.
 
         Returns:
             z of shape (*sample_shape, *dist.batch_shape, *dist.event_shape).
 
         Raises:
-            ValueError: for ``reparam=True`` on a distribution without ``rsample``, or a
-                generator with an unsupported distribution.
+            ValueError: for ``reparam=True`` on a distribution without ``rsample``, a bad
+                ``sample_shape``, or a generator that is not a torch.Generator, is used with an
+                unsupported distribution, or has another device type than the distribution.
         """
         if not isinstance(dist, Distribution):
             raise ValueError(f"dist must be a torch.distributions.Distribution, got "
@@ -382,7 +405,8 @@ class Surrogate:
             raise ValueError(f"reparam=True needs a distribution with rsample, got "
                              f"{type(dist).__name__}; use reparam=None or False")
         use_r = dist.has_rsample if reparam is None else reparam
-        shape = torch.Size(sample_shape)
+        shape = _size("sample_shape", sample_shape)
+        _check_generator(generator, None)
         if generator is not None:
             z = _draw(dist, shape, generator, use_r)
         else:

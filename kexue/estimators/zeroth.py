@@ -282,47 +282,59 @@ def _probe(
     Without a master, θ is shifted in place: +εz, −2εz, +εz (restored up to rounding). With a
     master copy, the parameter is recomputed from the never-perturbed master each time and
     restored by copy (bit-exact). #unchanged counts elements where θ + εz rounded to θ.
+
+    ``shift[i]`` records the multiple s of ε z_i that parameter i carries (0, +1 or −1), set
+    only once its write is done, so whatever raises (the closure, a write, the direction
+    generator) the ``finally`` block undoes exactly the shifts that happened: −s·εz for a
+    replayed parameter (within one ulp of |θ| + ε|z|), a copy from the master otherwise
+    (bit-exact); parameters never touched stay as they were, bit for bit.
     """
-    offset = 0
+    shift = [0] * len(params)
     counts: list[Tensor] = []
     try:
         directions = _directions(params, seed)
-        for p, m, e in zip(params, masters, eps, strict=True):
+        for i, (p, m, e) in enumerate(zip(params, masters, eps, strict=True)):
             z = next(directions)
             new = torch.add(p if m is None else m, z, alpha=e).to(p.dtype)
             counts.append(torch.count_nonzero(new == p))  # not .sum(): an int64 copy
             p.copy_(new)
+            shift[i] = 1
             # free z before the next one is drawn (one direction tensor alive at a time; zip
             # would keep the previous one in its cached tuple while drawing the next)
             del new, z
-        offset = 1
         loss_plus = _evaluate(closure, "closure")
         directions = _directions(params, seed)
-        for p, m, e in zip(params, masters, eps, strict=True):
+        for i, (p, m, e) in enumerate(zip(params, masters, eps, strict=True)):
             z = next(directions)
             if m is None:
                 p.add_(z, alpha=-2 * e)
             else:
                 p.copy_(torch.add(m, z, alpha=-e))
+            shift[i] = -1
             del z
-        offset = -1
         loss_minus = _evaluate(closure, "closure")
     finally:
-        _restore(params, masters, eps, seed, offset)
+        _restore(params, masters, eps, seed, shift)
     return loss_plus, loss_minus, sum(int(c) for c in counts)
 
 
 def _restore(params: list[Tensor], masters: list[Tensor | None], eps: list[float], seed: int,
-             offset: int) -> None:
-    if offset == 0:
-        return
-    directions = _directions(params, seed)
-    for p, m, e in zip(params, masters, eps, strict=True):
-        z = next(directions)
-        if m is None:
-            p.add_(z, alpha=-offset * e)
-        else:
+             shift: list[int]) -> None:
+    """Undo θ_i + shift[i]·ε_i z_i: copy from the master where there is one, else replay z."""
+    last = -1  # the last replayed parameter that needs z; the stream is drawn up to it only
+    for i, (p, m, s) in enumerate(zip(params, masters, shift, strict=True)):
+        if s and m is not None:
             p.copy_(m)
+        elif s:
+            last = i
+    if last < 0:
+        return
+    n = last + 1
+    directions = _directions(params[:n], seed)  # a prefix replays the same z's
+    for p, m, e, s in zip(params[:n], masters[:n], eps[:n], shift[:n], strict=True):
+        z = next(directions)
+        if s and m is None:
+            p.add_(z, alpha=-s * e)
         del z
 
 
