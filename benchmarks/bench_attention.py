@@ -71,6 +71,7 @@ import functools
 import gc
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -664,7 +665,8 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n in GROUPS if args.group is None or args.group.lower() in n.lower()]
     if not names:
         raise SystemExit(f"--group {args.group!r} matches none of: {', '.join(GROUPS)}")
-    stem = "attention" if args.group is None else f"attention_{args.group.lower()}"
+    slug = re.sub(r"\W+", "_", (args.group or "").lower(), flags=re.ASCII).strip("_")
+    stem = "attention" if args.group is None else f"attention_{slug}"
     rows: list[Row] = []
     for name in names:
         for mode in GROUPS[name].modes:
