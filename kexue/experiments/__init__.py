@@ -24,14 +24,17 @@ from kexue.experiments import (  # noqa: E402
     direct_metric,
     ema_digits,
     estimator_variance,
+    gan_dynamics,
     layerwise_lr,
     mixers_digits,
+    path_kernel_digits,
 )
 
 EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m
     for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling,
-              estimator_variance, direct_metric)
+              estimator_variance, direct_metric, gan_dynamics,
+              path_kernel_digits)
 }
 
 
