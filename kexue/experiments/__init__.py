@@ -27,6 +27,7 @@ from kexue.experiments import (  # noqa: E402
     gan_dynamics,
     layerwise_lr,
     mixers_digits,
+    modified_flow,
     path_kernel_digits,
 )
 
@@ -34,7 +35,7 @@ EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m
     for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling,
               estimator_variance, direct_metric, gan_dynamics,
-              path_kernel_digits)
+              path_kernel_digits, modified_flow)
 }
 
 

@@ -2,7 +2,8 @@
 
 After the kexue.fm notes https://kexue.fm/archives/6418 and https://kexue.fm/archives/6575:
 learning rates per layer or name pattern, free gradient transforms, weight EMA, capture of
-intermediate tensors (attention maps included) and process-safe data loading.
+intermediate tensors (attention maps included) and process-safe data loading; and explicit
+gradient regularisation (https://kexue.fm/archives/7787) in :mod:`kexue.train.regularizers`.
 """
 
 from kexue.train._naming import unwrap_model
@@ -10,6 +11,14 @@ from kexue.train.capture import Captured, capture
 from kexue.train.data import ShardedIterable
 from kexue.train.ema import EMA, ema_warmup
 from kexue.train.param_groups import block_of, is_bias_or_norm, param_groups, scale_parametrize
+from kexue.train.regularizers import (
+    GradientPenalty,
+    gradient_penalty_loss,
+    implicit_lambda,
+    midpoint_backward,
+    minibatch_regularized_backward,
+    regularized_backward,
+)
 from kexue.train.transforms import (
     GradientTransform,
     TransformHandle,
@@ -32,6 +41,7 @@ from kexue.train.transforms import (
 __all__ = [
     "EMA",
     "Captured",
+    "GradientPenalty",
     "GradientTransform",
     "ShardedIterable",
     "TransformHandle",
@@ -47,9 +57,14 @@ __all__ = [
     "clip_by_norm",
     "clip_by_value",
     "ema_warmup",
+    "gradient_penalty_loss",
+    "implicit_lambda",
     "is_bias_or_norm",
     "map_grads",
+    "midpoint_backward",
+    "minibatch_regularized_backward",
     "param_groups",
+    "regularized_backward",
     "scale",
     "scale_parametrize",
     "select",
