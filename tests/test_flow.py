@@ -118,3 +118,29 @@ def test_bad_arguments():
         gradient_flow(nonquadratic, THETA0, [-1.0])
     with pytest.raises(ValueError, match="iterates must be a tensor of shape"):
         flow_error(THETA0, nonquadratic, 0.1)
+
+
+# -- repeated times and output device ------------------------------------------------------
+
+
+def test_gradient_flow_supports_repeated_times():
+    a, loss = _quadratic()
+    times = [0.0, 0.5, 0.5, 1.0, 1.0]
+    got = gradient_flow(loss, THETA0, times)
+    want = torch.stack([torch.linalg.matrix_exp(-a * t) @ THETA0 for t in times])
+    assert got.shape == (5, 2)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    assert torch.equal(got[1], got[2]) and torch.equal(got[3], got[4])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        gradient_flow(loss, THETA0, [0.0, 1.0, 0.5])
+
+
+def test_zero_times_branch_returns_a_cpu_float64_tensor():
+    _, loss = _quadratic()
+    out = gradient_flow(loss, THETA0.float(), [0.0, 0.0, 0.0])
+    assert out.dtype == F64 and out.device.type == "cpu" and out.shape == (3, 2)
+    torch.testing.assert_close(out, THETA0.float().to(F64).expand(3, -1))
+    moved = gradient_flow(loss, THETA0.float(), [0.0, 0.25])
+    assert moved.dtype == F64 and moved.device.type == "cpu"
+    iterates = gd_iterates(loss, THETA0.float(), 0.1, 2)
+    assert iterates.dtype == F64 and iterates.device.type == "cpu"

@@ -59,12 +59,25 @@ def test_dirac_field_matches_closed_form(loss):
         torch.testing.assert_close(got, torch.stack(want), rtol=1e-12, atol=1e-12)
 
 
-def test_gradient_is_minus_field_and_keeps_dtype():
+def test_gradient_matches_closed_form_xi_and_keeps_dtype():
+    # ξ = (∇_θ L_G, ∇_ψ L_D) = (ψ f'(θψ), −θ f'(θψ)), f'(t) = σ(−t), for the GAN Dirac-GAN.
     game = dirac_gan()
-    phi = torch.tensor([0.3, -0.7])
-    assert game.gradient(phi).dtype == torch.float32
-    torch.testing.assert_close(game.gradient(phi), -game.field(phi))
+    theta, psi = 0.3, -0.7
+    s = 1.0 / (1.0 + math.exp(theta * psi))  # σ(−θψ)
+    phi = torch.tensor([theta, psi])
+    xi = game.gradient(phi)
+    assert xi.dtype == torch.float32 and not xi.requires_grad
+    torch.testing.assert_close(xi, torch.tensor([psi * s, -theta * s]))
     assert not game.field(phi).requires_grad
+
+
+def test_gradient_with_create_graph_carries_a_graph_even_for_a_plain_phi():
+    # As documented: create_graph=True gives a graph-carrying result whether or not phi
+    # requires grad; create_graph=False gives a detached one.
+    game = dirac_gan()
+    phi = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    assert game.gradient(phi, create_graph=True).requires_grad
+    assert not game.gradient(phi).requires_grad
 
 
 def test_unregularised_field_is_orthogonal_to_phi():
@@ -338,3 +351,45 @@ def test_loss_not_depending_on_player_raises():
     a = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match="losses\\[1\\]"):
         consensus_penalty([a.sum(), a.sum()], [[a], [torch.zeros(2, requires_grad=True)]], 1.0)
+
+
+# -- review fixes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [
+    lambda d, x: r1_penalty(d, x, 1.0),
+    lambda d, x: r2_penalty(d, x, 1.0),
+    lambda d, x: gradient_penalty(d, x, x.flip(0), 1.0),
+])
+def test_penalties_reject_discriminators_without_one_score_per_sample(fn):
+    x = torch.randn(4, 3, dtype=torch.float64)
+    w = torch.randn(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"discriminator must return one score per sample, "
+                                         r"shape \(4,\) or \(4, 1\), got \(\)"):
+        fn(lambda x: (x @ w).mean(), x)  # a batch mean would shrink the penalty by B²
+    with pytest.raises(ValueError, match=r"discriminator must return one score .* got \(4, 2\)"):
+        fn(lambda x: torch.stack([x @ w, x @ w], dim=1), x)
+    assert fn(lambda x: (x @ w)[:, None], x).ndim == 0  # (B, 1) is fine
+
+
+def test_consensus_penalty_skips_frozen_parameters():
+    torch.manual_seed(0)
+    g_net, d_net = nn.Linear(2, 2).double(), nn.Linear(2, 1).double()
+    g_net.bias.requires_grad_(False)  # a frozen layer
+    z = torch.randn(5, 2, dtype=torch.float64)
+    loss = d_net(g_net(z)).mean()
+    pen = consensus_penalty([loss, -loss], [g_net.parameters(), d_net.parameters()], 0.6)
+    trainable = [g_net.weight, *d_net.parameters()]
+    grads = torch.autograd.grad(loss, trainable, retain_graph=True)
+    want = 0.5 * 0.6 * sum(g.pow(2).sum() for g in grads)
+    torch.testing.assert_close(pen, want)
+    assert pen.requires_grad
+
+
+def test_dirac_penalty_follows_psi_device():
+    # The real batch is built on ψ's device: on the meta device this fails if it is on the CPU.
+    for penalty in ("r1", "r2", "gp"):
+        game = dirac_gan(penalty=penalty, gamma=1.0)
+        theta = torch.zeros(1, device="meta", dtype=torch.float64, requires_grad=True)
+        psi = torch.zeros(1, device="meta", dtype=torch.float64, requires_grad=True)
+        assert game.loss_d(theta, psi).device.type == "meta"

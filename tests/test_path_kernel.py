@@ -220,8 +220,30 @@ def test_top_k_finds_the_planted_example():
     assert isinstance(top, TopK) and top.indices.shape == (2, 2) and top.values.shape == (2, 2, 1)
     assert top.indices[:, 0].tolist() == [3, 7]
     assert top.values[0, 0, 0] > 0 > top.values[1, 0, 0]  # pulled towards +3 and −3
-    c = rec.contributions(x[[3, 7]])
-    torch.testing.assert_close(top.values[:, 0], c[[0, 1], [3, 7]])
+
+
+def test_top_k_matches_closed_form_for_a_linear_model():
+    # f(x) = wᵀx (no bias) is linear in w, so c_i(x) = Σ_t −(η/B)(x·x_i) r_{t,i}, with the
+    # residual r_{t,i} = w_tᵀx_i − y_i, replayed here by hand.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 3, generator=g, dtype=D)
+    y = torch.randn(8, 1, generator=g, dtype=D)
+    xt = torch.randn(4, 3, generator=g, dtype=D)
+    model = nn.Linear(3, 1, bias=False).to(D)
+    lr, steps = 0.1, 6
+    w = model.weight.detach().clone().reshape(3)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    rec = PathKernelRecorder(model, opt, sq_loss, x, y)
+    train(model, opt, x, y, steps)
+    want = torch.zeros(4, 8, dtype=D)
+    for _ in range(steps):
+        r = x @ w - y[:, 0]  # (8,)
+        want -= lr / len(x) * (xt @ x.T) * r  # (4, 8)
+        w = w - lr / len(x) * (x.T @ r)
+    top = rec.top_k(xt, k=3)
+    order = want.abs().argsort(dim=1, descending=True)[:, :3]
+    assert top.indices.tolist() == order.tolist()
+    torch.testing.assert_close(top.values[..., 0], want.gather(1, order))
 
 
 def test_bad_input_raises_clear_errors():
@@ -263,3 +285,28 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match=r"per-example losses of shape \(20,\), got \(20, 1\)"):
         train(model, opt, x, y, 1)
     bad.remove()
+
+
+def test_inputs_must_match_the_model_dtype_and_device():
+    x, y, xt = toy_data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="train_x must have the model's parameter dtype "
+                                         "torch.float64, got torch.float32"):
+        PathKernelRecorder(model, opt, sq_loss, x.float(), y)
+    with pytest.raises(ValueError, match="train_x must be on the model's device cpu, got meta"):
+        PathKernelRecorder(model, opt, sq_loss, x.to("meta"), y)
+    with pytest.raises(ValueError, match="train_y must be on the model's device cpu, got meta"):
+        PathKernelRecorder(model, opt, sq_loss, x, y.to("meta"))
+    # Integer labels are fine: only their device and length are checked.
+    PathKernelRecorder(model, opt, sq_loss, x, torch.zeros(20, dtype=torch.long)).remove()
+
+    rec = PathKernelRecorder(model, opt, sq_loss, x, y)
+    train(model, opt, x, y, 1)
+    for query in (rec.reconstruct, rec.increments, rec.contributions):
+        with pytest.raises(ValueError, match="x must have the model's parameter dtype "
+                                             "torch.float64, got torch.float32"):
+            query(xt.float())
+        with pytest.raises(ValueError, match="x must be on the model's device cpu, got meta"):
+            query(xt.to("meta"))
+    rec.remove()

@@ -386,3 +386,51 @@ def test_loss_that_does_not_depend_on_params(backend):
     with pytest.raises(ValueError, match="loss passed as loss does not depend on params"):
         gradient_penalty_loss(other.pow(2).sum(), params, 0.1)
     assert all(p.grad is None for p in params)
+
+
+# -- review fixes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_tensor_passed_twice_gets_its_gradient_once(backend):
+    def run(params_of):
+        v = torch.tensor([0.3, -1.2, 0.7], dtype=F64, requires_grad=True)
+        out = regularized_backward(lambda: (v.sin() * v).sum(), params_of(v), 0.1,
+                                   backend=backend)
+        return v.grad, out.grad_sq_norm
+
+    once, twice = run(lambda v: [v]), run(lambda v: [v, v])
+    torch.testing.assert_close(twice[0], once[0], rtol=0, atol=0)
+    torch.testing.assert_close(twice[1], once[1], rtol=0, atol=0)
+
+
+def test_finite_difference_survives_an_underflowing_grad_norm():
+    # ‖g‖² = 3e-46 underflows to 0 in float32 while g = 1e-23 ≠ 0.
+    def grad_of(backend):
+        w = torch.zeros(3, requires_grad=True)
+        regularized_backward(lambda: 1e-23 * torch.exp(w).sum(), [w], 0.1, backend=backend)
+        return w.grad
+
+    fd, exact = grad_of("finite_difference"), grad_of("double_backprop")
+    assert torch.isfinite(fd).all()
+    torch.testing.assert_close(fd, exact, rtol=1e-5, atol=0)
+
+
+def test_finite_difference_with_zero_gradient_returns_zero():
+    w = torch.zeros(3, dtype=F64, requires_grad=True)
+    regularized_backward(lambda: (w**2).sum(), [w], 0.1, backend="finite_difference")
+    assert torch.equal(w.grad, torch.zeros(3, dtype=F64))
+
+
+def test_sq_norm_accumulates_in_the_widest_gradient_dtype():
+    a = torch.ones(2, dtype=torch.float32, requires_grad=True)  # params[0] is float32
+    b = torch.ones(1, dtype=F64, requires_grad=True)
+    c = 1 + 1e-10  # lost in float32
+
+    def closure():
+        return a.double().sum() + c * b.sum()
+
+    out = regularized_backward(closure, [a, b], 0.0)
+    assert out.grad_sq_norm.dtype == F64
+    torch.testing.assert_close(out.grad_sq_norm, torch.tensor(2 + c * c, dtype=F64),
+                               rtol=1e-15, atol=0)

@@ -51,7 +51,7 @@ def _vector(name: str, value: Any) -> Tensor:
                else type(value).__name__)
         raise ValueError(f"{name} must be a 1-D floating-point tensor (a flat parameter "
                          f"vector), got {got}")
-    return value.detach().to(F64)
+    return value.detach().to(device="cpu", dtype=F64)  # integrated on the CPU (NumPy/SciPy)
 
 
 def modified_loss(loss: LossFn, h: float) -> LossFn:
@@ -102,18 +102,21 @@ def gradient_flow(
     Integrated in float64 by ``scipy.integrate.solve_ivp`` (default: the 8th-order
     Dormand–Prince pair with tolerances 1e-12, so for the smooth losses this is meant for the
     solver's error is far below the O(h²) effects being measured); ∇L comes from
-    ``torch.func.grad``. Pass ``modified_loss(loss, h)`` for the modified flow.
+    ``torch.func.grad``. Pass ``modified_loss(loss, h)`` for the modified flow. The flow is
+    integrated on the CPU: θ₀ is copied there (from any device) and the result is a CPU
+    tensor, so ``loss`` must accept a CPU float64 vector.
 
     Args:
         loss: ``loss(θ) -> scalar`` for a flat parameter vector θ (evaluated in float64).
         theta0: θ₀, shape (d,).
-        times: non-decreasing times t ≥ 0 at which to report θ(t).
+        times: non-decreasing times t ≥ 0 at which to report θ(t); repeated times give
+            repeated rows.
         method: any explicit or implicit ``solve_ivp`` method name.
         rtol: relative tolerance of the solver.
         atol: absolute tolerance of the solver.
 
     Returns:
-        θ(t) for each t, float64, shape (len(times), d).
+        θ(t) for each t, float64 on the CPU, shape (len(times), d).
 
     Raises:
         ValueError: for θ₀ not a 1-D float tensor, or times empty, negative, non-finite or
@@ -137,10 +140,13 @@ def gradient_flow(
     def rhs(_: float, y: np.ndarray) -> np.ndarray:
         return -grad(torch.from_numpy(y)).numpy()
 
-    sol = solve_ivp(rhs, (0.0, end), y0.numpy(), method=method, t_eval=t, rtol=rtol, atol=atol)
+    # solve_ivp wants strictly increasing t_eval: solve at the distinct times, expand back.
+    unique, inverse = np.unique(t, return_inverse=True)
+    sol = solve_ivp(rhs, (0.0, end), y0.numpy(), method=method, t_eval=unique, rtol=rtol,
+                    atol=atol)
     if sol.status != 0:
         raise RuntimeError(f"solve_ivp ({method}) failed before t = {end}: {sol.message}")
-    return torch.from_numpy(sol.y.T.copy())  # (d, len(times)) -> (len(times), d)
+    return torch.from_numpy(sol.y.T[inverse.reshape(-1)].copy())  # (len(times), d)
 
 
 def gd_iterates(loss: LossFn, theta0: Tensor, h: float, steps: int) -> Tensor:
@@ -153,7 +159,8 @@ def gd_iterates(loss: LossFn, theta0: Tensor, h: float, steps: int) -> Tensor:
         steps: number of steps n ≥ 0.
 
     Returns:
-        θ_0, …, θ_n, float64, shape (steps + 1, d); θ_k approximates the flow at time k·h.
+        θ_0, …, θ_n, float64 on the CPU, shape (steps + 1, d); θ_k approximates the flow at
+        time k·h.
 
     Raises:
         ValueError: for h ≤ 0 or non-finite, steps not an int ≥ 0, or θ₀ not a 1-D float
@@ -195,7 +202,7 @@ def flow_error(
         **solver: ``method``, ``rtol``, ``atol`` passed on to :func:`gradient_flow`.
 
     Returns:
-        e_0, …, e_n, float64, shape (n + 1,).
+        e_0, …, e_n, float64 on the CPU, shape (n + 1,).
 
     Raises:
         ValueError: for h ≤ 0 or iterates not of shape (n + 1, d).
@@ -208,7 +215,7 @@ def flow_error(
     if not isinstance(iterates, Tensor) or iterates.dim() != 2 or iterates.shape[0] == 0:
         got = tuple(iterates.shape) if isinstance(iterates, Tensor) else type(iterates).__name__
         raise ValueError(f"iterates must be a tensor of shape (n + 1, d), got {got}")
-    iterates = iterates.detach().to(F64)
+    iterates = iterates.detach().to(device="cpu", dtype=F64)
     times = h * np.arange(iterates.shape[0], dtype=np.float64)
     flow = gradient_flow(loss, iterates[0], times, **solver)  # (n + 1, d)
     return torch.linalg.vector_norm(iterates - flow, dim=1)

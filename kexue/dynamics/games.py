@@ -10,8 +10,9 @@ so a new game is just two losses (:class:`Game`). Gradient descent is the Euler 
 flow: :func:`simultaneous_gd` steps both players from the same φ_k, :func:`alternating_gd`
 lets the generator see the discriminator's new ψ; separate step sizes give TTUR. Local
 behaviour at an equilibrium φ* is read from the eigenvalues of the Jacobian ∂v/∂φ
-(:func:`jacobian`, :func:`eigenvalues_at`): the flow is locally attracted iff all real parts are
-negative, and Euler with step h iff every |1 + hλ| < 1.
+(:func:`jacobian`, :func:`eigenvalues_at`): the flow is locally attracted if all real parts are
+negative (sufficient; a zero real part leaves it undecided by the linearisation), and Euler
+with step h if every |1 + hλ| < 1.
 
 The Dirac-GAN (:func:`dirac_gan`) is the smallest GAN: p_θ = δ_θ, data δ_0, discriminator
 D_ψ(x) = ψx. With f(t) = −log(1 + e^{−t}) the GAN objective is L(θ, ψ) = f(ψθ) + f(0), the
@@ -177,8 +178,9 @@ class Game:
     def gradient(self, phi: Tensor, create_graph: bool = False) -> Tensor:
         """ξ(φ) = (∇_θ L_G, ∇_ψ L_D), shape ``(dim,)``.
 
-        With ``create_graph=True`` and a ``phi`` that requires grad, the result is
-        differentiable in φ (used by :func:`jacobian`); otherwise it is detached.
+        With ``create_graph=False`` the result is detached. With ``create_graph=True`` it
+        carries a graph: to φ when ``phi`` requires grad (used by :func:`jacobian`), otherwise
+        to a detached copy of φ and to any tensors the losses close over.
 
         Raises:
             ValueError: if ``phi`` does not have shape ``(dim,)``, a loss is not a scalar or
@@ -345,7 +347,7 @@ def dirac_gan(loss: str = "gan", penalty: str | None = None, gamma: float = 0.0,
 
     def reg(theta: Tensor, psi: Tensor) -> Tensor:
         d = _dirac_discriminator(psi)
-        real = torch.zeros(1, 1, dtype=psi.dtype)  # (B=1, 1)
+        real = torch.zeros(1, 1, dtype=psi.dtype, device=psi.device)  # (B=1, 1)
         fake = theta.reshape(1, 1)  # (B=1, 1)
         if penalty == "r1":
             return r1_penalty(d, real, gamma)
@@ -364,7 +366,8 @@ def bilinear_game(matrix: Tensor, reg_g: float = 0.0, reg_d: float = 0.0) -> Gam
 
     With reg_g = reg_d = 0 the eigenvalues are ±i σ_k(A) (pure rotation: simultaneous GD
     grows ‖φ‖ by √(1 + h²σ²) per step in each singular direction); with reg_g = reg_d = μ > 0
-    they are −μ ± iσ_k(A).
+    they are −μ ± iσ_k(A). For a non-square A there are also |dim_g − dim_d| eigenvalues 0
+    (−reg_g if dim_g > dim_d, −reg_d if dim_d > dim_g), from the null directions of A or Aᵀ.
 
     Args:
         matrix: A, shape ``(dim_g, dim_d)``.
@@ -514,8 +517,8 @@ def jacobian(game: Game, phi: Tensor | Sequence[float]) -> Tensor:
 def eigenvalues_at(game: Game, phi: Tensor | Sequence[float]) -> Tensor:
     """Eigenvalues of ∂v/∂φ at φ (complex, shape ``(dim,)``), sorted by (real, imag).
 
-    φ is locally attracting for the flow iff all real parts are < 0, and for GD with step h
-    iff all |1 + hλ| < 1.
+    All real parts < 0 is sufficient for φ to be locally attracting for the flow (a zero real
+    part leaves it undecided by the linearisation), and all |1 + hλ| < 1 for GD with step h.
     """
     lam = torch.linalg.eigvals(jacobian(game, phi))
     key = sorted(range(lam.numel()), key=lambda i: (lam[i].real.item(), lam[i].imag.item()))
@@ -544,6 +547,12 @@ def _input_grads(discriminator: Discriminator, x: Tensor) -> Tensor:
         out = discriminator(x)
         # Samples are independent, so ∇_x Σ_b D(x_b) holds each ∇_{x_b} D(x_b).
         g = None
+        batch = x.shape[0]
+        if not isinstance(out, Tensor) or out.ndim < 1 or out.shape[0] != batch \
+                or out.numel() != batch:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"discriminator must return one score per sample, shape ({batch},) "
+                             f"or ({batch}, 1), got {got}")
         if out.requires_grad:
             (g,) = torch.autograd.grad(out.sum(), x, create_graph=True, allow_unused=True)
     if g is None:
@@ -567,7 +576,8 @@ def r1_penalty(discriminator: Discriminator, real_x: Tensor, gamma: float) -> Te
         A scalar with a graph to the discriminator's parameters.
 
     Raises:
-        ValueError: if γ < 0 or ``real_x`` is not a non-empty floating batch.
+        ValueError: if γ < 0, ``real_x`` is not a non-empty floating batch, or the
+            discriminator does not return one score per sample.
 
     References:
         https://kexue.fm/archives/6583
@@ -593,7 +603,8 @@ def r2_penalty(discriminator: Discriminator, fake_x: Tensor, gamma: float) -> Te
         A scalar with a graph to the discriminator's parameters.
 
     Raises:
-        ValueError: if γ < 0 or ``fake_x`` is not a non-empty floating batch.
+        ValueError: if γ < 0, ``fake_x`` is not a non-empty floating batch, or the
+            discriminator does not return one score per sample.
 
     References:
         Mescheder, Geiger & Nowozin, 2018, Sec. 4.1.
@@ -624,8 +635,8 @@ def gradient_penalty(discriminator: Discriminator, real_x: Tensor, fake_x: Tenso
         A scalar with a graph to the discriminator's parameters.
 
     Raises:
-        ValueError: if γ < 0, c < 0, or the batches are not non-empty floating tensors of one
-            shape.
+        ValueError: if γ < 0, c < 0, the batches are not non-empty floating tensors of one
+            shape, or the discriminator does not return one score per sample.
 
     References:
         https://kexue.fm/archives/6583
@@ -666,7 +677,8 @@ def consensus_penalty(losses: Sequence[Tensor], params: Sequence[Iterable[Tensor
 
     Raises:
         ValueError: if γ < 0, the lengths differ or are zero, a player has no parameters, or a
-            loss does not depend on its player's parameters.
+            loss does not depend on its player's parameters (tensors without requires_grad,
+            e.g. frozen layers, are skipped).
 
     References:
         https://kexue.fm/archives/6583
@@ -681,9 +693,10 @@ def consensus_penalty(losses: Sequence[Tensor], params: Sequence[Iterable[Tensor
     for i, (loss, ps) in enumerate(zip(losses, params, strict=True)):
         if not ps:
             raise ValueError(f"params[{i}] must hold at least one tensor, got none")
+        ps = [p for p in ps if p.requires_grad]  # frozen tensors have no gradient to penalise
         loss = _scalar(f"losses[{i}]", loss)
         grads = None
-        if loss.requires_grad:
+        if loss.requires_grad and ps:
             grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
         if grads is None or all(g is None for g in grads):
             raise ValueError(f"losses[{i}] must depend on params[{i}], but its graph does not "

@@ -143,8 +143,9 @@ class PathKernelRecorder:
     Raises:
         ValueError: for a model without trainable parameters, parameters of mixed dtype or
             device, an optimizer that updates none of them, ``loss_fn`` without the training
-            set (or the other way round), mismatched ``train_x``/``train_y`` lengths, or an
-            unknown ``reduction``.
+            set (or the other way round), mismatched ``train_x``/``train_y`` lengths, a
+            ``train_x`` or ``train_y`` on another device than the parameters, a floating
+            ``train_x`` of another dtype, or an unknown ``reduction``.
     """
 
     def __init__(
@@ -188,6 +189,12 @@ class PathKernelRecorder:
         ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if not any(id(p) in ids for _, p in named):
             raise ValueError("optimizer updates none of the model's trainable parameters")
+        dtype, device = next(iter(kinds))
+        if train_x is not None and train_y is not None:
+            _check_input("train_x", train_x, dtype, device)
+            if train_y.device != device:
+                raise ValueError(f"train_y must be on the model's device {device}, got "
+                                 f"{train_y.device}")
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.train_x = train_x
@@ -196,7 +203,7 @@ class PathKernelRecorder:
         self._names = [n for n, _ in named]
         self._shapes = [p.shape for _, p in named]
         self._numels = [p.numel() for _, p in named]
-        self.dtype, self.device = next(iter(kinds))
+        self.dtype, self.device = dtype, device
         eps = torch.finfo(self.dtype).eps
         self.rtol = math.sqrt(eps) if rtol is None else float(rtol)
         self._eps = eps
@@ -327,6 +334,7 @@ class PathKernelRecorder:
             raise ValueError(f"nodes must be an int >= 1, got {nodes!r}")
         if not isinstance(x, Tensor) or x.ndim < 1 or len(x) == 0:
             raise ValueError(f"x must be a non-empty tensor (N, ...), got {_describe(x)}")
+        _check_input("x", x, self.dtype, self.device)
         if self.train_x is not None and x.shape[1:] != self.train_x.shape[1:]:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self.train_x.shape[1:]))})"
                              f" like train_x, got {tuple(x.shape)}")
@@ -360,7 +368,7 @@ class PathKernelRecorder:
 
         Raises:
             ValueError: before any step, for an unknown method, nodes < 1 or x of the wrong
-                shape.
+                shape, device or (floating) dtype.
         """
         self._check_query(x, method, nodes)
         s, w = self._rule(method, nodes)
@@ -386,7 +394,7 @@ class PathKernelRecorder:
 
         Raises:
             ValueError: before any step, for an unknown method, nodes < 1 or x of the wrong
-                shape.
+                shape, device or (floating) dtype.
         """
         inc = self.increments(x, method, nodes)
         return self.initial(x) + inc.sum(0)
@@ -482,6 +490,18 @@ class PathKernelRecorder:
         gather = indices.reshape(indices.shape + (1,) * (c.ndim - 2)).expand(
             indices.shape + c.shape[2:])  # (N, k, *out)
         return TopK(indices, c.gather(1, gather))
+
+
+def _check_input(name: str, x: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+    """A model input must be on the parameters' device and, if floating, of their dtype.
+
+    Integer inputs (token indices for an embedding) are left to the model.
+    """
+    if x.device != device:
+        raise ValueError(f"{name} must be on the model's device {device}, got {x.device}")
+    if x.is_floating_point() and x.dtype != dtype:
+        raise ValueError(f"{name} must have the model's parameter dtype {dtype}, got {x.dtype}; "
+                         f"convert it with {name}.to({dtype})")
 
 
 def _describe(x: Any) -> str:

@@ -91,7 +91,12 @@ class GradientPenalty:
 
     @property
     def objective(self) -> Tensor:
-        """L + λ · grad_sq_norm, the value whose gradient was written into ``.grad``."""
+        """L + λ · grad_sq_norm, the penalised objective.
+
+        Its gradient is what ``"double_backprop"`` writes into ``.grad``; the
+        ``"finite_difference"`` and ``"extra_gradient"`` backends write only an approximation
+        of it (errors O(λε²) and O(λ²)).
+        """
         return self.loss + self.lam * self.grad_sq_norm
 
 
@@ -107,15 +112,21 @@ def _number(name: str, value: Any, strict: bool) -> float:
 
 
 def _params(params: Iterable[Tensor]) -> list[Tensor]:
-    """The tensors that require grad (frozen ones are skipped, as ``backward`` skips them)."""
+    """The tensors that require grad (frozen ones are skipped, as ``backward`` skips them).
+
+    A tensor listed more than once (tied weights, concatenated parameter lists) is kept once,
+    at its first occurrence, so its gradient is not added twice.
+    """
     if isinstance(params, Tensor):
         params = [params]
     out = []
+    seen: set[int] = set()
     for i, p in enumerate(params):
         if not isinstance(p, Tensor) or not p.is_floating_point():
             got = p.dtype if isinstance(p, Tensor) else type(p).__name__
             raise ValueError(f"params[{i}] must be a floating-point tensor, got {got}")
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
             out.append(p)
     if not out:
         raise ValueError("params must hold at least one tensor with requires_grad=True, got none")
@@ -156,13 +167,32 @@ def _closure_grad(closure: Closure, params: list[Tensor]) -> tuple[Tensor, Grads
 
 
 def _sq_norm(grads: Grads, like: Tensor) -> Tensor:
-    """Σ ‖g_i‖² accumulated in float32 or wider, on the device of ``like``."""
-    acc = torch.promote_types(like.dtype, torch.float32)
+    """Σ ‖g_i‖² in the widest gradient dtype (float32 or wider), on ``like``'s device."""
+    acc = torch.float32
+    for g in grads:
+        if g is not None:
+            acc = torch.promote_types(acc, g.dtype)
     total = torch.zeros((), dtype=acc, device=like.device)
     for g in grads:
         if g is not None:
             total = total + g.to(acc).pow(2).sum().to(like.device)
     return total
+
+
+def _robust_norm(grads: Grads, like: Tensor) -> Tensor:
+    """‖g‖ in float64 after scaling by max |g_i| (no underflow of ‖g‖² for tiny g), on ``like``'s
+    device; exactly 0 only when every entry of g is 0."""
+    big = torch.zeros((), dtype=torch.float64, device=like.device)
+    for g in grads:
+        if g is not None and g.numel():
+            big = torch.maximum(big, g.detach().abs().max().to(big))
+    if big == 0 or not torch.isfinite(big):
+        return big
+    total = torch.zeros((), dtype=torch.float64, device=like.device)
+    for g in grads:
+        if g is not None:
+            total = total + (g.detach().to(torch.float64).to(like.device) / big).pow(2).sum()
+    return big * total.sqrt()
 
 
 def _scaled(alpha: Tensor | float, d: Tensor) -> Tensor:
@@ -230,8 +260,10 @@ def _regularized_grad(closure: Closure, params: list[Tensor], lam: float, backen
     # finite_difference: H g ≈ ‖g‖ (∇L(θ + εv) − ∇L(θ − εv)) / (2ε), v = g / ‖g‖
     if eps is None:
         eps = max(torch.finfo(p.dtype).eps for p in params) ** (1 / 3)
-    norm = _sq_norm(g, params[0]).sqrt()
-    inv = 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny)  # g = 0 → v = 0 → H g = 0
+    norm = _robust_norm(g, params[0])
+    if norm == 0:  # g = 0 → H g = 0
+        return loss, g, g
+    inv = 1.0 / norm
     plus, minus = _probing(closure, params, [(g, eps * inv), (g, -eps * inv)])
     # g + 2λ H g ≈ g + λ ‖g‖ (g₊ − g₋) / ε
     return loss, g, _combine(g, _combine(plus, minus, -1.0), lam * norm / eps)
