@@ -1,0 +1,147 @@
+"""Tests for kexue.text.contrast: closed-form scores on tiny tables, NaN handling, validation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kexue.text.contrast import (
+    METHODS,
+    contrast,
+    is_han_word,
+    log_likelihood_ratio,
+    log_odds_z,
+    precision_at_k,
+)
+
+
+def _g2_by_hand(a: float, b: float, c: float, d: float) -> float:
+    n = a + b + c + d
+    r1, r2, k1, k2 = a + b, c + d, a + c, b + d
+    cells = [(a, r1 * k1 / n), (b, r1 * k2 / n), (c, r2 * k1 / n), (d, r2 * k2 / n)]
+    return 2 * sum(o * math.log(o / e) for o, e in cells if o > 0)
+
+
+@pytest.mark.parametrize("y_d, n_d, y_g, n_g", [(10, 100, 5, 200), (3, 50, 40, 60), (7, 7, 1, 9)])
+def test_llr_matches_hand_computation_and_scipy(y_d, n_d, y_g, n_g):
+    got = float(log_likelihood_ratio(y_d, y_g, n_d, n_g))
+    want = _g2_by_hand(y_d, n_d - y_d, y_g, n_g - y_g)
+    sign = 1.0 if y_d / n_d > y_g / n_g else -1.0
+    assert got == pytest.approx(sign * want, rel=1e-12)
+    stats = pytest.importorskip("scipy.stats")
+    table = np.array([[y_d, n_d - y_d], [y_g, n_g - y_g]])
+    g2, _, _, _ = stats.chi2_contingency(table, correction=False, lambda_="log-likelihood")
+    assert abs(got) == pytest.approx(g2, rel=1e-10)
+
+
+def test_llr_equal_rates_is_zero():
+    assert float(log_likelihood_ratio(5, 10, 100, 200)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_log_odds_matches_formula():
+    y_d, y_g, n_d, n_g, a0 = 12.0, 3.0, 500.0, 2000.0, 50.0
+    aw = a0 * (y_d + y_g) / (n_d + n_g)
+    delta = math.log((y_d + aw) / (n_d + a0 - y_d - aw)) - math.log(
+        (y_g + aw) / (n_g + a0 - y_g - aw)
+    )
+    z = delta / math.sqrt(1 / (y_d + aw) + 1 / (y_g + aw))
+    assert float(log_odds_z(y_d, y_g, n_d, n_g, a0)) == pytest.approx(z, rel=1e-12)
+    ranked = contrast({"w": 12, "x": 488}, {"w": 3, "x": 1997}, method="log_odds", alpha0=a0)
+    assert dict((r.word, r.score) for r in ranked)["w"] == pytest.approx(z, rel=1e-12)
+
+
+def test_default_alpha0_is_pooled_counts():
+    dom, gen = {"w": 12, "x": 488}, {"w": 3, "x": 1997}
+    default = contrast(dom, gen, method="log_odds")
+    explicit = contrast(dom, gen, method="log_odds", alpha0=2500.0)
+    assert default == explicit
+
+
+DOMAIN = {"甲乙": 4, "丙丁": 2, "戊己": 3}
+GENERAL = {"甲乙": 2, "丙丁": 6, "庚辛": 10}
+
+
+@pytest.mark.parametrize("method", ["llr", "log_odds", "blog_filled"])
+def test_missing_general_count_is_zero(method):
+    with_zero = contrast(DOMAIN, {**GENERAL, "戊己": 0}, method=method)
+    absent = contrast(DOMAIN, GENERAL, method=method)
+    assert with_zero == absent
+    assert all(math.isfinite(r.score) for r in absent)
+    assert {r.word for r in absent} == set(DOMAIN)  # general-only words are not returned
+
+
+def test_blog_matches_hand_computation_and_ranks_missing_last():
+    # n_d = 9, n_g = 18: general counts rescaled by 1/2 -> 甲乙 1, 丙丁 3, 庚辛 5.
+    # Words on both sides: t = 5, 5 -> m = 5, a = 9 / 10.
+    ranked = contrast(DOMAIN, GENERAL, method="blog")
+    assert [r.word for r in ranked] == ["甲乙", "丙丁", "戊己"]
+    assert ranked[0].score == pytest.approx((4 + 0.9 * 5) / (5 + 5))
+    assert ranked[1].score == pytest.approx((2 + 0.9 * 5) / (5 + 5))
+    assert math.isnan(ranked[2].score)
+    assert ranked[2][2:] == (3, 0)
+    # Filled: union t = 5, 5, 3, 5 -> m = 4.5, a = 9 / 18; 戊己 now ranks first.
+    filled = contrast(DOMAIN, GENERAL, method="blog_filled")
+    scores = {r.word: r.score for r in filled}
+    assert scores["戊己"] == pytest.approx((3 + 0.5 * 4.5) / (3 + 4.5))
+    assert scores["甲乙"] == pytest.approx((4 + 0.5 * 4.5) / (5 + 4.5))
+    assert filled[0].word == "戊己"
+
+
+def test_sorting_min_count_and_totals():
+    dom = {"多": 50, "少": 1, "中": 10}
+    gen = {"多": 5, "少": 5, "中": 100}
+    ranked = contrast(dom, gen, method="llr")
+    assert [r.word for r in ranked] == ["多", "少", "中"]
+    assert ranked[-1].score < 0  # under-represented words get a negative sign
+    assert [r.word for r in contrast(dom, gen, min_count=2)] == ["多", "中"]
+    # a larger declared total changes the rates (and the scores)
+    bigger = contrast(dom, gen, domain_total=1000)
+    assert bigger[0].score != ranked[0].score
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "tfidf"}, "method"),
+        ({"method": "log_odds", "alpha0": 0.0}, "alpha0"),
+        ({"method": "log_odds", "alpha0": -1.0}, "alpha0"),
+        ({"min_count": 0}, "min_count"),
+        ({"domain_total": 3}, "domain_total"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        contrast(DOMAIN, GENERAL, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "dom, gen, match",
+    [
+        ({"a": -1}, {"a": 1}, "domain_counts"),
+        ({"a": 1}, {"a": float("nan")}, "general_counts"),
+        ({"a": 1}, {"a": "2"}, "general_counts"),
+        ({}, {"a": 1}, "domain_total"),
+        ({"a": 1}, {}, "general_total"),
+    ],
+)
+def test_bad_counts(dom, gen, match):
+    with pytest.raises(ValueError, match=match):
+        contrast(dom, gen)
+
+
+def test_methods_registry_all_run():
+    for method in METHODS:
+        assert len(contrast(DOMAIN, GENERAL, method=method)) == 3
+
+
+def test_precision_at_k_filters_candidates():
+    ranked = ["气候", "a1", "的", "变暖", "地球", ("碳汇", 1.0, 3, 0)]
+    ref = {"气候", "碳汇", "的"}
+    # candidates: 气候 变暖 地球 碳汇 -> hits 1 0 0 1
+    got = precision_at_k(ranked, ref, [1, 2, 4, 8])
+    assert got == {1: 1.0, 2: 0.5, 4: 0.5, 8: 0.25}
+    assert is_han_word("气候") and not is_han_word("的") and not is_han_word("CO2排放")
+    with pytest.raises(ValueError, match="ks"):
+        precision_at_k(ranked, ref, [0])

@@ -1,0 +1,159 @@
+"""Tests for kexue.text.corpus: formats, directories, stdin, and the error policies."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sys
+
+import pytest
+
+from kexue.text.corpus import chunks, read_documents
+
+
+def _write(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_lines_strip_bom_and_count_blank_lines(tmp_path):
+    p = _write(tmp_path / "a.txt", "\ufeff第一行\n\n  第二行 \r\n".encode())
+    corpus = read_documents(p)
+    assert list(corpus) == ["第一行", "第二行"]
+    s = corpus.summary
+    assert (s.files, s.lines, s.documents, s.chars) == (1, 3, 2, 6)
+    assert s.skipped == {"blank_line": 1}
+    assert s.messages == []
+
+
+def test_jsonl_field_and_gzip_autodetect(tmp_path):
+    rows = [{"text": "气候变化", "id": 1}, {"body": "别的字段"}, {"text": "碳排放"}]
+    data = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()
+    _write(tmp_path / "a.jsonl", data)
+    _write(tmp_path / "b.jsonl.gz", gzip.compress(data))
+    _write(tmp_path / "c.txt.gz", gzip.compress("一行\n两行\n".encode()))
+
+    skip = read_documents(tmp_path / "a.jsonl", errors="skip")
+    assert list(skip) == ["气候变化", "碳排放"]
+    assert skip.summary.skipped == {"missing_field": 1}
+    assert skip.summary.messages[0].startswith(f"{tmp_path / 'a.jsonl'}:2:")
+
+    assert list(read_documents(tmp_path / "b.jsonl.gz", field="body", errors="skip")) == [
+        "别的字段"
+    ]
+    assert list(read_documents(tmp_path / "c.txt.gz")) == ["一行", "两行"]
+    # fmt="lines" forces raw lines even for .jsonl names
+    assert next(iter(read_documents(tmp_path / "a.jsonl", fmt="lines"))).startswith("{")
+
+
+def test_jsonl_stop_names_file_and_line(tmp_path):
+    p = _write(tmp_path / "x.jsonl", b'{"text": "ok"}\n{not json}\n')
+    with pytest.raises(ValueError, match=r"x\.jsonl:2: invalid JSON"):
+        list(read_documents(p))
+
+
+def test_directory_recursive_sorted_by_extension(tmp_path):
+    _write(tmp_path / "b" / "2.txt", "乙\n".encode())
+    _write(tmp_path / "a.txt", "甲\n".encode())
+    _write(tmp_path / "b" / "1.jsonl", json.dumps({"text": "丙"}).encode())
+    _write(tmp_path / "ignored.csv", "丁\n".encode())
+    _write(tmp_path / ".hidden" / "3.txt", "戊\n".encode())
+    corpus = read_documents(tmp_path)
+    assert list(corpus) == ["甲", "丙", "乙"]
+    assert corpus.summary.files == 3
+    assert list(read_documents(tmp_path, extensions=(".csv",))) == ["丁"]
+    # re-iterable: a second pass gives the same documents and a fresh summary
+    assert list(corpus) == ["甲", "丙", "乙"] and corpus.summary.documents == 3
+
+
+def test_stdin_bytes_and_text(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("标准输入\n第二行\n".encode())))
+    corpus = read_documents("-")
+    assert list(corpus) == ["标准输入", "第二行"]
+    with pytest.raises(RuntimeError, match="only once"):
+        list(corpus)
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"t": "文本"}\n'))
+    assert list(read_documents("-", fmt="jsonl", field="t")) == ["文本"]
+
+
+def test_invalid_utf8_both_policies(tmp_path):
+    p = _write(tmp_path / "bad.txt", "好的\n".encode() + b"\xff\xfe bad\n" + "也好\n".encode())
+    with pytest.raises(ValueError, match=r"bad\.txt:2: invalid UTF-8"):
+        list(read_documents(p))
+    corpus = read_documents(p, errors="skip")
+    assert list(corpus) == ["好的", "也好"]
+    assert corpus.summary.skipped == {"invalid_utf8": 1}
+    assert corpus.summary.lines == 3
+    assert len(corpus.summary.messages) == 1 and "bad.txt:2:" in corpus.summary.messages[0]
+    assert "invalid_utf8=1" in corpus.summary.describe()
+
+
+def test_binary_and_empty_files_both_policies(tmp_path):
+    good = _write(tmp_path / "good.txt", "正常\n".encode())
+    binary = _write(tmp_path / "bin.txt", b"line one\nline\x00two\n")
+    utf16 = _write(tmp_path / "u16.txt", "中文\n".encode("utf-16"))
+    empty = _write(tmp_path / "empty.txt", b"")
+    empty_gz = _write(tmp_path / "empty.txt.gz", gzip.compress(b""))
+
+    with pytest.raises(ValueError, match=r"bin\.txt:2: binary file"):
+        list(read_documents([good, binary]))
+    with pytest.raises(ValueError, match=r"u16\.txt:\d+: binary file"):
+        list(read_documents(utf16))
+    with pytest.raises(ValueError, match=r"empty\.txt: empty file"):
+        list(read_documents(empty))
+
+    corpus = read_documents([binary, good, utf16, empty, empty_gz], errors="skip")
+    assert list(corpus) == ["正常"]
+    s = corpus.summary
+    assert s.skipped == {"binary_file": 2, "empty_file": 2}
+    assert s.files == 5 and s.documents == 1
+    assert len(s.messages) == 4
+    assert any("empty.txt.gz" in m for m in s.messages)
+
+
+def test_corrupt_gzip(tmp_path):
+    data = gzip.compress("很多字\n".encode() * 1000)
+    p = _write(tmp_path / "cut.txt.gz", data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.txt.gz"):
+        list(read_documents(p))
+    corpus = read_documents(p, errors="skip")
+    docs = list(corpus)
+    assert all(d == "很多字" for d in docs)
+    assert corpus.summary.skipped == {"corrupt_file": 1}
+
+
+def test_empty_directory_and_missing_path(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ValueError, match="no files ending"):
+        list(read_documents(tmp_path / "d"))
+    corpus = read_documents(tmp_path / "d", errors="skip")
+    assert list(corpus) == [] and corpus.summary.skipped == {"no_matching_files": 1}
+    with pytest.raises(FileNotFoundError, match="nope"):
+        read_documents(tmp_path / "nope.txt")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fmt": "csv"}, "fmt"),
+        ({"errors": "ignore"}, "errors"),
+        ({"field": ""}, "field"),
+        ({"extensions": ()}, "extensions"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    p = _write(tmp_path / "a.txt", b"x\n")
+    with pytest.raises(ValueError, match=match):
+        read_documents(p, **kwargs)
+
+
+def test_chunks_sizes_and_order():
+    docs = ["ab", "cde", "f", "ghijklmnop", "q"]
+    out = list(chunks(docs, 4))
+    assert out == [["ab", "cde"], ["f", "ghijklmnop"], ["q"]]
+    assert [d for c in out for d in c] == docs
+    assert list(chunks([], 3)) == []
+    with pytest.raises(ValueError, match="chunk_chars"):
+        list(chunks(docs, 0))
