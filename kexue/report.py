@@ -61,11 +61,19 @@ def write_report(records: Sequence[dict[str, Any]], out: Path) -> Path:
         metrics = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>"
                           for k, v in r["metrics"].items())
         figs = "".join(f"<img src='{esc(f)}' alt='{esc(f)}'>" for f in r["figures"])
+        extra = ""
+        if r.get("table"):  # optional {"caption", "columns", "rows"}: text a figure cannot hold
+            t = r["table"]
+            head = "".join(f"<th>{esc(str(c))}</th>" for c in t["columns"])
+            body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(v))}</td>" for v in row) + "</tr>"
+                           for row in t["rows"])
+            extra = (f"<table><caption>{esc(t.get('caption', ''))}</caption>"
+                     f"<tr>{head}</tr>{body}</table>")
         sections.append(
             f"<section id='{esc(r['name'])}'><h2>{esc(r['title'])}</h2>"
             f"<p>Note: <a href='{esc(r['note'])}'>{esc(r['note'])}</a></p>"
             f"<p><b>Claim:</b> {esc(r['claim'])} — <b>{_verdict(r)}</b>.</p>"
-            f"<p>{esc(r['summary'])}</p><table>{metrics}</table>{figs}"
+            f"<p>{esc(r['summary'])}</p><table>{metrics}</table>{extra}{figs}"
             f"<p class='meta'>mode {esc(r['mode'])} · seed {r['seed']} · config "
             f"{esc(json.dumps(r['config']))} · torch {esc(r['torch'])} · {esc(r['device'])} · "
             f"git {esc(r['git_sha'])} · {r['seconds']:.1f} s</p></section>"

@@ -22,6 +22,7 @@ from kexue.experiments import (  # noqa: E402
     attention_maps,
     attention_scaling,
     direct_metric,
+    domain_vocab,
     ema_digits,
     estimator_variance,
     gan_dynamics,
@@ -35,7 +36,7 @@ EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m
     for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling,
               estimator_variance, direct_metric, gan_dynamics,
-              path_kernel_digits, modified_flow)
+              path_kernel_digits, modified_flow, domain_vocab)
 }
 
 
