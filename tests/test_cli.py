@@ -15,7 +15,8 @@ from kexue.experiments import EXPERIMENTS
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["report"], ["run"], ["list"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["report"], ["run"], ["list"], ["bench"], ["vocab"],
+                                     ["vocab", "discover"], ["vocab", "contrast"]])
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -82,3 +83,53 @@ def test_report_runs_every_experiment(tmp_path):
         for fig in r["figures"]:
             assert (tmp_path / fig).stat().st_size > 1000
             assert fig in page
+
+
+def _corpus(tmp_path, name: str, lines: list[str]) -> str:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_vocab_discover_writes_a_tsv_of_the_corpus_words(tmp_path):
+    from kexue.text import data
+
+    docs = data.climate()[:1500]  # a real slice
+    tsv = tmp_path / "words.tsv"
+    proc = _cli("vocab", "discover", _corpus(tmp_path, "a.txt", docs), "--out", str(tsv))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8").splitlines()]
+    assert rows[0] == ["word", "count", "pmi", "left_entropy", "right_entropy"]
+    assert len(rows) > 100
+    for word, count, *_ in rows[1:20]:  # counts are exact occurrence counts in the file
+        if len(set(word)) == len(word):  # no self-overlap: str.count is the occurrence count
+            assert int(count) == sum(d.count(word) for d in docs), word
+
+
+def test_vocab_bad_bytes_stop_or_skip(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes("气候变化\n".encode() + b"\xff\xfe\n" + "碳排放\n".encode())
+    proc = _cli("vocab", "discover", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("kexue: error:") and "bad.txt:2" in proc.stderr
+    proc = _cli("vocab", "discover", str(path), "--errors", "skip")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "invalid_utf8=1" in proc.stdout
+
+
+def test_vocab_contrast_ranks_the_domain_terms_first(tmp_path):
+    from kexue.text import data
+
+    domain = _corpus(tmp_path, "d.txt", data.climate()[:1500])
+    general = _corpus(tmp_path, "g.txt", data.pd1998()[:3000])
+    tsv = tmp_path / "terms.tsv"
+    proc = _cli("vocab", "contrast", domain, "--general", general, "--out", str(tsv))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8").splitlines()[1:]]
+    scores = [float(r[1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    size_d, size_g = (sum(map(len, data.climate()[:1500])), sum(map(len, data.pd1998()[:3000])))
+    for _, _, count_d, count_g in rows[:20]:  # the top terms are over-represented in the domain
+        assert int(count_d) / size_d > int(count_g) / size_g
+    proc = _cli("vocab", "contrast", "--method", "nope")
+    assert proc.returncode == 2 and "--method" in proc.stderr
