@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -139,7 +140,9 @@ Top = Annotated[int, typer.Option("--top", min=1, help="Rows to print.")]
 TsvOut = Annotated[Path | None, typer.Option("--out", help="Write all rows to this TSV file.")]
 MaxLen = Annotated[int, typer.Option("--max-len", min=2, help="Longest word, in characters.")]
 MinCount = Annotated[int, typer.Option("--min-count", min=1, help="Frequency floor.")]
-Processes = Annotated[int, typer.Option("--processes", min=1, help="Counting processes.")]
+Processes = Annotated[int, typer.Option(
+    "--processes", min=1, help="Counting processes (used when the corpus spans several "
+    "4 M-character chunks).")]
 
 
 def _documents(paths: list[Path] | None, default: str, fmt: str, field: str, errors: str,
@@ -147,18 +150,20 @@ def _documents(paths: list[Path] | None, default: str, fmt: str, field: str, err
     """All documents of ``paths`` (or an embedded corpus) with a chars/s progress bar."""
     from kexue.text import data, read_documents
 
-    if not paths:
-        docs = getattr(data, default)()
-        progress.update(task, advance=sum(len(d) for d in docs))
-        return docs, None, f"embedded {default}"
     try:
+        if not paths:
+            docs = getattr(data, default)()
+            progress.update(task, advance=sum(len(d) for d in docs))
+            return docs, None, f"embedded {default}"
         corpus = read_documents([str(p) for p in paths], fmt=fmt, field=field, errors=errors)
         docs = []
         for doc in corpus:
             docs.append(doc)
             progress.update(task, advance=len(doc))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # missing package, bad input file
         raise CliError(str(err)) from err
+    if not docs:
+        raise CliError(f"no documents in {', '.join(map(str, paths))}")
     return docs, corpus.summary, ", ".join(map(str, paths))
 
 
@@ -179,7 +184,7 @@ def _write_tsv(path: Path | None, header: list[str], rows: list[tuple]) -> None:
                         + "\n")
     except OSError as err:
         raise CliError(f"--out {path}: {err.strerror or err}") from err
-    console.print(f"{len(rows):,} rows written to {path}")
+    console.print(f"{len(rows):,} rows written to {path}", markup=False)
 
 
 def _rate(progress: Progress, task: object, chars: int, start: float) -> None:
@@ -212,16 +217,19 @@ def vocab_discover(
         docs, summary, source = _documents(corpus, "climate", fmt, field, errors, progress, task)
         chars = sum(len(d) for d in docs)
         progress.update(task, description="counting")
-        vocab = discover(docs, max_len=max_len, min_count=min_count, processes=processes)
+        try:
+            vocab = discover(docs, max_len=max_len, min_count=min_count, processes=processes)
+        except ValueError as err:
+            raise CliError(f"discover: {err}") from err
         _rate(progress, task, chars, start)
-    table = Table(title=f"top {min(top, len(vocab))} of {len(vocab):,} words · {source}")
+    table = Table(title=escape(f"top {min(top, len(vocab))} of {len(vocab):,} words · {source}"))
     for col in ("word", "count", "PMI", "H left", "H right"):
         table.add_column(col)
     for w, c, pmi, hl, hr in vocab.rows()[:top]:
         table.add_row(w, f"{c:,}", f"{pmi:.2f}", f"{hl:.2f}", f"{hr:.2f}")
     console.print(table)
     if summary is not None:
-        console.print(summary.describe())
+        console.print(summary.describe(), markup=False)
     console.print(f"{chars:,} chars in {time.perf_counter() - start:.1f} s")
     _write_tsv(out, ["word", "count", "pmi", "left_entropy", "right_entropy"], vocab.rows())
 
@@ -273,9 +281,13 @@ def vocab_contrast(
                 c.update(vocab.segment(d))
             counts.append(c)
         _rate(progress, task, sum(map(len, docs)) + sum(map(len, gen)), start)
-    ranked = [s for s in contrast(counts[0], counts[1], method=method) if is_han_word(s.word)]
-    table = Table(title=f"top {min(top, len(ranked))} terms of {source} against {gen_source} "
-                        f"({method})")
+    try:
+        ranked = [s for s in contrast(counts[0], counts[1], method=method)
+                  if is_han_word(s.word)]
+    except ValueError as err:  # e.g. a side whose documents hold no Han text
+        raise CliError(f"contrast: {err}") from err
+    table = Table(title=escape(f"top {min(top, len(ranked))} terms of {source} against "
+                               f"{gen_source} ({method})"))
     for col in ("term", "score", "domain", "general"):
         table.add_column(col)
     for s in ranked[:top]:
@@ -283,7 +295,7 @@ def vocab_contrast(
     console.print(table)
     for name, summ in (("domain", summary), ("general", gen_summary)):
         if summ is not None:
-            console.print(f"{name}: {summ.describe()}")
+            console.print(f"{name}: {summ.describe()}", markup=False)
     _write_tsv(out, ["term", "score", "domain_count", "general_count"],
                [tuple(s) for s in ranked])
 

@@ -133,3 +133,13 @@ def test_vocab_contrast_ranks_the_domain_terms_first(tmp_path):
         assert int(count_d) / size_d > int(count_g) / size_g
     proc = _cli("vocab", "contrast", "--method", "nope")
     assert proc.returncode == 2 and "--method" in proc.stderr
+
+
+def test_vocab_odd_file_names_and_empty_input_are_one_line(tmp_path):
+    odd = _corpus(tmp_path, "x[b].txt", ["气候变化的影响"] * 3)  # rich markup in a path
+    proc = _cli("vocab", "discover", odd, "--min-count", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    blank = _corpus(tmp_path, "blank.txt", ["", ""])
+    proc = _cli("vocab", "contrast", blank, "--general", odd, "--errors", "skip")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "no documents" in proc.stderr

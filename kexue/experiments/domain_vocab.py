@@ -27,7 +27,8 @@ NAME = "domain_vocab"
 TITLE = "Domain vocabulary mining without labels: words of pd1998, terms of climate"
 NOTE = "https://kexue.fm/archives/6540"
 CLAIM = (
-    "discovered words reach P@1000 ≥ 0.92 against pd1998's gold words, faster than jieba "
+    "discovered words reach P@1000 ≥ 0.92 against pd1998's gold words (in-sample: the "
+    "discovery thresholds were chosen on pd1998), faster than jieba "
     "segments the same text; climate terms by contrast beat the note's published formula "
     "(P@100 0.18) at P@100"
 )
