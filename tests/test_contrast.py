@@ -143,5 +143,8 @@ def test_precision_at_k_filters_candidates():
     got = precision_at_k(ranked, ref, [1, 2, 4, 8])
     assert got == {1: 1.0, 2: 0.5, 4: 0.5, 8: 0.25}
     assert is_han_word("气候") and not is_han_word("的") and not is_han_word("CO2排放")
+    # same Han range as the miner (U+4E00-U+9FFF): extension A stretches are not candidates
+    assert is_han_word("\u9fa5\u9fff") and not is_han_word("\u3400\u4dbf")
+    assert not is_han_word("气\u3400")
     with pytest.raises(ValueError, match="ks"):
         precision_at_k(ranked, ref, [0])

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import random
+import re
 import sys
 
 import pytest
@@ -114,14 +117,76 @@ def test_binary_and_empty_files_both_policies(tmp_path):
 
 
 def test_corrupt_gzip(tmp_path):
-    data = gzip.compress("很多字\n".encode() * 1000)
+    # random Han lines compress poorly, so the first half of the stream holds many whole lines
+    # (a highly repetitive text would fail already at the first read, with no line read at all)
+    rng = random.Random(0)
+    lines = ["".join(chr(rng.randint(0x4E00, 0x9FA5)) for _ in range(20)) for _ in range(5000)]
+    data = gzip.compress("".join(f"{line}\n" for line in lines).encode())
     p = _write(tmp_path / "cut.txt.gz", data[: len(data) // 2])
-    with pytest.raises(ValueError, match="cut.txt.gz"):
+    with pytest.raises(ValueError, match=r"cut\.txt\.gz:\d+: cannot read further"):
         list(read_documents(p))
     corpus = read_documents(p, errors="skip")
     docs = list(corpus)
-    assert all(d == "很多字" for d in docs)
+    assert len(docs) > 100 and docs == lines[: len(docs)]
     assert corpus.summary.skipped == {"corrupt_file": 1}
+    (message,) = corpus.summary.messages
+    lineno = int(re.search(r"cut\.txt\.gz:(\d+): cannot read further", message).group(1))
+    assert lineno == len(docs) + 1
+
+
+def test_lone_surrogate_is_invalid_utf8(tmp_path, monkeypatch):
+    p = _write(tmp_path / "s.jsonl", b'{"text": "ok"}\n{"text": "\\ud800\xe4\xb8\xad"}\n')
+    with pytest.raises(ValueError, match=r"s\.jsonl:2: .*lone surrogate"):
+        list(read_documents(p))
+    corpus = read_documents(p, errors="skip")
+    assert list(corpus) == ["ok"]
+    assert corpus.summary.skipped == {"invalid_utf8": 1}
+    # an already decoded stdin holding a lone surrogate is reported the same way
+    monkeypatch.setattr(sys, "stdin", io.StringIO("好\n\ud800中\n"))
+    corpus = read_documents("-", errors="skip")
+    assert list(corpus) == ["好"] and corpus.summary.skipped == {"invalid_utf8": 1}
+
+
+def test_deeply_nested_json_is_invalid_json(tmp_path):
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    p = _write(tmp_path / "deep.jsonl", deep + b'\n{"text": "ok"}\n')
+    with pytest.raises(ValueError, match=r"deep\.jsonl:1: invalid JSON"):
+        list(read_documents(p))
+    corpus = read_documents(p, errors="skip")
+    assert list(corpus) == ["ok"] and corpus.summary.skipped == {"invalid_json": 1}
+
+
+def test_unreadable_file_both_policies(tmp_path):
+    good = _write(tmp_path / "d" / "a.txt", "正常\n".encode())
+    (tmp_path / "d" / "b.txt").symlink_to(tmp_path / "missing.txt")  # broken symlink
+    with pytest.raises(ValueError, match=r"b\.txt: cannot open"):
+        list(read_documents(tmp_path / "d"))
+    corpus = read_documents(tmp_path / "d", errors="skip")
+    assert list(corpus) == ["正常"]
+    assert corpus.summary.skipped == {"unreadable_file": 1} and corpus.summary.files == 2
+    # a file removed between read_documents() and the pass
+    gone = _write(tmp_path / "gone.txt", b"x\n")
+    corpus = read_documents([gone, good], errors="skip")
+    gone.unlink()
+    assert list(corpus) == ["正常"] and corpus.summary.skipped == {"unreadable_file": 1}
+    assert "gone.txt: cannot open" in corpus.summary.messages[0]
+
+
+def test_unreadable_subdirectory_both_policies(tmp_path, monkeypatch):
+    _write(tmp_path / "a.txt", "正常\n".encode())
+    _write(tmp_path / "locked" / "b.txt", "看不到\n".encode())
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # os.walk lists directories via os.scandir
+    with pytest.raises(ValueError, match=r"locked: cannot list directory"):
+        list(read_documents(tmp_path))
+    corpus = read_documents(tmp_path, errors="skip")
+    assert list(corpus) == ["正常"] and corpus.summary.skipped == {"unreadable_dir": 1}
 
 
 def test_empty_directory_and_missing_path(tmp_path):

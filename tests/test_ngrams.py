@@ -61,6 +61,14 @@ def test_counts_match_brute_force_random(seed, min_count):
     assert table.total_chars == sum(v for k, v in brute(texts, 1).items())
 
 
+def test_encode_lone_surrogate_is_a_boundary():
+    # valid JSON such as '"\\ud800中文"' decodes to a str with a lone surrogate
+    codes = encode(["\ud800中文", "a\udfff"])
+    assert codes.tolist() == [0, 0x4E2D - 0x4E00 + 1, 0x6587 - 0x4E00 + 1, 0, 0, 0, 0]
+    table = count_ngrams(["\ud800中文\udc00中文"], 2, 2)
+    assert as_dict(table) == {"中": 2, "文": 2, "中文": 2} and table.total_chars == 4
+
+
 def test_counts_match_brute_force_real():
     texts = pd1998_slice(200)
     want = brute(texts, 4, 2)

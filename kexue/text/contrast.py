@@ -294,12 +294,13 @@ def _nan_to(x: float) -> float:
 def is_han_word(word: str, min_len: int = 2) -> bool:
     """True when ``word`` has at least ``min_len`` characters, all CJK unified ideographs.
 
-    Ideographs are U+4E00-U+9FFF plus extension A (U+3400-U+4DBF); the note kept exactly the
+    Ideographs are U+4E00-U+9FFF, the same range that :mod:`kexue.text.ngrams` encodes and the
+    segmenter treats as Han, so every candidate it accepts can come out of word discovery.
+    Extension A (U+3400-U+4DBF) and the other extensions are excluded: the miner splits text at
+    them, so a stretch of them is never a discovered word. The note kept exactly the
     U+4E00-U+9FA5 run of its corpora (``re.sub('[^\\u4e00-\\u9fa5]+', ' ', l)``).
     """
-    return len(word) >= min_len and all(
-        "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" for ch in word
-    )
+    return len(word) >= min_len and all("\u4e00" <= ch <= "\u9fff" for ch in word)
 
 
 def precision_at_k(

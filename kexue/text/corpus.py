@@ -14,9 +14,12 @@ Inputs, each a path (``str`` or :class:`os.PathLike`) or ``"-"`` for stdin:
 - a directory: every file below it (recursively, hidden entries excluded) whose name ends in one
   of ``extensions``, in sorted order of relative path.
 
-Problems and the ``errors`` policy. A line that is not valid UTF-8, a binary file (a NUL byte in
-its first 8 KiB, which also catches UTF-16), an empty file, a corrupt gzip stream, invalid JSON or
-a JSON object without a string ``field`` give a message naming ``file:line``. With
+Problems and the ``errors`` policy. A line that is not valid UTF-8 (or a JSON string holding a
+lone surrogate such as ``"\\ud800"``, which has no UTF-8 form), a binary file (a NUL byte in its
+first 8 KiB, which also catches UTF-16), an empty file, a corrupt gzip stream, invalid JSON
+(including nesting too deep to parse) or a JSON object without a string ``field`` give a message
+naming ``file:line``; a file that cannot be opened (a broken symlink, no permission) or a
+directory that cannot be listed gives a message naming it. With
 ``errors="stop"`` (default) the first one raises :class:`ValueError`; with ``errors="skip"`` the
 line (or the whole file, for binary/empty/corrupt files) is skipped, counted under its reason in
 ``summary.skipped`` and the message is appended to ``summary.messages``.
@@ -82,7 +85,8 @@ class ReadSummary:
         chars: Characters in the yielded documents.
         skipped: Reason -> count of skipped lines or files. Reasons: ``"blank_line"``,
             ``"invalid_utf8"``, ``"invalid_json"``, ``"missing_field"``, ``"binary_file"``,
-            ``"empty_file"``, ``"corrupt_file"``, ``"no_matching_files"``.
+            ``"empty_file"``, ``"corrupt_file"``, ``"unreadable_file"``, ``"unreadable_dir"``,
+            ``"no_matching_files"``.
         messages: One ``file:line: problem`` message per skipped item except blank lines (the
             first 1000; the rest are still counted in ``skipped`` and in ``messages_dropped``).
         messages_dropped: Messages not stored because the cap was reached.
@@ -172,7 +176,7 @@ class Corpus:
 
     def _read_dir(self, root: Path) -> Iterator[str]:
         files = sorted(
-            (p for p in _walk(root) if p.name.lower().endswith(self.extensions)),
+            (p for p in _walk(root, self) if p.name.lower().endswith(self.extensions)),
             key=lambda p: p.relative_to(root).as_posix(),
         )
         if not files:
@@ -192,12 +196,23 @@ class Corpus:
         if buffer is not None:
             yield from self._read_stream(buffer, "<stdin>", fmt)
         else:  # a text stream without a byte buffer (e.g. io.StringIO): already decoded
-            yield from self._read_lines((line.encode("utf-8") for line in stream), "<stdin>", fmt)
+            # surrogatepass: a lone surrogate becomes bytes reported as invalid UTF-8
+            lines = (line.encode("utf-8", "surrogatepass") for line in stream)
+            yield from self._read_lines(lines, "<stdin>", fmt)
 
     def _read_file(self, path: Path) -> Iterator[str]:
         self.summary.files += 1
-        with open(path, "rb") as raw:
-            compressed = raw.read(2) == _GZIP_MAGIC
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - closed by the with block below
+        except OSError as exc:
+            self._problem("unreadable_file", f"{path}: cannot open ({exc.strerror or exc})")
+            return
+        with raw:
+            try:
+                compressed = raw.read(2) == _GZIP_MAGIC
+            except OSError as exc:
+                self._problem("unreadable_file", f"{path}: cannot read ({exc.strerror or exc})")
+                return
             raw.seek(0)
             name = path.name.lower()
             if compressed and name.endswith(".gz"):
@@ -271,6 +286,9 @@ class Corpus:
         except json.JSONDecodeError as exc:
             self._problem("invalid_json", f"{name}:{lineno}: invalid JSON ({exc.msg})")
             return None
+        except RecursionError:
+            self._problem("invalid_json", f"{name}:{lineno}: invalid JSON (nested too deeply)")
+            return None
         value = obj.get(self.field) if isinstance(obj, dict) else None
         if not isinstance(value, str):
             found = (
@@ -282,6 +300,15 @@ class Corpus:
                 "missing_field",
                 f"{name}:{lineno}: expected a JSON object with a string field "
                 f"{self.field!r} ({found})",
+            )
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            self._problem(
+                "invalid_utf8",
+                f"{name}:{lineno}: field {self.field!r} holds a lone surrogate "
+                f"{value[exc.start]!r} at character {exc.start} (not encodable as UTF-8)",
             )
             return None
         return value
@@ -322,8 +349,14 @@ def _guarded(stream: IO[bytes], name: str, corpus: Corpus) -> Iterator[bytes]:
         yield line
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
+def _walk(root: Path, corpus: Corpus) -> Iterator[Path]:
+    def onerror(exc: OSError) -> None:
+        corpus._problem(
+            "unreadable_dir",
+            f"{exc.filename or root}: cannot list directory ({exc.strerror or exc})",
+        )
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if not name.startswith("."):

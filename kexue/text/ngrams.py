@@ -90,7 +90,9 @@ def _check_n(name: str, value: object, low: int = 1) -> int:
 def encode(texts: str | Iterable[str]) -> np.ndarray:
     """Map texts to one int32 code array: Han characters to 1..20992, everything else to 0.
 
-    Texts are separated by a 0, and the array ends with a 0, so runs never cross texts.
+    Texts are separated by a 0, and the array ends with a 0, so runs never cross texts. A lone
+    surrogate (e.g. from ``json.loads('"\\ud800"')``) is not Han and maps to 0 like any other
+    non-Han character.
 
     Args:
         texts: a string or an iterable of strings.
@@ -102,7 +104,7 @@ def encode(texts: str | Iterable[str]) -> np.ndarray:
         ValueError: if an element of ``texts`` is not a ``str``.
     """
     joined = "\n".join(_check_texts(texts)) + "\n"
-    cp = np.frombuffer(joined.encode("utf-32-le"), dtype="<u4")
+    cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype="<u4")
     han = (cp >= HAN_FIRST) & (cp <= HAN_LAST)
     return np.where(han, cp.astype(np.int64) - (HAN_FIRST - 1), 0).astype(np.int32)
 
