@@ -157,3 +157,35 @@ def test_non_str_texts():
         NgramCounter(0)
     with pytest.raises(ValueError):
         count_chunk(["中国"], 2) + count_chunk(["中国"], 3)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize(("max_n", "min_count"), [(1, 2), (2, 1), (5, 1), (5, 3), (7, 2)])
+def test_levelwise_multi_chunk_equals_single_chunk_and_brute(seed, max_n, min_count):
+    texts = random_texts(seed, 120)
+    want = brute(texts, max_n, min_count)
+    single = count_ngrams(texts, max_n, min_count)
+    for chunk_chars in (1, 37, 400):
+        multi = count_ngrams(texts, max_n, min_count, chunk_chars=chunk_chars)
+        assert as_dict(multi) == as_dict(single) == want
+        assert multi.total_chars == single.total_chars
+        for n in range(2, max_n + 1):  # same trie: prefix/suffix ids agree
+            np.testing.assert_array_equal(multi.prefix(n), single.prefix(n))
+            np.testing.assert_array_equal(multi.suffix(n), single.suffix(n))
+
+
+def test_levelwise_input_kinds():
+    texts = random_texts(21, 150)
+    want = brute(texts, 5, 2)
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return iter(texts)
+
+    assert as_dict(count_ngrams(factory, 5, 2, chunk_chars=50)) == want
+    assert len(calls) >= 2  # re-iterated once per level
+    assert as_dict(count_ngrams(tuple(texts), 5, 2, chunk_chars=50)) == want
+    # one-shot iterators fall back to unpruned map/reduce, same exact result
+    assert as_dict(count_ngrams((t for t in texts), 5, 2, chunk_chars=50)) == want
+    assert as_dict(count_ngrams(iter(texts), 5, 2, chunk_chars=50)) == want

@@ -29,7 +29,10 @@ no n-gram whose count reaches ``min_count``: the kept counts are exactly the tru
   functions can run on a distributed engine (Spark/Ray/Dask) unchanged. When the whole input fits
   in one chunk, the chunk *is* the corpus and pruning is applied at count time, level by level
   (only positions whose prefix and suffix survived are sorted at the next level): the same exact
-  result, several times faster.
+  result, several times faster. When the input spans several chunks and can be re-iterated (a
+  list, a ``Corpus``, a callable returning the texts), :func:`count_ngrams` instead makes one pass
+  per level with Apriori candidates only (see there), so memory does not grow with the number of
+  distinct rare n-grams.
 
 Memory model. A chunk of L characters costs O(L) int64 working arrays per level (positions, keys,
 ids) plus its own tables, at most L entries per level before pruning: roughly 40·L·max_n bytes at
@@ -45,10 +48,12 @@ References:
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from kexue.text.corpus import _STDIN, Corpus
 
 __all__ = [
     "HAN_FIRST",
@@ -372,8 +377,146 @@ def _count_chunk_args(args: tuple[list[str], int]) -> NgramCounter:
     return count_chunk(*args)
 
 
+def _reiterable(texts: object) -> Callable[[], Iterable[str]] | None:
+    """A factory of fresh passes over ``texts``, or None if ``texts`` can be iterated only once.
+
+    Re-iterable: a callable (called once per pass), a :class:`~kexue.text.corpus.Corpus` that does
+    not read stdin, and any iterable whose ``iter()`` is not itself (lists, tuples, ...).
+    """
+    if callable(texts):
+        return texts  # type: ignore[return-value]
+    if isinstance(texts, Corpus):
+        return None if _STDIN in texts.sources else (lambda: texts)
+    try:
+        if iter(texts) is texts:  # type: ignore[call-overload]
+            return None
+    except TypeError:
+        return None
+    return lambda: texts  # type: ignore[return-value]
+
+
+def _find_many(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """:func:`_find` for many unsorted queries: sort them, look up the distinct ones in order."""
+    if queries.shape[0] == 0 or sorted_keys.shape[0] == 0:
+        return np.full(queries.shape[0], -1, dtype=np.int64)
+    order, group, starts = _group_sorted(queries, int(queries.max()).bit_length())
+    found = _find(sorted_keys, queries[order[starts]])
+    out = np.empty(queries.shape[0], dtype=np.int64)
+    out[order] = found[group]
+    return out
+
+
+def _merge_counts(
+    acc: tuple[np.ndarray, np.ndarray] | None, keys: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact sum of two sorted (unique keys, counts) tables."""
+    if acc is None:
+        return keys, counts
+    union = _sorted_union(acc[0], keys)
+    out = np.zeros(union.shape[0], dtype=np.int64)
+    out[np.searchsorted(union, acc[0])] += acc[1]
+    out[np.searchsorted(union, keys)] += counts
+    return union, out
+
+
+def _unique_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.sort(keys)
+    if keys.shape[0] == 0:
+        return keys.astype(np.uint64), np.zeros(0, np.int64)
+    flag = np.empty(keys.shape[0], dtype=bool)
+    flag[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=flag[1:])
+    starts = np.flatnonzero(flag)
+    return keys[starts], np.diff(starts, append=keys.shape[0]).astype(np.int64)
+
+
+def _ids_upto(levels: list[_Level], codes: np.ndarray, k: int) -> np.ndarray:
+    """Id of the kept k-gram starting at each position of ``codes`` (−1 if none), k ≤ len(levels).
+
+    ``levels`` is a closed pruned table (every kept n-gram has kept prefix and suffix), so the
+    k-gram at i is kept iff it is found by prefix-id lookups.
+    """
+    L = codes.shape[0]
+    idmap = np.full(ALPHABET_SIZE + 1, -1, dtype=np.int64)
+    first = levels[0].keys.astype(np.int64)
+    idmap[first] = np.arange(first.shape[0])
+    ids = idmap[codes]
+    for n in range(2, k + 1):
+        span = L - n + 1
+        new = np.full(L, -1, dtype=np.int64)
+        if span > 0:
+            pos = np.flatnonzero((ids[:span] >= 0) & (ids[1 : span + 1] >= 0))
+            q = (ids[pos].astype(np.uint64) << np.uint64(_CHAR_BITS)) | codes[pos + n - 1].astype(
+                np.uint64
+            )
+            new[pos] = _find_many(levels[n - 1].keys, q)
+        ids = new
+    return ids
+
+
+def _count_levelwise(
+    first_pass: Iterable[list[str]],
+    passes: Callable[[], Iterable[list[str]]],
+    max_n: int,
+    min_count: int,
+) -> NgramTable:
+    """Exact pruned counts over many chunks with one pass over the input per level n ≥ 2.
+
+    Pass 1 (``first_pass``) counts unigrams and all bigrams; pass n ≥ 3 (a fresh ``passes()``)
+    counts only the n-grams whose (n−1)-prefix and (n−1)-suffix were kept at level n − 1, so
+    the accumulated tables hold candidates only, not every distinct n-gram of the corpus.
+    """
+    uni = np.zeros(ALPHABET_SIZE + 1, dtype=np.int64)
+    bi: tuple[np.ndarray, np.ndarray] | None = None
+    for chunk in first_pass:
+        codes = encode(chunk)
+        uni += np.bincount(codes, minlength=ALPHABET_SIZE + 1)
+        if max_n >= 2:
+            pos = np.flatnonzero((codes[:-1] > 0) & (codes[1:] > 0))
+            keys = (codes[pos].astype(np.uint64) << np.uint64(_CHAR_BITS)) | codes[pos + 1].astype(
+                np.uint64
+            )
+            bi = _merge_counts(bi, *_unique_counts(keys))
+    uni[0] = 0
+    total_chars = int(uni.sum())
+    keep1 = np.flatnonzero(uni >= min_count)
+    keep1 = keep1[keep1 > 0]
+    levels = [_Level(keep1.astype(np.uint64), uni[keep1])]
+    if max_n >= 2:
+        rank = np.full(ALPHABET_SIZE + 1, -1, dtype=np.int64)
+        rank[keep1] = np.arange(keep1.shape[0])
+        keys, counts = bi if bi is not None else (np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        c1 = rank[(keys >> np.uint64(_CHAR_BITS)).astype(np.int64)]
+        c2 = (keys & _CHAR_MASK).astype(np.int64)
+        kept = (counts >= min_count) & (c1 >= 0) & (rank[c2] >= 0)
+        keys = (c1[kept].astype(np.uint64) << np.uint64(_CHAR_BITS)) | c2[kept].astype(np.uint64)
+        levels.append(_Level(keys, counts[kept]))  # rank is increasing: keys stay sorted
+        del bi
+    for n in range(3, max_n + 1):
+        acc: tuple[np.ndarray, np.ndarray] | None = None
+        if levels[-1].keys.shape[0] > 0:
+            for chunk in passes():
+                codes = encode(chunk)
+                span = codes.shape[0] - n + 1
+                if span <= 0:
+                    continue
+                ids = _ids_upto(levels, codes, n - 1)
+                pos = np.flatnonzero((ids[:span] >= 0) & (ids[1 : span + 1] >= 0))
+                keys = (ids[pos].astype(np.uint64) << np.uint64(_CHAR_BITS)) | codes[
+                    pos + n - 1
+                ].astype(np.uint64)
+                del ids
+                acc = _merge_counts(acc, *_unique_counts(keys))
+        if acc is None:
+            levels.append(_Level(np.zeros(0, np.uint64), np.zeros(0, np.int64)))
+            continue
+        kept = acc[1] >= min_count
+        levels.append(_Level(acc[0][kept], acc[1][kept]))
+    return NgramTable(levels, total_chars=total_chars, min_count=min_count)
+
+
 def count_ngrams(
-    texts: str | Iterable[str],
+    texts: str | Iterable[str] | Callable[[], Iterable[str]],
     max_n: int,
     min_count: int = 1,
     *,
@@ -382,14 +525,24 @@ def count_ngrams(
 ) -> NgramTable:
     """Count all Han n-grams n = 1..max_n of a corpus exactly and keep those with count ≥ min_count.
 
-    Map/reduce: the corpus is cut into chunks of about ``chunk_chars`` characters (whole texts),
-    :func:`count_chunk` counts each (in ``processes`` spawned worker processes when > 1), the
-    partial counters are merged exactly with :meth:`NgramCounter.merge`, and
-    :meth:`NgramCounter.finalize` prunes once. If the corpus fits in one chunk it is counted in
-    this process with Apriori pruning at count time (the chunk is the corpus, so this is exact).
+    The corpus is cut into chunks of about ``chunk_chars`` characters (whole texts).
+
+    * One chunk: counted in this process with Apriori pruning at count time (exact).
+    * Several chunks, re-iterable input, ``processes == 1``: level-wise Apriori passes. Pass 1
+      counts unigrams and bigrams; pass n ≥ 3 re-reads the input and counts only the n-grams whose
+      (n−1)-prefix and (n−1)-suffix survived ``min_count`` (exact: a frequent n-gram's sub-grams
+      are at least as frequent). Memory stays bounded by one chunk plus the candidate n-grams of
+      one level, instead of every distinct n-gram of the corpus. Re-iterable means a list/tuple
+      (any iterable whose ``iter()`` is a new iterator), a :class:`~kexue.text.corpus.Corpus` not
+      reading stdin, or a callable returning a fresh iterable of texts on each call.
+    * Otherwise (one-shot iterator such as a generator, a stdin corpus, or ``processes > 1``):
+      map/reduce. :func:`count_chunk` counts each chunk unpruned (in ``processes`` spawned worker
+      processes when > 1), the partial counters are merged exactly with
+      :meth:`NgramCounter.merge`, and :meth:`NgramCounter.finalize` prunes once; memory grows
+      with the number of distinct n-grams.
 
     Args:
-        texts: a string or an iterable of strings (consumed once, chunk by chunk).
+        texts: a string, an iterable of strings, or a callable returning one (see above).
         max_n: longest n-gram, ≥ 1.
         min_count: minimum count of a kept n-gram, ≥ 1.
         processes: worker processes, ≥ 1.
@@ -409,7 +562,9 @@ def count_ngrams(
         raise ValueError(f"chunk_chars must be <= {_MAX_CHUNK}, got {chunk_chars}")
     if isinstance(texts, str):
         texts = [texts]
-    chunks = _chunks(texts, chunk_chars)
+    factory = _reiterable(texts)
+    source = factory() if factory is not None else texts
+    chunks = _chunks(source, chunk_chars)  # type: ignore[arg-type]
     first = next(chunks, [])
     second = next(chunks, None)
     if second is None:  # whole corpus in one chunk: prune while counting
@@ -421,6 +576,11 @@ def count_ngrams(
         yield first
         yield second
         yield from chunks
+
+    if factory is not None and processes == 1:
+        return _count_levelwise(
+            all_chunks(), lambda: _chunks(factory(), chunk_chars), max_n, min_count
+        )
 
     total: NgramCounter | None = None
     if processes == 1:
