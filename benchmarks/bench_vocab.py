@@ -35,7 +35,7 @@ from _timing import RESULTS, parser, peer_version, setup  # noqa: E402
 from kexue._env import environment  # noqa: E402
 from kexue.text import data  # noqa: E402
 from kexue.text.contrast import contrast, is_han_word, precision_at_k  # noqa: E402
-from kexue.text.vocab import discover  # noqa: E402
+from kexue.text.vocab import discover, paired_counts  # noqa: E402
 
 KS = (100, 500, 1000, 5000)
 
@@ -104,14 +104,7 @@ def fresh(method: str, which: str) -> dict[str, Any]:
 
 
 def domain_terms() -> dict[str, dict[int, float]]:
-    climate, news = data.climate(), data.pd1998()
-    vocab = discover(climate + news, pmi_per_char=0.5)
-    counts = []
-    for side in (climate, news):
-        c: collections.Counter[str] = collections.Counter()
-        for t in side:
-            c.update(vocab.segment(t))
-        counts.append(c)
+    counts = paired_counts(data.climate(), data.pd1998())
     lexicon = data.climate_lexicon()
     return {m: precision_at_k([s.word for s in contrast(*counts, method=m)], lexicon, (100, 500))
             for m in ("llr", "log_odds", "blog", "blog_filled")}

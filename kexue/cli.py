@@ -255,11 +255,10 @@ def vocab_contrast(
 ) -> None:
     """Rank DOMAIN's own terms against a general corpus: one vocabulary and one segmenter
     for both sides, missing counts as 0, a proper statistic."""
-    import collections
     import time
 
     from kexue.text.contrast import contrast, is_han_word
-    from kexue.text.vocab import discover
+    from kexue.text.vocab import paired_counts
 
     if method not in ("llr", "log_odds", "blog", "blog_filled"):
         raise CliError(f"--method must be llr, log_odds, blog or blog_filled, got {method!r}")
@@ -269,20 +268,12 @@ def vocab_contrast(
         docs, summary, source = _documents(domain, "climate", fmt, field, errors, progress, task)
         gen, gen_summary, gen_source = _documents(general, "pd1998", fmt, field, errors,
                                                   progress, task)
-        progress.update(task, description="counting")
-        # looser per-character PMI than for a news vocabulary: domain terms run longer
-        vocab = discover(docs + gen, max_len=max_len, min_count=min_count, pmi_per_char=0.5,
-                         processes=processes)
-        progress.update(task, description="segmenting")
-        counts = []
-        for side in (docs, gen):
-            c: collections.Counter[str] = collections.Counter()
-            for d in side:
-                c.update(vocab.segment(d))
-            counts.append(c)
+        progress.update(task, description="counting and segmenting")
+        domain_counts, general_counts = paired_counts(docs, gen, max_len=max_len,
+                                                      min_count=min_count, processes=processes)
         _rate(progress, task, sum(map(len, docs)) + sum(map(len, gen)), start)
     try:
-        ranked = [s for s in contrast(counts[0], counts[1], method=method)
+        ranked = [s for s in contrast(domain_counts, general_counts, method=method)
                   if is_han_word(s.word)]
     except ValueError as err:  # e.g. a side whose documents hold no Han text
         raise CliError(f"contrast: {err}") from err

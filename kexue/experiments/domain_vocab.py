@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 
 from kexue.text import data
 from kexue.text.contrast import contrast, is_han_word, precision_at_k
-from kexue.text.vocab import discover
+from kexue.text.vocab import CONTRAST_PMI_PER_CHAR, discover, paired_counts
 
 NAME = "domain_vocab"
 TITLE = "Domain vocabulary mining without labels: words of pd1998, terms of climate"
@@ -33,7 +33,7 @@ CLAIM = (
     "(P@100 0.18) at P@100"
 )
 QUICK: dict[str, Any] = {"ks": [100, 500, 1000, 5000], "domain_ks": [100, 500], "top": 30,
-                         "contrast_pmi_per_char": 0.5}
+                         "contrast_pmi_per_char": CONTRAST_PMI_PER_CHAR}
 FULL: dict[str, Any] = dict(QUICK)
 BLOG_PUBLISHED_P100 = 0.18  # ../shared/DATA.md: nlp-zero + the blog's formula, climate vs pd1998
 
@@ -68,15 +68,8 @@ def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
 
     climate = data.climate()
     lexicon = data.climate_lexicon()
-    both = discover(climate + news, pmi_per_char=config["contrast_pmi_per_char"])
-
-    def counts(texts: list[str]) -> collections.Counter[str]:
-        c: collections.Counter[str] = collections.Counter()
-        for t in texts:
-            c.update(both.segment(t))
-        return c
-
-    domain, general = counts(climate), counts(news)
+    domain, general = paired_counts(climate, news,
+                                    pmi_per_char=config["contrast_pmi_per_char"])
     ranked = {m: contrast(domain, general, method=m) for m in ("llr", "blog_filled", "blog")}
     p_domain = {m: precision_at_k([s.word for s in r], lexicon, config["domain_ks"])
                 for m, r in ranked.items()}

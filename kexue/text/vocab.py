@@ -39,6 +39,7 @@ References:
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -213,6 +214,13 @@ class Vocabulary:
             j = back[j]
         return out[::-1]
 
+    def word_counts(self, texts: Iterable[str]) -> collections.Counter[str]:
+        """Counts of the pieces of :meth:`segment` over ``texts``."""
+        counts: collections.Counter[str] = collections.Counter()
+        for text in texts:
+            counts.update(self.segment(text))
+        return counts
+
     def segment(self, text: str) -> list[str]:
         """Most probable segmentation under the unigram model (exact Viterbi).
 
@@ -336,3 +344,35 @@ def evaluate_precision(
     gold = gold if isinstance(gold, (set, frozenset)) else set(gold)
     ranked = [w for w in words if _HAN_WORD.fullmatch(w)]
     return {int(k): sum(w in gold for w in ranked[:k]) / k for k in ks}
+
+
+# Domain terms run longer than a news vocabulary's words: a looser per-character PMI slope.
+CONTRAST_PMI_PER_CHAR = 0.5
+
+
+def paired_counts(
+    domain: Sequence[str],
+    general: Sequence[str],
+    *,
+    pmi_per_char: float = CONTRAST_PMI_PER_CHAR,
+    **discover_kwargs: object,
+) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """Word counts of a domain and a general corpus under ONE segmenter, for a contrast.
+
+    One vocabulary is discovered on both corpora together (:func:`discover`), and both sides
+    are segmented with it, so a word is counted the same way on each side; a word absent from
+    one side simply has no count there (0 for :func:`kexue.text.contrast.contrast`).
+
+    Args:
+        domain, general: the two corpora (re-iterable: they are read twice).
+        pmi_per_char: passed to :func:`discover`.
+        **discover_kwargs: further arguments of :func:`discover` (max_len, min_count, ...).
+
+    Returns:
+        ``(domain_counts, general_counts)``.
+
+    References:
+        https://kexue.fm/archives/6540
+    """
+    vocab = discover(list(domain) + list(general), pmi_per_char=pmi_per_char, **discover_kwargs)
+    return vocab.word_counts(domain), vocab.word_counts(general)
