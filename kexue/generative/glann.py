@@ -1,0 +1,439 @@
+"""GLANN: generative latent optimisation (GLO), then implicit maximum likelihood (IMLE) in its code space.
+
+Stage 1, GLO (Bojanowski et al.): every training image x_i owns a free code z_i on the unit
+sphere; codes and a generator G are fitted jointly,
+
+    min_{G, z}  (1/N) Σ_i Lap1(G(z_i), x_i),      z_i ← z_i / ‖z_i‖ after every step,
+
+with the Laplacian-pyramid L1 loss as the offline stand-in for a perceptual (VGG) loss. The
+codes start at the images' top principal components, normalised, as in the GLO paper.
+
+Stage 2, IMLE (Li & Malik) in code space: a mapping network T turns noise e ~ N(0, I) into
+codes T(e)/‖T(e)‖. For each real code z_i in a batch, the nearest code of a pool of generated
+ones, j(i) = argmin_j ‖z_i − T(e_j)‖, is pulled onto it:
+
+    min_T  Σ_i ‖T(e_{j(i)}) − z_i‖²,
+
+so every real code has a generated code nearby (no mode dropping). Sampling is e → T → G.
+
+Baseline "GLO + Gaussian": a full-covariance Gaussian fitted to the learned codes, sampled,
+projected to the sphere (where G was trained) and decoded by the same G.
+
+References:
+    https://kexue.fm/archives/6784 (非对抗式生成模型GLANN的简单介绍)
+    Hoshen, Li & Malik, "Non-Adversarial Image Synthesis with Generative Latent Nearest
+    Neighbors", CVPR 2019.
+    Bojanowski, Joulin, Lopez-Paz & Szlam, "Optimizing the Latent Space of Generative
+    Networks", ICML 2018 (GLO, the Lap1 loss).
+    Li & Malik, "Implicit Maximum Likelihood Estimation", 2018.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kexue.generative.data import ImageData
+from kexue.generative.metrics import init_parameters_
+
+__all__ = [
+    "GLANNTrainer",
+    "fit_gaussian",
+    "imle_assign",
+    "lap1_loss",
+    "laplacian_pyramid",
+    "project_to_sphere",
+    "reconstruct_pyramid",
+]
+
+# 5-tap binomial low-pass filter, the classic Burt–Adelson kernel.
+_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+
+
+def _blur(x: Tensor) -> Tensor:
+    """Separable binomial blur of (B, C, H, W) with replicate padding (constants stay constant)."""
+    c = x.shape[1]
+    k = _BINOMIAL.to(x)
+    x = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+    return F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+
+
+def _up(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def default_levels(height: int, width: int) -> int:
+    """Pyramid depth so the coarsest level is about 2 pixels: ⌊log₂ min(H, W)⌋ (8 → 3, 28 → 4)."""
+    return max(1, int(math.log2(min(height, width))))
+
+
+def laplacian_pyramid(x: Tensor, levels: int | None = None) -> list[Tensor]:
+    """Laplacian pyramid of images, finest band first, the low-pass residual last.
+
+        G₀ = x,  G_{j+1} = downsample₂(blur(G_j)),  L_j = G_j − up(G_{j+1}),  L_{J−1} = G_{J−1}
+
+    Args:
+        x: (B, C, H, W) images.
+        levels: Number of levels J ≥ 1 (default :func:`default_levels`).
+
+    Returns:
+        ``[L_0, …, L_{J−1}]``; L_j has spatial size ≈ (H, W)/2^j.
+
+    Raises:
+        ValueError: If ``x`` is not 4-D or ``levels`` is out of range for its size.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if levels is None:
+        levels = default_levels(h, w)
+    if levels < 1 or 2 ** (levels - 1) > min(h, w):
+        raise ValueError(f"levels must be in [1, {default_levels(h, w) + 1}] for {h}×{w} images, "
+                         f"got {levels}")
+    bands = []
+    g = x
+    for _ in range(levels - 1):
+        low = _blur(g)[..., ::2, ::2]  # (B, C, ⌈H/2⌉, ⌈W/2⌉)
+        bands.append(g - _up(low, g.shape[-2:]))
+        g = low
+    bands.append(g)
+    return bands
+
+
+def reconstruct_pyramid(bands: list[Tensor]) -> Tensor:
+    """Invert :func:`laplacian_pyramid`: G_{J−1} = L_{J−1}, G_j = L_j + up(G_{j+1}); returns G₀."""
+    if not bands:
+        raise ValueError("bands must be a non-empty list of pyramid levels")
+    g = bands[-1]
+    for band in reversed(bands[:-1]):
+        g = band + _up(g, band.shape[-2:])
+    return g
+
+
+def lap1_loss(x: Tensor, y: Tensor, levels: int | None = None) -> Tensor:
+    """Laplacian-pyramid L1 distance, averaged over the batch.
+
+        Lap1(x, y) = Σ_j 2^{2j} ‖L_j(x) − L_j(y)‖₁ / (C·H·W)
+
+    GLO's weighting: level j has ~4^j times fewer pixels than level 0, so 2^{2j} gives every
+    level the same weight per pixel (the sum is the mean over levels' pixel-mean L1 errors, up
+    to rounding of odd sizes). Zero if and only if x = y, since the pyramid is invertible.
+
+    Args:
+        x, y: (B, C, H, W) images of the same shape.
+        levels: Pyramid depth (default :func:`default_levels`).
+
+    Returns:
+        Scalar tensor, differentiable in both arguments.
+
+    Raises:
+        ValueError: If the shapes differ.
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    px = laplacian_pyramid(x, levels)
+    py = laplacian_pyramid(y, levels)
+    pixels = math.prod(x.shape[1:])
+    total = x.new_zeros(())
+    for j, (a, b) in enumerate(zip(px, py, strict=True)):
+        total = total + 4.0 ** j * (a - b).abs().sum() / pixels
+    return total / x.shape[0]
+
+
+def project_to_sphere(z: Tensor, eps: float = 1e-12) -> Tensor:
+    """Rows of z scaled to unit ℓ₂ norm, z/‖z‖ (a zero row stays zero)."""
+    return z / z.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def imle_assign(real_codes: Tensor, generated_codes: Tensor) -> Tensor:
+    """IMLE's selection: for each real code, the index of its nearest generated code.
+
+        j(i) = argmin_j ‖z_i − ẑ_j‖₂
+
+    Args:
+        real_codes: (N, D).
+        generated_codes: (M, D), M ≥ 1.
+
+    Returns:
+        (N,) int64 indices into ``generated_codes``.
+
+    Raises:
+        ValueError: If the inputs are not 2-D with the same D, or ``generated_codes`` is empty.
+    """
+    if real_codes.ndim != 2 or generated_codes.ndim != 2 \
+            or real_codes.shape[1] != generated_codes.shape[1]:
+        raise ValueError(f"real_codes and generated_codes must be (N, D) and (M, D), got "
+                         f"{tuple(real_codes.shape)} and {tuple(generated_codes.shape)}")
+    if generated_codes.shape[0] == 0:
+        raise ValueError("generated_codes must be non-empty")
+    # ‖z − ẑ‖² = ‖z‖² − 2 z·ẑ + ‖ẑ‖²; ‖z‖² is constant per row, so it is left out.
+    scores = generated_codes.square().sum(1)[None, :] - 2 * real_codes @ generated_codes.T
+    return scores.argmin(1)  # (N,)
+
+
+def fit_gaussian(codes: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean (D,) and unbiased full covariance (D, D) of codes (N, D), N ≥ 2."""
+    if codes.ndim != 2 or codes.shape[0] < 2:
+        raise ValueError(f"codes must be (N, D) with N >= 2, got {tuple(codes.shape)}")
+    return codes.mean(0), torch.cov(codes.T).reshape(codes.shape[1], codes.shape[1])
+
+
+def _mlp(sizes: list[int], out: nn.Module | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.LeakyReLU(0.2))
+    if out is not None:
+        layers.append(out)
+    return nn.Sequential(*layers)
+
+
+class _ConvGenerator(nn.Module):
+    """code → linear → (W, H/4, W/4) → 2 × (nearest up ×2, conv3×3, BN, LeakyReLU) → conv → sigmoid."""
+
+    def __init__(self, code_dim: int, shape: tuple[int, int, int], width: int) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.start = (width, -(-h // 4), -(-w // 4))
+        self.shape = shape
+        self.fc = nn.Linear(code_dim, math.prod(self.start))
+        self.body = nn.Sequential(
+            nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2), nn.Conv2d(width, width // 2, 3, padding=1),
+            nn.BatchNorm2d(width // 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(width // 2, c, 3, padding=1), nn.Sigmoid(),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = F.leaky_relu(self.fc(z), 0.2).view(-1, *self.start)  # (B, W, ⌈H/4⌉, ⌈W/4⌉)
+        _, h, w = self.shape
+        return self.body(x)[..., :h, :w]  # (B, C, H, W)
+
+
+def _make_generator(code_dim: int, shape: tuple[int, int, int], width: int) -> nn.Module:
+    """An MLP for images up to 16 pixels (digits), a small upsampling CNN above."""
+    if max(shape[1:]) <= 16:
+        return nn.Sequential(_mlp([code_dim, width, 2 * width, math.prod(shape)], nn.Sigmoid()),
+                             nn.Unflatten(1, shape))  # (B, C, H, W)
+    return _ConvGenerator(code_dim, shape, width)
+
+
+class GLANNTrainer:
+    """GLO for ``glo_epochs`` epochs, then IMLE of the code distribution for ``imle_epochs``.
+
+    Meets :class:`~kexue.generative.base.Trainer`; ``epochs = glo_epochs + imle_epochs``.
+    :meth:`sample` draws from GLANN (e → T → G), :meth:`sample_gaussian` from the GLO +
+    Gaussian baseline. All randomness (initialisation, batch order, IMLE noise) comes from a
+    private generator seeded by ``seed``, whose state is in :meth:`state_dict`.
+
+    Args:
+        data: Real images; only ``data.train_x`` is used.
+        glo_epochs: Epochs of stage 1 (codes and G, Lap1 loss), ≥ 1.
+        imle_epochs: Epochs of stage 2 (T, IMLE), ≥ 0.
+        code_dim: Dimension D of the codes.
+        noise_dim: Dimension of IMLE's noise e.
+        width: Hidden width of G (and T's width is ``width``).
+        batch_size: GLO batch size.
+        lr: Adam learning rate of G and T.
+        code_lr: SparseAdam learning rate of the codes.
+        imle_batch: Real codes per IMLE step.
+        imle_pool: Generated codes each IMLE step chooses nearest neighbours from.
+        levels: Lap1 pyramid depth (default for the image size).
+        seed: Seed of the private generator.
+
+    Raises:
+        ValueError: For empty data or out-of-range settings.
+    """
+
+    def __init__(self, data: ImageData, *, glo_epochs: int = 40, imle_epochs: int = 20,
+                 code_dim: int = 16, noise_dim: int = 16, width: int = 256,
+                 batch_size: int = 64, lr: float = 1e-3, code_lr: float = 1e-2,
+                 imle_batch: int = 128, imle_pool: int = 1024, levels: int | None = None,
+                 seed: int = 0) -> None:
+        x = data.train_x
+        if x.ndim != 4 or len(x) < 2:
+            raise ValueError(f"data.train_x must hold at least 2 images (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        n, c, h, w = x.shape
+        checks = {"glo_epochs": (glo_epochs, 1), "imle_epochs": (imle_epochs, 0),
+                  "noise_dim": (noise_dim, 1), "width": (width, 2), "batch_size": (batch_size, 1),
+                  "imle_batch": (imle_batch, 1), "imle_pool": (imle_pool, 1)}
+        for name, (value, low) in checks.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not 1 <= code_dim <= min(n, c * h * w):
+            raise ValueError(f"code_dim must be in [1, {min(n, c * h * w)}] for this data, "
+                             f"got {code_dim}")
+        for name, value in (("lr", lr), ("code_lr", code_lr)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        self.config = {"glo_epochs": glo_epochs, "imle_epochs": imle_epochs,
+                       "code_dim": code_dim, "noise_dim": noise_dim, "width": width,
+                       "batch_size": batch_size, "lr": lr, "code_lr": code_lr,
+                       "imle_batch": imle_batch, "imle_pool": imle_pool, "levels": levels,
+                       "seed": seed}
+        self.x = x
+        self.levels = levels if levels is not None else default_levels(h, w)
+        laplacian_pyramid(x[:1], self.levels)  # validates levels for this size
+        self.glo_epochs, self.imle_epochs = glo_epochs, imle_epochs
+        self.epochs = glo_epochs + imle_epochs
+        self.epoch = 0
+        self.seed = seed
+        self.gen = torch.Generator().manual_seed(seed)
+
+        with torch.device("meta"):
+            self.G = _make_generator(code_dim, (c, h, w), width)
+            self.T = _mlp([noise_dim, width, width, code_dim])
+            self.codes = nn.Embedding(n, code_dim, sparse=True)
+        for module in (self.G, self.T, self.codes):
+            module.to_empty(device="cpu")
+        init_parameters_(self.G, self.gen)
+        init_parameters_(self.T, self.gen)
+        with torch.no_grad():
+            self.codes.weight.copy_(self._pca_codes(x, code_dim))
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr)
+        self.opt_codes = torch.optim.SparseAdam(self.codes.parameters(), lr=code_lr)
+        self.opt_t = torch.optim.Adam(self.T.parameters(), lr=lr)
+
+    @staticmethod
+    def _pca_codes(x: Tensor, code_dim: int) -> Tensor:
+        """Top-``code_dim`` principal-component scores of the images, on the unit sphere."""
+        flat = x.reshape(len(x), -1).double()  # (N, C·H·W)
+        flat = flat - flat.mean(0)
+        u, s, _ = torch.linalg.svd(flat, full_matrices=False)
+        scores = u[:, :code_dim] * s[:code_dim]  # (N, D)
+        # An SVD's signs are arbitrary; fix them so initialisation is the same everywhere.
+        signs = torch.sign(scores[scores.abs().argmax(0), torch.arange(code_dim)])
+        return project_to_sphere(scores * signs).float()
+
+    @property
+    def stage(self) -> str:
+        """``"glo"`` while epoch < glo_epochs, then ``"imle"``."""
+        return "glo" if self.epoch < self.glo_epochs else "imle"
+
+    def fit_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """One epoch of the current stage; returns ``{"lap1": …}`` or ``{"imle_mse": …}``."""
+        if self.stage == "glo":
+            out = self._glo_epoch(on_batch)
+        else:
+            out = self._imle_epoch(on_batch)
+        self.epoch += 1
+        return out
+
+    def _glo_epoch(self, on_batch: Callable[[int, int], None] | None) -> dict[str, float]:
+        self.G.train()
+        order = torch.randperm(len(self.x), generator=self.gen).split(self.config["batch_size"])
+        total = 0.0
+        for i, idx in enumerate(order):
+            z = self.codes(idx)  # (B, D), on the sphere after the previous projection
+            loss = lap1_loss(self.G(z), self.x[idx], self.levels)
+            self.opt_g.zero_grad()
+            self.opt_codes.zero_grad()
+            loss.backward()
+            self.opt_g.step()
+            self.opt_codes.step()
+            with torch.no_grad():
+                self.codes.weight[idx] = project_to_sphere(self.codes.weight[idx])
+            total += loss.item()
+            if on_batch is not None:
+                on_batch(i + 1, len(order))
+        return {"lap1": total / len(order)}
+
+    def _imle_epoch(self, on_batch: Callable[[int, int], None] | None) -> dict[str, float]:
+        self.G.eval()
+        codes = self.codes.weight.detach()
+        order = torch.randperm(len(codes), generator=self.gen).split(self.config["imle_batch"])
+        total = 0.0
+        for i, idx in enumerate(order):
+            e = torch.randn(self.config["imle_pool"], self.config["noise_dim"],
+                            generator=self.gen)  # (M, E)
+            with torch.no_grad():
+                pool = project_to_sphere(self.T(e))  # (M, D)
+            nearest = imle_assign(codes[idx], pool)  # (B,)
+            loss = (project_to_sphere(self.T(e[nearest])) - codes[idx]).square().sum(1).mean()
+            self.opt_t.zero_grad()
+            loss.backward()
+            self.opt_t.step()
+            total += loss.item()
+            if on_batch is not None:
+                on_batch(i + 1, len(order))
+        return {"imle_mse": total / len(order)}
+
+    def _decode(self, z: Tensor) -> Tensor:
+        was_training = self.G.training
+        self.G.eval()
+        out = torch.cat([self.G(chunk) for chunk in z.split(1024)]).clamp(0, 1)
+        self.G.train(was_training)
+        return out
+
+    def _sampling_generator(self, generator: torch.Generator | None) -> torch.Generator:
+        # Never the training generator: sampling must not change the course of training.
+        return generator if generator is not None else torch.Generator().manual_seed(self.seed)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """GLANN samples G(T(e)/‖T(e)‖), e ~ N(0, I): (n, C, H, W) in [0, 1].
+
+        ``generator`` defaults to a fresh one seeded with ``seed`` (the same images each call).
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        e = torch.randn(n, self.config["noise_dim"], generator=self._sampling_generator(generator))
+        return self._decode(project_to_sphere(self.T(e)))
+
+    @torch.no_grad()
+    def sample_gaussian(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """GLO + Gaussian baseline: G(z/‖z‖), z ~ N(μ, Σ) fitted to the current codes."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        mean, cov = fit_gaussian(self.codes.weight.double())
+        chol = torch.linalg.cholesky(cov + 1e-8 * torch.eye(len(mean), dtype=cov.dtype))
+        eps = torch.randn(n, len(mean), generator=self._sampling_generator(generator),
+                          dtype=torch.float64)
+        z = mean + eps @ chol.T  # (n, D)
+        return self._decode(project_to_sphere(z).float())
+
+    @torch.no_grad()
+    def reconstruct(self, index: Tensor) -> Tensor:
+        """G(z_i) for training images ``index`` (GLO's reconstructions)."""
+        return self._decode(self.codes.weight[index])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": dict(self.config),
+            "epoch": self.epoch,
+            "G": self.G.state_dict(),
+            "T": self.T.state_dict(),
+            "codes": self.codes.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_codes": self.opt_codes.state_dict(),
+            "opt_t": self.opt_t.state_dict(),
+            "generator": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; training then continues exactly as uninterrupted.
+
+        Raises:
+            ValueError: If the state was saved with a different configuration.
+        """
+        if state["config"] != self.config:
+            raise ValueError(f"state was saved with config {state['config']}, this trainer has "
+                             f"{self.config}")
+        self.epoch = int(state["epoch"])
+        self.G.load_state_dict(state["G"])
+        self.T.load_state_dict(state["T"])
+        self.codes.load_state_dict(state["codes"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_codes.load_state_dict(state["opt_codes"])
+        self.opt_t.load_state_dict(state["opt_t"])
+        self.gen.set_state(state["generator"])

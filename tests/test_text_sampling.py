@@ -1,0 +1,251 @@
+"""Samplers over sequences: exact stationarity of the MH kernel, TV convergence, Gibbs, annealing,
+importance and rejection sampling, all against targets enumerated exactly on tiny spaces."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from kexue.text.sampling import (
+    EditProposal,
+    State,
+    exponential_cooling,
+    gibbs,
+    importance_sampling,
+    linear_cooling,
+    logarithmic_cooling,
+    metropolis_hastings,
+    rejection_sampling,
+    simulated_annealing,
+    uniform_tokens,
+)
+
+V = 3  # tokens 0, 1, 2 are free; token 3 is a locked "keyword"
+KEY = 3
+
+
+class TableTarget:
+    """π given by a table over enumerated states (0 outside)."""
+
+    def __init__(self, table: dict[tuple[int, ...], float]) -> None:
+        self.table = table
+
+    def log_prob(self, batch):
+        return np.array([math.log(self.table[tuple(x)]) if tuple(x) in self.table else -np.inf
+                         for x in batch])
+
+
+def context_tokens(left, right):
+    """A context-dependent token proposal over {0, 1, 2} (never the keyword)."""
+    logits = np.array([0.3 * len(left) - 0.2 * (left[-1] if left else 1),
+                       0.5 - 0.1 * len(right), 0.2 * (right[0] if right else 2), -np.inf])
+    return logits - np.logaddexp.reduce(logits[:3])
+
+
+def states_with_key(max_len: int) -> list[State]:
+    """Every sequence over {0,1,2} of length 0..max_len−1 with the locked keyword inserted."""
+    out = []
+    for n in range(max_len):
+        for free in itertools.product(range(V), repeat=n):
+            for g in range(n + 1):
+                tokens = free[:g] + (KEY,) + free[g:]
+                out.append(State(tokens, tuple(1 if t == KEY else 0 for t in tokens)))
+    return out
+
+
+def random_table(states, seed, shape=1.0):
+    """Gamma(shape) weights: shape 1 is rugged, larger shapes are flatter (faster mixing)."""
+    rng = np.random.default_rng(seed)
+    return {s.tokens: float(w) for s, w in zip(states, rng.gamma(shape, size=len(states)),
+                                                 strict=True)}
+
+
+def transition_matrix(target, proposal, states):
+    index = {s: i for i, s in enumerate(states)}
+    logp = target.log_prob([s.tokens for s in states])
+    P = np.zeros((len(states), len(states)))
+    for i, x in enumerate(states):
+        for y, q in proposal.support(x).items():
+            if y == x:
+                continue
+            j = index[y]
+            alpha = min(1.0, math.exp(logp[j] - logp[i] + proposal.log_prob(y, x)
+                                      - proposal.log_prob(x, y)))
+            P[i, j] += q * alpha
+        P[i, i] = 1.0 - P[i].sum()
+    return P
+
+
+@pytest.mark.parametrize("weights", [{"replace": 1, "insert": 1, "delete": 1},
+                                     {"replace": 0.6, "insert": 0.3, "delete": 0.1}])
+def test_mh_kernel_leaves_the_target_stationary_exactly(weights):
+    states = states_with_key(4)  # lengths 1..4, the keyword locked
+    table = random_table(states, seed=1)
+    target = TableTarget(table)
+    proposal = EditProposal(context_tokens, weights, min_len=1, max_len=4)
+    P = transition_matrix(target, proposal, states)
+    assert np.all(P >= -1e-15) and np.allclose(P.sum(1), 1.0)
+    pi = np.array([table[s.tokens] for s in states])
+    pi /= pi.sum()
+    assert np.max(np.abs(pi @ P - pi)) <= 1e-12
+    # and the kernel is irreducible here: every state reachable (a power of P is positive)
+    reach = np.linalg.matrix_power((P > 0).astype(float) + np.eye(len(P)), len(P))
+    assert np.all(reach > 0)
+
+
+def test_locked_span_is_never_split_or_touched():
+    x = State((0, 5, 6, 1), (0, 2, 2, 0))
+    assert x.gaps() == [0, 1, 3, 4]
+    proposal = EditProposal(uniform_tokens([0, 1], 7), max_len=6)
+    for y in proposal.support(x):
+        assert (5, 6) == tuple(t for t, s in zip(y.tokens, y.spans, strict=True) if s == 2)
+
+
+def test_proposal_draws_match_their_reported_probabilities():
+    x = State((0, 0, KEY, 1), (0, 0, 1, 0))  # a run of equal tokens: several ways to one state
+    proposal = EditProposal(context_tokens, {"replace": 1, "insert": 1, "delete": 1}, max_len=6)
+    support = proposal.support(x)
+    assert math.isclose(sum(support.values()), 1.0, rel_tol=1e-12)
+    rng = np.random.default_rng(0)
+    n = 40_000
+    counts: dict[State, int] = {}
+    for _ in range(n):
+        p = proposal.propose(x, rng)
+        counts[p.state] = counts.get(p.state, 0) + 1
+        if p.state != x:
+            assert math.isclose(p.log_forward, math.log(support[p.state]), rel_tol=1e-12)
+            assert math.isclose(p.log_reverse, proposal.log_prob(p.state, x), rel_tol=1e-12)
+    # each frequency within 5 standard errors (fixed seed)
+    for y, q in support.items():
+        assert abs(counts.get(y, 0) / n - q) <= 5 * math.sqrt(q * (1 - q) / n) + 1e-12
+
+
+def tv(p: dict, q: dict) -> float:
+    keys = set(p) | set(q)
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)
+
+
+def test_mh_chain_reaches_the_target_in_total_variation():
+    states = states_with_key(3)  # 39 states, lengths 1..3
+    table = random_table(states, seed=2, shape=8.0)
+    z = sum(table.values())
+    exact = {k: v / z for k, v in table.items()}
+    proposal = EditProposal(context_tokens, max_len=3)
+    result = metropolis_hastings(TableTarget(table), proposal, State((KEY,), (1,)), 60_000,
+                                 seed=0, thin=1)
+    counts: dict[tuple, float] = {}
+    for s in result.samples[2000:]:
+        counts[s.tokens] = counts.get(s.tokens, 0) + 1
+    total = sum(counts.values())
+    assert tv({k: c / total for k, c in counts.items()}, exact) <= 0.05  # declared tolerance
+    acc = result.acceptance()
+    assert set(acc) == {"replace", "insert", "delete"} and all(0 < a <= 1 for a in acc.values())
+
+
+def test_cgmh_mode_runs_and_is_not_the_exact_sampler():
+    states = states_with_key(3)
+    table = random_table(states, seed=2)
+    z = sum(table.values())
+    exact = {k: v / z for k, v in table.items()}
+    proposal = EditProposal(context_tokens, max_len=3)
+    result = metropolis_hastings(TableTarget(table), proposal, State((KEY,), (1,)), 30_000,
+                                 seed=0, thin=1, mode="cgmh", top_k=3)
+    counts: dict[tuple, float] = {}
+    for s in result.samples[2000:]:
+        counts[s.tokens] = counts.get(s.tokens, 0) + 1
+    total = sum(counts.values())
+    assert all(s.tokens in table for s in result.samples)  # the keyword stays
+    assert tv({k: c / total for k, c in counts.items()}, exact) > 0.05  # biased, as documented
+
+
+def test_gibbs_with_exact_conditionals_reaches_the_joint():
+    rng = np.random.default_rng(3)
+    table = {x: float(w) for x, w in zip(itertools.product(range(3), repeat=3),
+                                         rng.gamma(1.0, size=27), strict=True)}
+    z = sum(table.values())
+    result = gibbs(TableTarget(table), State((0, 0, 0)), 20_000, candidates=[0, 1, 2], seed=1,
+                   thin=1)
+    counts: dict[tuple, float] = {}
+    for s in result.samples[500:]:
+        counts[s.tokens] = counts.get(s.tokens, 0) + 1
+    total = sum(counts.values())
+    assert tv({k: c / total for k, c in counts.items()}, {k: v / z for k, v in table.items()}) \
+        <= 0.03
+
+
+@pytest.mark.parametrize("schedule", [linear_cooling(2.0, 0.02, 3000),
+                                      exponential_cooling(2.0, 0.998),
+                                      logarithmic_cooling(4.0)])
+def test_annealing_finds_the_argmax(schedule):
+    states = states_with_key(4)
+    table = random_table(states, seed=4)
+    best = max(table, key=table.get)
+    proposal = EditProposal(context_tokens, max_len=4)
+    result = simulated_annealing(TableTarget(table), proposal, State((KEY,), (1,)), 3000,
+                                 schedule, seed=0)
+    assert result.best.tokens == best
+    assert math.isclose(result.best_log_prob, math.log(table[best]))
+
+
+def _uniform_sequences(max_len):
+    seqs = [s for n in range(1, max_len + 1) for s in itertools.product(range(3), repeat=n)]
+    log_q = -math.log(len(seqs))
+
+    def sample(rng):
+        return seqs[rng.integers(len(seqs))]
+
+    return seqs, sample, lambda batch: np.full(len(batch), log_q)
+
+
+def test_rejection_sampling_is_exact_and_reports_acceptance():
+    seqs, sample, log_q = _uniform_sequences(3)
+    rng = np.random.default_rng(5)
+    table = {s: float(w) for s, w in zip(seqs, rng.uniform(0.1, 1.0, len(seqs)), strict=True)}
+    m = max(table.values()) * len(seqs)
+    result = rejection_sampling(TableTarget(table), sample, log_q, math.log(m), 20_000, seed=0)
+    z = sum(table.values())
+    counts: dict[tuple, float] = {}
+    for s in result.samples:
+        counts[s] = counts.get(s, 0) + 1
+    assert tv({k: c / 20_000 for k, c in counts.items()}, {k: v / z for k, v in table.items()}) \
+        <= 0.03
+    # acceptance rate Z / M within 5 standard errors
+    expected = z / m
+    assert abs(result.acceptance - expected) <= 5 * math.sqrt(expected / result.proposed)
+
+
+def test_rejection_sampling_refuses_a_bound_that_is_not_one():
+    seqs, sample, log_q = _uniform_sequences(2)
+    target = TableTarget(dict.fromkeys(seqs, 1.0))
+    with pytest.raises(ValueError, match="log_bound"):
+        rejection_sampling(target, sample, log_q, 0.0, 10, seed=0)
+
+
+def test_importance_sampling_estimates_the_normaliser():
+    seqs, sample, log_q = _uniform_sequences(2)
+    rng = np.random.default_rng(6)
+    table = {s: float(w) for s, w in zip(seqs, rng.uniform(0.1, 2.0, len(seqs)), strict=True)}
+    result = importance_sampling(TableTarget(table), sample, log_q, 50_000, seed=0)
+    z = sum(table.values())
+    assert abs(math.exp(result.log_normaliser) / z - 1) <= 0.02
+    assert 0 < result.ess <= 50_000 and math.isclose(result.weights.sum(), 1.0)
+
+
+def test_bad_inputs_are_named():
+    proposal = EditProposal(uniform_tokens([0, 1], 2), max_len=3)
+    target = TableTarget({(0,): 1.0})
+    with pytest.raises(ValueError, match="positive target probability"):
+        metropolis_hastings(target, proposal, State((1,)), 10)
+    with pytest.raises(ValueError, match="length"):
+        metropolis_hastings(target, proposal, State((0, 0, 0, 0)), 10)
+    with pytest.raises(ValueError, match="weights"):
+        EditProposal(uniform_tokens([0], 1), {"swap": 1.0})
+    with pytest.raises(ValueError, match="candidates"):
+        uniform_tokens([], 3)
+    with pytest.raises(ValueError, match="mode"):
+        metropolis_hastings(target, proposal, State((0,)), 1, mode="fast")
+    with pytest.raises(ValueError, match="spans"):
+        State((0, 1), (0,))
