@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -116,6 +117,19 @@ def reconstruct_pyramid(bands: list[Tensor]) -> Tensor:
     return g
 
 
+@functools.lru_cache(maxsize=8)
+def _lap1_matrix(height: int, width: int, levels: int) -> Tensor:
+    """The weighted pyramid as one linear map: (H·W, K) with columns 2^{2j}/(H·W) · L_j(basis).
+
+    The pyramid is linear in the image, so applying it to the H·W one-hot basis images gives its
+    matrix; Lap1 is then one matmul per batch instead of a chain of small convolutions.
+    """
+    basis = torch.eye(height * width, dtype=torch.float64).view(-1, 1, height, width)
+    bands = laplacian_pyramid(basis, levels)
+    cols = [4.0 ** j * band.reshape(height * width, -1) for j, band in enumerate(bands)]
+    return torch.cat(cols, 1) / (height * width)  # (H·W, K)
+
+
 def lap1_loss(x: Tensor, y: Tensor, levels: int | None = None) -> Tensor:
     """Laplacian-pyramid L1 distance, averaged over the batch.
 
@@ -124,6 +138,7 @@ def lap1_loss(x: Tensor, y: Tensor, levels: int | None = None) -> Tensor:
     GLO's weighting: level j has ~4^j times fewer pixels than level 0, so 2^{2j} gives every
     level the same weight per pixel (the sum is the mean over levels' pixel-mean L1 errors, up
     to rounding of odd sizes). Zero if and only if x = y, since the pyramid is invertible.
+    Computed with the pyramid's matrix (exactly the linear map of :func:`laplacian_pyramid`).
 
     Args:
         x, y: (B, C, H, W) images of the same shape.
@@ -133,18 +148,20 @@ def lap1_loss(x: Tensor, y: Tensor, levels: int | None = None) -> Tensor:
         Scalar tensor, differentiable in both arguments.
 
     Raises:
-        ValueError: If the shapes differ.
+        ValueError: If the shapes differ or are not 4-D, or ``levels`` is out of range.
     """
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    px = laplacian_pyramid(x, levels)
-    py = laplacian_pyramid(y, levels)
-    pixels = math.prod(x.shape[1:])
-    total = x.new_zeros(())
-    for j, (a, b) in enumerate(zip(px, py, strict=True)):
-        total = total + 4.0 ** j * (a - b).abs().sum() / pixels
-    return total / x.shape[0]
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"x and y must be (B, C, H, W) of the same shape, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    b, c, h, w = x.shape
+    if levels is None:
+        levels = default_levels(h, w)
+    if levels < 1 or 2 ** (levels - 1) > min(h, w):
+        raise ValueError(f"levels must be in [1, {default_levels(h, w) + 1}] for {h}×{w} images, "
+                         f"got {levels}")
+    m = _lap1_matrix(h, w, levels).to(x.dtype)
+    diff = (x - y).reshape(b * c, h * w)  # (B·C, H·W)
+    return (diff @ m).abs().sum() / (b * c)
 
 
 def project_to_sphere(z: Tensor, eps: float = 1e-12) -> Tensor:
@@ -350,6 +367,12 @@ class GLANNTrainer:
 
     def _imle_epoch(self, on_batch: Callable[[int, int], None] | None) -> dict[str, float]:
         self.G.eval()
+        # Cosine decay of T's learning rate over the IMLE stage, a function of the epoch only
+        # (so resuming from a checkpoint restores it): the nearest-neighbour targets are noisy.
+        k = self.epoch - self.glo_epochs
+        for group in self.opt_t.param_groups:
+            group["lr"] = self.config["lr"] * 0.5 * (1 + math.cos(math.pi * min(k, self.imle_epochs)
+                                                                / max(self.imle_epochs, 1)))
         codes = self.codes.weight.detach()
         order = torch.randperm(len(codes), generator=self.gen).split(self.config["imle_batch"])
         total = 0.0

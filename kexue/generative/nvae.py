@@ -386,24 +386,25 @@ class _DepthwiseConv(nn.Conv2d):
         super().__init__(channels, channels, k, padding=k // 2, groups=channels)
         self._index: dict[tuple[int, int], Tensor] = {}
 
-    def _matrix_index(self, h: int, w: int) -> Tensor:
+    def _basis(self, h: int, w: int) -> Tensor:
+        """(k·k, HW·HW) one-hot map from kernel taps to entries of the per-channel matrix."""
         if (h, w) not in self._index:
             k, p = self.kernel_size[0], self.kernel_size[0] // 2
             ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
             ys, xs = ys.flatten(), xs.flatten()
-            dy = ys[None, :] - ys[:, None] + p  # (HW_out, HW_in) kernel row of input q
+            dy = ys[None, :] - ys[:, None] + p  # (HW_out, HW_in): kernel row reading input q
             dx = xs[None, :] - xs[:, None] + p
             inside = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
-            self._index[h, w] = torch.where(inside, dy * k + dx, k * k)  # k·k: the zero slot
+            tap = torch.where(inside, dy * k + dx, k * k)
+            self._index[h, w] = F.one_hot(tap.flatten(), k * k + 1)[:, :k * k].t().float()
         return self._index[h, w]
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         if h * w > self.dense_max:
             return super().forward(x)
-        kernel = self.weight.reshape(c, -1)  # (C, k·k)
-        kernel = torch.cat([kernel, kernel.new_zeros(c, 1)], 1)  # (C, k·k + 1)
-        m = kernel[:, self._matrix_index(h, w)]  # (C, HW, HW)
+        basis = self._basis(h, w).to(x.dtype)
+        m = (self.weight.reshape(c, -1) @ basis).view(c, h * w, h * w)  # (C, HW_out, HW_in)
         y = torch.einsum("cpq,bcq->bcp", m, x.reshape(b, c, h * w))  # (B, C, HW)
         return y.reshape(b, c, h, w) + self.bias[:, None, None]
 
@@ -523,7 +524,7 @@ class NVAE(nn.Module):
         def enc_cells(n: int) -> nn.Sequential:
             return nn.Sequential(*[_EncoderCell(d, scale, mom) for _ in range(n)])
 
-        def dec_cells(n: int, up: bool = False) -> nn.Sequential:
+        def dec_cells(n: int, up: bool = False) -> nn.Sequential:  # n ≥ 0 plain cells
             cells = [_DecoderCell(d, config.expand, scale, mom, up=True)] if up else []
             return nn.Sequential(*cells, *[_DecoderCell(d, config.expand, scale, mom)
                                            for _ in range(n)])
@@ -550,7 +551,7 @@ class NVAE(nn.Module):
             "prior": nn.ModuleList([head(d, 2 * lat) for _ in range(g - 1)]),
             "combine": nn.ModuleList([_conv(d + lat, d, 1) for _ in range(g)]),
             "post": nn.Sequential(dec_cells(config.decoder_cells),
-                                  *[dec_cells(config.decoder_cells, up=True)
+                                  *[dec_cells(config.decoder_cells - 1, up=True)
                                     for _ in range(config.downsamples)]),
             "head": head(d, out_channels),
         })
