@@ -291,6 +291,197 @@ def vocab_contrast(
                [tuple(s) for s in ranked])
 
 
+lm_app = typer.Typer(help="Character n-gram language models for constrained generation.",
+                     no_args_is_help=True)
+app.add_typer(lm_app, name="lm")
+gen_app = typer.Typer(help="Constrained text generation by MCMC and simulated annealing "
+                      "(kexue.fm/archives/8084, 8111).", no_args_is_help=True)
+app.add_typer(gen_app, name="generate")
+
+LmPath = Annotated[Path | None, typer.Option(
+    "--lm", help="A model file from `kexue lm train`. None: the embedded People's Daily 1998 "
+    "model (trained on first use, then cached).")]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Chain steps per sentence.")]
+GenSeed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+
+
+@lm_app.command("train")
+def lm_train(
+    corpus: Annotated[list[Path] | None, typer.Argument(
+        help="Text files (one document per line), JSON lines, .gz, directories, or - for "
+             "stdin. None: embedded People's Daily 1998.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", help="Model file to write (.npz).")] = Path(
+        "lm.npz"),
+    order: Annotated[int, typer.Option("--order", min=1, help="n of the n-grams.")] = 5,
+    max_vocab: Annotated[int, typer.Option("--max-vocab", min=1,
+                                           help="Most frequent characters kept.")] = 6000,
+    fmt: Fmt = "auto",
+    field: Field = "text",
+    errors: Errors = "stop",
+) -> None:
+    """Train forward and backward Kneser-Ney character models on CORPUS and write OUT."""
+    import time
+
+    from kexue.text.lm import BiLM, split_sentences
+
+    start = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("reading", total=None, rate="")
+        docs, summary, source = _documents(corpus, "pd1998", fmt, field, errors, progress, task)
+        progress.update(task, description="counting")
+        sentences = split_sentences(docs)
+        try:
+            model = BiLM.train(sentences, order=order, max_vocab=max_vocab)
+        except ValueError as err:
+            raise CliError(f"lm train: {err}") from err
+        _rate(progress, task, sum(map(len, docs)), start)
+    try:
+        model.save(out)
+    except OSError as err:
+        raise CliError(f"--out {out}: {err.strerror or err}") from err
+    if summary is not None:
+        console.print(summary.describe(), markup=False)
+    console.print(f"{len(sentences):,} sentences of {source}, {model.forward.vocab_size:,} ids, "
+                  f"order {order}: written to {out} in {time.perf_counter() - start:.1f} s",
+                  markup=False)
+
+
+def _load_lm(path: Path | None):
+    """The model of --lm, or the embedded default (cached under $KEXUE_CACHE or ~/.cache)."""
+    from kexue.text.constrained import default_lm
+    from kexue.text.lm import BiLM
+
+    if path is not None:
+        try:
+            return BiLM.load(path)
+        except (OSError, ValueError) as err:
+            raise CliError(f"--lm: {err}") from err
+    cache = Path(os.environ.get("KEXUE_CACHE", Path.home() / ".cache" / "kexue"))
+    cached = cache / "lm-pd1998-order5.npz"
+    if cached.is_file():
+        try:
+            return BiLM.load(cached)
+        except ValueError:
+            pass  # a stale or broken cache: train again
+    with console.status("training the default language model on People's Daily 1998 "
+                        "(first run only)"):
+        model = default_lm()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        model.save(cached)
+    except OSError:
+        pass  # caching is an optimisation only
+    return model
+
+
+def _print_generations(rows: list, title: str) -> None:
+    table = Table(title=escape(title))
+    for col in ("#", "sentence", "chars", "log π", "NLL/char", "acceptance r/i/d"):
+        table.add_column(col, overflow="fold")
+    for i, g in enumerate(rows, start=1):
+        acc = g.chain.acceptance()
+        table.add_row(str(i), escape(g.text), str(len(g.text)), f"{g.log_prob:.1f}",
+                      f"{-g.terms['fluency'] / (len(g.text) + 1):.2f}",
+                      "/".join("-" if v != v else f"{v:.2f}" for v in acc.values()))
+    console.print(table)
+
+
+def _run_generations(make, n: int, steps: int, what: str) -> list:
+    rows = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+            "{task.completed}/{task.total} steps"), TimeElapsedColumn(), console=console,
+            disable=not console.is_terminal and not sys.stderr.isatty()) as progress:
+        for i in range(n):
+            task = progress.add_task(f"{what} {i + 1}/{n}", total=steps)
+            try:
+                rows.append(make(i, lambda t, state, task=task: progress.update(
+                    task, completed=t + 1)))
+            except ValueError as err:
+                raise CliError(f"generate {what}: {err}") from err
+    return rows
+
+
+Method = Annotated[str, typer.Option(
+    "--method", help="anneal (maximise, exponential cooling), mh (sample exactly) or cgmh "
+    "(CGMH's published heuristics, not exact).")]
+Count = Annotated[int, typer.Option("--n", min=1, help="Sentences to generate.")]
+
+
+@gen_app.command("keywords")
+def generate_keywords(
+    keywords: Annotated[list[str], typer.Argument(help="Words the sentence must contain, "
+                                                       "in order.")],
+    steps: Steps = 200,
+    method: Method = "anneal",
+    n: Count = 3,
+    seed: GenSeed = 0,
+    lm: LmPath = None,
+) -> None:
+    """Make sentences that contain every KEYWORD (a hard constraint), by MCMC."""
+    from kexue.text.constrained import keywords_to_sentence
+
+    if method not in ("anneal", "mh", "cgmh"):
+        raise CliError(f"--method must be anneal, mh or cgmh, got {method!r}")
+    model = _load_lm(lm)
+    rows = _run_generations(lambda i, cb: keywords_to_sentence(
+        keywords, steps, lm=model, method=method, seed=seed + i, on_step=cb), n, steps,
+        "keywords")
+    _print_generations(rows, f"{' '.join(keywords)} · {method}, {steps} steps")
+
+
+@gen_app.command("paraphrase")
+def generate_paraphrase(
+    text: Annotated[str, typer.Argument(help="The sentence to rephrase.")],
+    steps: Steps = 300,
+    n: Count = 3,
+    seed: GenSeed = 0,
+    lm: LmPath = None,
+) -> None:
+    """Rephrase TEXT: fluent, close to it, not a copy."""
+    from kexue.text.constrained import paraphrase
+
+    model = _load_lm(lm)
+    rows = _run_generations(lambda i, cb: paraphrase(text, steps, lm=model, seed=seed + i,
+                                                     on_step=cb), n, steps, "paraphrase")
+    _print_generations(rows, f"paraphrases of {text}")
+
+
+@gen_app.command("compress")
+def generate_compress(
+    text: Annotated[str, typer.Argument(help="The sentence to shorten.")],
+    ratio: Annotated[float, typer.Option("--ratio", help="Target length / source length, "
+                                                         "in (0, 1].")] = 0.6,
+    steps: Steps = 300,
+    n: Count = 3,
+    seed: GenSeed = 0,
+    lm: LmPath = None,
+) -> None:
+    """Shorten TEXT by deletions that keep it fluent and close to the source."""
+    from kexue.text.constrained import compress
+
+    model = _load_lm(lm)
+    rows = _run_generations(lambda i, cb: compress(text, ratio, steps, lm=model, seed=seed + i,
+                                                   on_step=cb), n, steps, "compress")
+    _print_generations(rows, f"compressions of {text}")
+
+
+@gen_app.command("correct")
+def generate_correct(
+    text: Annotated[str, typer.Argument(help="The sentence to correct.")],
+    steps: Steps = 300,
+    n: Count = 1,
+    seed: GenSeed = 0,
+    lm: LmPath = None,
+) -> None:
+    """Correct TEXT with the few edits that buy the most fluency."""
+    from kexue.text.constrained import correct
+
+    model = _load_lm(lm)
+    rows = _run_generations(lambda i, cb: correct(text, steps, lm=model, seed=seed + i,
+                                                  on_step=cb), n, steps, "correct")
+    _print_generations(rows, f"corrections of {text}")
+
+
 @app.command(name="list")
 def list_() -> None:
     """List the experiments with the claim each one checks."""

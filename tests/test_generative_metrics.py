@@ -101,12 +101,9 @@ def test_frechet_rejects_bad_features(bad):
 def test_precision_recall_hand_built():
     # Real points 0, 1, 2, 3 on a line; with k = 1 each real ball has radius 1, covering [−1, 4].
     real = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
-    # Fake: 3.5 and −0.9 are inside, 10 and 12 are not → precision 2/4. Fake radii (k = 1):
-    # 3.5→2.6 (−0.9 is 4.4 away), −0.9→4.4, 10→2, 12→2. Real points within a fake ball:
-    # from 3.5 (radius 4.4? no: nearest other fake to 3.5 is −0.9 at 4.4) — computed below.
+    # Fake 3.5 and −0.9 are inside a real ball, 10 and 12 are not → precision 2/4. Fake k = 1
+    # radii: 3.5 → 4.4 (to −0.9), so its ball [−0.9, 7.9] holds every real point → recall 1.
     fake = torch.tensor([[3.5], [-0.9], [10.0], [12.0]])
-    # k = 1 radii of fake: 3.5 → min(4.4, 6.5, 8.5) = 4.4; −0.9 → 4.4; 10 → 2; 12 → 2.
-    # Real r is recalled iff some fake f has |r − f| ≤ radius(f): ball of 3.5 is [−0.9, 7.9] ⊇ all.
     p, r = precision_recall(real, fake, k=1)
     assert (p, r) == (0.5, 1.0)
     # k = 2: real radii are the 2nd-nearest distances 2, 1, 1, 2 → balls [−2, 2], [0, 2],

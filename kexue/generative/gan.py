@@ -453,37 +453,45 @@ class ResUp(nn.Module):
 
 
 class DCGANDown(nn.Module):
-    """4×4 conv, stride 2 → LeakyReLU(0.2): (B, C_in, s, s) → (B, C_out, s/2, s/2)."""
+    """4×4 conv, stride 2 → [norm] → LeakyReLU(0.2): (B, C_in, s, s) → (B, C_out, s/2, s/2).
+
+    DCGAN normalises every discriminator layer but the first (the one that sees the image).
+    """
 
     head_activation = nn.Identity  # the block's output is already activated
 
-    def __init__(self, in_ch: int, out_ch: int, first: bool = False) -> None:
+    def __init__(self, in_ch: int, out_ch: int, first: bool = False,
+                 norm: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
-        del first
         self.conv = nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1)
+        self.norm = norm(out_ch) if norm is not None and not first else nn.Identity()
 
     def forward(self, h: Tensor) -> Tensor:
-        return F.leaky_relu(self.conv(h), 0.2)
+        return F.leaky_relu(self.norm(self.conv(h)), 0.2)
 
 
 class ResDown(nn.Module):
     """Residual down-block: pool(x W_s) + pool(conv(ReLU(conv(ReLU(x))))), 2×2 average pooling.
 
-    The first block of a discriminator skips the leading ReLU (it sees the image itself).
+    The first block of a discriminator skips the leading ReLU (it sees the image itself). A
+    ``norm`` factory, if given, goes before each ReLU of the residual branch.
     """
 
     head_activation = nn.ReLU  # pre-activation blocks leave their output unactivated
 
-    def __init__(self, in_ch: int, out_ch: int, first: bool = False) -> None:
+    def __init__(self, in_ch: int, out_ch: int, first: bool = False,
+                 norm: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         self.first = first
+        self.norm1 = norm(in_ch) if norm is not None and not first else nn.Identity()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = norm(out_ch) if norm is not None else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, h: Tensor) -> Tensor:
-        r = h if self.first else F.relu(h)
-        r = self.conv2(F.relu(self.conv1(r)))
+        r = h if self.first else F.relu(self.norm1(h))
+        r = self.conv2(F.relu(self.norm2(self.conv1(r))))
         return F.avg_pool2d(self.skip(h), 2) + F.avg_pool2d(r, 2)
 
 
@@ -633,8 +641,11 @@ class Discriminator(nn.Module):
         image_shape: (C, H, W), H == W == base·2^stages, base ≥ 2.
         width: Channels of the first block.
         stages: Number of down-blocks.
-        block: Down-block class ``(in_ch, out_ch, first)`` (:class:`DCGANDown`,
+        block: Down-block class ``(in_ch, out_ch, first, norm)`` (:class:`DCGANDown`,
             :class:`ResDown`).
+        norm: Norm factory ``(num_features) -> module`` inside the blocks (DCGAN:
+            ``nn.BatchNorm2d``), or None (SNGAN, SAGAN, BigGAN, and any D under a gradient
+            penalty).
         attention: Resolution after which a :class:`SelfAttention` block is inserted, or None.
         num_classes: > 0 for a projection discriminator.
 
@@ -643,7 +654,8 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, image_shape: ImageShape, *, width: int = 32, stages: int = 2,
-                 block: type[nn.Module] = DCGANDown, attention: int | None = None,
+                 block: type[nn.Module] = DCGANDown,
+                 norm: Callable[[int], nn.Module] | None = None, attention: int | None = None,
                  num_classes: int = 0) -> None:
         super().__init__()
         channels, size, base = _check_shape(image_shape, stages)
@@ -654,7 +666,7 @@ class Discriminator(nn.Module):
         self.image_shape = (channels, size, size)
         self.num_classes = num_classes
         chs = [channels] + [width * 2 ** i for i in range(stages)]
-        self.blocks = nn.ModuleList(block(chs[i], chs[i + 1], first=i == 0)
+        self.blocks = nn.ModuleList(block(chs[i], chs[i + 1], first=i == 0, norm=norm)
                                     for i in range(stages))
         self.attention = nn.ModuleDict(
             {str(r): SelfAttention(chs[i]) for i, r in enumerate(resolutions) if r == attention})
@@ -826,9 +838,8 @@ class GANTrainer:
         z, y_fake = self._z(b)
         with torch.no_grad():
             fake = self._g(z, y_fake)
-        labels = torch.cat([y, y_fake]) if self.num_classes else None
-        scores = self._d(torch.cat([x, fake]), labels)  # (2B,): one forward, one power step
-        loss_d = self.loss.d(scores[:b], scores[b:])
+        # Real and fake in separate forwards, so a D with BN normalises each batch on its own.
+        loss_d = self.loss.d(self._d(x, y), self._d(fake, y_fake))
         if self.gp:
             loss_d = loss_d + gradient_penalty(lambda t: self._d(t, y), x, fake, self.gp,
                                                generator=self.rng)
@@ -973,8 +984,9 @@ _DCGAN_OPT = {"loss": "ns", "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999)}
 _SAGAN_OPT = {"loss": "hinge", "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.9)}
 
 RECIPES: dict[str, GANRecipe] = {
-    "dcgan": GANRecipe(trainer=_DCGAN_OPT),
-    "selfmod": GANRecipe(generator={"norm": SelfModulatedBatchNorm}, trainer=_DCGAN_OPT),
+    "dcgan": GANRecipe(discriminator={"norm": nn.BatchNorm2d}, trainer=_DCGAN_OPT),
+    "selfmod": GANRecipe(generator={"norm": SelfModulatedBatchNorm},
+                         discriminator={"norm": nn.BatchNorm2d}, trainer=_DCGAN_OPT),
     "resnet": GANRecipe(generator={"block": ResUp}, discriminator={"block": ResDown},
                         init="xavier", trainer={**_DCGAN_OPT, "loss": "wgan-gp",
                                                 "betas": (0.0, 0.9), "n_critic": 5}),

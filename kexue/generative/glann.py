@@ -1,4 +1,4 @@
-"""GLANN: generative latent optimisation (GLO), then implicit maximum likelihood (IMLE) in its code space.
+"""GLANN: generative latent optimisation (GLO), then implicit maximum likelihood (IMLE) on codes.
 
 Stage 1, GLO (Bojanowski et al.): every training image x_i owns a free code z_i on the unit
 sphere; codes and a generator G are fitted jointly,
@@ -214,7 +214,7 @@ def _mlp(sizes: list[int], out: nn.Module | None = None) -> nn.Sequential:
 
 
 class _ConvGenerator(nn.Module):
-    """code → linear → (W, H/4, W/4) → 2 × (nearest up ×2, conv3×3, BN, LeakyReLU) → conv → sigmoid."""
+    """code → linear → (W, H/4, W/4) → 2 × (up ×2, conv3×3, BN, LeakyReLU) → conv → sigmoid."""
 
     def __init__(self, code_dim: int, shape: tuple[int, int, int], width: int) -> None:
         super().__init__()

@@ -586,8 +586,11 @@ class NVAE(nn.Module):
 
     def top_down(self, feats: Sequence[Tensor] | None, n: int | None = None,
                  generator: torch.Generator | None = None, temperature: float = 1.0,
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                 noise: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Sample z top-down from q(z | x) (``feats`` given) or from p(z) (``feats`` None).
+
+        z_i = μ_i + σ_i ε_i with ε_i ~ N(0, I) drawn from ``generator``, or taken from ``noise``
+        (one (B, L, r, r) tensor per group), which makes z a deterministic function of ε.
 
         Returns:
             (final decoder state (B, D, r, r), KL (B, G), log p(z) (B,), log q(z|x) (B,));
@@ -604,7 +607,8 @@ class NVAE(nn.Module):
             else:
                 s = dec["cells"][i - 1](s)
                 mu_p, log_sigma_p = self._params(dec["prior"][i - 1], s)
-            eps = torch.randn(mu_p.shape, generator=generator, dtype=mu_p.dtype)
+            eps = (torch.randn(mu_p.shape, generator=generator, dtype=mu_p.dtype)
+                   if noise is None else noise[i])
             if feats is None:
                 z = mu_p + temperature * torch.exp(log_sigma_p) * eps
                 kls.append(s.new_zeros(b))
@@ -758,7 +762,7 @@ class NVAETrainer:
         self.spectral = spectral
         self.generator = torch.Generator().manual_seed(seed)
         self.model = NVAE(data.shape, config, generator=self.generator)
-        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=lr, eps=1e-3,
+        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=lr, eps=1e-3, foreach=True,
                                             weight_decay=weight_decay)
 
     @property

@@ -39,6 +39,7 @@ from kexue.text.sampling import (
     exponential_cooling,
     metropolis_hastings,
     simulated_annealing,
+    uniform_tokens,
 )
 
 __all__ = [
@@ -257,7 +258,9 @@ class Generation:
 
 def generate(target: TextTarget, x0: State, steps: int, *, lm: BiLM, method: str = "anneal",
              weights: dict[str, float] | None = None, max_len: int = 40, min_len: int = 1,
-             t0: float = 1.0, t1: float = 0.05, seed: int | np.random.Generator | None = None,
+             t0: float = 3.0, t1: float = 0.05, per_token: bool = False,
+             tokens: TokenProposal | None = None,
+             seed: int | np.random.Generator | None = None,
              on_step: Callable[[int, State], None] | None = None) -> Generation:
     """Run a chain on ``target`` from ``x0`` with the forward×backward proposal.
 
@@ -271,19 +274,22 @@ def generate(target: TextTarget, x0: State, steps: int, *, lm: BiLM, method: str
         weights: Move-kind probabilities (default: equal).
         max_len, min_len: Length bounds of the chain (in tokens).
         t0, t1: Start and end temperatures of ``"anneal"``.
+        tokens: The token proposal (default: :func:`lm_tokens` of ``lm``).
+        per_token: ``"anneal"`` on the per-token energy −log π(x)/|x| (favours longer
+            sentences than the total energy does).
         seed: Seed or ``np.random.Generator``.
         on_step: Progress callback ``on_step(step, state)``.
 
     Raises:
         ValueError: For an unknown ``method`` or bad arguments.
     """
-    proposal = EditProposal(lm_tokens(lm, target.space),
+    proposal = EditProposal(tokens or lm_tokens(lm, target.space),
                             weights or {"replace": 1, "insert": 1, "delete": 1},
                             min_len=min_len, max_len=max_len)
     if method == "anneal":
         rate = (t1 / t0) ** (1 / max(steps - 1, 1))
         chain = simulated_annealing(target, proposal, x0, steps, exponential_cooling(t0, rate),
-                                    seed=seed, on_step=on_step)
+                                    per_token=per_token, seed=seed, on_step=on_step)
     elif method in ("mh", "cgmh"):
         chain = metropolis_hastings(target, proposal, x0, steps, seed=seed, on_step=on_step,
                                     mode="exact" if method == "mh" else "cgmh")
@@ -322,8 +328,8 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
         steps: Chain length.
         lm: Forward and backward models (default: :func:`default_lm`).
         method: ``"anneal"``, ``"mh"`` or ``"cgmh"``.
-        length: (mean, std) of the length prior in characters; default (mean of keyword
-            length + 12, 6), about the length of a clause of news text.
+        length: (mean, std) of the length prior in characters; default (keyword characters
+            + 10, 1): without a tight prior the most probable sentence is the shortest one.
         repetition: Weight of the repeated-bigram penalty (0 switches it off).
         seed: Seed or ``np.random.Generator``.
         on_step: Progress callback.
@@ -334,7 +340,7 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
     lm = lm or default_lm()
     words = _check_keywords(keywords, lm)
     space = TokenSpace(lm.forward, words)
-    mean, std = length or (sum(map(len, words)) + 12.0, 6.0)
+    mean, std = length or (sum(map(len, words)) + 10.0, 1.0)
     terms: dict[str, Term] = {"fluency": fluency(lm.forward), "keywords": hard_keywords(words),
                               "length": length_prior(mean, std)}
     if repetition:
@@ -354,7 +360,8 @@ def _source(text: str, lm: BiLM) -> tuple[TokenSpace, State]:
 
 def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
                closeness: float = 8.0, method: str = "anneal",
-               seed: int | np.random.Generator | None = None) -> Generation:
+               seed: int | np.random.Generator | None = None,
+               on_step: Callable[[int, State], None] | None = None) -> Generation:
     """A fluent sentence close to, but not equal to, ``source``.
 
     Target: log p(x) + closeness·F1_bigram(x, source) − closeness·[x = source] (the copy is
@@ -370,14 +377,18 @@ def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
              "not_copy": lambda texts: np.array([-closeness if t == clean else 0.0
                                                  for t in texts])}
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method=method,
-                    max_len=len(x0) + 8, seed=seed)
+                    max_len=len(x0) + 8, seed=seed, on_step=on_step)
 
 
 def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | None = None,
-             closeness: float = 6.0, seed: int | np.random.Generator | None = None) -> Generation:
-    """A shorter sentence that keeps the gist of ``source``: deletion moves only.
+             closeness: float = 6.0, seed: int | np.random.Generator | None = None,
+             on_step: Callable[[int, State], None] | None = None) -> Generation:
+    """A shorter sentence that keeps the gist of ``source``: deletions of whole words only.
 
-    Target: log p(x) + closeness·F1_bigram(x, source) + length prior at ``ratio``·|source|.
+    The source is segmented into words (jieba), each word one token, so a deletion removes a
+    word rather than breaking one; insertions put back one of the source's words, which keeps
+    the chain reversible (and the acceptance ratio exact). Target: log p(x) +
+    closeness·F1_bigram(x, source) + a length prior N(ratio·|source|, 1) in characters.
 
     Raises:
         ValueError: For an empty source, unknown characters or ``ratio`` outside (0, 1].
@@ -385,17 +396,34 @@ def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | No
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
     lm = lm or default_lm()
-    space, x0 = _source(source, lm)
-    target_len = max(1.0, ratio * len(x0))
-    terms = {"fluency": fluency(lm.forward),
-             "similarity": similarity(space.decode(x0.tokens), closeness),
-             "length": length_prior(target_len, max(1.0, 0.1 * len(x0)))}
+    _source(source, lm)  # checks the source: non-empty, characters the model knows
+    clean = "".join(source.split())
+    words = _words(clean)
+    space = TokenSpace(lm.forward, list(dict.fromkeys(words)))
+    x0 = State(tuple(space.phrase_ids[w] for w in words))
+    target_len = max(1.0, ratio * len(clean))
+    terms = {"fluency": fluency(lm.forward), "similarity": similarity(clean, closeness),
+             "length": length_prior(target_len, 1.0)}
+    # deleting a word is reversed by inserting one of the source's words anywhere
+    words_only = uniform_tokens(sorted(space.phrase_ids.values()), len(space))
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method="anneal",
-                    weights={"delete": 1.0}, max_len=len(x0), seed=seed)
+                    weights={"delete": 0.7, "insert": 0.3}, max_len=len(x0), seed=seed,
+                    tokens=words_only, on_step=on_step)
+
+
+def _words(text: str) -> list[str]:
+    """jieba's segmentation (its dictionary ships with the package; nothing is downloaded)."""
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return [w for w in jieba.lcut(text, HMM=False) if w]
 
 
 def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness: float = 20.0,
-            seed: int | np.random.Generator | None = None) -> Generation:
+            seed: int | np.random.Generator | None = None,
+            on_step: Callable[[int, State], None] | None = None) -> Generation:
     """Fix likely errors of ``source`` with few edits: a fluent sentence very close to it.
 
     Target: log p(x) + closeness·F1_bigram(x, source); a large closeness allows only the edits
@@ -409,4 +437,4 @@ def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness:
     terms = {"fluency": fluency(lm.forward),
              "similarity": similarity(space.decode(x0.tokens), closeness)}
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method="anneal",
-                    max_len=len(x0) + 4, seed=seed)
+                    max_len=len(x0) + 4, seed=seed, on_step=on_step)

@@ -295,7 +295,8 @@ class MCMCResult:
 
     Attributes:
         state: The final state.
-        best: The state of highest log π seen (the output of annealing and of CGMH).
+        best: The state of highest log π seen (per token, if the chain annealed the per-token
+            energy): the output of annealing and of CGMH.
         best_log_prob: Its log π.
         log_probs: log π of the current state after every step, (steps,).
         temperatures: The temperature of every step (all 1 for plain MH), (steps,).
@@ -349,7 +350,8 @@ def _chain(target: Target, proposal: EditProposal, x0: State, steps: int,
     if mode not in ("exact", "cgmh"):
         raise ValueError(f"mode must be 'exact' or 'cgmh', got {mode!r}")
     x, logp = x0, _check_start(x0, target, proposal)
-    best, best_logp = x, logp
+    energy = (lambda lp, n: lp / max(n, 1)) if per_token else (lambda lp, n: lp)
+    best, best_logp, best_score = x, logp, energy(logp, len(x))
     log_probs, temps, samples = np.empty(steps), np.empty(steps), []
     proposed, accepted = dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0)
     for t in range(steps):
@@ -361,15 +363,14 @@ def _chain(target: Target, proposal: EditProposal, x0: State, steps: int,
         else:
             prop = proposal.propose(x, rng)
             y_logp = logp if prop.state == x else _score(target, prop.state)
-            energy = (lambda lp, n: lp / max(n, 1)) if per_token else (lambda lp, n: lp)
             log_alpha = ((energy(y_logp, len(prop.state)) - energy(logp, len(x))) / temp
                          + prop.log_reverse - prop.log_forward)
         proposed[prop.kind] += 1
         if prop.state != x and math.log(rng.random() + 1e-300) < log_alpha:
             x, logp = prop.state, y_logp
             accepted[prop.kind] += 1
-            if logp > best_logp:
-                best, best_logp = x, logp
+            if energy(logp, len(x)) > best_score:  # best under the energy the chain anneals
+                best, best_logp, best_score = x, logp, energy(logp, len(x))
         log_probs[t], temps[t] = logp, temp
         if thin and (t + 1) % thin == 0:
             samples.append(x)

@@ -1,0 +1,131 @@
+"""Constrained generation: hard constraints always hold, terms compute what they say, the
+forward×backward proposal is the normalised product, and bad input gets named."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kexue.text.constrained import (
+    TextTarget,
+    TokenSpace,
+    compress,
+    correct,
+    fluency,
+    hard_keywords,
+    keywords_to_sentence,
+    length_prior,
+    lm_tokens,
+    paraphrase,
+    repetition_penalty,
+    similarity,
+    soft_keywords,
+)
+from kexue.text.data import pd1998
+from kexue.text.lm import BiLM, split_sentences
+from kexue.text.sampling import State
+
+
+@pytest.fixture(scope="module")
+def lm() -> BiLM:
+    return BiLM.train(split_sentences(pd1998()[:4000]), order=4)
+
+
+@pytest.mark.parametrize("method", ["anneal", "mh", "cgmh"])
+def test_keywords_are_always_in_the_output_in_order(lm, method):
+    words = ["经济", "发展"]
+    seen = []
+    g = keywords_to_sentence(words, 120, lm=lm, method=method, seed=1,
+                             on_step=lambda t, s: seen.append(s))
+    assert len(seen) == 120
+    space = TokenSpace(lm.forward, words)
+    keys = [space.phrase_ids[w] for w in words]
+    for state in seen + [g.chain.state]:
+        assert [t for t, span in zip(state.tokens, state.spans, strict=True) if span] == keys
+        assert hard_keywords(words)([space.decode(state.tokens)])[0] == 0.0
+    assert g.terms["keywords"] == 0.0
+    assert math.isclose(g.log_prob, sum(g.terms.values()), rel_tol=1e-9)
+
+
+def test_annealing_improves_on_the_start(lm):
+    g = keywords_to_sentence(["北京"], 150, lm=lm, seed=0)
+    assert g.chain.log_probs.max() >= g.chain.log_probs[0]
+    assert g.log_prob >= g.chain.log_probs[0]
+    assert "北京" in g.text
+
+
+def test_terms_by_hand():
+    assert hard_keywords(["ab", "d"])(["xabyd", "dab", "ab"]).tolist() == [0.0, -np.inf, -np.inf]
+    assert soft_keywords(["a", "z"], 2.0)(["abc"]).tolist() == [-2.0]
+    # bigrams of "abcd": ab bc cd; of "abce": ab bc ce → F1 = 2·2/(3+3)
+    assert math.isclose(similarity("abcd", 1.0)(["abce"])[0], 4 / 6)
+    assert similarity("abcd", 3.0)(["abcd"])[0] == 3.0
+    assert length_prior(5, 2)(["abc"])[0] == -(2 ** 2) / (2 * 4)
+    # "abab ab": bigrams ab ba ab b␣ ... use plain text: "ababa" → ab ba ab ba: two repeats
+    assert repetition_penalty(1.5)(["ababa"])[0] == -3.0
+
+
+def test_target_is_the_sum_of_its_terms(lm):
+    space = TokenSpace(lm.forward, ["经济"])
+    terms = {"fluency": fluency(lm.forward), "len": length_prior(6, 1)}
+    target = TextTarget(space, terms)
+    x = (space.phrase_ids["经济"],) + space.encode("发展")
+    expected = lm.forward.log_prob("经济发展") - 2.0 ** 2 / 2
+    assert math.isclose(target.log_prob([x])[0], expected, rel_tol=1e-12)
+
+
+def test_proposal_is_the_normalised_forward_backward_product(lm):
+    space = TokenSpace(lm.forward)
+    q = lm_tokens(lm, space, uniform_mix=0.0)
+    left, right = space.encode("人民"), space.encode("活水平")
+    logq = q(left, right)
+    assert math.isclose(np.logaddexp.reduce(logq[np.isfinite(logq)]), 0.0, abs_tol=1e-9)
+    f = lm.forward.next_log_probs(lm.forward.encode("人民"))
+    b = lm.backward.next_log_probs(lm.backward.encode("活水平"))
+    cands = space.char_ids
+    direct = f[cands] + b[cands]
+    direct = direct - np.logaddexp.reduce(direct)
+    np.testing.assert_allclose(logq[cands], direct, rtol=0, atol=1e-9)
+    assert space.strings[int(np.argmax(logq))] == "生"
+    mixed = lm_tokens(lm, space, uniform_mix=0.1)(left, right)
+    assert np.all(np.isfinite(mixed[cands])) and np.all(np.isinf(mixed[:3]))
+
+
+def test_compress_keeps_source_words_in_a_shorter_sentence(lm):
+    source = "国务院总理李鹏今天在人民大会堂会见了日本客人。"
+    g = compress(source, ratio=0.5, steps=150, lm=lm, seed=0)
+    assert len(g.text) < len(source)
+    assert set(g.text) <= set(source)  # made of the source's words only
+
+
+def test_paraphrase_and_correct_run(lm):
+    source = "我们要加快经济发展的步伐。"
+    p = paraphrase(source, 100, lm=lm, seed=0)
+    assert p.text != source and p.terms["similarity"] > 0
+    c = correct("我们要加快经齐发展。", 100, lm=lm, seed=0)
+    assert c.terms["similarity"] > 0
+
+
+def test_bad_inputs_are_named(lm):
+    with pytest.raises(ValueError, match="non-empty list"):
+        keywords_to_sentence([], lm=lm)
+    with pytest.raises(ValueError, match="list of strings"):
+        keywords_to_sentence("经济", lm=lm)
+    with pytest.raises(ValueError, match="never seen"):
+        keywords_to_sentence(["\u2603\u2604"], lm=lm)
+    with pytest.raises(ValueError, match="method"):
+        keywords_to_sentence(["经济"], 5, lm=lm, method="beam")
+    with pytest.raises(ValueError, match="source"):
+        paraphrase("   ", lm=lm)
+    with pytest.raises(ValueError, match="ratio"):
+        compress("经济", ratio=1.5, lm=lm)
+    with pytest.raises(ValueError, match="mean and std"):
+        length_prior(0, 1)
+    with pytest.raises(ValueError, match="positive target probability"):
+        from kexue.text.sampling import EditProposal, metropolis_hastings, uniform_tokens
+        space = TokenSpace(lm.forward)
+        target = TextTarget(space, {"k": hard_keywords(["经济"])})
+        metropolis_hastings(target, EditProposal(uniform_tokens(space.char_ids, len(space))),
+                            State(space.encode("发展")), 5)
