@@ -245,6 +245,29 @@ class NgramLM:
         lengths = np.array([len(ids) + 1 for ids in encoded], np.int64)
         return np.add.reduceat(logp, np.r_[0, np.cumsum(lengths)[:-1]]) if len(encoded) else logp
 
+    def _next_probs(self, context: np.ndarray) -> np.ndarray:
+        """p(w | context) for every id w: (vocab_size,), ``context`` the last order−1 ids.
+
+        For a fixed context the k-grams h·V + w of every w form one contiguous key range,
+        so each order costs two binary searches and a scatter instead of V lookups.
+        """
+        v = self.vocab_size
+        p = np.full(v, 1.0 / (v - 1))
+        c = np.zeros(v)
+        for k, level in enumerate(self._orders, start=1):
+            h = int(context[len(context) - (k - 1):] @ (v ** np.arange(k - 2, -1, -1,
+                                                                        dtype=np.int64))) \
+                if k > 1 else 0
+            i = int(np.searchsorted(level.ctx_keys, h))
+            if i == len(level.ctx_keys) or level.ctx_keys[i] != h:
+                continue  # unseen context: p_k = p_{k−1}
+            lo, hi = np.searchsorted(level.keys, [h * v, h * v + v])
+            c[:] = 0.0
+            c[level.keys[lo:hi] - h * v] = level.counts[lo:hi]
+            d = level.discounts[np.minimum(c, 3).astype(np.int64)]
+            p = (np.maximum(c - d, 0.0) + level.ctx_gamma[i] * p) / level.ctx_total[i]
+        return p
+
     def next_log_probs(self, context: np.ndarray | Sequence[int]) -> np.ndarray:
         """log p(w | context) for every id w, as a (vocab_size,) array (−inf for ``<s>``).
 
@@ -252,13 +275,40 @@ class NgramLM:
             context: Ids before the predicted position, in this model's reading order (only the
                 last ``order − 1`` matter; shorter contexts are padded with ``<s>``).
         """
-        n, v = self.order, self.vocab_size
-        ctx = np.concatenate([np.full(n - 1, BOS), np.asarray(context, np.int64)])[-(n - 1):] \
-            if n > 1 else np.zeros(0, np.int64)
-        base = int(ctx @ (v ** np.arange(n - 2, -1, -1, dtype=np.int64))) * v if n > 1 else 0
+        n = self.order
+        ctx = np.concatenate([np.full(n - 1, BOS), np.asarray(context, np.int64)])
+        ctx = ctx[len(ctx) - (n - 1):]  # (order − 1,)
         with np.errstate(divide="ignore"):
-            out = np.log(self._prob(base + np.arange(v, dtype=np.int64)))
+            out = np.log(self._next_probs(ctx))
         out[BOS] = -np.inf
+        return out
+
+    def sample(self, n: int, rng: np.random.Generator, max_len: int = 64) -> list[str]:
+        """Draw ``n`` sentences x ~ p(x) by ancestral sampling.
+
+        Sentences that reach ``max_len`` characters without ``</s>`` are cut there (the
+        only departure from p); ``<unk>`` is never drawn.
+
+        Args:
+            n: Number of sentences.
+            rng: Source of randomness.
+            max_len: Longest sentence, in characters.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        order = self.order
+        out = []
+        for _ in range(n):
+            ids = [BOS] * (order - 1)
+            for _ in range(max_len):
+                p = self._next_probs(np.asarray(ids[len(ids) - (order - 1):], np.int64))
+                p[[UNK, BOS]] = 0.0
+                cum = np.cumsum(p)
+                w = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+                if w == EOS:
+                    break
+                ids.append(w)
+            out.append(self.decode(ids[order - 1:]))
         return out
 
     def perplexity(self, texts: Sequence[str]) -> float:
