@@ -16,7 +16,10 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", [[], ["report"], ["run"], ["list"], ["bench"], ["vocab"],
-                                     ["vocab", "discover"], ["vocab", "contrast"]])
+                                     ["vocab", "discover"], ["vocab", "contrast"], ["lm"],
+                                     ["lm", "train"], ["generate"], ["generate", "keywords"],
+                                     ["generate", "paraphrase"], ["generate", "compress"],
+                                     ["generate", "correct"]])
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -143,3 +146,58 @@ def test_vocab_odd_file_names_and_empty_input_are_one_line(tmp_path):
     proc = _cli("vocab", "contrast", blank, "--general", odd, "--errors", "skip")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no documents" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def small_lm(tmp_path_factory):
+    """A model file made by `kexue lm train` from a real slice of People's Daily."""
+    from kexue.text import data
+
+    tmp = tmp_path_factory.mktemp("lm")
+    corpus = _corpus(tmp, "news.txt", data.pd1998()[:3000])
+    path = tmp / "news.npz"
+    proc = _cli("lm", "train", corpus, "--order", "4", "--out", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "written to" in proc.stdout
+    return path
+
+
+def test_generate_keywords_prints_sentences_with_the_keywords(small_lm):
+    proc = _cli("generate", "keywords", "经济", "发展", "--steps", "60", "--n", "2", "--lm",
+                str(small_lm))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 2
+    for row in rows:
+        sentence = row.split("│")[2].strip()
+        assert sentence.index("经济") < sentence.index("发展")
+
+
+@pytest.mark.parametrize("command", [["paraphrase", "我们要加快经济发展。"],
+                                     ["compress", "国务院总理李鹏今天在人民大会堂会见了日本客人。"],
+                                     ["correct", "我们要加快经齐发展。"]])
+def test_generate_other_tasks_run(small_lm, command):
+    proc = _cli("generate", *command, "--steps", "40", "--n", "1", "--lm", str(small_lm))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("│ 1 │") == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["keywords", "\u2603\u2603"], ["never seen"]),
+    (["keywords", "经济", "--method", "beam"], ["--method"]),
+    (["compress", "经济发展", "--ratio", "2"], ["ratio"]),
+    (["keywords", "经济", "--lm", "/no/such/model.npz"], ["--lm", "does not exist"]),
+])
+def test_generate_bad_input_is_one_line(small_lm, args, words):
+    extra = [] if "--lm" in args else ["--lm", str(small_lm)]
+    proc = _cli("generate", *args, "--steps", "5", *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kexue: error:"), proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_generate_keywords_needs_a_keyword():
+    proc = _cli("generate", "keywords")
+    assert proc.returncode == 2 and "Missing argument" in proc.stderr

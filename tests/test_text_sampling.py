@@ -110,7 +110,7 @@ def test_proposal_draws_match_their_reported_probabilities():
     support = proposal.support(x)
     assert math.isclose(sum(support.values()), 1.0, rel_tol=1e-12)
     rng = np.random.default_rng(0)
-    n = 40_000
+    n = 15_000
     counts: dict[State, int] = {}
     for _ in range(n):
         p = proposal.propose(x, rng)

@@ -21,6 +21,7 @@ from kexue._env import environment  # noqa: E402
 from kexue.experiments import (  # noqa: E402
     attention_maps,
     attention_scaling,
+    constrained_text,
     direct_metric,
     domain_vocab,
     ema_digits,
@@ -36,7 +37,7 @@ EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m
     for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling,
               estimator_variance, direct_metric, gan_dynamics,
-              path_kernel_digits, modified_flow, domain_vocab)
+              path_kernel_digits, modified_flow, domain_vocab, constrained_text)
 }
 
 
