@@ -1,0 +1,106 @@
+"""HuggingFace adapters on tiny randomly initialised models that the tests build and save:
+batched scores equal one-text scores (padding and masks are right), the causal score is the
+chain rule computed token by token, masked-LM conditionals are normalised softmaxes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from kexue.text.constrained import TokenSpace  # noqa: E402
+from kexue.text.hf import CausalLMScorer, MaskedLMConditional  # noqa: E402
+from kexue.text.lm import NgramLM  # noqa: E402
+from kexue.text.sampling import State, gibbs  # noqa: E402
+
+CHARS = list("经济发展人民生活提高北京")
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _tokenizer(tmp_path):
+    """A character-level BERT tokenizer over CHARS (as Chinese BERT tokenises Han text)."""
+    vocab = {w: i for i, w in enumerate(SPECIALS + CHARS)}
+    return transformers.BertTokenizer(vocab=vocab, do_lower_case=False)
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt")
+    tok = _tokenizer(path)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2,
+                                     n_head=2, bos_token_id=tok.cls_token_id,
+                                     eos_token_id=tok.sep_token_id)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def masked_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bert")
+    tok = _tokenizer(path)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=64)
+    transformers.BertForMaskedLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_causal_score_is_the_chain_rule_and_batch_invariant(causal_dir):
+    scorer = CausalLMScorer(causal_dir, batch_size=3)
+    texts = ["经济发展", "人民", "北京人民生活提高", "高"]
+    batched = scorer(texts)
+    model, tok = scorer.model, scorer.tokenizer
+    for text, score in zip(texts, batched, strict=True):
+        ids = [tok.cls_token_id] + tok.convert_tokens_to_ids(list(text)) + [tok.sep_token_id]
+        expected = 0.0
+        for t in range(1, len(ids)):  # one prefix at a time, no padding involved
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids[:t]])).logits[0, -1].double()
+            expected += float(torch.log_softmax(logits, -1)[ids[t]])
+        assert math.isclose(score, expected, rel_tol=1e-5, abs_tol=1e-5)
+    singles = np.array([scorer([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_conditionals_are_normalised_softmaxes(masked_dir):
+    mlm = MaskedLMConditional(masked_dir)
+    text = "经济发展"
+    chars = ["人", "民", "生", "活", "雪"]  # "雪" is not in the vocabulary
+    logq = mlm.log_probs_at(text, 1, chars)
+    assert logq[-1] == -np.inf
+    assert math.isclose(np.logaddexp.reduce(logq[:-1]), 0.0, abs_tol=1e-9)
+    tok = mlm.tokenizer
+    ids = [tok.cls_token_id, *tok.convert_tokens_to_ids(list(text)), tok.sep_token_id]
+    ids[2] = tok.mask_token_id
+    with torch.no_grad():
+        logits = mlm.model(input_ids=torch.tensor([ids])).logits[0, 2].double()
+    sub = logits[tok.convert_tokens_to_ids(chars[:-1])]
+    np.testing.assert_allclose(logq[:-1], torch.log_softmax(sub, -1).numpy(), atol=1e-5)
+    pll = mlm.pseudo_log_likelihood([text, "人民"])
+    assert pll.shape == (2,) and np.all(pll < 0)
+
+
+def test_masked_lm_drives_gibbs(masked_dir):
+    lm = NgramLM.train(["".join(CHARS)], order=2)
+    space = TokenSpace(lm)
+    mlm = MaskedLMConditional(masked_dir)
+    cands = [int(i) for i in lm.encode("人民生活")]
+    target = type("T", (), {"log_prob": staticmethod(lambda b: np.zeros(len(b)))})()
+    result = gibbs(target, State(space.encode("经济发展")), 2, cands, seed=0,
+                   conditional=mlm.conditional(space, cands))
+    assert set(space.decode(result.state.tokens)) <= set("人民生活")
+
+
+def test_bad_paths_are_named(tmp_path, causal_dir):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CausalLMScorer(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="masked LM"):
+        MaskedLMConditional(causal_dir)
