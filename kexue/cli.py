@@ -482,6 +482,114 @@ def generate_correct(
     _print_generations(rows, f"corrections of {text}")
 
 
+GEN_MODELS = ("gan", "glann", "nvae")
+
+
+def _make_trainer(model: str, data, recipe: str, epochs: int | None, quick: bool, seed: int):
+    """A trainer of the Trainer contract for MODEL, with the library's default schedule
+    (``--quick``: a tenth of it) unless ``--epochs`` is given."""
+    from kexue.generative import gan, glann, nvae
+
+    def scaled(default: int) -> int:
+        return epochs if epochs is not None else max(1, default // 10) if quick else default
+
+    if model == "gan":
+        if recipe not in gan.RECIPES:
+            raise CliError(f"--recipe must be one of {', '.join(gan.RECIPES)}, got {recipe!r}")
+        return gan.make_trainer(recipe, data, epochs=scaled(60), seed=seed)
+    if model == "glann":
+        total = scaled(60)
+        glo = max(1, round(total * 0.6))
+        return glann.GLANNTrainer(data, glo_epochs=glo, imle_epochs=total - glo, seed=seed)
+    return nvae.NVAETrainer(data, epochs=scaled(50), seed=seed)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="gan, glann or nvae.")],
+    data: Annotated[str, typer.Option("--data", help="digits (8x8) or mnist5k (28x28).")] = (
+        "digits"),
+    recipe: Annotated[str, typer.Option(
+        "--recipe", help="gan only: dcgan, selfmod, resnet, sngan, sagan or biggan.")] = "dcgan",
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs (default: "
+                                               "the model's schedule).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A tenth of the default schedule.")] = (
+        False),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, weights and "
+                                      "training.")] = 0,
+    out: Annotated[Path, typer.Option("--out", help="Directory for checkpoint.pt and "
+                                      "samples.png.")] = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = (
+        False),
+    threads: Threads = 1,
+) -> None:
+    """Train a generative model on real digits, with a checkpoint after every epoch (resume
+    continues exactly) and a PNG grid of samples."""
+    import torch
+
+    from kexue.generative.base import image_grid
+    from kexue.generative.data import load_images
+
+    if model not in GEN_MODELS:
+        raise CliError(f"model must be one of {', '.join(GEN_MODELS)}, got {model!r}")
+    torch.set_num_threads(threads)
+    try:
+        images = load_images(data, seed=seed)
+    except (ValueError, FileNotFoundError) as err:
+        raise CliError(f"--data: {err}") from err
+    run_dir = out / "-".join([model, *([recipe] if model == "gan" else []), data, f"seed{seed}"])
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CliError(f"--out {out}: {err.strerror or err}") from err
+    ckpt = run_dir / "checkpoint.pt"
+    try:
+        trainer = _make_trainer(model, images, recipe, epochs, quick, seed)
+    except ValueError as err:
+        raise CliError(f"train {model}: {err}") from err
+    meta = {"model": model, "recipe": recipe if model == "gan" else None, "data": data,
+            "seed": seed, "epochs": trainer.epochs}
+    if resume:
+        if not ckpt.is_file():
+            raise CliError(f"--resume: no checkpoint at {ckpt}")
+        saved = torch.load(ckpt, weights_only=False)
+        if saved.get("meta") != meta:
+            raise CliError(f"--resume: {ckpt} was written for {saved.get('meta')}, not {meta}")
+        trainer.load_state_dict(saved["state"])
+        console.print(f"resuming at epoch {trainer.epoch} of {trainer.epochs}", markup=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+            "{task.completed}/{task.total}"), TextColumn("{task.fields[losses]}"),
+            TimeElapsedColumn(), console=console,
+            disable=not console.is_terminal and not sys.stderr.isatty()) as progress:
+        task = progress.add_task("epochs", total=trainer.epochs, completed=trainer.epoch,
+                                 losses="")
+        batch = progress.add_task("batches", total=None, losses="")
+        while trainer.epoch < trainer.epochs:
+            losses = trainer.fit_epoch(lambda done, total: progress.update(
+                batch, completed=done, total=total))
+            torch.save({"meta": meta, "state": trainer.state_dict()}, ckpt)
+            progress.update(task, completed=trainer.epoch, losses="  ".join(
+                f"{k} {v:.3g}" for k, v in losses.items()))
+    samples = trainer.sample(64, torch.Generator().manual_seed(seed))
+    grid = image_grid(samples, nrow=8)  # (C, H', W')
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png = run_dir / "samples.png"
+    plt.imsave(png, grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy(),
+               cmap="gray", vmin=0, vmax=1)
+    if model in ("gan", "glann"):
+        from kexue.generative.metrics import score_samples
+
+        n = len(images.test_x)
+        scores = score_samples(trainer.sample(n, torch.Generator().manual_seed(seed + 1)), images,
+                               generator=torch.Generator().manual_seed(seed))
+        console.print("  ".join(f"{k} {v:.3f}" for k, v in scores.items()), markup=False)
+    console.print(f"checkpoint {ckpt}, samples {png}", markup=False)
+
+
 @app.command(name="list")
 def list_() -> None:
     """List the experiments with the claim each one checks."""

@@ -19,7 +19,7 @@ runner = CliRunner()
                                      ["vocab", "discover"], ["vocab", "contrast"], ["lm"],
                                      ["lm", "train"], ["generate"], ["generate", "keywords"],
                                      ["generate", "paraphrase"], ["generate", "compress"],
-                                     ["generate", "correct"]])
+                                     ["generate", "correct"], ["train"]])
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -201,3 +201,31 @@ def test_generate_bad_input_is_one_line(small_lm, args, words):
 def test_generate_keywords_needs_a_keyword():
     proc = _cli("generate", "keywords")
     assert proc.returncode == 2 and "Missing argument" in proc.stderr
+
+
+def test_train_writes_checkpoint_and_samples_then_resumes(tmp_path):
+    proc = _cli("train", "glann", "--epochs", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "glann-digits-seed0"
+    assert (run / "checkpoint.pt").is_file() and (run / "samples.png").stat().st_size > 100
+    assert "cfd" in proc.stdout
+    proc = _cli("train", "glann", "--epochs", "2", "--out", str(tmp_path), "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming at epoch 2 of 2" in proc.stdout
+    proc = _cli("train", "glann", "--epochs", "3", "--out", str(tmp_path), "--resume")
+    assert proc.returncode == 2 and "was written for" in proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "vae"], ["model must be one of", "gan"]),
+    (["train", "gan", "--data", "cifar"], ["--data", "cifar"]),
+    (["train", "gan", "--recipe", "stylegan"], ["--recipe", "stylegan"]),
+    (["train", "nvae", "--resume"], ["--resume", "no checkpoint"]),
+])
+def test_train_bad_input_is_one_line(tmp_path, args, words):
+    proc = _cli(*args, "--out", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kexue: error:"), proc.stderr
+    for word in words:
+        assert word in lines[0]

