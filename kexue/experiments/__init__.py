@@ -27,9 +27,11 @@ from kexue.experiments import (  # noqa: E402
     ema_digits,
     estimator_variance,
     gan_dynamics,
+    glann_digits,
     layerwise_lr,
     mixers_digits,
     modified_flow,
+    nvae_digits,
     path_kernel_digits,
 )
 
@@ -37,7 +39,8 @@ EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m
     for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling,
               estimator_variance, direct_metric, gan_dynamics,
-              path_kernel_digits, modified_flow, domain_vocab, constrained_text)
+              path_kernel_digits, modified_flow, domain_vocab, constrained_text,
+              glann_digits, nvae_digits)
 }
 
 

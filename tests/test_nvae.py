@@ -1,0 +1,362 @@
+"""NVAE: closed-form KL, exact log-likelihood of a tiny model vs ELBO and IW bounds, the
+discretised logistic mixture's normalisation, the spectral regulariser, BN re-estimation,
+bit-exact resume and clear errors.
+
+The exact log p(x) comes from a model with two scalar latent groups on 2×2 binary images: with
+z_1 = ε_1 and z_2 = μ_p(z_1) + σ_p(z_1) ε_2, p(x) = E_{ε ~ N(0, I₂)} p(x | z(ε)) is a smooth 2-D
+Gaussian integral, computed by tensor-product Gauss–Hermite quadrature in float64 and checked for
+convergence in the number of nodes. It depends on the decoder only, so it is the same target for
+any encoder: the bounds are checked with the trained encoder and with a deliberately poor one.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from kexue.generative.base import Trainer
+from kexue.generative.data import ImageData, load_images
+from kexue.generative.nvae import (
+    NVAE,
+    NVAEConfig,
+    NVAETrainer,
+    SpectralRegularizer,
+    _DepthwiseConv,
+    kl_balance_coefficients,
+    logistic_mixture_log_prob,
+    normal_log_prob,
+    reestimate_batchnorm,
+    residual_normal_kl,
+    sample_logistic_mixture,
+)
+
+torch.set_num_threads(1)
+
+TINY = NVAEConfig(channels=8, downsamples=1, groups=2, latent_channels=1, encoder_cells=1,
+                  decoder_cells=1, expand=2)
+
+
+def _tiny_data(n: int = 256) -> ImageData:
+    """2×2 images: four prototypes, pixel intensities 0.05 / 0.95 (binarised when trained)."""
+    g = torch.Generator().manual_seed(0)
+    protos = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1]],
+                          dtype=torch.float32)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = (protos[y] * 0.9 + 0.05).view(-1, 1, 2, 2)  # (n, 1, 2, 2)
+    return ImageData("tiny", x, y, x[:8], y[:8])
+
+
+def _digits_subset(n: int = 96) -> ImageData:
+    d = load_images("digits")
+    return ImageData("digits", d.train_x[:n], d.train_y[:n], d.test_x[:16], d.test_y[:16])
+
+
+# --------------------------------------------------------------------------------------------
+# Closed forms
+# --------------------------------------------------------------------------------------------
+
+def test_residual_normal_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    shape = (5, 3, 4, 4)
+    mu_p = torch.randn(shape, generator=g, dtype=torch.float64)
+    log_sigma_p = torch.randn(shape, generator=g, dtype=torch.float64)
+    d_mu = torch.randn(shape, generator=g, dtype=torch.float64)
+    log_d_sigma = 0.5 * torch.randn(shape, generator=g, dtype=torch.float64)
+    q = Normal(mu_p + d_mu, torch.exp(log_sigma_p + log_d_sigma))
+    p = Normal(mu_p, torch.exp(log_sigma_p))
+    torch.testing.assert_close(residual_normal_kl(d_mu, log_d_sigma, log_sigma_p),
+                               kl_divergence(q, p), rtol=1e-12, atol=1e-12)
+    z = mu_p + torch.randn(shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(normal_log_prob(z, mu_p, log_sigma_p), p.log_prob(z))
+
+
+def test_model_kl_is_the_expected_log_ratio():
+    """The analytic per-group KL the model returns equals E_q[log q(z|x) − log p(z)] (1 group)."""
+    model = NVAE((1, 2, 2), NVAEConfig(channels=8, groups=1, latent_channels=2),
+                 generator=torch.Generator().manual_seed(1)).double().eval()
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]], dtype=torch.float64).expand(20000, 1, 2, 2)
+    with torch.no_grad():
+        out = model(x, generator=torch.Generator().manual_seed(2))
+    ratio = out.log_qz - out.log_pz
+    torch.testing.assert_close(out.kl[:, 0], out.kl[:1, 0].expand(20000))  # same x, same KL
+    assert abs(ratio.mean() - out.kl[0, 0]) < 4 * ratio.std() / len(ratio) ** 0.5
+
+
+def test_kl_balance_coefficients():
+    kl = torch.tensor([[1.0, 3.0, 0.0], [3.0, 5.0, 0.0]])  # group means 2, 4, 0
+    sizes = torch.tensor([10, 10, 20])
+    gamma = kl_balance_coefficients(kl, sizes, floor=0.0)
+    torch.testing.assert_close(gamma.mean(), torch.tensor(1.0))
+    # ∝ mean KL / relative size: (2/0.25, 4/0.25, 0) -> (1, 2, 0) · 1.0
+    torch.testing.assert_close(gamma, torch.tensor([1.0, 2.0, 0.0]))
+
+
+# --------------------------------------------------------------------------------------------
+# ELBO ≤ IW bound ≤ log p(x) on a model whose likelihood is computed exactly
+# --------------------------------------------------------------------------------------------
+
+def _exact_log_px(model: NVAE, xs: torch.Tensor, nodes: int) -> torch.Tensor:
+    """log p(x) for each x by Gauss–Hermite quadrature over ε ∈ R² (float64)."""
+    t, w = np.polynomial.hermite_e.hermegauss(nodes)  # weight e^{−t²/2}
+    t, log_w = torch.tensor(t), torch.log(torch.tensor(w / w.sum()))
+    e1, e2 = torch.meshgrid(t, t, indexing="ij")
+    with torch.no_grad():
+        s, *_ = model.top_down(None, n=nodes * nodes,
+                               noise=[e1.reshape(-1, 1, 1, 1), e2.reshape(-1, 1, 1, 1)])
+        out = model.decode(s)  # (nodes², 1, 2, 2)
+        log_lik = torch.stack([model.log_likelihood(out, x.expand_as(out)) for x in xs])
+    return torch.logsumexp(log_lik + (log_w[:, None] + log_w[None, :]).flatten(), dim=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_trained() -> NVAE:
+    trainer = NVAETrainer(_tiny_data(128), TINY, epochs=10, batch_size=32, lr=1e-2, seed=0)
+    for _ in range(trainer.epochs):
+        trainer.fit_epoch()
+    return trainer.model.double().eval()
+
+
+def test_exact_likelihood_by_quadrature_is_converged_and_normalised(tiny_trained):
+    xs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)),
+                      dtype=torch.float64).view(16, 1, 2, 2)
+    coarse, fine = _exact_log_px(tiny_trained, xs, 40), _exact_log_px(tiny_trained, xs, 90)
+    torch.testing.assert_close(coarse, fine, atol=2e-3, rtol=0)
+    torch.testing.assert_close(torch.logsumexp(fine, 0), torch.tensor(0.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("encoder", ["trained", "poor"])
+def test_elbo_below_iw_below_exact_log_likelihood(tiny_trained, encoder):
+    model = copy.deepcopy(tiny_trained)
+    if encoder == "poor":  # shift every posterior mean, widen every posterior σ by e^0.7
+        with torch.no_grad():
+            for head in model.encoder["posterior"]:
+                head[1].bias[:1] += 1.0
+                head[1].bias[1:] += 0.7
+    xs = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 1], [0, 0, 0, 0]],
+                      dtype=torch.float64).view(4, 1, 2, 2)
+    exact = _exact_log_px(model, xs, 90)
+    gen = torch.Generator().manual_seed(0)
+    means, errs = {}, {}
+    scale = 1 if encoder == "poor" else 4  # the trained encoder's bounds are only checked ≤
+    for k, repeats in [(1, 4000), (10, 1600), (100, 160), (1000, 8)]:
+        repeats = max(4, repeats // scale)
+        iw = model.evaluate(xs.repeat(repeats, 1, 1, 1), k, gen, max_batch=16384)[1]
+        iw = iw.view(repeats, len(xs))  # (R, 4): independent estimates of L_K
+        means[k], errs[k] = iw.mean(0), iw.std(0) / repeats ** 0.5
+    elbo = means[1]  # L_1 is the ELBO
+    for k in (10, 100, 1000):  # the IW bound never exceeds log p(x) (up to Monte Carlo error)
+        assert (means[k] <= exact + 4 * errs[k] + 1e-3).all(), (k, means[k], exact)
+    assert (elbo <= exact + 4 * errs[1] + 1e-3).all()
+    if encoder == "poor":  # a real gap, which the IW bound closes as K grows
+        gap = exact - elbo
+        assert (gap > 0.2).all(), (exact, elbo)
+        assert (means[10] > elbo + 3 * (errs[10] + errs[1])).all()
+        assert (means[100] > means[10] + 3 * (errs[100] + errs[10])).all()
+        assert (exact - means[1000] < 0.1 * gap + 4 * errs[1000]).all()  # ≥ 90% of the gap
+    mc_elbo, iw_one = model.evaluate(xs, 500, gen)
+    assert (mc_elbo <= iw_one).all()  # Jensen, per draw
+
+
+# --------------------------------------------------------------------------------------------
+# Discretised logistic mixture
+# --------------------------------------------------------------------------------------------
+
+def _mixture_params(b: int, k: int, c: int, hw: int, g: torch.Generator, spread: float = 1.0):
+    logit_pi = torch.randn(b, k, hw, hw, generator=g, dtype=torch.float64)
+    means = spread * torch.randn(b, k, c, hw, hw, generator=g, dtype=torch.float64)
+    log_scales = torch.randn(b, k, c, hw, hw, generator=g, dtype=torch.float64) - 2
+    coeffs = torch.randn(b, k, 3, hw, hw, generator=g, dtype=torch.float64)
+    return logit_pi, means, log_scales, coeffs
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0])  # 3.0: means far outside [−1, 1], tiny scales
+def test_grey_logistic_mixture_sums_to_one_over_256_bins(spread):
+    g = torch.Generator().manual_seed(0)
+    logit_pi, means, log_scales, _ = _mixture_params(2, 4, 1, 3, g, spread)
+    log_scales = log_scales - (2 if spread > 1 else 0)
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    log_p = torch.stack([logistic_mixture_log_prob(
+        v.expand(2, 1, 3, 3), logit_pi, means, log_scales) for v in levels])  # (256, 2, 3, 3)
+    assert torch.isfinite(log_p).all()
+    torch.testing.assert_close(torch.logsumexp(log_p, 0), torch.zeros(2, 3, 3, dtype=torch.float64),
+                               atol=1e-10, rtol=0)
+
+
+def test_colour_logistic_mixture_sums_to_one_jointly():
+    """With the RGB coupling, the 8³ joint values of a pixel (8 bins) sum to 1."""
+    g = torch.Generator().manual_seed(1)
+    bins = 8
+    logit_pi, means, log_scales, coeffs = _mixture_params(1, 3, 3, 2, g)
+    levels = torch.arange(bins, dtype=torch.float64) / (bins - 1)
+    grid = torch.cartesian_prod(levels, levels, levels)  # (512, 3)
+    x = grid[:, :, None, None].expand(-1, 3, 2, 2)  # (512, 3, 2, 2)
+    rep = [t.expand(len(grid), *t.shape[1:]) for t in (logit_pi, means, log_scales, coeffs)]
+    log_p = logistic_mixture_log_prob(x, *rep, bins=bins)  # (512, 2, 2)
+    torch.testing.assert_close(torch.logsumexp(log_p, 0), torch.zeros(2, 2, dtype=torch.float64),
+                               atol=1e-10, rtol=0)
+
+
+def test_logistic_mixture_sampler_matches_probabilities():
+    g = torch.Generator().manual_seed(2)
+    bins, n = 6, 60000
+    logit_pi, means, log_scales, _ = _mixture_params(1, 3, 1, 1, g)
+    probs = torch.stack([logistic_mixture_log_prob(
+        torch.full((1, 1, 1, 1), v / (bins - 1), dtype=torch.float64), logit_pi, means,
+        log_scales, bins=bins) for v in range(bins)]).exp().flatten()
+    rep = [t.expand(n, *t.shape[1:]) for t in (logit_pi, means, log_scales)]
+    draws = sample_logistic_mixture(*rep, bins=bins, generator=g)
+    freq = torch.bincount(torch.round(draws.flatten() * (bins - 1)).long(), minlength=bins) / n
+    assert (freq - probs).abs().max() < 4 * (0.25 / n) ** 0.5
+
+
+def test_logistic_mixture_model_trains_on_grey_images():
+    trainer = NVAETrainer(_digits_subset(48), NVAEConfig(channels=8, likelihood="logistic_mixture",
+                                                         mixtures=3), epochs=2, batch_size=16)
+    first = trainer.fit_epoch()["neg_elbo"]
+    second = trainer.fit_epoch()["neg_elbo"]
+    assert np.isfinite(first) and second < first
+    images = trainer.sample(4, torch.Generator().manual_seed(0), bn_steps=2, bn_batch=8)
+    assert images.shape == (4, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    levels = images * 255
+    torch.testing.assert_close(levels, levels.round())  # on the 256-level grid
+
+
+# --------------------------------------------------------------------------------------------
+# Spectral regulariser, depthwise conv, BatchNorm re-estimation
+# --------------------------------------------------------------------------------------------
+
+def test_spectral_regularizer_matches_matrix_norm_and_its_gradient():
+    g = torch.Generator().manual_seed(0)
+    convs = [nn.Conv2d(3, 8, 3), nn.Conv2d(8, 5, 1), nn.Conv2d(6, 6, 5, groups=6)]
+    with torch.no_grad():
+        for c in convs:
+            c.weight.copy_(torch.randn(c.weight.shape, generator=g))
+    reg = SpectralRegularizer(convs, generator=g)
+    sigmas = reg.sigmas(iterations=300)
+    exact = torch.stack([torch.linalg.matrix_norm(c.weight.reshape(c.weight.shape[0], -1), ord=2)
+                         for c in convs])
+    torch.testing.assert_close(sigmas, exact.detach(), rtol=1e-4, atol=0)
+    reg(iterations=1).backward()
+    for c in convs:
+        w = c.weight.detach().reshape(c.weight.shape[0], -1).requires_grad_()
+        torch.linalg.matrix_norm(w, ord=2).backward()
+        torch.testing.assert_close(c.weight.grad.reshape_as(w), w.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_dense_depthwise_conv_equals_conv2d():
+    g = torch.Generator().manual_seed(0)
+    conv = _DepthwiseConv(6, 5).double()
+    x = torch.randn(3, 6, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(conv, (x,))
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=2, groups=6)
+    torch.testing.assert_close(conv(x), ref)
+
+
+def test_reestimate_batchnorm_gives_the_average_batch_statistics():
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5, momentum=0.1)).eval()
+    batches = [torch.randn(16, 3, generator=g) * (i + 1) + i for i in range(5)]
+    it = iter(batches)
+    reestimate_batchnorm(net, lambda: net(next(it)), steps=len(batches))
+    with torch.no_grad():
+        feats = [net[0](b) for b in batches]  # (16, 5) each
+    bn = net[1]
+    torch.testing.assert_close(bn.running_mean, torch.stack([f.mean(0) for f in feats]).mean(0))
+    torch.testing.assert_close(bn.running_var,
+                               torch.stack([f.var(0, unbiased=True) for f in feats]).mean(0))
+    assert bn.momentum == 0.1 and not net.training and not bn.training
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer: contract, groups, resume, sampling leaves state alone
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_trainer_meets_the_contract(groups):
+    trainer = NVAETrainer(_digits_subset(), NVAEConfig(channels=8, groups=groups), epochs=2,
+                          batch_size=32)
+    assert isinstance(trainer, Trainer)
+    calls = []
+    losses = trainer.fit_epoch(lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (3, 3) and trainer.epoch == 1 and np.isfinite(losses["neg_elbo"])
+    x = torch.bernoulli(_digits_subset().test_x, generator=torch.Generator().manual_seed(0))
+    result = trainer.evaluate(x, samples=8, generator=torch.Generator().manual_seed(0))
+    assert result["nll"] <= result["neg_elbo"]
+    before = copy.deepcopy(trainer.state_dict())
+    images = trainer.sample(5, torch.Generator().manual_seed(0))
+    assert images.shape == (5, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    after = trainer.state_dict()
+    for key, value in before["model"].items():  # re-estimation put the BN statistics back
+        torch.testing.assert_close(after["model"][key], value, rtol=0, atol=0)
+
+
+def test_resume_equals_uninterrupted_training():
+    def make() -> NVAETrainer:
+        return NVAETrainer(_digits_subset(), NVAEConfig(channels=8), epochs=3, batch_size=32,
+                           seed=3)
+
+    straight = make()
+    for _ in range(3):
+        straight.fit_epoch()
+    first = make()
+    first.fit_epoch()
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    del first
+    buffer.seek(0)
+    resumed = make()
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    for _ in range(2):
+        resumed.fit_epoch()
+    assert resumed.epoch == straight.epoch == 3
+    for (k, a), b in zip(straight.model.state_dict().items(),
+                         resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+
+
+def test_same_seed_same_model_and_global_rng_untouched():
+    state = torch.get_rng_state()
+    a = NVAE((1, 8, 8), NVAEConfig(channels=8), generator=torch.Generator().manual_seed(5))
+    b = NVAE((1, 8, 8), NVAEConfig(channels=8), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(state, torch.get_rng_state())
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+def test_unsupported_image_size_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"image_shape.*divisible by 2\^downsamples = 4"):
+        NVAE((1, 10, 10), NVAEConfig(downsamples=2))
+    with pytest.raises(ValueError, match="C in"):
+        NVAE((2, 8, 8), NVAEConfig(likelihood="logistic_mixture"))
+    model = NVAE((1, 8, 8), NVAEConfig(channels=8))
+    with pytest.raises(ValueError, match=r"x must be \(B, 1, 8, 8\)"):
+        model(torch.zeros(2, 1, 28, 28))
+
+
+def test_empty_data_and_bad_arguments_are_clear_errors():
+    empty = torch.zeros(0, 1, 8, 8)
+    labels = torch.zeros(0, dtype=torch.int64)
+    with pytest.raises(ValueError, match="no training images"):
+        NVAETrainer(ImageData("digits", empty, labels, empty, labels))
+    model = NVAE((1, 8, 8), NVAEConfig(channels=8)).eval()
+    with pytest.raises(ValueError, match="x is empty"):
+        model.evaluate(empty)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        model.evaluate(torch.zeros(1, 1, 8, 8), samples=0)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        NVAEConfig(likelihood="gaussian")
+    with pytest.raises(ValueError, match="groups must be >= 1"):
+        NVAEConfig(groups=0)
