@@ -587,6 +587,13 @@ def train(
         scores = score_samples(trainer.sample(n, torch.Generator().manual_seed(seed + 1)), images,
                                generator=torch.Generator().manual_seed(seed))
         console.print("  ".join(f"{k} {v:.3f}" for k, v in scores.items()), markup=False)
+    else:
+        from kexue.generative.data import binarize
+
+        bits = binarize(images.test_x, torch.Generator().manual_seed(seed))  # static test bits
+        scores = trainer.evaluate(bits, samples=20, generator=torch.Generator().manual_seed(seed))
+        console.print(f"test −ELBO {scores['neg_elbo']:.2f} nats, importance-weighted NLL "
+                      f"(K=20) {scores['nll']:.2f} nats", markup=False)
     console.print(f"checkpoint {ckpt}, samples {png}", markup=False)
 
 
