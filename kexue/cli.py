@@ -552,7 +552,13 @@ def train(
     if resume:
         if not ckpt.is_file():
             raise CliError(f"--resume: no checkpoint at {ckpt}")
-        saved = torch.load(ckpt, weights_only=False)
+        try:  # weights_only: a checkpoint is data, never code to run
+            saved = torch.load(ckpt, weights_only=True)
+        except Exception as err:  # torch raises several types for a damaged file
+            raise CliError(f"--resume: {ckpt} is not a readable checkpoint "
+                           f"({type(err).__name__})") from err
+        if not isinstance(saved, dict) or "state" not in saved:
+            raise CliError(f"--resume: {ckpt} is not a kexue checkpoint")
         if saved.get("meta") != meta:
             raise CliError(f"--resume: {ckpt} was written for {saved.get('meta')}, not {meta}")
         trainer.load_state_dict(saved["state"])

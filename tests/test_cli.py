@@ -187,6 +187,7 @@ def test_generate_other_tasks_run(small_lm, command):
     (["keywords", "经济", "--method", "beam"], ["--method"]),
     (["compress", "经济发展", "--ratio", "2"], ["ratio"]),
     (["keywords", "经济", "--lm", "/no/such/model.npz"], ["--lm", "does not exist"]),
+    (["keywords", "经济", "--lm", "/"], ["--lm", "is a directory"]),
 ])
 def test_generate_bad_input_is_one_line(small_lm, args, words):
     extra = [] if "--lm" in args else ["--lm", str(small_lm)]
@@ -214,6 +215,9 @@ def test_train_writes_checkpoint_and_samples_then_resumes(tmp_path):
     assert "resuming at epoch 2 of 2" in proc.stdout
     proc = _cli("train", "glann", "--epochs", "3", "--out", str(tmp_path), "--resume")
     assert proc.returncode == 2 and "was written for" in proc.stderr
+    (run / "checkpoint.pt").write_bytes(b"\x80" * 100)  # damaged
+    proc = _cli("train", "glann", "--epochs", "2", "--out", str(tmp_path), "--resume")
+    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
 
 
 @pytest.mark.parametrize("args, words", [

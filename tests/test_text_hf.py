@@ -92,10 +92,13 @@ def test_masked_lm_drives_gibbs(masked_dir):
     lm = NgramLM.train(["".join(CHARS)], order=2)
     space = TokenSpace(lm)
     mlm = MaskedLMConditional(masked_dir)
-    cands = [int(i) for i in lm.encode("人民生活")]
+    cands = [int(i) for i in lm.encode("活生民人")]  # deliberately not in id order
+    conditional = mlm.conditional(space, cands)
+    state = State(space.encode("经济发展"))
+    direct = mlm.log_probs_at("经济发展", 2, list("活生民人"))
+    np.testing.assert_allclose(conditional(state, 2), direct)  # scores follow `cands`' order
     target = type("T", (), {"log_prob": staticmethod(lambda b: np.zeros(len(b)))})()
-    result = gibbs(target, State(space.encode("经济发展")), 2, cands, seed=0,
-                   conditional=mlm.conditional(space, cands))
+    result = gibbs(target, state, 2, cands, seed=0, conditional=conditional)
     assert set(space.decode(result.state.tokens)) <= set("人民生活")
 
 

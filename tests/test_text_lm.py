@@ -36,12 +36,13 @@ def reference_kn(sentences, order, chars):
     discounts = {}
     for k, table in counts.items():
         n = Counter(c for c in table.values())
-        if n[1] == 0 or n[2] == 0:  # too few counts for the estimate: a flat 0.5
-            discounts[k] = [0.0, 0.5, 0.5, 0.5]
-            continue
-        y = n[1] / (n[1] + 2 * n[2])
-        discounts[k] = [0.0] + [min(max(r - (r + 1) * y * n[r + 1] / n[r], 0.0), r)
-                                if n[r] else 0.5 * r for r in (1, 2, 3)]
+        fallback = [0.0, 0.5, 1.0, 1.5]  # where the estimate is undefined or outside (0, r]
+        discounts[k] = list(fallback)
+        if n[1] and n[2]:
+            y = n[1] / (n[1] + 2 * n[2])
+            for r in (1, 2, 3):
+                estimate = r - (r + 1) * y * n[r + 1] / n[r] if n[r] else -1.0
+                discounts[k][r] = estimate if 0 < estimate <= r else fallback[r]
     followers = {k: defaultdict(list) for k in counts}
     for k, table in counts.items():
         for g, c in table.items():
@@ -74,6 +75,17 @@ def test_probabilities_match_the_reference_formulas():
                     assert logp[w] == -np.inf
                     continue
                 assert math.isclose(math.exp(logp[w]), ref([h1, h2], w), rel_tol=1e-12)
+
+
+def test_every_character_keeps_some_probability():
+    """Smoothing: even where the discount estimate degenerates (a context whose followers
+    all occur 3+ times), every id but <s> gets p > 0."""
+    corpus = ["bc", "d", "bdaadc", "bbbdaa", "bdaadc", "bbbdaa"]
+    lm = NgramLM.train(corpus, order=2)
+    for h in range(lm.vocab_size):
+        p = np.exp(lm.next_log_probs([h]))
+        assert np.all(np.delete(p, BOS) > 0) and abs(p.sum() - 1) < 1e-12
+    assert np.isfinite(lm.log_prob("dcbx"))
 
 
 def test_sentence_log_prob_is_the_chain_of_next_probabilities():

@@ -23,7 +23,7 @@ from kexue.text.sampling import (
     uniform_tokens,
 )
 
-V = 3  # tokens 0, 1, 2 are free; token 3 is a locked "keyword"
+V = 3  # tokens 0, 1, 2 are free; tokens 3 (and 4) make a locked "keyword"
 KEY = 3
 
 
@@ -41,18 +41,21 @@ class TableTarget:
 def context_tokens(left, right):
     """A context-dependent token proposal over {0, 1, 2} (never the keyword)."""
     logits = np.array([0.3 * len(left) - 0.2 * (left[-1] if left else 1),
-                       0.5 - 0.1 * len(right), 0.2 * (right[0] if right else 2), -np.inf])
+                       0.5 - 0.1 * len(right), 0.2 * (right[0] if right else 2), -np.inf,
+                       -np.inf])
     return logits - np.logaddexp.reduce(logits[:3])
 
 
-def states_with_key(max_len: int) -> list[State]:
-    """Every sequence over {0,1,2} of length 0..max_len−1 with the locked keyword inserted."""
+def states_with_key(max_len: int, key: tuple[int, ...] = (KEY,)) -> list[State]:
+    """Every sequence over {0,1,2} with the locked keyword (one span) inserted, total length
+    len(key) … max_len."""
     out = []
-    for n in range(max_len):
+    for n in range(max_len - len(key) + 1):
         for free in itertools.product(range(V), repeat=n):
             for g in range(n + 1):
-                tokens = free[:g] + (KEY,) + free[g:]
-                out.append(State(tokens, tuple(1 if t == KEY else 0 for t in tokens)))
+                tokens = free[:g] + key + free[g:]
+                spans = (0,) * g + (1,) * len(key) + (0,) * (n - g)
+                out.append(State(tokens, spans))
     return out
 
 
@@ -63,17 +66,59 @@ def random_table(states, seed, shape=1.0):
                                                  strict=True)}
 
 
-def transition_matrix(target, proposal, states):
+def brute_force_kernel(x: State, tokens, weights, min_len, max_len) -> dict[State, float]:
+    """q(· | x) enumerated straight from the algorithm's description, independently of
+    EditProposal: pick a kind; replace: a uniform free position, a token from ``tokens``;
+    insert: a uniform gap not inside a locked span, a token; delete: a uniform free position.
+    An impossible move proposes x."""
+    total = sum(weights.values())
+    w = {k: weights.get(k, 0.0) / total for k in ("replace", "insert", "delete")}
+    out: dict[State, float] = {}
+
+    def add(y, p):
+        out[y] = out.get(y, 0.0) + p
+
+    free = [i for i, s in enumerate(x.spans) if s == 0]
+    n = len(x.tokens)
+    if not free:
+        add(x, w["replace"])
+    for i in free:
+        q = np.exp(tokens(x.tokens[:i], x.tokens[i + 1:]))
+        for v in np.flatnonzero(q > 0):
+            add(State(x.tokens[:i] + (int(v),) + x.tokens[i + 1:], x.spans),
+                w["replace"] / len(free) * q[v])
+    if n >= max_len:
+        add(x, w["insert"])
+    else:
+        gaps = [g for g in range(n + 1)
+                if not (0 < g < n and x.spans[g - 1] != 0 and x.spans[g - 1] == x.spans[g])]
+        for g in gaps:
+            q = np.exp(tokens(x.tokens[:g], x.tokens[g:]))
+            for v in np.flatnonzero(q > 0):
+                add(State(x.tokens[:g] + (int(v),) + x.tokens[g:],
+                          x.spans[:g] + (0,) + x.spans[g:]), w["insert"] / len(gaps) * q[v])
+    if n <= min_len or not free:
+        add(x, w["delete"])
+    else:
+        for i in free:
+            add(State(x.tokens[:i] + x.tokens[i + 1:], x.spans[:i] + x.spans[i + 1:]),
+                w["delete"] / len(free))
+    return out
+
+
+def transition_matrix(target, kernel, states):
+    """The MH kernel P[x, y] = q(y|x)·min(1, π(y)q(x|y) / (π(x)q(y|x))) from a proposal
+    kernel given as x -> {y: q(y|x)}."""
     index = {s: i for i, s in enumerate(states)}
     logp = target.log_prob([s.tokens for s in states])
+    qs = [kernel(x) for x in states]
     P = np.zeros((len(states), len(states)))
     for i, x in enumerate(states):
-        for y, q in proposal.support(x).items():
+        for y, q in qs[i].items():
             if y == x:
                 continue
             j = index[y]
-            alpha = min(1.0, math.exp(logp[j] - logp[i] + proposal.log_prob(y, x)
-                                      - proposal.log_prob(x, y)))
+            alpha = min(1.0, math.exp(logp[j] - logp[i]) * qs[j][x] / q)
             P[i, j] += q * alpha
         P[i, i] = 1.0 - P[i].sum()
     return P
@@ -81,12 +126,27 @@ def transition_matrix(target, proposal, states):
 
 @pytest.mark.parametrize("weights", [{"replace": 1, "insert": 1, "delete": 1},
                                      {"replace": 0.6, "insert": 0.3, "delete": 0.1}])
+def test_proposal_probabilities_equal_the_enumerated_algorithm(weights):
+    """support(x) (hence log_prob, the forward and reverse terms of every acceptance ratio)
+    equals the brute-force kernel, with a two-token locked span and both length bounds."""
+    states = states_with_key(5, key=(KEY, KEY + 1))
+    proposal = EditProposal(context_tokens, weights, min_len=3, max_len=5)
+    for x in states:
+        expected = brute_force_kernel(x, context_tokens, weights, 3, 5)
+        got = proposal.support(x)
+        assert set(got) == set(expected), x
+        for y, q in expected.items():
+            assert math.isclose(got[y], q, rel_tol=1e-12, abs_tol=1e-15), (x, y)
+
+
+@pytest.mark.parametrize("weights", [{"replace": 1, "insert": 1, "delete": 1},
+                                     {"replace": 0.6, "insert": 0.3, "delete": 0.1}])
 def test_mh_kernel_leaves_the_target_stationary_exactly(weights):
-    states = states_with_key(4)  # lengths 1..4, the keyword locked
+    states = states_with_key(5, key=(KEY, KEY + 1))  # a 2-token keyword, lengths 2..5
     table = random_table(states, seed=1)
     target = TableTarget(table)
-    proposal = EditProposal(context_tokens, weights, min_len=1, max_len=4)
-    P = transition_matrix(target, proposal, states)
+    proposal = EditProposal(context_tokens, weights, min_len=2, max_len=5)
+    P = transition_matrix(target, proposal.support, states)
     assert np.all(P >= -1e-15) and np.allclose(P.sum(1), 1.0)
     pi = np.array([table[s.tokens] for s in states])
     pi /= pi.sum()
@@ -249,3 +309,20 @@ def test_bad_inputs_are_named():
         metropolis_hastings(target, proposal, State((0,)), 1, mode="fast")
     with pytest.raises(ValueError, match="spans"):
         State((0, 1), (0,))
+
+
+def test_gibbs_uses_a_conditional_in_the_callers_candidate_order():
+    """A conditional putting all mass on the first candidate given: unsorted ids must not be
+    reordered under it; duplicated ids and all −inf scores are refused."""
+    target = TableTarget({(a,): 1.0 for a in range(3)})
+    peak = lambda state, i: np.array([0.0, -np.inf, -np.inf])  # noqa: E731
+    result = gibbs(target, State((0,)), 3, [2, 0, 1], seed=0, conditional=peak)
+    assert result.state.tokens == (2,)
+    with pytest.raises(ValueError, match="distinct"):
+        gibbs(target, State((0,)), 1, [0, 0, 1], seed=0)
+    with pytest.raises(ValueError, match="at least one finite"):
+        gibbs(target, State((0,)), 1, [0, 1, 2], seed=0,
+              conditional=lambda state, i: np.full(3, -np.inf))
+    with pytest.raises(ValueError, match="batch"):
+        rejection_sampling(target, lambda rng: (0,), lambda b: np.zeros(len(b)), 0.0, 1,
+                           batch=0)

@@ -17,13 +17,13 @@ target and start state, then run :func:`~kexue.text.sampling.metropolis_hastings
 References:
     https://kexue.fm/archives/8084 (【搜出来的文本】⋅(一)从文本生成到搜索采样)
     https://kexue.fm/archives/8111 (【搜出来的文本】⋅(二)从MCMC到模拟退火)
-    https://kexue.fm/archives/8194 (【搜出来的文本】⋅(三)基于BERT的文本采样)
-    https://kexue.fm/archives/8203 (【搜出来的文本】⋅(四)通过增、删、改来用词造句)
+    【搜出来的文本】⋅(三)基于BERT的文本采样 and ⋅(四)通过增、删、改来用词造句 (the same series)
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,10 +52,12 @@ __all__ = [
     "fluency",
     "generate",
     "hard_keywords",
+    "keyword_multiplicity",
     "keywords_to_sentence",
     "length_prior",
     "lm_tokens",
     "paraphrase",
+    "placements",
     "repetition_penalty",
     "similarity",
     "soft_keywords",
@@ -149,6 +151,33 @@ def _in_order(text: str, keywords: Sequence[str]) -> bool:
     return True
 
 
+def placements(text: str, keywords: Sequence[str]) -> int:
+    """m(x): the number of ways to place ``keywords`` in ``text`` in order, without overlap.
+
+    f[i][j] = f[i−1][j] + [text[i−|k_j|:i] = k_j]·f[i−|k_j|][j−1], m = f[|x|][K].
+    """
+    f = [[1] + [0] * len(keywords) for _ in range(len(text) + 1)]  # (|x|+1, K+1)
+    for i in range(1, len(text) + 1):
+        for j, k in enumerate(keywords, start=1):
+            f[i][j] = f[i - 1][j] + (f[i - len(k)][j - 1]
+                                     if i >= len(k) and text[i - len(k):i] == k else 0)
+    return f[len(text)][len(keywords)]
+
+
+def keyword_multiplicity(keywords: Sequence[str]) -> Term:
+    """−log m(x) (see :func:`placements`).
+
+    With each keyword one locked token, several token states can spell the same text (气候 in
+    "气候气候" can be either occurrence), so a chain on token states visits text x in proportion
+    to π(x)·m(x). Adding this term makes the text marginal exactly π(x) (−inf where m = 0,
+    which the locked tokens never produce).
+    """
+    def term(texts: Sequence[str]) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return -np.log(np.array([placements(t, keywords) for t in texts], np.float64))
+    return term
+
+
 def soft_keywords(keywords: Sequence[str], weight: float = 5.0) -> Term:
     """−weight · (number of keywords missing from x)."""
     return lambda texts: np.array([-weight * sum(k not in t for k in keywords) for t in texts])
@@ -177,8 +206,8 @@ def similarity(source: str, weight: float = 10.0) -> Term:
 
 def length_prior(mean: float, std: float) -> Term:
     """log N(|x|; mean, std²) up to a constant: −(|x| − mean)² / (2 std²)."""
-    if not (mean > 0 and std > 0):
-        raise ValueError(f"mean and std must be > 0, got mean={mean!r}, std={std!r}")
+    if not (0 < mean < math.inf and 0 < std < math.inf):
+        raise ValueError(f"mean and std must be finite and > 0, got mean={mean!r}, std={std!r}")
     return lambda texts: np.array([-((len(t) - mean) ** 2) / (2 * std ** 2) for t in texts])
 
 
@@ -244,7 +273,8 @@ class Generation:
     """A generated sentence and the chain that found it.
 
     Attributes:
-        text: The output (the best state seen, by log π).
+        text: The output: for ``"mh"`` the chain's final state (a draw from π); for
+            ``"anneal"`` and ``"cgmh"`` the best state seen, by log π.
         log_prob: Its log π.
         terms: Its value under each term of the target.
         chain: The sampler's record (log π per step, acceptance per move, temperatures).
@@ -283,6 +313,8 @@ def generate(target: TextTarget, x0: State, steps: int, *, lm: BiLM, method: str
     Raises:
         ValueError: For an unknown ``method`` or bad arguments.
     """
+    if method == "anneal" and not 0 < t1 < t0:
+        raise ValueError(f"annealing needs temperatures 0 < t1 < t0, got t0={t0!r}, t1={t1!r}")
     proposal = EditProposal(tokens or lm_tokens(lm, target.space),
                             weights or {"replace": 1, "insert": 1, "delete": 1},
                             min_len=min_len, max_len=max_len)
@@ -295,6 +327,10 @@ def generate(target: TextTarget, x0: State, steps: int, *, lm: BiLM, method: str
                                     mode="exact" if method == "mh" else "cgmh")
     else:
         raise ValueError(f"method must be 'mh', 'anneal' or 'cgmh', got {method!r}")
+    if method == "mh":  # a draw from π: the chain's final state
+        text = target.space.decode(chain.state.tokens)
+        return Generation(text, float(target.score_texts([text])[0]), target.breakdown(text),
+                          chain)
     text = target.space.decode(chain.best.tokens)
     return Generation(text, chain.best_log_prob, target.breakdown(text), chain)
 
@@ -302,6 +338,8 @@ def generate(target: TextTarget, x0: State, steps: int, *, lm: BiLM, method: str
 def _check_keywords(keywords: Sequence[str], lm: BiLM) -> list[str]:
     if isinstance(keywords, str):
         raise ValueError(f"keywords must be a list of strings, got the string {keywords!r}")
+    if not all(isinstance(k, str) for k in keywords):
+        raise ValueError(f"keywords must be strings, got {list(keywords)!r}")
     words = [k.strip() for k in keywords]
     if not words or not all(words):
         raise ValueError(f"keywords must be a non-empty list of non-empty strings, "
@@ -345,6 +383,8 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
                               "length": length_prior(mean, std)}
     if repetition:
         terms["repetition"] = repetition_penalty(repetition)
+    if method == "mh":  # exact sampling of texts, not of token states
+        terms["multiplicity"] = keyword_multiplicity(words)
     x0 = State(tuple(space.phrase_ids[w] for w in words), tuple(range(1, len(words) + 1)))
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method=method,
                     max_len=max(int(mean + 3 * std), len(words) + 1), min_len=len(words),

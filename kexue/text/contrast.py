@@ -25,6 +25,31 @@ Methods (``method=``), every score larger = more domain-specific:
   as if seen in α_0 extra tokens on each side. The default α_0 = n_d + n_g makes α_w = y_d + y_g,
   the pooled counts themselves (the prior is the pooled corpus). On climate vs pd1998 with
   nlp-zero word tables it gave P@100 0.21 against 0.09 for α_0 = 1000.
+- ``"ratio_lcb"``: a lower confidence bound on the log *rate ratio* ρ = (p_d / p_g) of the word.
+  Given k = y_d + y_g occurrences in all, y_d | k ~ Binomial(k, π) with
+  π = n_d ρ / (n_d ρ + n_g); with the Jeffreys prior π ~ Beta(y_d + ½, y_g + ½) a posteriori, and
+  the score is the ``confidence`` lower quantile of log ρ:
+
+      π_lo = Beta⁻¹(1 − confidence; y_d + ½, y_g + ½),
+      score = log(π_lo / (1 − π_lo)) + log(n_g / n_d)
+
+  ("the domain rate is at least e^score times the general rate"). LLR and the log-odds z-score
+  measure the *evidence* of any difference, so a very frequent word with a modest ratio (a
+  register word such as 就是 in Q&A text against news, ratio ≈ 4) outranks a rarer term never
+  seen on the general side; the bound ranks by the size of the ratio and lets the count only
+  tighten it. Climate vs pd1998: P@100/500 0.40/0.198 against 0.24/0.162 for LLR.
+- ``"ratio_lcb_edges"`` (the default): ``"ratio_lcb"`` plus the log-probability that both edge
+  characters of the word are bound inside words,
+
+      score += log(1 − s(c_first)) + log(1 − s(c_last)),
+
+  where s(c) is the share of the occurrences of character c that the segmenter left as a
+  one-character word, pooled over both sides (:func:`standalone_share`, measured from the
+  count tables themselves, no word list). A compound that starts or ends with a character
+  that usually stands alone (是骗局, 我想说, 个温暖期) is more likely a phrase of a function
+  word and a term than a term; single-character words get no edge term. The shares need the
+  single characters in the count tables (as :func:`kexue.text.vocab.paired_counts` returns
+  them); without them s = 0 and this equals ``"ratio_lcb"``. Climate vs pd1998: 0.41/0.230.
 - ``"blog"``: the note's published pandas code, for parity. General counts are rescaled to the
   domain's total, f_g = y_g · n_d/n_g ("总词频归一化"), t = y_d + f_g, and
 
@@ -58,6 +83,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, NamedTuple
 
 import numpy as np
+from scipy.special import betaincinv
 
 __all__ = [
     "METHODS",
@@ -66,11 +92,20 @@ __all__ = [
     "is_han_word",
     "log_likelihood_ratio",
     "log_odds_z",
+    "log_rate_ratio_lcb",
     "precision_at_k",
+    "standalone_share",
 ]
 
-Method = Literal["llr", "log_odds", "blog", "blog_filled"]
-METHODS: tuple[str, ...] = ("llr", "log_odds", "blog", "blog_filled")
+Method = Literal["llr", "log_odds", "ratio_lcb", "ratio_lcb_edges", "blog", "blog_filled"]
+METHODS: tuple[str, ...] = (
+    "llr",
+    "log_odds",
+    "ratio_lcb",
+    "ratio_lcb_edges",
+    "blog",
+    "blog_filled",
+)
 
 
 class Scored(NamedTuple):
@@ -186,6 +221,98 @@ def log_odds_z(
     return delta / np.sqrt(1.0 / (a + alpha_w) + 1.0 / (c + alpha_w))
 
 
+def _check_confidence(confidence: object) -> None:
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, numbers.Real)
+        or not 0.0 < confidence < 1.0
+    ):
+        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
+
+
+def log_rate_ratio_lcb(
+    y_d: np.ndarray | float,
+    y_g: np.ndarray | float,
+    n_d: float,
+    n_g: float,
+    confidence: float = 0.95,
+) -> np.ndarray:
+    """Lower confidence bound on the log rate ratio log(p_d / p_g) of words (Jeffreys prior).
+
+    Conditionally on k = y_d + y_g, y_d ~ Binomial(k, π) with π = n_d ρ / (n_d ρ + n_g) and
+    ρ = p_d / p_g. Under the Jeffreys prior the posterior is π ~ Beta(y_d + ½, y_g + ½), so
+
+        π_lo = Beta⁻¹(1 − confidence; y_d + ½, y_g + ½),
+        log ρ_lo = log π_lo − log(1 − π_lo) + log(n_g / n_d),
+
+    with 1 − π_lo computed as the upper quantile of Beta(y_g + ½, y_d + ½) (no cancellation
+    when π_lo is close to 1, i.e. for frequent domain-only words).
+
+    Args:
+        y_d: Domain counts of the words (array or scalar), >= 0.
+        y_g: General counts of the same words, >= 0.
+        n_d: Domain total count, > 0.
+        n_g: General total count, > 0.
+        confidence: Level of the one-sided bound, in (0, 1).
+
+    Returns:
+        float64 array of log ρ_lo (−inf where π_lo underflows).
+
+    Raises:
+        ValueError: If ``confidence`` is not in (0, 1).
+
+    References:
+        https://kexue.fm/archives/6540; the Jeffreys interval for a binomial proportion
+        (Brown, Cai & DasGupta, "Interval Estimation for a Binomial Proportion", Stat. Sci. 2001).
+    """
+    _check_confidence(confidence)
+    a = np.asarray(y_d, dtype=np.float64) + 0.5
+    b = np.asarray(y_g, dtype=np.float64) + 0.5
+    lo = betaincinv(a, b, 1.0 - confidence)  # π_lo
+    one_minus_lo = betaincinv(b, a, confidence)  # 1 − π_lo, without cancellation
+    with np.errstate(divide="ignore"):
+        return np.log(lo) - np.log(one_minus_lo) + math.log(n_g / n_d)
+
+
+def standalone_share(*tables: Mapping[str, float]) -> dict[str, float]:
+    """Share of each character's occurrences that stand alone as a one-character word.
+
+        s(c) = Σ_t count_t(c) / Σ_t Σ_w count_t(w) · #(c in w)
+
+    over the given word-count tables t (tokens of one segmenter, single characters included).
+    Function characters (的, 是, 了, 在, ...) come out near 1 and characters that live inside
+    words near 0, measured from the data rather than listed by hand.
+
+    Args:
+        *tables: Word -> count mappings (e.g. the domain and the general side of a contrast).
+
+    Returns:
+        ``{character: s(c)}`` for every character occurring in the tables.
+    """
+    alone: dict[str, float] = {}
+    total: dict[str, float] = {}
+    for table in tables:
+        for word, c in table.items():
+            if c <= 0:
+                continue
+            if len(word) == 1:
+                alone[word] = alone.get(word, 0.0) + float(c)
+            for ch in word:
+                total[ch] = total.get(ch, 0.0) + float(c)
+    return {ch: alone.get(ch, 0.0) / t for ch, t in total.items()}
+
+
+def _edge_log_bound(words: list[str], share: Mapping[str, float]) -> np.ndarray:
+    """log(1 − s(first)) + log(1 − s(last)) per word; 0 for single characters."""
+
+    # s < 1 for every character of a word with a positive count (its occurrences inside the
+    # word are not standalone); the floor only guards hand-made tables
+    def bound(ch: str) -> float:
+        return math.log(max(1.0 - share.get(ch, 0.0), 1e-300))
+
+    return np.array([bound(w[0]) + bound(w[-1]) if len(w) >= 2 else 0.0 for w in words])
+
+
 def _blog(y_d: np.ndarray, y_g: np.ndarray, n_d: float, n_g: float, filled: bool) -> np.ndarray:
     f_g = y_g * (n_d / n_g)
     t = y_d + f_g
@@ -204,28 +331,33 @@ def contrast(
     domain_counts: Mapping[str, float],
     general_counts: Mapping[str, float],
     *,
-    method: Method = "llr",
+    method: Method = "ratio_lcb_edges",
     min_count: float = 1,
     alpha0: float | None = None,
+    confidence: float = 0.95,
     domain_total: float | None = None,
     general_total: float | None = None,
 ) -> list[Scored]:
     """Ranks the domain's words by how much more frequent they are than on the general side.
 
     See the module docstring for the formulas of ``"llr"`` (signed G²), ``"log_odds"``
-    (Fightin' Words z-score), ``"blog"`` (the note's published code, NaN-last) and
-    ``"blog_filled"`` (the note's formula, missing counts as 0).
+    (Fightin' Words z-score), ``"ratio_lcb"`` (lower bound on the log rate ratio),
+    ``"ratio_lcb_edges"`` (the same with the edge-character term; the default),
+    ``"blog"`` (the note's published code, NaN-last) and ``"blog_filled"`` (the note's
+    formula, missing counts as 0).
 
     Args:
         domain_counts: Word -> count in the domain corpus (y_d). Counts are non-negative
             numbers (ints, or floats such as rescaled counts).
         general_counts: Word -> count in the general corpus (y_g), from the same segmenter.
             A word absent here has y_g = 0 (except in ``"blog"``, see above).
-        method: One of ``"llr"``, ``"log_odds"``, ``"blog"``, ``"blog_filled"``.
+        method: One of :data:`METHODS`.
         min_count: Only words with y_d >= ``min_count`` (> 0) are scored and returned; the
             totals and the blog's statistics still use every word.
         alpha0: α_0 > 0 for ``"log_odds"`` (ignored otherwise); ``None`` means n_d + n_g,
             i.e. α_w = y_d + y_g (the pooled counts as the prior).
+        confidence: level of the bound for ``"ratio_lcb"``/``"ratio_lcb_edges"``, in (0, 1)
+            (ignored otherwise).
         domain_total: n_d; default the sum of ``domain_counts``. Pass the true token count
             when the mapping was filtered (e.g. single characters removed).
         general_total: n_g; default the sum of ``general_counts``.
@@ -235,7 +367,8 @@ def contrast(
         best first; ties by larger domain count, then by word. NaN scores (``"blog"`` only) last.
 
     Raises:
-        ValueError: On an unknown ``method``, ``alpha0 <= 0``, ``min_count <= 0``, a negative,
+        ValueError: On an unknown ``method``, ``alpha0 <= 0``, ``min_count <= 0``,
+            ``confidence`` outside (0, 1), a negative,
             non-finite or non-numeric count, a non-str word, or a total that is not positive
             or smaller than the sum of its counts.
 
@@ -254,6 +387,7 @@ def contrast(
         raise ValueError(f"alpha0 must be None or a finite number > 0, got {alpha0!r}")
     if isinstance(min_count, bool) or not isinstance(min_count, numbers.Real) or min_count <= 0:
         raise ValueError(f"min_count must be a number > 0, got {min_count!r}")
+    _check_confidence(confidence)
     n_d = _check_total("domain_total", domain_total, _check_counts("domain_counts", domain_counts))
     n_g = _check_total(
         "general_total", general_total, _check_counts("general_counts", general_counts)
@@ -268,6 +402,12 @@ def contrast(
     elif method == "log_odds":
         a0 = n_d + n_g if alpha0 is None else float(alpha0)
         scores = log_odds_z(y_d, y_g, n_d, n_g, a0)
+    elif method in ("ratio_lcb", "ratio_lcb_edges"):
+        scores = log_rate_ratio_lcb(y_d, y_g, n_d, n_g, confidence)
+        if method == "ratio_lcb_edges":
+            scores = scores + _edge_log_bound(
+                words, standalone_share(domain_counts, general_counts)
+            )
     else:
         filled = method == "blog_filled"
         # The blog's mean and sum run over the union (filled) or the intersection of the two

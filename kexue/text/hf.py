@@ -12,12 +12,12 @@ Nothing is downloaded: ``path`` must be a directory that holds a model and its t
 ``pip install transformers``.
 
 References:
-    https://kexue.fm/archives/8119 (【搜出来的文本】⋅(三)基于BERT的文本采样)
+    【搜出来的文本】⋅(三)基于BERT的文本采样 (kexue.fm; the series of https://kexue.fm/archives/8084)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class CausalLMScorer:
 
     def __init__(self, path: str | Path, batch_size: int = 32,
                  device: str | torch.device = "cpu") -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.tokenizer, model = _load(path, "causal")
         self.model = model.to(device)
         self.device = torch.device(device)
@@ -150,8 +152,8 @@ class MaskedLMConditional:
         """
         if not 0 <= i < len(text):
             raise ValueError(f"position i={i} is outside the text of length {len(text)}")
-        tokens = [self.tokenizer.cls_token_id or self.tokenizer.bos_token_id]
-        tokens = [t for t in tokens if t is not None]
+        start = _special(self.tokenizer, "cls", "bos")
+        tokens = [] if start is None else [start]
         offset = len(tokens)
         tokens += self.tokenizer.convert_tokens_to_ids(list(text))
         tokens[offset + i] = self.tokenizer.mask_token_id
@@ -166,9 +168,11 @@ class MaskedLMConditional:
         out = np.where(vocab >= 0, logp[np.maximum(vocab, 0)], -np.inf)
         return out - np.logaddexp.reduce(out[np.isfinite(out)])
 
-    def conditional(self, space: Any, candidates: Sequence[int]):
+    def conditional(self, space: Any,
+                    candidates: Sequence[int]) -> Callable[[Any, int], np.ndarray]:
         """A ``conditional(state, i)`` for :func:`~kexue.text.sampling.gibbs` over a
-        character :class:`~kexue.text.constrained.TokenSpace` (one character per token)."""
+        character :class:`~kexue.text.constrained.TokenSpace` (one character per token);
+        it scores ``candidates`` in the order given, as :func:`gibbs` expects."""
         chars = [space.strings[c] for c in candidates]
 
         def conditional(state: Any, i: int) -> np.ndarray:
@@ -180,7 +184,8 @@ class MaskedLMConditional:
         """Σ_i log p(x_i | x_{−i}) of each text (over the model's whole vocabulary), (N,)."""
         out = np.zeros(len(texts))
         for n, text in enumerate(texts):
-            prefix = [t for t in [self.tokenizer.cls_token_id] if t is not None]
+            start = _special(self.tokenizer, "cls", "bos")
+            prefix = [] if start is None else [start]
             base = prefix + self.tokenizer.convert_tokens_to_ids(list(text))
             if self.tokenizer.sep_token_id is not None:
                 base = base + [self.tokenizer.sep_token_id]

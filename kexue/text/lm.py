@@ -28,7 +28,10 @@ References:
 from __future__ import annotations
 
 import math
+import os
 import re
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -73,16 +76,26 @@ class _Order:
     discounts: np.ndarray  # (4,) float64 D(0)=0, D(1), D(2), D(3+)
 
 
+_FALLBACK = (0.5, 1.0, 1.5)  # D(1), D(2), D(3+) where the estimate fails, as KenLM does
+
+
 def _discounts(counts: np.ndarray) -> np.ndarray:
+    """D(0) = 0 and D(r) = r − (r+1)·Y·n_{r+1}/n_r for r = 1, 2, 3+, Y = n_1/(n_1 + 2n_2).
+
+    An estimate outside (0, r] (too few counts, or n_{r+1} large) falls back to 0.5 / 1 / 1.5:
+    D(r) > 0 keeps mass for backing off, so no character gets probability 0, and D(r) ≤ r
+    keeps every level normalised.
+    """
     n = [np.count_nonzero(counts == r) for r in (1, 2, 3, 4)]
-    d = np.zeros(4)
+    d = np.array([0.0, *_FALLBACK])
     if n[0] == 0 or n[1] == 0:
-        d[1:] = [min(0.5, r) for r in (1, 2, 3)]
         return d
     y = n[0] / (n[0] + 2 * n[1])
     for r in (1, 2, 3):
-        value = r - (r + 1) * y * n[r] / n[r - 1] if n[r - 1] else r * 0.5
-        d[r] = min(max(value, 0.0), float(r))  # 0 ≤ D(r) ≤ r keeps every level normalised
+        if n[r - 1]:
+            value = r - (r + 1) * y * n[r] / n[r - 1]
+            if 0 < value <= r:
+                d[r] = value
     return d
 
 
@@ -337,6 +350,9 @@ class NgramLM:
         except KeyError as err:
             raise ValueError(f"{path} is not a kexue language-model file (missing {err})") \
                 from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # read lazily
+            raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); train the "
+                             "model again") from None
         return cls(order, chars, orders, bool(reverse))
 
     def save(self, path: str | Path) -> None:
@@ -392,14 +408,24 @@ class BiLM:
 
 
 def _save(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    """Write to a temporary file beside ``path``, then rename: a killed run leaves no torn
+    model behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _open(path: str | Path) -> Any:
+    if Path(path).is_dir():
+        raise ValueError(f"language-model file {path} is a directory, not a file")
     if not Path(path).is_file():
         raise FileNotFoundError(f"language-model file {path} does not exist")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path} is not a kexue language-model file ({err})") from None

@@ -29,15 +29,19 @@ no n-gram whose count reaches ``min_count``: the kept counts are exactly the tru
   functions can run on a distributed engine (Spark/Ray/Dask) unchanged. When the whole input fits
   in one chunk, the chunk *is* the corpus and pruning is applied at count time, level by level
   (only positions whose prefix and suffix survived are sorted at the next level): the same exact
-  result, several times faster. When the input spans several chunks and can be re-iterated (a
-  list, a ``Corpus``, a callable returning the texts), :func:`count_ngrams` instead makes one pass
-  per level with Apriori candidates only (see there), so memory does not grow with the number of
-  distinct rare n-grams.
+  result, several times faster. When the input spans several chunks and one process counts,
+  :func:`count_ngrams` instead reads the input once, spools its codes to a temporary file and
+  makes one pass over the spool per level with Apriori candidates only (see there), so memory
+  does not grow with the length of the stream or the number of distinct rare n-grams.
 
 Memory model. A chunk of L characters costs O(L) int64 working arrays per level (positions, keys,
 ids) plus its own tables, at most L entries per level before pruning: roughly 40·L·max_n bytes at
-peak. The reduce side holds the distinct n-grams seen so far (unpruned, ≤ total characters per
-level) as key/count pairs, 16 bytes each; the finalized table keeps only the survivors.
+peak. The level-wise path adds the kept n-grams of the levels done so far and the distinct
+candidates of the current level (16 bytes each), which depend on ``min_count`` and the corpus's
+vocabulary, not on the stream's length; per-position data lives in the temporary spool. The
+map/reduce path's reduce side holds the distinct n-grams seen so far (unpruned, ≤ total
+characters per level) as key/count pairs, 16 bytes each; the finalized table keeps only the
+survivors.
 
 References:
     https://kexue.fm/archives/6540 (分享一次专业领域词汇的无监督挖掘)
@@ -48,12 +52,11 @@ References:
 from __future__ import annotations
 
 import multiprocessing
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from kexue.text.corpus import _STDIN, Corpus
 
 __all__ = [
     "HAN_FIRST",
@@ -108,7 +111,12 @@ def encode(texts: str | Iterable[str]) -> np.ndarray:
     Raises:
         ValueError: if an element of ``texts`` is not a ``str``.
     """
-    joined = "\n".join(_check_texts(texts)) + "\n"
+    return _encode(_check_texts(texts))
+
+
+def _encode(texts: list[str]) -> np.ndarray:
+    """:func:`encode` of an already checked list of strings."""
+    joined = "\n".join(texts) + "\n"
     cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype="<u4")
     han = (cp >= HAN_FIRST) & (cp <= HAN_LAST)
     return np.where(han, cp.astype(np.int64) - (HAN_FIRST - 1), 0).astype(np.int32)
@@ -377,35 +385,6 @@ def _count_chunk_args(args: tuple[list[str], int]) -> NgramCounter:
     return count_chunk(*args)
 
 
-def _reiterable(texts: object) -> Callable[[], Iterable[str]] | None:
-    """A factory of fresh passes over ``texts``, or None if ``texts`` can be iterated only once.
-
-    Re-iterable: a callable (called once per pass), a :class:`~kexue.text.corpus.Corpus` that does
-    not read stdin, and any iterable whose ``iter()`` is not itself (lists, tuples, ...).
-    """
-    if callable(texts):
-        return texts  # type: ignore[return-value]
-    if isinstance(texts, Corpus):
-        return None if _STDIN in texts.sources else (lambda: texts)
-    try:
-        if iter(texts) is texts:  # type: ignore[call-overload]
-            return None
-    except TypeError:
-        return None
-    return lambda: texts  # type: ignore[return-value]
-
-
-def _find_many(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """:func:`_find` for many unsorted queries: sort them, look up the distinct ones in order."""
-    if queries.shape[0] == 0 or sorted_keys.shape[0] == 0:
-        return np.full(queries.shape[0], -1, dtype=np.int64)
-    order, group, starts = _group_sorted(queries, int(queries.max()).bit_length())
-    found = _find(sorted_keys, queries[order[starts]])
-    out = np.empty(queries.shape[0], dtype=np.int64)
-    out[order] = found[group]
-    return out
-
-
 def _merge_counts(
     acc: tuple[np.ndarray, np.ndarray] | None, keys: np.ndarray, counts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -419,100 +398,143 @@ def _merge_counts(
     return union, out
 
 
-def _unique_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keys = np.sort(keys)
+class _Spool:
+    """Append-only arrays of one dtype in an anonymous temporary file, read back in order.
+
+    The level-wise counter keeps per-position data of every chunk here instead of in memory, so
+    its memory does not grow with the stream (the file holds 2 bytes per character for codes
+    and 4 per character for ids; it is deleted when closed).
+    """
+
+    def __init__(self, dtype: np.dtype | type) -> None:
+        self.dtype = np.dtype(dtype)
+        self.file = tempfile.TemporaryFile()
+        self.sizes: list[int] = []
+
+    def write(self, arr: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(arr, dtype=self.dtype).tobytes())
+        self.sizes.append(int(arr.shape[0]))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.file.flush()
+        self.file.seek(0)
+        for size in self.sizes:
+            yield np.fromfile(self.file, dtype=self.dtype, count=size)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _local_groups(
+    keys: np.ndarray, pos: np.ndarray, L: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group one chunk's candidate keys: distinct keys, their counts, and per position its group.
+
+    Returns ``(unique, counts, gid)`` with ``gid`` of shape ``(L,)`` int32, −1 where no key.
+    """
+    gid = np.full(L, -1, dtype=np.int32)
     if keys.shape[0] == 0:
-        return keys.astype(np.uint64), np.zeros(0, np.int64)
-    flag = np.empty(keys.shape[0], dtype=bool)
-    flag[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=flag[1:])
-    starts = np.flatnonzero(flag)
-    return keys[starts], np.diff(starts, append=keys.shape[0]).astype(np.int64)
+        return keys.astype(np.uint64), np.zeros(0, np.int64), gid
+    order, group, starts = _group_sorted(keys, int(keys.max()).bit_length())
+    gid[pos[order]] = group
+    counts = np.diff(starts, append=keys.shape[0]).astype(np.int64)
+    return keys[order[starts]], counts, gid
 
 
-def _ids_upto(levels: list[_Level], codes: np.ndarray, k: int) -> np.ndarray:
-    """Id of the kept k-gram starting at each position of ``codes`` (−1 if none), k ≤ len(levels).
+def _count_levelwise(chunks: Iterable[list[str]], max_n: int, min_count: int) -> NgramTable:
+    """Exact pruned counts of many chunks: one pass over the text, then one pass per level n ≥ 3
+    over a spool of codes and ids in a temporary file (memory: one chunk plus one level's
+    candidates, whatever the length of the stream).
 
-    ``levels`` is a closed pruned table (every kept n-gram has kept prefix and suffix), so the
-    k-gram at i is kept iff it is found by prefix-id lookups.
+    Pass 1 reads the texts once, counts unigrams and all bigrams, and spools each chunk's codes
+    and, per position, the chunk-local group of its bigram. Pass n ≥ 3 turns the spooled local
+    groups of level n − 1 into global ids of the kept (n−1)-grams with one ``searchsorted`` of
+    the chunk's distinct keys (no per-position lookup), counts the n-grams whose (n−1)-prefix and
+    (n−1)-suffix are both kept (Apriori: exact), and spools their local groups for level n + 1.
     """
-    L = codes.shape[0]
-    idmap = np.full(ALPHABET_SIZE + 1, -1, dtype=np.int64)
-    first = levels[0].keys.astype(np.int64)
-    idmap[first] = np.arange(first.shape[0])
-    ids = idmap[codes]
-    for n in range(2, k + 1):
-        span = L - n + 1
-        new = np.full(L, -1, dtype=np.int64)
-        if span > 0:
-            pos = np.flatnonzero((ids[:span] >= 0) & (ids[1 : span + 1] >= 0))
-            q = (ids[pos].astype(np.uint64) << np.uint64(_CHAR_BITS)) | codes[pos + n - 1].astype(
-                np.uint64
-            )
-            new[pos] = _find_many(levels[n - 1].keys, q)
-        ids = new
-    return ids
-
-
-def _count_levelwise(
-    first_pass: Iterable[list[str]],
-    passes: Callable[[], Iterable[list[str]]],
-    max_n: int,
-    min_count: int,
-) -> NgramTable:
-    """Exact pruned counts over many chunks with one pass over the input per level n ≥ 2.
-
-    Pass 1 (``first_pass``) counts unigrams and all bigrams; pass n ≥ 3 (a fresh ``passes()``)
-    counts only the n-grams whose (n−1)-prefix and (n−1)-suffix were kept at level n − 1, so
-    the accumulated tables hold candidates only, not every distinct n-gram of the corpus.
-    """
+    codes_spool = _Spool(np.uint16)  # codes ≤ 20992 < 2^16
+    groups = _Spool(np.int32)
+    uniques = _Spool(np.uint64)
     uni = np.zeros(ALPHABET_SIZE + 1, dtype=np.int64)
     bi: tuple[np.ndarray, np.ndarray] | None = None
-    for chunk in first_pass:
-        codes = encode(chunk)
-        uni += np.bincount(codes, minlength=ALPHABET_SIZE + 1)
-        if max_n >= 2:
-            pos = np.flatnonzero((codes[:-1] > 0) & (codes[1:] > 0))
-            keys = (codes[pos].astype(np.uint64) << np.uint64(_CHAR_BITS)) | codes[pos + 1].astype(
-                np.uint64
-            )
-            bi = _merge_counts(bi, *_unique_counts(keys))
-    uni[0] = 0
-    total_chars = int(uni.sum())
-    keep1 = np.flatnonzero(uni >= min_count)
-    keep1 = keep1[keep1 > 0]
-    levels = [_Level(keep1.astype(np.uint64), uni[keep1])]
-    if max_n >= 2:
+    try:
+        for chunk in chunks:
+            codes = _encode(chunk)
+            uni += np.bincount(codes, minlength=ALPHABET_SIZE + 1)
+            codes_spool.write(codes)
+            if max_n >= 2:  # key = code(c_1) << 15 | code(c_2): raw codes, ranked below
+                pos = np.flatnonzero((codes[:-1] > 0) & (codes[1:] > 0))
+                keys = (codes[pos].astype(np.uint64) << np.uint64(_CHAR_BITS)) | codes[
+                    pos + 1
+                ].astype(np.uint64)
+                u, c, gid = _local_groups(keys, pos, codes.shape[0])
+                groups.write(gid)
+                uniques.write(u)
+                bi = _merge_counts(bi, u, c)
+        uni[0] = 0
+        total_chars = int(uni.sum())
+        keep1 = np.flatnonzero(uni >= min_count)
+        keep1 = keep1[keep1 > 0]
+        levels = [_Level(keep1.astype(np.uint64), uni[keep1])]
+        if max_n < 2:
+            return NgramTable(levels, total_chars=total_chars, min_count=min_count)
         rank = np.full(ALPHABET_SIZE + 1, -1, dtype=np.int64)
         rank[keep1] = np.arange(keep1.shape[0])
+
+        def ranked(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Raw code-pair keys -> keys over unigram ranks, and whether both are kept."""
+            c1 = rank[(raw >> np.uint64(_CHAR_BITS)).astype(np.int64)]
+            c2 = rank[(raw & _CHAR_MASK).astype(np.int64)]
+            ok = (c1 >= 0) & (c2 >= 0)
+            return (np.maximum(c1, 0).astype(np.uint64) << np.uint64(_CHAR_BITS)) | (
+                raw & _CHAR_MASK
+            ), ok
+
         keys, counts = bi if bi is not None else (np.zeros(0, np.uint64), np.zeros(0, np.int64))
-        c1 = rank[(keys >> np.uint64(_CHAR_BITS)).astype(np.int64)]
-        c2 = (keys & _CHAR_MASK).astype(np.int64)
-        kept = (counts >= min_count) & (c1 >= 0) & (rank[c2] >= 0)
-        keys = (c1[kept].astype(np.uint64) << np.uint64(_CHAR_BITS)) | c2[kept].astype(np.uint64)
-        levels.append(_Level(keys, counts[kept]))  # rank is increasing: keys stay sorted
-        del bi
-    for n in range(3, max_n + 1):
-        acc: tuple[np.ndarray, np.ndarray] | None = None
-        if levels[-1].keys.shape[0] > 0:
-            for chunk in passes():
-                codes = encode(chunk)
-                span = codes.shape[0] - n + 1
-                if span <= 0:
-                    continue
-                ids = _ids_upto(levels, codes, n - 1)
-                pos = np.flatnonzero((ids[:span] >= 0) & (ids[1 : span + 1] >= 0))
+        keys, ok = ranked(keys)
+        kept = ok & (counts >= min_count)
+        levels.append(_Level(keys[kept], counts[kept]))  # rank is increasing: keys stay sorted
+        del bi, keys, counts
+        for n in range(3, max_n + 1):
+            prev = levels[-1].keys
+            acc: tuple[np.ndarray, np.ndarray] | None = None
+            new_groups = _Spool(np.int32)
+            new_uniques = _Spool(np.uint64)
+            for codes, gid, u in zip(codes_spool, groups, uniques, strict=True):
+                # global id at level n − 1 of each chunk-local group, −1 if not kept
+                if n == 3:
+                    u, ok = ranked(u)
+                    gmap = np.where(ok, _find(prev, u), -1)
+                else:
+                    gmap = _find(prev, u)
+                L = codes.shape[0]
+                ids = np.where(gid >= 0, gmap[np.maximum(gid, 0)] if gmap.size else -1, -1)
+                span = L - n + 1
+                if span > 0 and prev.shape[0] > 0:
+                    pos = np.flatnonzero((ids[:span] >= 0) & (ids[1 : span + 1] >= 0))
+                else:
+                    pos = np.zeros(0, dtype=np.int64)
                 keys = (ids[pos].astype(np.uint64) << np.uint64(_CHAR_BITS)) | codes[
                     pos + n - 1
                 ].astype(np.uint64)
                 del ids
-                acc = _merge_counts(acc, *_unique_counts(keys))
-        if acc is None:
-            levels.append(_Level(np.zeros(0, np.uint64), np.zeros(0, np.int64)))
-            continue
-        kept = acc[1] >= min_count
-        levels.append(_Level(acc[0][kept], acc[1][kept]))
-    return NgramTable(levels, total_chars=total_chars, min_count=min_count)
+                u_n, c_n, gid_n = _local_groups(keys, pos, L)
+                if n < max_n:
+                    new_groups.write(gid_n)
+                    new_uniques.write(u_n)
+                acc = _merge_counts(acc, u_n, c_n)
+            groups.close()
+            uniques.close()
+            groups, uniques = new_groups, new_uniques
+            if acc is None:
+                levels.append(_Level(np.zeros(0, np.uint64), np.zeros(0, np.int64)))
+                continue
+            kept = acc[1] >= min_count
+            levels.append(_Level(acc[0][kept], acc[1][kept]))
+        return NgramTable(levels, total_chars=total_chars, min_count=min_count)
+    finally:
+        for spool in (codes_spool, groups, uniques):
+            spool.close()
 
 
 def count_ngrams(
@@ -528,21 +550,21 @@ def count_ngrams(
     The corpus is cut into chunks of about ``chunk_chars`` characters (whole texts).
 
     * One chunk: counted in this process with Apriori pruning at count time (exact).
-    * Several chunks, re-iterable input, ``processes == 1``: level-wise Apriori passes. Pass 1
-      counts unigrams and bigrams; pass n ≥ 3 re-reads the input and counts only the n-grams whose
-      (n−1)-prefix and (n−1)-suffix survived ``min_count`` (exact: a frequent n-gram's sub-grams
-      are at least as frequent). Memory stays bounded by one chunk plus the candidate n-grams of
-      one level, instead of every distinct n-gram of the corpus. Re-iterable means a list/tuple
-      (any iterable whose ``iter()`` is a new iterator), a :class:`~kexue.text.corpus.Corpus` not
-      reading stdin, or a callable returning a fresh iterable of texts on each call.
-    * Otherwise (one-shot iterator such as a generator, a stdin corpus, or ``processes > 1``):
-      map/reduce. :func:`count_chunk` counts each chunk unpruned (in ``processes`` spawned worker
-      processes when > 1), the partial counters are merged exactly with
+    * Several chunks, ``processes == 1``: level-wise Apriori passes. The input is read once
+      (any iterable: a list, a generator, a stdin :class:`~kexue.text.corpus.Corpus`); pass 1
+      counts unigrams and bigrams and spools the chunks' character codes and per-position
+      bigram groups to an anonymous temporary file (6 bytes per character, deleted at the end);
+      pass n ≥ 3 reads the spool back and counts only the n-grams whose (n−1)-prefix and
+      (n−1)-suffix survived ``min_count`` (exact: a frequent n-gram's sub-grams are at least as
+      frequent). Memory stays bounded by one chunk plus the candidate n-grams of one level,
+      whatever the length of the stream, instead of every distinct n-gram of the corpus.
+    * ``processes > 1``: map/reduce. :func:`count_chunk` counts each chunk unpruned in
+      ``processes`` spawned worker processes, the partial counters are merged exactly with
       :meth:`NgramCounter.merge`, and :meth:`NgramCounter.finalize` prunes once; memory grows
-      with the number of distinct n-grams.
+      with the number of distinct n-grams (the layout a distributed engine would use).
 
     Args:
-        texts: a string, an iterable of strings, or a callable returning one (see above).
+        texts: a string, an iterable of strings, or a callable returning one (called once).
         max_n: longest n-gram, ≥ 1.
         min_count: minimum count of a kept n-gram, ≥ 1.
         processes: worker processes, ≥ 1.
@@ -562,13 +584,13 @@ def count_ngrams(
         raise ValueError(f"chunk_chars must be <= {_MAX_CHUNK}, got {chunk_chars}")
     if isinstance(texts, str):
         texts = [texts]
-    factory = _reiterable(texts)
-    source = factory() if factory is not None else texts
-    chunks = _chunks(source, chunk_chars)  # type: ignore[arg-type]
+    elif callable(texts):
+        texts = texts()
+    chunks = _chunks(texts, chunk_chars)  # type: ignore[arg-type]
     first = next(chunks, [])
     second = next(chunks, None)
     if second is None:  # whole corpus in one chunk: prune while counting
-        codes = encode(first)
+        codes = _encode(first)
         levels = _count_codes(codes, max_n, min_count)
         return NgramTable(levels, total_chars=int(np.count_nonzero(codes)), min_count=min_count)
 
@@ -577,22 +599,15 @@ def count_ngrams(
         yield second
         yield from chunks
 
-    if factory is not None and processes == 1:
-        return _count_levelwise(
-            all_chunks(), lambda: _chunks(factory(), chunk_chars), max_n, min_count
-        )
+    if processes == 1:
+        return _count_levelwise(all_chunks(), max_n, min_count)
 
     total: NgramCounter | None = None
-    if processes == 1:
-        for chunk in all_chunks():
-            part = count_chunk(chunk, max_n)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        jobs = ((chunk, max_n) for chunk in all_chunks())
+        for part in pool.imap_unordered(_count_chunk_args, jobs):
             total = part if total is None else total.merge(part)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(processes) as pool:
-            jobs = ((chunk, max_n) for chunk in all_chunks())
-            for part in pool.imap_unordered(_count_chunk_args, jobs):
-                total = part if total is None else total.merge(part)
     assert total is not None
     return total.finalize(min_count)
 

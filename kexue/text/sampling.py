@@ -300,7 +300,8 @@ class MCMCResult:
         best_log_prob: Its log π.
         log_probs: log π of the current state after every step, (steps,).
         temperatures: The temperature of every step (all 1 for plain MH), (steps,).
-        proposed: Proposals per move kind.
+        proposed: Proposals per move kind that would change the state (a proposal of the
+            current state itself, e.g. redrawing the same token, is not counted).
         accepted: Accepted proposals per move kind.
         samples: The states after every ``thin``-th step, if kept.
     """
@@ -349,6 +350,10 @@ def _chain(target: Target, proposal: EditProposal, x0: State, steps: int,
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if mode not in ("exact", "cgmh"):
         raise ValueError(f"mode must be 'exact' or 'cgmh', got {mode!r}")
+    if not isinstance(thin, int) or thin < 0:
+        raise ValueError(f"thin must be an integer >= 0, got {thin!r}")
+    if mode == "cgmh" and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     x, logp = x0, _check_start(x0, target, proposal)
     energy = (lambda lp, n: lp / max(n, 1)) if per_token else (lambda lp, n: lp)
     best, best_logp, best_score = x, logp, energy(logp, len(x))
@@ -365,7 +370,8 @@ def _chain(target: Target, proposal: EditProposal, x0: State, steps: int,
             y_logp = logp if prop.state == x else _score(target, prop.state)
             log_alpha = ((energy(y_logp, len(prop.state)) - energy(logp, len(x))) / temp
                          + prop.log_reverse - prop.log_forward)
-        proposed[prop.kind] += 1
+        if prop.state != x:  # a proposal of x itself is neither accepted nor rejected
+            proposed[prop.kind] += 1
         if prop.state != x and math.log(rng.random() + 1e-300) < log_alpha:
             x, logp = prop.state, y_logp
             accepted[prop.kind] += 1
@@ -409,6 +415,8 @@ def metropolis_hastings(target: Target, proposal: EditProposal, x0: State, steps
 def linear_cooling(t0: float, t1: float, steps: int) -> Callable[[int], float]:
     """T_t = t0 + (t1 − t0)·t/(steps − 1), from t0 down to t1 > 0."""
     _check_temps(t0, t1)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     return lambda t: t0 + (t1 - t0) * min(t, steps - 1) / max(steps - 1, 1)
 
 
@@ -513,8 +521,8 @@ def gibbs(target: Target, x0: State, sweeps: int, candidates: Sequence[int], *,
 
     π(x_i = v | x_{−i}) ∝ π(x_1 … x_{i−1} v x_{i+1} … x_n) for v in ``candidates``, all scored
     in one batch. A masked LM's conditional can be given as ``conditional(state, i)`` instead
-    (log-probabilities over ``candidates``); then the chain targets π only if those
-    conditionals are π's.
+    (log-probabilities over ``candidates``, in their order); then the chain targets π only
+    if those conditionals are π's.
 
     Args:
         target: The unnormalised target π.
@@ -528,9 +536,11 @@ def gibbs(target: Target, x0: State, sweeps: int, candidates: Sequence[int], *,
     Raises:
         ValueError: For an empty candidate set, negative ``sweeps`` or π(x0) = 0.
     """
-    cands = np.unique(np.asarray(candidates, np.int64))
-    if cands.size == 0:
+    cands = np.asarray(candidates, np.int64).reshape(-1)  # kept in the caller's order:
+    if cands.size == 0:                                    # a conditional scores them so
         raise ValueError("candidates must hold at least one token id, got none")
+    if np.unique(cands).size != cands.size:
+        raise ValueError(f"candidates must be distinct token ids, got {list(candidates)}")
     if not isinstance(sweeps, int) or sweeps < 0:
         raise ValueError(f"sweeps must be an integer >= 0, got {sweeps!r}")
     rng = _rng(seed)
@@ -549,6 +559,10 @@ def gibbs(target: Target, x0: State, sweeps: int, candidates: Sequence[int], *,
                                                      for v in cands]), np.float64)
             else:
                 scores = np.asarray(conditional(x, i), np.float64)
+            if scores.shape != cands.shape or not np.any(scores > -np.inf):
+                raise ValueError(f"the conditional at position {i} must give {cands.size} "
+                                 "log-probabilities (one per candidate, in order) with at least "
+                                 f"one finite; got shape {scores.shape}")
             p = np.exp(scores - np.max(scores))
             j = int(rng.choice(len(cands), p=p / p.sum()))
             x = x.replace(i, int(cands[j]))
@@ -646,8 +660,9 @@ def rejection_sampling(target: Target, sample: Callable[[np.random.Generator], t
         ValueError: If a draw has π(x) > M q(x), or ``n`` < 1.
         RuntimeError: If ``max_proposals`` pass before ``n`` acceptances.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    for name, value in (("n", n), ("batch", batch), ("max_proposals", max_proposals)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     rng = _rng(seed)
     out: list[tuple[int, ...]] = []
     proposed = 0
