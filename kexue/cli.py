@@ -241,9 +241,11 @@ def vocab_contrast(
         "--general", help="The general corpus (repeat the option for several paths). "
         "None: embedded People's Daily 1998.")] = None,
     method: Annotated[str, typer.Option(
-        "--method", help="llr (log-likelihood ratio), log_odds (informative Dirichlet "
-        "prior), blog (the note's formula; words missing from the general side last), "
-        "blog_filled (the same, missing counts as 0).")] = "llr",
+        "--method", help="ratio_lcb_edges (default: 95% lower bound of the log rate ratio, "
+        "less for words whose edge characters usually stand alone), ratio_lcb (the bound "
+        "alone), llr (log-likelihood ratio), log_odds (informative Dirichlet prior), blog (the "
+        "note's formula; words missing from the general side last), blog_filled (the same, "
+        "missing counts as 0).")] = "ratio_lcb_edges",
     fmt: Fmt = "auto",
     field: Field = "text",
     errors: Errors = "stop",
@@ -257,11 +259,11 @@ def vocab_contrast(
     for both sides, missing counts as 0, a proper statistic."""
     import time
 
-    from kexue.text.contrast import contrast, is_han_word
+    from kexue.text.contrast import METHODS, contrast, is_han_word
     from kexue.text.vocab import paired_counts
 
-    if method not in ("llr", "log_odds", "blog", "blog_filled"):
-        raise CliError(f"--method must be llr, log_odds, blog or blog_filled, got {method!r}")
+    if method not in METHODS:
+        raise CliError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     start = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("reading", total=None, rate="")

@@ -13,7 +13,9 @@ from kexue.text.contrast import (
     is_han_word,
     log_likelihood_ratio,
     log_odds_z,
+    log_rate_ratio_lcb,
     precision_at_k,
+    standalone_share,
 )
 
 
@@ -95,16 +97,67 @@ def test_sorting_min_count_and_totals():
     ranked = contrast(dom, gen, method="llr")
     assert [r.word for r in ranked] == ["多", "少", "中"]
     assert ranked[-1].score < 0  # under-represented words get a negative sign
-    assert [r.word for r in contrast(dom, gen, min_count=2)] == ["多", "中"]
+    assert [r.word for r in contrast(dom, gen, method="llr", min_count=2)] == ["多", "中"]
     # a larger declared total changes the rates (and the scores)
-    bigger = contrast(dom, gen, domain_total=1000)
+    bigger = contrast(dom, gen, method="llr", domain_total=1000)
     assert bigger[0].score != ranked[0].score
+
+
+@pytest.mark.parametrize("y_d, n_d, n_g, conf", [(3, 100, 400, 0.95), (40, 1e4, 2e3, 0.9)])
+def test_rate_ratio_bound_closed_form(y_d, n_d, n_g, conf):
+    # y_g = 1/2 makes the posterior Beta(y_d + 1/2, 1), whose CDF is x^a: π_lo = (1 − conf)^(1/a)
+    a = y_d + 0.5
+    lo = (1 - conf) ** (1 / a)
+    want = math.log(lo / (1 - lo)) + math.log(n_g / n_d)
+    got = float(log_rate_ratio_lcb(y_d, 0.5, n_d, n_g, conf))
+    assert got == pytest.approx(want, rel=1e-9)
+    stats = pytest.importorskip("scipy.stats")
+    y = np.array([0.0, 1.0, 7.0, 300.0])
+    q = stats.beta.ppf(1 - conf, y + 0.5, 9.5)
+    np.testing.assert_allclose(
+        log_rate_ratio_lcb(y, 9.0, n_d, n_g, conf), np.log(q / (1 - q) * n_g / n_d), rtol=1e-9
+    )
+
+
+def test_rate_ratio_bound_orders_by_ratio_not_evidence():
+    # 4x over-represented and very frequent vs 60 occurrences never seen on the general side:
+    # LLR prefers the frequent word, the bound on the ratio the exclusive one
+    dom = {"常见": 4000, "术语": 60, "其他": 95940}
+    gen = {"常见": 1000, "其他": 99000}
+    assert contrast(dom, gen, method="llr")[0].word == "常见"
+    assert contrast(dom, gen, method="ratio_lcb")[0].word == "术语"
+    # the bound tightens with the count: more occurrences at the same ratio score higher
+    few, many = log_rate_ratio_lcb(np.array([4.0, 400.0]), np.array([1.0, 100.0]), 1e5, 1e5)
+    assert few < many < math.log(4)
+    assert float(log_rate_ratio_lcb(4e6, 1e6, 1e5, 1e5)) == pytest.approx(math.log(4), abs=1e-2)
+
+
+def test_standalone_share_and_edge_term():
+    dom = {"是": 6, "骗局": 3, "是骗局": 2, "气候": 4}
+    gen = {"是": 10, "气候": 1, "候": 1}
+    share = standalone_share(dom, gen)
+    assert share["是"] == pytest.approx(16 / 18)  # 16 alone, 2 inside 是骗局
+    assert share["候"] == pytest.approx(1 / 6)  # 1 alone, 5 inside 气候
+    assert share["骗"] == 0.0
+    plain = {r.word: r.score for r in contrast(dom, gen, method="ratio_lcb")}
+    edges = {r.word: r.score for r in contrast(dom, gen, method="ratio_lcb_edges")}
+    assert edges["是骗局"] == pytest.approx(plain["是骗局"] + math.log(1 - 16 / 18))
+    assert edges["气候"] == pytest.approx(plain["气候"] + math.log(1 - 1 / 6))
+    assert edges["骗局"] == pytest.approx(plain["骗局"])
+    assert edges["是"] == pytest.approx(plain["是"])  # single characters: no edge term
+    # without single characters in the tables the two methods agree
+    words_only = ({"骗局": 3, "是骗局": 2}, {"气候": 1})
+    assert contrast(*words_only, method="ratio_lcb_edges") == contrast(
+        *words_only, method="ratio_lcb"
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"method": "tfidf"}, "method"),
+        ({"confidence": 1.0}, "confidence"),
+        ({"method": "llr", "confidence": 0}, "confidence"),
         ({"method": "log_odds", "alpha0": 0.0}, "alpha0"),
         ({"method": "log_odds", "alpha0": -1.0}, "alpha0"),
         ({"min_count": 0}, "min_count"),

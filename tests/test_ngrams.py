@@ -184,8 +184,41 @@ def test_levelwise_input_kinds():
         return iter(texts)
 
     assert as_dict(count_ngrams(factory, 5, 2, chunk_chars=50)) == want
-    assert len(calls) >= 2  # re-iterated once per level
+    assert len(calls) == 1  # the input is read once; later levels read the spool
     assert as_dict(count_ngrams(tuple(texts), 5, 2, chunk_chars=50)) == want
-    # one-shot iterators fall back to unpruned map/reduce, same exact result
+    # one-shot iterators take the same level-wise path (the spool makes them re-readable)
     assert as_dict(count_ngrams((t for t in texts), 5, 2, chunk_chars=50)) == want
     assert as_dict(count_ngrams(iter(texts), 5, 2, chunk_chars=50)) == want
+
+
+def test_stream_memory_does_not_grow_with_length():
+    # the same texts streamed k times (a one-shot generator) with min_count ∝ k keep the same
+    # table; the level-wise counter's traced peak (numpy buffers included) must not grow with k
+    import tracemalloc
+
+    rng = random.Random(5)
+    alphabet = [chr(0x4E00 + i) for i in range(300)]
+    base = ["".join(rng.choices(alphabet, k=rng.randint(5, 60))) for _ in range(1500)]
+
+    def peak(k):
+        stream = (t for _ in range(k) for t in base)
+        tracemalloc.start()
+        try:
+            table = count_ngrams(stream, 5, 2 * k, chunk_chars=8_000)
+            return tracemalloc.get_traced_memory()[1], table
+        finally:
+            tracemalloc.stop()
+
+    small, t_small = peak(2)
+    large, t_large = peak(20)
+    assert [t_small.size(n) for n in range(1, 6)] == [t_large.size(n) for n in range(1, 6)]
+    assert large < 1.15 * small, (small, large)
+
+
+def test_counts_ignore_characters_outside_the_bmp():
+    # counting encodes UTF-16 units: a non-BMP character (two units) is still one boundary
+    texts = ["中文\U0001f600中文", "\U00020000中\ud800文", "中文"]
+    want = brute(texts, 3)
+    assert as_dict(count_ngrams(texts, 3)) == want
+    assert as_dict(count_ngrams(texts, 3, chunk_chars=3)) == want
+    assert as_dict(count_chunk(texts, 3).finalize()) == want

@@ -37,7 +37,7 @@ Methods (``method=``), every score larger = more domain-specific:
   measure the *evidence* of any difference, so a very frequent word with a modest ratio (a
   register word such as 就是 in Q&A text against news, ratio ≈ 4) outranks a rarer term never
   seen on the general side; the bound ranks by the size of the ratio and lets the count only
-  tighten it. Climate vs pd1998: P@100/500 0.40/0.198 against 0.24/0.162 for LLR.
+  tighten it. Climate vs pd1998: P@100/500 0.40/0.202 against 0.24/0.162 for LLR.
 - ``"ratio_lcb_edges"`` (the default): ``"ratio_lcb"`` plus the log-probability that both edge
   characters of the word are bound inside words,
 

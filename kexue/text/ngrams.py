@@ -111,15 +111,25 @@ def encode(texts: str | Iterable[str]) -> np.ndarray:
     Raises:
         ValueError: if an element of ``texts`` is not a ``str``.
     """
-    return _encode(_check_texts(texts))
-
-
-def _encode(texts: list[str]) -> np.ndarray:
-    """:func:`encode` of an already checked list of strings."""
-    joined = "\n".join(texts) + "\n"
+    joined = "\n".join(_check_texts(texts)) + "\n"
     cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype="<u4")
     han = (cp >= HAN_FIRST) & (cp <= HAN_LAST)
     return np.where(han, cp.astype(np.int64) - (HAN_FIRST - 1), 0).astype(np.int32)
+
+
+def _encode(texts: list[str]) -> np.ndarray:
+    """Codes for counting: :func:`encode` over UTF-16 code units (an already checked list).
+
+    The Han block lies in the BMP, so every Han character is one unit with the same code; a
+    character outside the BMP becomes two units (a surrogate pair), both 0, i.e. one more
+    boundary position, which changes no count. About 4x faster than the UTF-32 path.
+    """
+    joined = "\n".join(texts) + "\n"
+    cp = np.frombuffer(joined.encode("utf-16-le", "surrogatepass"), dtype="<u2")
+    out = cp.astype(np.int32)
+    out -= HAN_FIRST - 1
+    out[(cp < HAN_FIRST) | (cp > HAN_LAST)] = 0
+    return out
 
 
 def decode(codes: np.ndarray) -> list[str]:
@@ -234,7 +244,7 @@ class NgramCounter:
 
     def update(self, texts: str | Iterable[str]) -> NgramCounter:
         """Count all n-grams of ``texts`` (no pruning) and add them; returns ``self``."""
-        other = _from_levels(self.max_n, _count_codes(encode(texts), self.max_n, 1))
+        other = _from_levels(self.max_n, _count_codes(_encode(_check_texts(texts)), self.max_n, 1))
         self.levels = self.merge(other).levels
         return self
 
@@ -363,7 +373,7 @@ def count_chunk(texts: str | Sequence[str], max_n: int) -> NgramCounter:
         ValueError: if ``max_n < 1`` or an element of ``texts`` is not a ``str``.
     """
     max_n = _check_n("max_n", max_n)
-    return _from_levels(max_n, _count_codes(encode(texts), max_n, 1))
+    return _from_levels(max_n, _count_codes(_encode(_check_texts(texts)), max_n, 1))
 
 
 def _chunks(texts: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
@@ -402,8 +412,8 @@ class _Spool:
     """Append-only arrays of one dtype in an anonymous temporary file, read back in order.
 
     The level-wise counter keeps per-position data of every chunk here instead of in memory, so
-    its memory does not grow with the stream (the file holds 2 bytes per character for codes
-    and 4 per character for ids; it is deleted when closed).
+    its memory does not grow with the stream (2 bytes per character for codes, 4 for the
+    groups of one level, written while the previous level's are read; deleted when closed).
     """
 
     def __init__(self, dtype: np.dtype | type) -> None:
@@ -412,7 +422,7 @@ class _Spool:
         self.sizes: list[int] = []
 
     def write(self, arr: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(arr, dtype=self.dtype).tobytes())
+        self.file.write(memoryview(np.ascontiguousarray(arr, dtype=self.dtype)).cast("B"))
         self.sizes.append(int(arr.shape[0]))
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -501,14 +511,16 @@ def _count_levelwise(chunks: Iterable[list[str]], max_n: int, min_count: int) ->
             new_groups = _Spool(np.int32)
             new_uniques = _Spool(np.uint64)
             for codes, gid, u in zip(codes_spool, groups, uniques, strict=True):
-                # global id at level n − 1 of each chunk-local group, −1 if not kept
+                # global id at level n − 1 of each chunk-local group, −1 if not kept; the extra
+                # last entry −1 is where gid = −1 (no n−1-gram at that position) lands
+                gmap = np.full(u.shape[0] + 1, -1, dtype=np.int64)
                 if n == 3:
                     u, ok = ranked(u)
-                    gmap = np.where(ok, _find(prev, u), -1)
+                    gmap[:-1] = np.where(ok, _find(prev, u), -1)
                 else:
-                    gmap = _find(prev, u)
+                    gmap[:-1] = _find(prev, u)
                 L = codes.shape[0]
-                ids = np.where(gid >= 0, gmap[np.maximum(gid, 0)] if gmap.size else -1, -1)
+                ids = gmap[gid]
                 span = L - n + 1
                 if span > 0 and prev.shape[0] > 0:
                     pos = np.flatnonzero((ids[:span] >= 0) & (ids[1 : span + 1] >= 0))
@@ -553,7 +565,7 @@ def count_ngrams(
     * Several chunks, ``processes == 1``: level-wise Apriori passes. The input is read once
       (any iterable: a list, a generator, a stdin :class:`~kexue.text.corpus.Corpus`); pass 1
       counts unigrams and bigrams and spools the chunks' character codes and per-position
-      bigram groups to an anonymous temporary file (6 bytes per character, deleted at the end);
+      bigram groups to an anonymous temporary file (≤ 10 bytes per character, deleted at the end);
       pass n ≥ 3 reads the spool back and counts only the n-grams whose (n−1)-prefix and
       (n−1)-suffix survived ``min_count`` (exact: a frequent n-gram's sub-grams are at least as
       frequent). Memory stays bounded by one chunk plus the candidate n-grams of one level,

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kexue.text.ngrams import NgramTable, count_ngrams
+from kexue.text.ngrams import NgramTable, count_ngrams, decode
 
 __all__ = [
     "Vocabulary",
@@ -300,7 +300,7 @@ def discover(
         pmi, _ = split_pmi(table, n)
         keep = (pmi >= min_pmi + pmi_per_char * (n - 2)) & (np.minimum(left, right) >= min_entropy)
         idx = np.flatnonzero(keep)
-        words.append(np.asarray(table.strings(n), dtype=object)[idx])
+        words.append(np.asarray(decode(table.codes(n)[idx]), dtype=object))
         for col, arr in zip(cols, (table.counts(n), pmi, left, right), strict=True):
             col.append(arr[idx])
     if words:
