@@ -26,6 +26,7 @@ from kexue.experiments import (  # noqa: E402
     domain_vocab,
     ema_digits,
     estimator_variance,
+    gan_digits,
     gan_dynamics,
     glann_digits,
     layerwise_lr,
@@ -40,7 +41,7 @@ EXPERIMENTS: dict[str, ModuleType] = {
     for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits, attention_scaling,
               estimator_variance, direct_metric, gan_dynamics,
               path_kernel_digits, modified_flow, domain_vocab, constrained_text,
-              glann_digits, nvae_digits)
+              gan_digits, glann_digits, nvae_digits)
 }
 
 

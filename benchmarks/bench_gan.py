@@ -1,0 +1,176 @@
+"""kexue.generative.gan: cost of a training step per recipe, and sample quality per recipe.
+
+    python benchmarks/bench_gan.py [--quick] [--threads N] [--datasets digits mnist5k]
+
+Writes results/gan.json, results/gan.md and results/gan_samples_<dataset>.png. CPU, 1 thread.
+
+a. One training step (D step + G step + EMA update) of each recipe in ``RECIPES`` on a batch of
+   real digits, the networks at one size (width 16, z 32, batch 32), interleaved in rounds;
+   the baseline is the DCGAN step (there is no PyPI peer that trains these nets on CPU
+   without its own torch).
+b. Sample quality: DCGAN, SNGAN, SAGAN and SELF-MOD (the same width, batch 16, each with its
+   paper's loss and optimiser settings) trained for a fixed number of epochs with 3 seeds on
+   each dataset, EMA samples scored by :func:`kexue.generative.metrics.score_samples` against
+   the test split (cFD, k-NN precision/recall, classifier IS), beside the held-out-real
+   floor. The epochs are the same for every recipe, so a recipe whose learning rates are
+   smaller (SAGAN's TTUR: 1e-4 / 4e-4) is judged at equal wall-clock-ish budget, not at
+   convergence.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import RESULTS, measure_interleaved, parser, setup, write_results  # noqa: E402
+
+from kexue.generative.base import image_grid  # noqa: E402
+from kexue.generative.data import load_images  # noqa: E402
+from kexue.generative.gan import RECIPES, make_trainer  # noqa: E402
+from kexue.generative.metrics import fit_classifier, score_samples  # noqa: E402
+
+Row = dict[str, Any]
+QUALITY_RECIPES = ("dcgan", "sngan", "sagan", "selfmod")
+# dataset -> (epochs full, epochs quick)
+EPOCHS = {"digits": (30, 10), "mnist5k": (4, 1)}
+
+
+def step_rows(quick: bool) -> tuple[list[Row], list[str]]:
+    data = load_images("digits")
+    fns = {}
+    for name in RECIPES:
+        trainer = make_trainer(name, data, epochs=1, seed=0, z_dim=32, width=16, batch_size=32)
+        x, y = data.train_x[:32] * 2 - 1, data.train_y[:32]
+
+        def step(trainer: Any = trainer, x: torch.Tensor = x, y: torch.Tensor = y) -> None:
+            trainer.train_step(x, y)
+
+        fns[name] = step
+    timing = measure_interleaved(fns, warmup=3, repeats=5 if quick else 15, min_time=0.05)
+    case = "digits 8×8, batch 32, width 16"
+    rows = [{"benchmark": "train step", "case": case, "impl": name, **t,
+             **({"baseline": "dcgan"} if name != "dcgan" else {})}
+            for name, t in timing.items()]
+    return rows, []
+
+
+def real_floor(data: Any, clf: Any) -> dict[str, float]:
+    """Scores of a random subset of held-out real train images (test-split size).
+
+    Random, not the first rows: a split's train images come in file order, which for mnist5k
+    is grouped by class.
+    """
+    pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))
+    return score_samples(data.train_x[pick[:len(data.test_x)]], data, classifier=clf)
+
+
+def real_grid(data: Any) -> torch.Tensor:
+    """64 random test images (the split keeps file order, which may be grouped by class)."""
+    pick = torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(0))
+    return data.test_x[pick[:64]]
+
+
+def quality(dataset: str, quick: bool) -> dict[str, Any]:
+    data = load_images(dataset, seed=0)
+    clf = fit_classifier(data, seed=0)
+    n = len(data.test_x)
+    floor = real_floor(data, clf)
+    epochs = EPOCHS[dataset][1 if quick else 0]
+    runs: list[dict[str, Any]] = []
+    grids = {}
+    for name in QUALITY_RECIPES:
+        for seed in range(3):
+            start = time.perf_counter()
+            trainer = make_trainer(name, data, epochs=epochs, seed=seed, z_dim=32, width=16,
+                                   batch_size=16)
+            while trainer.epoch < trainer.epochs:
+                trainer.fit_epoch()
+            samples = trainer.sample(n, torch.Generator().manual_seed(seed))
+            scores = score_samples(samples, data, classifier=clf)
+            runs.append({"recipe": name, "seed": seed, **scores,
+                         "seconds": time.perf_counter() - start})
+            print(f"{dataset} {name} seed {seed}: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in runs[-1].items() if isinstance(v, float)), flush=True)
+            if seed == 0:
+                grids[name] = samples[:64]
+    grids["real (test)"] = real_grid(data)
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.6))
+    for ax, (title, images) in zip(axes, grids.items(), strict=True):
+        ax.imshow(image_grid(images)[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.suptitle(f"{dataset}: EMA samples after {epochs} epochs, seed 0")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"gan_samples_{dataset}.png", dpi=100)
+    plt.close(fig)
+    return {"epochs": epochs, "floor": floor, "classifier_test_accuracy": clf.test_accuracy,
+            "runs": runs}
+
+
+def quality_markdown(tables: dict[str, Any]) -> str:
+    lines = []
+    for dataset, t in tables.items():
+        lines += ["", f"## Sample quality on {dataset}: {t['epochs']} epochs, batch 16, width 16, "
+                  f"EMA samples vs the test split", "",
+                  f"Feature classifier test accuracy {t['classifier_test_accuracy']:.3f}. "
+                  f"Held-out real train images score cFD {t['floor']['cfd']:.3f}, precision "
+                  f"{t['floor']['precision']:.3f}, recall {t['floor']['recall']:.3f}, cIS "
+                  f"{t['floor']['cis']:.2f}.", "",
+                  "| recipe | seed | cFD | precision | recall | cIS | seconds |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in t["runs"]:
+            lines.append(f"| {r['recipe']} | {r['seed']} | {r['cfd']:.3f} | "
+                         f"{r['precision']:.3f} | {r['recall']:.3f} | {r['cis']:.2f} | "
+                         f"{r['seconds']:.1f} |")
+        lines += ["", "| recipe | mean cFD | mean precision | mean recall | mean cIS |",
+                  "|---|---:|---:|---:|---:|"]
+        for name in QUALITY_RECIPES:
+            rs = [r for r in t["runs"] if r["recipe"] == name]
+            means = {k: statistics.fmean(r[k] for r in rs)
+                     for k in ("cfd", "precision", "recall", "cis")}
+            lines.append(f"| {name} | {means['cfd']:.3f} | {means['precision']:.3f} | "
+                         f"{means['recall']:.3f} | {means['cis']:.2f} |")
+        lines += ["", f"![samples](gan_samples_{dataset}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", choices=sorted(EPOCHS), default=None,
+                   help="datasets of part b (default: digits with --quick, else both)")
+    args = p.parse_args(argv)
+    device = setup(args)
+    if device.type != "cpu":
+        raise SystemExit("bench_gan.py measures the CPU; --device cuda is not supported")
+    datasets = args.datasets or (["digits"] if args.quick else ["digits", "mnist5k"])
+    started = time.perf_counter()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows, notes = step_rows(args.quick)
+    notes = [f"mode: {'--quick' if args.quick else 'full'}, threads {torch.get_num_threads()}",
+             *notes]
+    tables: dict[str, Any] = {}
+    for dataset in datasets:  # results rewritten after each dataset: a long run leaves a record
+        tables[dataset] = quality(dataset, args.quick)
+        md = write_results("gan", rows, device=device, notes=notes)
+        with md.open("a") as f:
+            f.write(quality_markdown(tables))
+        data = json.loads((RESULTS / "gan.json").read_text())
+        data["quality"] = tables
+        data["seconds_total"] = time.perf_counter() - started
+        (RESULTS / "gan.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()
