@@ -35,7 +35,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import RESULTS, measure_interleaved, parser, setup, write_results  # noqa: E402
 
-from kexue.generative.base import image_grid  # noqa: E402
+from kexue.experiments._common import grid_figure  # noqa: E402
 from kexue.generative.data import load_images  # noqa: E402
 from kexue.generative.gan import RECIPES, make_trainer  # noqa: E402
 from kexue.generative.metrics import fit_classifier, score_samples  # noqa: E402
@@ -105,13 +105,7 @@ def quality(dataset: str, quick: bool) -> dict[str, Any]:
             if seed == 0:
                 grids[name] = samples[:64]
     grids["real (test)"] = real_grid(data)
-    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.6))
-    for ax, (title, images) in zip(axes, grids.items(), strict=True):
-        ax.imshow(image_grid(images)[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title)
-        ax.axis("off")
-    fig.suptitle(f"{dataset}: EMA samples after {epochs} epochs, seed 0")
-    fig.tight_layout()
+    fig = grid_figure(grids, f"{dataset}: EMA samples after {epochs} epochs, seed 0", 3.2)
     fig.savefig(RESULTS / f"gan_samples_{dataset}.png", dpi=100)
     plt.close(fig)
     return {"epochs": epochs, "floor": floor, "classifier_test_accuracy": clf.test_accuracy,

@@ -78,3 +78,19 @@ def rss_growth(call: Callable[[], object]) -> int | None:
         return None
     call()
     return _status_bytes("VmHWM") - before
+
+
+def grid_figure(grids: dict[str, Tensor], title: str, width: float = 3.4):
+    """One panel per named image batch (N, 1, H, W) in [0, 1], tiled by ``image_grid``."""
+    import matplotlib.pyplot as plt
+
+    from kexue.generative.base import image_grid
+
+    fig, axes = plt.subplots(1, len(grids), figsize=(width * len(grids), width + 0.4))
+    for ax, (name, images) in zip(np.atleast_1d(axes), grids.items(), strict=True):
+        ax.imshow(image_grid(images)[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -22,11 +22,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from kexue.generative.base import image_grid
+from kexue.experiments._common import grid_figure
 from kexue.generative.data import load_images
 from kexue.generative.gan import make_trainer
 from kexue.generative.metrics import fit_classifier, score_samples
@@ -76,13 +75,7 @@ def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
                  "-"])
     grids["real (test)"] = data.test_x[:64]
 
-    fig, axes = plt.subplots(1, len(grids), figsize=(3.4 * len(grids), 3.8))
-    for ax, (title, images) in zip(np.atleast_1d(axes), grids.items(), strict=True):
-        ax.imshow(image_grid(images)[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title)
-        ax.axis("off")
-    fig.suptitle(f"EMA samples after {config['epochs']} epochs, seed {seed}")
-    fig.tight_layout()
+    fig = grid_figure(grids, f"EMA samples after {config['epochs']} epochs, seed {seed}")
 
     metrics: dict[str, float] = {"cfd_real_floor": floor["cfd"],
                                  "classifier_test_accuracy": clf.test_accuracy}

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from kexue.generative.base import image_grid
+from kexue.experiments._common import grid_figure
 from kexue.generative.data import load_images
 from kexue.generative.glann import GLANNTrainer
 from kexue.generative.metrics import fit_classifier, score_samples
@@ -76,13 +76,7 @@ def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
     rows.append(["-", "held-out real (floor)", round(floor["cfd"], 3),
                  round(floor["precision"], 3), round(floor["recall"], 3), round(floor["cis"], 2)])
 
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
-    for ax, (title, images) in zip(axes, grids.items(), strict=True):
-        ax.imshow(image_grid(images)[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title)
-        ax.axis("off")
-    fig.suptitle(f"samples, seed {seed}")
-    fig.tight_layout()
+    fig = grid_figure(grids, f"samples, seed {seed}")
 
     glann_cfd = [g["cfd"] for g, _ in per_seed]
     gauss_cfd = [b["cfd"] for _, b in per_seed]
