@@ -271,7 +271,7 @@ def _snapshot(trainer) -> dict:
 
 
 @pytest.mark.parametrize("recipe, overrides", [
-    ("dcgan", {"r1": 0.5}),
+    ("sngan", {"r1": 0.5}),
     ("sagan", {"loss": "wgan-gp", "r2": 0.1}),  # SN vectors, attention, GP's interpolation draws
     ("biggan", {"truncation": 1.0}),  # conditional, split latent, orthogonal penalty
 ])
@@ -363,6 +363,10 @@ def test_bad_trainer_input(tiny):
         make_trainer("dcgan", tiny, epochs=0)
     with pytest.raises(ValueError, match="r1"):
         make_trainer("dcgan", tiny, epochs=1, r1=-1.0)
+    with pytest.raises(ValueError, match="without BatchNorm"):  # D's BN couples the samples
+        make_trainer("dcgan", tiny, epochs=1, r1=0.5)
+    with pytest.raises(ValueError, match="no training images"):
+        make_trainer("biggan", empty, epochs=1)
     g = Generator((1, 28, 28), z_dim=4, width=4)
     with pytest.raises(ValueError, match=r"\(1, 28, 28\)"):
         GANTrainer(tiny, g, Discriminator((1, 8, 8), width=4), epochs=1)

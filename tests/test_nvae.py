@@ -332,6 +332,22 @@ def test_same_seed_same_model_and_global_rng_untouched():
         assert torch.equal(x, y)
 
 
+def test_defaults_never_touch_the_global_rng():
+    """Without a generator: construction, sampling and evaluation use private streams, and
+    repeat exactly."""
+    d = load_images("digits")
+    data = ImageData("digits", d.train_x[:64], d.train_y[:64], d.test_x[:8], d.test_y[:8])
+    state = torch.get_rng_state()
+    NVAE((1, 8, 8), NVAEConfig(channels=8))
+    trainer = NVAETrainer(data, NVAEConfig(channels=8, groups=1), epochs=1, batch_size=32)
+    first, second = trainer.sample(4), trainer.sample(4)
+    bits = (data.test_x > 0.5).float()
+    scores = trainer.evaluate(bits, samples=2), trainer.evaluate(bits, samples=2)
+    assert torch.equal(state, torch.get_rng_state())
+    assert torch.equal(first, second) and scores[0] == scores[1]
+    assert trainer.model.training  # evaluate restores the mode
+
+
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------

@@ -54,7 +54,15 @@ class ImageData:
 
     @property
     def num_classes(self) -> int:
-        return int(max(self.train_y.max(), self.test_y.max())) + 1
+        """1 + the largest label in either split.
+
+        Raises:
+            ValueError: If both splits are empty.
+        """
+        labels = [y.max() for y in (self.train_y, self.test_y) if y.numel()]
+        if not labels:
+            raise ValueError(f"data {self.name!r} has no images in either split")
+        return int(max(labels)) + 1
 
 
 @functools.cache

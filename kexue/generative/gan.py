@@ -824,6 +824,13 @@ class GANTrainer:
         self.epochs, self.epoch, self.batch_size = epochs, 0, batch_size
         self.loss_name, self.loss = loss, LOSSES[loss]
         self.gp = self.loss.gp if gp is None else gp
+        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                         for m in discriminator.modules())
+        if batch_norm and max(self.gp, r1, r2) > 0:
+            # the penalties take ∇_x Σ_b D(x_b), which is the per-sample gradient only when
+            # the samples of a batch do not interact, as they do through BatchNorm
+            raise ValueError(f"gradient penalties (gp={self.gp}, r1={r1}, r2={r2}) need a "
+                             "discriminator without BatchNorm (e.g. the sngan or sagan recipe)")
         self.r1, self.r2, self.ortho, self.n_critic = r1, r2, ortho, n_critic
         self.truncation, self.seed = truncation, seed
         self.z_dim = int(generator.z_dim)
@@ -1072,6 +1079,8 @@ def make_trainer(recipe: str, data: ImageData, *, epochs: int, seed: int = 0,
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
     r = RECIPES[recipe]
+    if len(data.train_x) == 0:
+        raise ValueError(f"data {data.name!r} has no training images (train_x is empty)")
     shape = data.shape
     num_classes = data.num_classes if r.conditional else 0
     init_rng = torch.Generator().manual_seed(seed + 7919)  # a stream apart from training's

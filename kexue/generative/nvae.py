@@ -563,6 +563,8 @@ class NVAE(nn.Module):
                 "head": head(d, out_channels),
             })
         self.h0 = nn.Parameter(torch.zeros(1, d, *self.latent_shape[1:]))
+        if generator is None:  # never the global RNG: a fixed default stream
+            generator = torch.Generator().manual_seed(0)
         _init_weights(self, generator)
         self.spectral = SpectralRegularizer(
             [m for m in self.modules() if isinstance(m, nn.Conv2d)], generator)
@@ -774,6 +776,7 @@ class NVAETrainer:
         self.batch_size, self.lr, self.lr_min = batch_size, lr, lr_min
         self.kl_warmup, self.kl_min, self.kl_balance = kl_warmup, kl_min, kl_balance
         self.spectral = spectral
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.model = NVAE(data.shape, config, generator=self.generator)
         self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=lr, eps=1e-3, foreach=True,
@@ -841,8 +844,14 @@ class NVAETrainer:
         ``x`` must already be in the likelihood's space (binary for Bernoulli: binarise the
         test set once, with a fixed generator, for a static benchmark).
         """
+        was_training = self.model.training
         self.model.eval()
-        elbo, iw = self.model.evaluate(x, samples, generator)
+        if generator is None:  # reproducible, and never the global RNG
+            generator = torch.Generator().manual_seed(self.seed + 1)
+        try:
+            elbo, iw = self.model.evaluate(x, samples, generator)
+        finally:
+            self.model.train(was_training)
         return {"neg_elbo": -elbo.mean().item(), "nll": -iw.mean().item()}
 
     @torch.no_grad()
@@ -856,6 +865,8 @@ class NVAETrainer:
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        if generator is None:  # reproducible, and never the global RNG
+            generator = torch.Generator().manual_seed(self.seed + 2)
         model = self.model
         saved = {k: v.clone() for k, v in model.decoder.state_dict().items()}
         was_training = model.training
