@@ -1,6 +1,6 @@
 """kexue.generative.nvae on mnist5k: likelihood of 1-group vs 2-group NVAE (benchmark target).
 
-    python benchmarks/bench_nvae.py [--quick] [--threads N] [--epochs E]
+    python benchmarks/bench_nvae.py [--quick] [--threads N] [--epochs E] [--jobs 2]
 
 Writes results/nvae.json and results/nvae.md. CPU, float32, 1 thread by default.
 
@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,19 +81,26 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]], notes: list[str
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=None, help="override the epochs (20; quick 3)")
+    p.add_argument("--jobs", type=int, default=1, choices=[1, 2],
+                   help="train the two models in parallel processes (each with --threads)")
     args = p.parse_args(argv)
     device = setup(args)
     if device.type != "cpu":
         raise SystemExit("bench_nvae runs on the CPU only")
     epochs = args.epochs or (3 if args.quick else 20)
     samples = 20 if args.quick else 100
-    rows = [train_and_evaluate(g, epochs, samples) for g in (1, 2)]
+    if args.jobs == 1:
+        rows = [train_and_evaluate(g, epochs, samples) for g in (1, 2)]
+    else:
+        with ProcessPoolExecutor(2, initializer=torch.set_num_threads,
+                                 initargs=(args.threads,)) as pool:
+            rows = list(pool.map(train_and_evaluate, (1, 2), (epochs,) * 2, (samples,) * 2))
     one, two = rows
     margin = one["test_nll_iw"] - two["test_nll_iw"]
     full = epochs >= 20 and samples >= 100
     notes = [
         f"mode: {'--quick' if args.quick else 'full'}, {epochs} epochs, K = {samples}, "
-        f"threads {torch.get_num_threads()}",
+        f"threads {torch.get_num_threads()} per model, {args.jobs} model(s) at a time",
         f"target 2-group IW NLL ≤ {TARGET_NATS}: "
         + ("met" if two["test_nll_iw"] <= TARGET_NATS else "**missed**")
         + f" ({two['test_nll_iw']:.2f})" + ("" if full else " (not the target's 20 epochs)"),
