@@ -1,6 +1,7 @@
 """kexue.generative.gan: cost of a training step per recipe, and sample quality per recipe.
 
     python benchmarks/bench_gan.py [--quick] [--threads N] [--datasets digits mnist5k]
+                                   [--recipes dcgan sngan ...] [--jobs 2]
 
 Writes results/gan.json, results/gan.md and results/gan_samples_<dataset>.png. CPU, 1 thread.
 
@@ -8,21 +9,25 @@ a. One training step (D step + G step + EMA update) of each recipe in ``RECIPES`
    real digits, the networks at one size (width 16, z 32, batch 32), interleaved in rounds;
    the baseline is the DCGAN step (there is no PyPI peer that trains these nets on CPU
    without its own torch).
-b. Sample quality: DCGAN, SNGAN, SAGAN and SELF-MOD (the same width, batch 16, each with its
-   paper's loss and optimiser settings) trained for a fixed number of epochs with 3 seeds on
+b. Sample quality: every recipe (the same width, batch 16, each with its paper's loss and
+   optimiser settings; ``--recipes`` picks some) trained for a fixed number of epochs with 3 seeds on
    each dataset, EMA samples scored by :func:`kexue.generative.metrics.score_samples` against
    the test split (cFD, k-NN precision/recall, classifier IS), beside the held-out-real
    floor. The epochs are the same for every recipe, so a recipe whose learning rates are
-   smaller (SAGAN's TTUR: 1e-4 / 4e-4) is judged at equal wall-clock-ish budget, not at
-   convergence.
+   smaller (TTUR: 1e-4 / 4e-4) or that takes several D steps per G step (ResNet WGAN-GP: 5,
+   BigGAN: 2) is judged at an equal number of passes over the data, not at convergence.
+   ``--jobs 2`` trains two (recipe, seed) runs at a time in separate processes, each with
+   ``--threads`` threads; their seconds then include the other run's contention.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,7 @@ from kexue.generative.gan import RECIPES, make_trainer  # noqa: E402
 from kexue.generative.metrics import fit_classifier, score_samples  # noqa: E402
 
 Row = dict[str, Any]
-QUALITY_RECIPES = ("dcgan", "sngan", "sagan", "selfmod")
+QUALITY_RECIPES = tuple(RECIPES)
 # dataset -> (epochs full, epochs quick)
 EPOCHS = {"digits": (30, 10), "mnist5k": (4, 1)}
 
@@ -81,29 +86,45 @@ def real_grid(data: Any) -> torch.Tensor:
     return data.test_x[pick[:64]]
 
 
-def quality(dataset: str, quick: bool) -> dict[str, Any]:
+@functools.cache
+def _data_and_classifier(dataset: str) -> tuple[Any, Any]:
     data = load_images(dataset, seed=0)
-    clf = fit_classifier(data, seed=0)
-    n = len(data.test_x)
+    return data, fit_classifier(data, seed=0)
+
+
+def train_and_score(dataset: str, name: str, seed: int, epochs: int
+                    ) -> tuple[dict[str, Any], torch.Tensor]:
+    """One (recipe, seed) run: its scores row and its first 64 EMA samples."""
+    data, clf = _data_and_classifier(dataset)
+    start = time.perf_counter()
+    trainer = make_trainer(name, data, epochs=epochs, seed=seed, z_dim=32, width=16,
+                           batch_size=16)
+    while trainer.epoch < trainer.epochs:
+        trainer.fit_epoch()
+    samples = trainer.sample(len(data.test_x), torch.Generator().manual_seed(seed))
+    row = {"recipe": name, "seed": seed, **score_samples(samples, data, classifier=clf),
+           "seconds": time.perf_counter() - start}
+    print(f"{dataset} {name} seed {seed}: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    return row, samples[:64]
+
+
+def quality(dataset: str, quick: bool, recipes: list[str], jobs: int,
+            threads: int) -> dict[str, Any]:
+    data, clf = _data_and_classifier(dataset)
     floor = real_floor(data, clf)
     epochs = EPOCHS[dataset][1 if quick else 0]
-    runs: list[dict[str, Any]] = []
-    grids = {}
-    for name in QUALITY_RECIPES:
-        for seed in range(3):
-            start = time.perf_counter()
-            trainer = make_trainer(name, data, epochs=epochs, seed=seed, z_dim=32, width=16,
-                                   batch_size=16)
-            while trainer.epoch < trainer.epochs:
-                trainer.fit_epoch()
-            samples = trainer.sample(n, torch.Generator().manual_seed(seed))
-            scores = score_samples(samples, data, classifier=clf)
-            runs.append({"recipe": name, "seed": seed, **scores,
-                         "seconds": time.perf_counter() - start})
-            print(f"{dataset} {name} seed {seed}: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in runs[-1].items() if isinstance(v, float)), flush=True)
-            if seed == 0:
-                grids[name] = samples[:64]
+    tasks = [(name, seed) for name in recipes for seed in range(3)]
+    args = ([dataset] * len(tasks), [n for n, _ in tasks], [s for _, s in tasks],
+            [epochs] * len(tasks))
+    if jobs == 1:
+        results = list(map(train_and_score, *args))
+    else:
+        with ProcessPoolExecutor(jobs, initializer=torch.set_num_threads,
+                                 initargs=(threads,)) as pool:
+            results = list(pool.map(train_and_score, *args))
+    runs = [row for row, _ in results]
+    grids = {row["recipe"]: samples for row, samples in results if row["seed"] == 0}
     grids["real (test)"] = real_grid(data)
     fig = grid_figure(grids, f"{dataset}: EMA samples after {epochs} epochs, seed 0", 3.2)
     fig.savefig(RESULTS / f"gan_samples_{dataset}.png", dpi=100)
@@ -129,7 +150,7 @@ def quality_markdown(tables: dict[str, Any]) -> str:
                          f"{r['seconds']:.1f} |")
         lines += ["", "| recipe | mean cFD | mean precision | mean recall | mean cIS |",
                   "|---|---:|---:|---:|---:|"]
-        for name in QUALITY_RECIPES:
+        for name in dict.fromkeys(r["recipe"] for r in t["runs"]):
             rs = [r for r in t["runs"] if r["recipe"] == name]
             means = {k: statistics.fmean(r[k] for r in rs)
                      for k in ("cfd", "precision", "recall", "cis")}
@@ -143,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", choices=sorted(EPOCHS), default=None,
                    help="datasets of part b (default: digits with --quick, else both)")
+    p.add_argument("--recipes", nargs="+", choices=QUALITY_RECIPES, default=list(QUALITY_RECIPES),
+                   help="recipes of part b (default: all)")
+    p.add_argument("--jobs", type=int, default=1, choices=[1, 2],
+                   help="part b runs at a time, in separate processes")
     args = p.parse_args(argv)
     device = setup(args)
     if device.type != "cpu":
@@ -151,11 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows, notes = step_rows(args.quick)
-    notes = [f"mode: {'--quick' if args.quick else 'full'}, threads {torch.get_num_threads()}",
-             *notes]
+    notes = [f"mode: {'--quick' if args.quick else 'full'}, threads {torch.get_num_threads()}, "
+             f"part b {args.jobs} run(s) at a time", *notes]
     tables: dict[str, Any] = {}
     for dataset in datasets:  # results rewritten after each dataset: a long run leaves a record
-        tables[dataset] = quality(dataset, args.quick)
+        tables[dataset] = quality(dataset, args.quick, args.recipes, args.jobs, args.threads)
         md = write_results("gan", rows, device=device, notes=notes)
         with md.open("a") as f:
             f.write(quality_markdown(tables))

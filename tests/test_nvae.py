@@ -14,12 +14,13 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 from kexue.generative.base import Trainer
@@ -166,6 +167,84 @@ def test_elbo_below_iw_below_exact_log_likelihood(tiny_trained, encoder):
 
 
 # --------------------------------------------------------------------------------------------
+# Latent groups on several scales
+# --------------------------------------------------------------------------------------------
+
+# one 1×1 group over one 2×2 group (5 latent dimensions), 2×2 binary images
+TINY_SCALES = NVAEConfig(channels=8, downsamples=0, groups=1, scales=2, latent_channels=1,
+                         encoder_cells=1, decoder_cells=1, expand=2)
+
+
+def test_groups_live_on_their_scales():
+    model = NVAE((1, 16, 16), NVAEConfig(channels=8, downsamples=1, groups=2, scales=3,
+                                         latent_channels=3)).eval()
+    assert model.latent_shapes == [(3, 2, 2)] * 2 + [(3, 4, 4)] * 2 + [(3, 8, 8)] * 2
+    assert model.group_sizes.tolist() == [12, 12, 48, 48, 192, 192]
+    feats = model.bottom_up(torch.zeros(5, 1, 16, 16))
+    assert [tuple(f.shape) for f in feats] == [(5, 8, r, r) for r in (2, 2, 4, 4, 8, 8)]
+    with torch.no_grad():  # prior samples with given noise: z_i has the group's shape
+        noise = [torch.zeros(5, *shape) for shape in model.latent_shapes]
+        s, kl, log_pz, _ = model.top_down(None, n=5, noise=noise)
+    assert s.shape == (5, 8, 8, 8) and kl.shape == (5, 6) and log_pz.shape == (5,)
+    out = model(torch.zeros(5, 1, 16, 16), torch.Generator().manual_seed(0))
+    assert out.kl.shape == (5, 6) and (out.kl > 0).all()
+    assert model.generate(3, torch.Generator().manual_seed(0)).shape == (3, 1, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def tiny_scales_trained() -> NVAE:
+    trainer = NVAETrainer(_tiny_data(128), TINY_SCALES, epochs=30, batch_size=32, lr=1e-2, seed=0)
+    for _ in range(trainer.epochs):
+        trainer.fit_epoch()
+    return trainer.model.double().eval()
+
+
+def _prior_monte_carlo_log_px(model: NVAE, xs: Tensor, n: int, gen: torch.Generator
+                              ) -> tuple[Tensor, Tensor]:
+    """log p(x) = log E_{z ~ p(z)} p(x | z) by plain Monte Carlo, and its standard error."""
+    chunks = []
+    with torch.no_grad():
+        for _ in range(n // 20_000):
+            s, *_ = model.top_down(None, n=20_000, generator=gen)
+            out = model.decode(s)  # (20000, 1, 2, 2)
+            chunks.append(torch.stack([model.log_likelihood(out, x.expand_as(out)) for x in xs]))
+    log_lik = torch.cat(chunks, 1)  # (len(xs), n)
+    log_px = torch.logsumexp(log_lik, 1) - math.log(log_lik.shape[1])
+    ratio = torch.exp(log_lik - log_px[:, None])  # p(x|z) / p̂(x), mean 1
+    return log_px, ratio.std(1) / log_lik.shape[1] ** 0.5  # δ-method error of log p̂
+
+
+@pytest.mark.parametrize("encoder", ["trained", "poor"])
+def test_multiscale_iw_bound_converges_to_the_likelihood(tiny_scales_trained, encoder):
+    """The IW bound of a 2-scale model, from below, meets log p(x) estimated independently by
+    sampling the prior; so log p(z) and log q(z|x) are right on both scales."""
+    model = copy.deepcopy(tiny_scales_trained)
+    if encoder == "poor":  # shift every posterior mean by 0.5, widen every σ by e^0.3
+        with torch.no_grad():
+            for head in model.encoder["posterior"]:
+                head[1].bias[:1] += 0.5
+                head[1].bias[1:] += 0.3
+    xs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)),
+                      dtype=torch.float64).view(16, 1, 2, 2)
+    log_px, mc_err = _prior_monte_carlo_log_px(model, xs, 400_000,
+                                               torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.logsumexp(log_px, 0),  # the 16 images share all mass
+                               torch.tensor(0.0, dtype=torch.float64), atol=1e-9, rtol=0)
+    gen = torch.Generator().manual_seed(1)
+    elbo = model.evaluate(xs.repeat(400, 1, 1, 1), 1, gen)[1].view(400, 16)
+    iw = model.evaluate(xs.repeat(20, 1, 1, 1), 2000, gen, max_batch=40_000)[1].view(20, 16)
+    elbo_mean, elbo_err = elbo.mean(0), elbo.std(0) / 20
+    iw_mean, iw_err = iw.mean(0), iw.std(0) / 20 ** 0.5
+    tol = 4 * (iw_err + mc_err) + 1e-3
+    assert (iw_mean <= log_px + tol).all(), (iw_mean, log_px)
+    assert (elbo_mean <= log_px + 4 * (elbo_err + mc_err)).all()
+    gap = log_px - elbo_mean
+    assert (log_px - iw_mean < 0.1 * gap + tol).all(), (log_px - iw_mean, gap)  # ≥ 90% closed
+    if encoder == "poor":
+        assert (gap > 0.1).all(), gap
+
+
+# --------------------------------------------------------------------------------------------
 # Discretised logistic mixture
 # --------------------------------------------------------------------------------------------
 
@@ -279,10 +358,10 @@ def test_reestimate_batchnorm_gives_the_average_batch_statistics():
 # Trainer: contract, groups, resume, sampling leaves state alone
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_trainer_meets_the_contract(groups):
-    trainer = NVAETrainer(_digits_subset(), NVAEConfig(channels=8, groups=groups), epochs=2,
-                          batch_size=32)
+@pytest.mark.parametrize("groups, scales", [(1, 1), (2, 1), (1, 2)])
+def test_trainer_meets_the_contract(groups, scales):
+    trainer = NVAETrainer(_digits_subset(), NVAEConfig(channels=8, groups=groups, scales=scales),
+                          epochs=2, batch_size=32)
     assert isinstance(trainer, Trainer)
     calls = []
     losses = trainer.fit_epoch(lambda done, total: calls.append((done, total)))
@@ -353,8 +432,10 @@ def test_defaults_never_touch_the_global_rng():
 # --------------------------------------------------------------------------------------------
 
 def test_unsupported_image_size_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"image_shape.*divisible by 2\^downsamples = 4"):
+    with pytest.raises(ValueError, match=r"image_shape.*divisible by .* = 4, got \(1, 10, 10\)"):
         NVAE((1, 10, 10), NVAEConfig(downsamples=2))
+    with pytest.raises(ValueError, match=r"2\^\(downsamples \+ scales - 1\) = 8, got \(1, 28, 28\)"):
+        NVAE((1, 28, 28), NVAEConfig(downsamples=2, scales=2))  # 7×7 cannot halve
     with pytest.raises(ValueError, match="C in"):
         NVAE((2, 8, 8), NVAEConfig(likelihood="logistic_mixture"))
     model = NVAE((1, 8, 8), NVAEConfig(channels=8))
@@ -376,3 +457,5 @@ def test_empty_data_and_bad_arguments_are_clear_errors():
         NVAEConfig(likelihood="gaussian")
     with pytest.raises(ValueError, match="groups must be >= 1"):
         NVAEConfig(groups=0)
+    with pytest.raises(ValueError, match="scales must be >= 1, got 0"):
+        NVAEConfig(scales=0)

@@ -1,7 +1,8 @@
 """NVAE: a deep hierarchical VAE with residual cells, residual normal posteriors and IW evaluation.
 
 The latent variables come in G groups z = (z_1, …, z_G), generated top-down and inferred with a
-bidirectional encoder (a bottom-up tower of features f_G, …, f_1 shared by the top-down pass):
+bidirectional encoder (a bottom-up tower of features f_G, …, f_1 shared by the top-down pass);
+the groups may sit on several resolutions (``scales``), the top groups on the coarsest grid:
 
     p(z) = ∏_i p(z_i | z_<i),   q(z | x) = ∏_i q(z_i | x, z_<i),   p(x | z) on the last state.
 
@@ -32,7 +33,8 @@ Evaluation is the importance-weighted bound (:meth:`NVAE.evaluate`),
 which increases with K towards log p(x); L_1 is the ELBO.
 
 Shapes: B batch, C image channels, H×W image, G groups, L latent channels per group, r×r the
-latent grid (H / 2^downsamples), D model channels, K mixture components.
+finest latent grid (H / 2^downsamples; scale k from the top has r / 2^(scales−1−k)), D model
+channels, K mixture components.
 
 References:
     https://kexue.fm/archives/7574 (强大的NVAE:以后再也不能说VAE生成的图像模糊了)
@@ -338,11 +340,15 @@ class NVAEConfig:
 
     Attributes:
         channels: D, channels of every residual cell.
-        downsamples: Resolution halvings between the image and the latent grid (r = H / 2^d).
-        groups: G, latent groups (all on the r×r grid, top-down).
+        downsamples: Resolution halvings between the image and the finest latent grid
+            (r = H / 2^downsamples).
+        groups: Latent groups per scale (G = groups · scales in all, generated top-down).
+        scales: Resolutions that carry latent groups: r×r, r/2×r/2, …; the top groups sit on
+            the coarsest (NVAE's multi-scale hierarchy; 1 puts every group on r×r).
         latent_channels: L, channels of each group (group size L·r·r).
         encoder_cells: Residual cells per resolution of the bottom-up tower and per group.
-        decoder_cells: Residual cells between consecutive groups and per resolution after them.
+        decoder_cells: Residual cells between consecutive groups and per resolution after them
+            (between scales, a ×2 upsampling cell and ``decoder_cells`` − 1 plain cells).
         expand: Channel expansion of the decoder cell's 1×1 conv (NVAE: 6).
         residual_scale: s in x + s·cell(x) (the paper uses 0.1; 0.3 trained better than 0.1
             and 1.0 in short runs on digits).
@@ -354,6 +360,7 @@ class NVAEConfig:
     channels: int = 32
     downsamples: int = 1
     groups: int = 2
+    scales: int = 1
     latent_channels: int = 4
     encoder_cells: int = 1
     decoder_cells: int = 1
@@ -364,7 +371,7 @@ class NVAEConfig:
     bn_momentum: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("channels", "groups", "latent_channels", "expand", "mixtures"):
+        for name in ("channels", "groups", "scales", "latent_channels", "expand", "mixtures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("downsamples", "encoder_cells", "decoder_cells"):
@@ -492,15 +499,16 @@ class NVAE(nn.Module):
 
     Bottom-up: stem conv, then per resolution ``encoder_cells`` − 1 cells and a stride-2 cell,
     then per group (from the bottom group G up to the top group 1) ``encoder_cells`` cells whose
-    output is f_i. Top-down: the state starts as a learnt h_0 (D, r, r); group i reads its prior
-    from the state (N(0, I) for i = 1), its posterior correction (Δμ, log Δσ) from
+    output is f_i, with a stride-2 cell where the next group lies on a coarser scale. Top-down:
+    the state starts as a learnt h_0 (D, r_top, r_top) on the coarsest scale; group i reads its
+    prior from the state (N(0, I) for i = 1), its posterior correction (Δμ, log Δσ) from
     f_i + conv1×1(state), and merges the sample with conv1×1([state, z_i]); ``decoder_cells``
-    cells separate groups.
+    cells separate groups, led by a ×2 upsampling cell where the scale changes.
     Then ``decoder_cells`` cells on the latent grid and, per resolution, a ×2 upsampling cell and
     ``decoder_cells`` − 1 cells back to H×W, and an ELU-conv head for the likelihood.
 
     Args:
-        image_shape: (C, H, W); H and W must be divisible by 2^downsamples.
+        image_shape: (C, H, W); H and W must be divisible by 2^(downsamples + scales − 1).
         config: Architecture.
         generator: Source of the initial weights (the global RNG is left untouched).
 
@@ -514,15 +522,20 @@ class NVAE(nn.Module):
         super().__init__()
         c, h, w = image_shape
         f = 2 ** config.downsamples
-        if c < 1 or h < f or w < f or h % f or w % f:
+        top = f * 2 ** (config.scales - 1)
+        if c < 1 or h < top or w < top or h % top or w % top:
             raise ValueError(f"image_shape must be (C, H, W) with H and W divisible by "
-                             f"2^downsamples = {f}, got {tuple(image_shape)}")
+                             f"2^(downsamples + scales - 1) = {top}, got {tuple(image_shape)}")
         if config.likelihood == "logistic_mixture" and c not in (1, 3):
             raise ValueError(f"the logistic mixture needs C in (1, 3), got image_shape "
                              f"{tuple(image_shape)}")
         self.image_shape, self.config = (c, h, w), config
-        self.latent_shape = (config.latent_channels, h // f, w // f)
-        d, lat, g = config.channels, config.latent_channels, config.groups
+        d, lat, per = config.channels, config.latent_channels, config.groups
+        g = per * config.scales
+        self.num_groups = g
+        # group i lies on scale i // per, from the coarsest (0) to the finest (scales − 1)
+        self.latent_shapes = [(lat, h // f // 2 ** (config.scales - 1 - i // per),
+                               w // f // 2 ** (config.scales - 1 - i // per)) for i in range(g)]
         scale, mom = config.residual_scale, config.bn_momentum
 
         def enc_cells(n: int) -> nn.Sequential:  # n ≥ 0 cells
@@ -545,6 +558,8 @@ class NVAE(nn.Module):
                                                       _EncoderCell(d, scale, mom, stride=2))
                                         for _ in range(config.downsamples)]),
                 "groups": nn.ModuleList([enc_cells(config.encoder_cells) for _ in range(g)]),
+                "coarser": nn.ModuleList([_EncoderCell(d, scale, mom, stride=2)
+                                          for _ in range(config.scales - 1)]),
                 "posterior": nn.ModuleList([head(d, 2 * lat) for _ in range(g)]),
                 "combine": nn.ModuleList([_conv(d, d, 1) for _ in range(g - 1)]),
             })
@@ -554,7 +569,9 @@ class NVAE(nn.Module):
                 k = config.mixtures
                 out_channels = k * (1 + 2 * c) + (3 * k if c == 3 else 0)
             self.decoder = nn.ModuleDict({
-                "cells": nn.ModuleList([dec_cells(config.decoder_cells) for _ in range(g - 1)]),
+                "cells": nn.ModuleList([  # before group i = 1 … G−1; ×2 up at a new scale
+                    dec_cells(max(config.decoder_cells - 1, 0), up=True) if i % per == 0
+                    else dec_cells(config.decoder_cells) for i in range(1, g)]),
                 "prior": nn.ModuleList([head(d, 2 * lat) for _ in range(g - 1)]),
                 "combine": nn.ModuleList([_conv(d + lat, d, 1) for _ in range(g)]),
                 "post": nn.Sequential(dec_cells(config.decoder_cells),
@@ -562,7 +579,7 @@ class NVAE(nn.Module):
                                         for _ in range(config.downsamples)]),
                 "head": head(d, out_channels),
             })
-        self.h0 = nn.Parameter(torch.zeros(1, d, *self.latent_shape[1:]))
+        self.h0 = nn.Parameter(torch.zeros(1, d, *self.latent_shapes[0][1:]))
         if generator is None:  # never the global RNG: a fixed default stream
             generator = torch.Generator().manual_seed(0)
         _init_weights(self, generator)
@@ -572,7 +589,7 @@ class NVAE(nn.Module):
     @property
     def group_sizes(self) -> Tensor:
         """(G,) latent dimensions per group."""
-        return torch.full((self.config.groups,), math.prod(self.latent_shape))
+        return torch.tensor([math.prod(shape) for shape in self.latent_shapes])
 
     def _input(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
@@ -581,12 +598,14 @@ class NVAE(nn.Module):
         return 2 * x - 1
 
     def bottom_up(self, x: Tensor) -> list[Tensor]:
-        """Encoder features [f_1, …, f_G] (top group first), each (B, D, r, r)."""
-        h = self.encoder["down"](self.encoder["stem"](self._input(x)))
-        feats = [h] * self.config.groups
-        for i in reversed(range(self.config.groups)):  # the bottom group sees the shallowest
+        """Encoder features [f_1, …, f_G] (top group first), f_i (B, D, r_i, r_i) on its scale."""
+        h = self.encoder["down"](self.encoder["stem"](self._input(x)))  # (B, D, r, r)
+        per, feats = self.config.groups, [h] * self.num_groups
+        for i in reversed(range(self.num_groups)):  # the bottom group sees the shallowest
             h = self.encoder["groups"][i](h)
             feats[i] = h
+            if i > 0 and i % per == 0:  # group i − 1 lies one scale coarser
+                h = self.encoder["coarser"][i // per - 1](h)  # (B, D, r_i/2, r_i/2)
         return feats
 
     def _params(self, head: nn.Module, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -599,7 +618,7 @@ class NVAE(nn.Module):
         """Sample z top-down from q(z | x) (``feats`` given) or from p(z) (``feats`` None).
 
         z_i = μ_i + σ_i ε_i with ε_i ~ N(0, I) drawn from ``generator``, or taken from ``noise``
-        (one (B, L, r, r) tensor per group), which makes z a deterministic function of ε.
+        (one (B, L, r_i, r_i) tensor per group), which makes z a deterministic function of ε.
 
         Returns:
             (final decoder state (B, D, r, r), KL (B, G), log p(z) (B,), log q(z|x) (B,));
@@ -609,9 +628,9 @@ class NVAE(nn.Module):
         b = feats[0].shape[0] if feats is not None else n
         s = self.h0.expand(b, -1, -1, -1)
         kls, log_pz, log_qz = [], s.new_zeros(b), s.new_zeros(b)
-        for i in range(self.config.groups):
+        for i in range(self.num_groups):
             if i == 0:
-                mu_p = s.new_zeros(b, *self.latent_shape)
+                mu_p = s.new_zeros(b, *self.latent_shapes[0])
                 log_sigma_p = torch.zeros_like(mu_p)
             else:
                 s = dec["cells"][i - 1](s)
