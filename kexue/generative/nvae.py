@@ -583,6 +583,10 @@ class NVAE(nn.Module):
         if generator is None:  # never the global RNG: a fixed default stream
             generator = torch.Generator().manual_seed(0)
         _init_weights(self, generator)
+        with torch.no_grad():  # zero heads: q(z_i | ·) = p(z_i | z_<i) = N(0, I), KL = 0 at init
+            for heads in (self.encoder["posterior"], self.decoder["prior"]):
+                for h in heads:
+                    h[1].parametrizations.weight.original0.zero_()  # weight norm's gain g
         self.spectral = SpectralRegularizer(
             [m for m in self.modules() if isinstance(m, nn.Conv2d)], generator)
 
