@@ -79,10 +79,38 @@ def test_residual_normal_kl_matches_torch_distributions():
     torch.testing.assert_close(normal_log_prob(z, mu_p, log_sigma_p), p.log_prob(z))
 
 
+def _unzero_heads(model: NVAE) -> NVAE:
+    """Give the posterior and prior heads (zero at init) the generic init's gain g = ‖v‖."""
+    with torch.no_grad():
+        for heads in (model.encoder["posterior"], model.decoder["prior"]):
+            for h in heads:
+                w = h[1].parametrizations.weight
+                w.original0.copy_(w.original1.flatten(1).norm(dim=1).view_as(w.original0))
+    return model
+
+
+def test_at_initialisation_every_posterior_is_its_prior_and_the_prior_is_standard():
+    model = NVAE((1, 8, 8), NVAEConfig(channels=8, groups=2, scales=2)).eval()
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(x, torch.Generator().manual_seed(1))
+        s, kl, log_pz, log_qz = model.top_down(model.bottom_up(x),
+                                               generator=torch.Generator().manual_seed(2))
+        _, _, log_pz_prior, _ = model.top_down(None, n=6, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(out.kl, torch.zeros(6, 4))
+    torch.testing.assert_close(log_qz, log_pz)
+    # the same noise gives the same z under q and p, and log N(ε; 0, I) over all 2·(4 + 16) dims
+    torch.testing.assert_close(log_pz, log_pz_prior)
+    eps = torch.Generator().manual_seed(2)
+    dims = [torch.randn(6, *shape, generator=eps) for shape in model.latent_shapes]
+    expected = sum(-0.5 * (e ** 2 + math.log(2 * math.pi)).sum((1, 2, 3)) for e in dims)
+    torch.testing.assert_close(log_pz, expected)
+
+
 def test_model_kl_is_the_expected_log_ratio():
     """The analytic per-group KL the model returns equals E_q[log q(z|x) − log p(z)] (1 group)."""
-    model = NVAE((1, 2, 2), NVAEConfig(channels=8, groups=1, latent_channels=2),
-                 generator=torch.Generator().manual_seed(1)).double().eval()
+    model = _unzero_heads(NVAE((1, 2, 2), NVAEConfig(channels=8, groups=1, latent_channels=2),
+                               generator=torch.Generator().manual_seed(1))).double().eval()
     x = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]], dtype=torch.float64).expand(20000, 1, 2, 2)
     with torch.no_grad():
         out = model(x, generator=torch.Generator().manual_seed(2))
@@ -176,8 +204,8 @@ TINY_SCALES = NVAEConfig(channels=8, downsamples=0, groups=1, scales=2, latent_c
 
 
 def test_groups_live_on_their_scales():
-    model = NVAE((1, 16, 16), NVAEConfig(channels=8, downsamples=1, groups=2, scales=3,
-                                         latent_channels=3)).eval()
+    model = _unzero_heads(NVAE((1, 16, 16), NVAEConfig(channels=8, downsamples=1, groups=2,
+                                                       scales=3, latent_channels=3))).eval()
     assert model.latent_shapes == [(3, 2, 2)] * 2 + [(3, 4, 4)] * 2 + [(3, 8, 8)] * 2
     assert model.group_sizes.tolist() == [12, 12, 48, 48, 192, 192]
     feats = model.bottom_up(torch.zeros(5, 1, 16, 16))
@@ -193,7 +221,7 @@ def test_groups_live_on_their_scales():
 
 @pytest.fixture(scope="module")
 def tiny_scales_trained() -> NVAE:
-    trainer = NVAETrainer(_tiny_data(128), TINY_SCALES, epochs=30, batch_size=32, lr=1e-2, seed=0)
+    trainer = NVAETrainer(_tiny_data(128), TINY_SCALES, epochs=30, batch_size=32, lr=3e-2, seed=0)
     for _ in range(trainer.epochs):
         trainer.fit_epoch()
     return trainer.model.double().eval()
