@@ -145,12 +145,17 @@ def _exact_log_px(model: NVAE, xs: torch.Tensor, nodes: int) -> torch.Tensor:
     return torch.logsumexp(log_lik + (log_w[:, None] + log_w[None, :]).flatten(), dim=1)
 
 
-@pytest.fixture(scope="module")
-def tiny_trained() -> NVAE:
-    trainer = NVAETrainer(_tiny_data(128), TINY, epochs=10, batch_size=32, lr=1e-2, seed=0)
+def _train_tiny(config: NVAEConfig, epochs: int, lr: float) -> NVAE:
+    """An NVAE trained on 128 tiny images, in float64 and eval mode."""
+    trainer = NVAETrainer(_tiny_data(128), config, epochs=epochs, batch_size=32, lr=lr, seed=0)
     for _ in range(trainer.epochs):
         trainer.fit_epoch()
     return trainer.model.double().eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_trained() -> NVAE:
+    return _train_tiny(TINY, epochs=10, lr=1e-2)
 
 
 def test_exact_likelihood_by_quadrature_is_converged_and_normalised(tiny_trained):
@@ -221,10 +226,7 @@ def test_groups_live_on_their_scales():
 
 @pytest.fixture(scope="module")
 def tiny_scales_trained() -> NVAE:
-    trainer = NVAETrainer(_tiny_data(128), TINY_SCALES, epochs=30, batch_size=32, lr=3e-2, seed=0)
-    for _ in range(trainer.epochs):
-        trainer.fit_epoch()
-    return trainer.model.double().eval()
+    return _train_tiny(TINY_SCALES, epochs=30, lr=3e-2)  # lr 3e-2: the latent gets used
 
 
 def _prior_monte_carlo_log_px(model: NVAE, xs: Tensor, n: int, gen: torch.Generator

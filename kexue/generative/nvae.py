@@ -506,6 +506,9 @@ class NVAE(nn.Module):
     cells separate groups, led by a ×2 upsampling cell where the scale changes.
     Then ``decoder_cells`` cells on the latent grid and, per resolution, a ×2 upsampling cell and
     ``decoder_cells`` − 1 cells back to H×W, and an ELU-conv head for the likelihood.
+    The posterior and prior heads start at zero (weight-norm gain g = 0), so at initialisation
+    every q(z_i | x, z_<i) = p(z_i | z_<i) = N(0, I) and the KL is 0; with random heads the KL
+    of the first steps reached thousands of nats on 28×28 digits.
 
     Args:
         image_shape: (C, H, W); H and W must be divisible by 2^(downsamples + scales − 1).
