@@ -10,10 +10,10 @@ a. One training step (D step + G step + EMA update) of each recipe in ``RECIPES`
    the baseline is the DCGAN step (there is no PyPI peer that trains these nets on CPU
    without its own torch).
 b. Sample quality: every recipe (the same width, batch 16, each with its paper's loss and
-   optimiser settings; ``--recipes`` picks some) trained for a fixed number of epochs with 3 seeds on
-   each dataset, EMA samples scored by :func:`kexue.generative.metrics.score_samples` against
-   the test split (cFD, k-NN precision/recall, classifier IS), beside the held-out-real
-   floor. The epochs are the same for every recipe, so a recipe whose learning rates are
+   optimiser settings; ``--recipes`` picks some) trained for a fixed number of epochs with 3
+   seeds on each dataset, EMA samples scored by
+   :func:`kexue.generative.metrics.score_samples` against the test split (cFD, k-NN
+   precision/recall, classifier IS), beside the held-out-real floor. The epochs are the same for every recipe, so a recipe whose learning rates are
    smaller (TTUR: 1e-4 / 4e-4) or that takes several D steps per G step (ResNet WGAN-GP: 5,
    BigGAN: 2) is judged at an equal number of passes over the data, not at convergence.
    ``--jobs 2`` trains two (recipe, seed) runs at a time in separate processes, each with
@@ -106,7 +106,7 @@ def train_and_score(dataset: str, name: str, seed: int, epochs: int
            "seconds": time.perf_counter() - start}
     print(f"{dataset} {name} seed {seed}: " + ", ".join(
         f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-    return row, samples[:64]
+    return row, samples[:64].clone()  # a copy: not the whole batch's storage
 
 
 def quality(dataset: str, quick: bool, recipes: list[str], jobs: int,

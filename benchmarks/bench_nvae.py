@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ def train_and_evaluate(model: str, epochs: int, samples: int, seed: int = 0) -> 
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     result = trainer.evaluate(test_bits, samples, torch.Generator().manual_seed(seed + 1))
-    return {"model": model, "groups": trainer.model.num_groups, "epochs": epochs,
+    return {"model": model, "config": asdict(config), "groups": trainer.model.num_groups,
+            "epochs": epochs,
             "iw_samples": samples,
             "test_nll_iw": result["nll"], "test_neg_elbo": result["neg_elbo"],
             "train_neg_elbo_curve": curve, "train_s": train_s,
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
           + ("" if full else " (not the target's 20 epochs)") for two in deeper),
         "anchor: NVAE paper 78.01 nats on dynamically binarised MNIST (60k images, much larger "
         "model)",
-        f"architecture {ARCH}, training {TRAIN}",
+        f"architecture {ARCH} with each model's changes {MODELS}, training {TRAIN}",
     ]
     header = {"topic": "nvae",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -565,7 +565,10 @@ def train(
             raise CliError(f"--resume: {ckpt} is not a kexue checkpoint")
         if saved.get("meta") != meta:
             raise CliError(f"--resume: {ckpt} was written for {saved.get('meta')}, not {meta}")
-        trainer.load_state_dict(saved["state"])
+        try:
+            trainer.load_state_dict(saved["state"])
+        except (ValueError, KeyError, RuntimeError) as err:  # config or weights do not fit
+            raise CliError(f"--resume: {ckpt} does not fit this model: {err}") from err
         console.print(f"resuming at epoch {trainer.epoch} of {trainer.epochs}", markup=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
             "{task.completed}/{task.total}"), TextColumn("{task.fields[losses]}"),

@@ -231,7 +231,9 @@ class SpectralRegularizer(nn.Module):
     The weight W_l (C_out, C_in, k, k) is read as the matrix (C_out, C_in·k·k). One iteration
     per call: v ← Wᵀu/‖Wᵀu‖, u ← Wv/‖Wv‖, σ = uᵀWv (differentiable in W; u, v are constants), so
     with u carried across training steps σ tracks the largest singular value at the cost of two
-    matrix-vector products. The targets are referenced, not registered as submodules.
+    matrix-vector products. The targets are referenced, not registered as submodules. While a
+    weight is exactly zero (NVAE's heads at initialisation) σ = 0 and u is kept, so the
+    iteration resumes once the weight moves.
 
     Args:
         modules: Layers with a ``weight`` attribute (parametrised weights are read through it).
@@ -259,8 +261,10 @@ class SpectralRegularizer(nn.Module):
             u = getattr(self, f"u{i}")
             with torch.no_grad():
                 for _ in range(iterations):
-                    v = F.normalize(w.t() @ u, dim=0)
-                    u = F.normalize(w @ v, dim=0)
+                    v = F.normalize(w.t() @ u, dim=0)  # 0 if W = 0
+                    wv = w @ v
+                    norm = wv.norm()
+                    u = torch.where(norm > 0, wv / norm.clamp_min(1e-30), u)  # W = 0: keep u
                 getattr(self, f"u{i}").copy_(u)
             out.append(u @ w @ v)
         return torch.stack(out)
@@ -345,10 +349,11 @@ class NVAEConfig:
         groups: Latent groups per scale (G = groups · scales in all, generated top-down).
         scales: Resolutions that carry latent groups: r×r, r/2×r/2, …; the top groups sit on
             the coarsest (NVAE's multi-scale hierarchy; 1 puts every group on r×r).
-        latent_channels: L, channels of each group (group size L·r·r).
+        latent_channels: L, channels of each group (group size L·r_i·r_i on its grid).
         encoder_cells: Residual cells per resolution of the bottom-up tower and per group.
         decoder_cells: Residual cells between consecutive groups and per resolution after them
-            (between scales, a ×2 upsampling cell and ``decoder_cells`` − 1 plain cells).
+            (between scales, a ×2 upsampling cell and max(``decoder_cells`` − 1, 0) plain
+            cells: there is always the upsampling cell).
         expand: Channel expansion of the decoder cell's 1×1 conv (NVAE: 6).
         residual_scale: s in x + s·cell(x) (the paper uses 0.1; 0.3 trained better than 0.1
             and 1.0 in short runs on digits).
@@ -912,8 +917,9 @@ class NVAETrainer:
                 "step": self.step, "epochs": self.epochs, "config": asdict(self.config)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != asdict(self.config):
-            raise ValueError(f"state was saved with config {state['config']}, this trainer has "
+        saved = {**asdict(NVAEConfig()), **state["config"]}  # fields added later: defaults
+        if saved != asdict(self.config):
+            raise ValueError(f"state was saved with config {saved}, this trainer has "
                              f"{asdict(self.config)}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
