@@ -13,11 +13,12 @@ b. Sample quality: every recipe (the same width, batch 16, each with its paper's
    optimiser settings; ``--recipes`` picks some) trained for a fixed number of epochs with 3
    seeds on each dataset, EMA samples scored by
    :func:`kexue.generative.metrics.score_samples` against the test split (cFD, k-NN
-   precision/recall, classifier IS), beside the held-out-real floor. The epochs are the same for every recipe, so a recipe whose learning rates are
-   smaller (TTUR: 1e-4 / 4e-4) or that takes several D steps per G step (ResNet WGAN-GP: 5,
-   BigGAN: 2) is judged at an equal number of passes over the data, not at convergence.
-   ``--jobs 2`` trains two (recipe, seed) runs at a time in separate processes, each with
-   ``--threads`` threads; their seconds then include the other run's contention.
+   precision/recall, classifier IS), beside the held-out-real floor. The epochs are the same
+   for every recipe, so a recipe with smaller learning rates (TTUR: 1e-4 / 4e-4) or several
+   D steps per G step (ResNet WGAN-GP: 5, BigGAN: 2) is judged at an equal number of passes
+   over the data, not at convergence. ``--jobs 2`` trains two (recipe, seed) runs at a time
+   in separate processes, each with ``--threads`` threads; their seconds then include the
+   other run's contention.
 """
 
 from __future__ import annotations
