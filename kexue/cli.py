@@ -568,7 +568,8 @@ def train(
         try:
             trainer.load_state_dict(saved["state"])
         except (ValueError, KeyError, RuntimeError) as err:  # config or weights do not fit
-            raise CliError(f"--resume: {ckpt} does not fit this model: {err}") from err
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CliError(f"--resume: {ckpt} does not fit this model: {first}") from err
         console.print(f"resuming at epoch {trainer.epoch} of {trainer.epochs}", markup=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
             "{task.completed}/{task.total}"), TextColumn("{task.fields[losses]}"),
