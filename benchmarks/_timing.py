@@ -2,6 +2,7 @@
 
     measure(fn)                      -> {"median_s", "iqr_s", "min_s", "runs", "number"}
     measure_interleaved({name: fn})  -> {name: {...the same...}}
+    run_jobs(fn, *iterables, jobs=2) -> map in separate processes (long benchmark runs)
     write_results(topic, rows)       -> results/<topic>.json and results/<topic>.md
 
 A *run* is ``number`` back-to-back calls of ``fn``, timed with ``time.perf_counter`` (after
@@ -20,7 +21,8 @@ import importlib.metadata
 import json
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,17 @@ def setup(args: argparse.Namespace) -> torch.device:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but torch.cuda.is_available() is False")
     return torch.device(args.device)
+
+
+def run_jobs(fn: Callable[..., Any], *iterables: Iterable[Any], jobs: int = 1,
+             threads: int = 1) -> list[Any]:
+    """``list(map(fn, *iterables))``, in ``jobs`` processes (each with ``threads`` torch threads)
+    when ``jobs`` > 1; results keep the input order."""
+    if jobs == 1:
+        return list(map(fn, *iterables))
+    with ProcessPoolExecutor(jobs, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        return list(pool.map(fn, *iterables))
 
 
 def _sync() -> None:

@@ -28,7 +28,6 @@ import json
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import RESULTS, measure_interleaved, parser, setup, write_results  # noqa: E402
+from _timing import (  # noqa: E402
+    RESULTS,
+    measure_interleaved,
+    parser,
+    run_jobs,
+    setup,
+    write_results,
+)
 
 from kexue.experiments._common import grid_figure  # noqa: E402
 from kexue.generative.data import load_images  # noqa: E402
@@ -118,12 +124,7 @@ def quality(dataset: str, quick: bool, recipes: list[str], jobs: int,
     tasks = [(name, seed) for name in recipes for seed in range(3)]
     args = ([dataset] * len(tasks), [n for n, _ in tasks], [s for _, s in tasks],
             [epochs] * len(tasks))
-    if jobs == 1:
-        results = list(map(train_and_score, *args))
-    else:
-        with ProcessPoolExecutor(jobs, initializer=torch.set_num_threads,
-                                 initargs=(threads,)) as pool:
-            results = list(pool.map(train_and_score, *args))
+    results = run_jobs(train_and_score, *args, jobs=jobs, threads=threads)
     runs = [row for row, _ in results]
     grids = {row["recipe"]: samples for row, samples in results if row["seed"] == 0}
     grids["real (test)"] = real_grid(data)

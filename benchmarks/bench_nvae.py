@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import RESULTS, parser, setup  # noqa: E402
+from _timing import RESULTS, parser, run_jobs, setup  # noqa: E402
 
 from kexue._env import environment  # noqa: E402
 from kexue.generative.data import binarize, load_images  # noqa: E402
@@ -102,13 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     epochs = args.epochs or (3 if args.quick else 20)
     samples = 20 if args.quick else 100
     names = list(MODELS)
-    if args.jobs == 1:
-        rows = [train_and_evaluate(m, epochs, samples) for m in names]
-    else:
-        with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads,
-                                 initargs=(args.threads,)) as pool:
-            rows = list(pool.map(train_and_evaluate, names, [epochs] * len(names),
-                                 [samples] * len(names)))
+    rows = run_jobs(train_and_evaluate, names, [epochs] * len(names), [samples] * len(names),
+                    jobs=args.jobs, threads=args.threads)
     one, *deeper = rows
     full = epochs >= 20 and samples >= 100
     notes = [
