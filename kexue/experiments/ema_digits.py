@@ -8,38 +8,45 @@ Note: https://kexue.fm/archives/6575
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from kexue.experiments._common import batches, digits, evaluate, tail_mean
+from kexue.experiments.base import Anchor, Context, Experiment, Result
 from kexue.train import EMA, ema_warmup
 
-NAME = "ema_digits"
-TITLE = "Weight EMA under noisy SGD (sklearn digits)"
-NOTE = "https://kexue.fm/archives/6575"
-CLAIM = "the EMA of the weights has a lower test loss than the raw weights"
-QUICK: dict[str, Any] = {"epochs": 6, "batch_size": 4, "lr": 0.2, "weight_decay": 3e-3,
-                         "decay": 0.99, "hidden": 128, "evals_per_epoch": 4}
-FULL: dict[str, Any] = {**QUICK, "epochs": 30}
+
+@dataclass(frozen=True)
+class Config:
+    epochs: int = 6
+    batch_size: int = 4
+    lr: float = 0.2
+    weight_decay: float = 3e-3
+    decay: float = 0.99
+    hidden: int = 128
+    evals_per_epoch: int = 4
 
 
-def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
+def _model(config: Config) -> nn.Module:
+    return nn.Sequential(nn.Linear(64, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 10))
+
+
+def run(config: Config, ctx: Context) -> Result:
+    seed = ctx.seed
     torch.manual_seed(seed)
     x_tr, y_tr, x_te, y_te = digits(seed)
-    model = nn.Sequential(nn.Linear(64, config["hidden"]), nn.ReLU(),
-                          nn.Linear(config["hidden"], 10))
-    opt = torch.optim.SGD(model.parameters(), lr=config["lr"],
-                          weight_decay=config["weight_decay"])
-    ema = EMA(model, decay=ema_warmup(config["decay"], power=1.0))
+    model = _model(config)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(model, decay=ema_warmup(config.decay, power=1.0))
     gen = torch.Generator().manual_seed(seed)
     steps, raw_curve, ema_curve, raw_acc, ema_acc = [], [], [], [], []
     step = 0
-    for _ in range(config["epochs"]):
-        epoch = batches(len(x_tr), config["batch_size"], gen)
-        every = max(1, len(epoch) // config["evals_per_epoch"])
+    for _ in range(config.epochs):
+        epoch = batches(len(x_tr), config.batch_size, gen)
+        every = max(1, len(epoch) // config.evals_per_epoch)
         for i, idx in enumerate(epoch):
             loss = nn.functional.cross_entropy(model(x_tr[idx]), y_tr[idx])
             opt.zero_grad()
@@ -57,9 +64,27 @@ def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
                 raw_acc.append(acc_raw)
                 ema_acc.append(acc_ema)
 
+    return _result(config, steps, raw_curve, ema_curve, raw_acc, ema_acc)
+
+
+def control(config: Config, ctx: Context) -> Result:
+    """An untrained model whose EMA is its own weights (never updated): the same scorer must
+    find no gain."""
+    torch.manual_seed(ctx.seed)
+    _, _, x_te, y_te = digits(ctx.seed)
+    model = _model(config)
+    ema = EMA(model, decay=config.decay)  # shadows = the weights; no update() is ever taken
+    loss_raw, acc_raw = evaluate(model, x_te, y_te)
+    with ema.swapped():
+        loss_ema, acc_ema = evaluate(model, x_te, y_te)
+    return _result(config, [0], [loss_raw], [loss_ema], [acc_raw], [acc_ema])
+
+
+def _result(config: Config, steps: list[int], raw_curve: list[float], ema_curve: list[float],
+            raw_acc: list[float], ema_acc: list[float]) -> Result:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, raw_curve, label="raw weights", alpha=0.8)
-    ax.plot(steps, ema_curve, label=f"EMA (decay {config['decay']})", lw=2)
+    ax.plot(steps, ema_curve, label=f"EMA (decay {config.decay})", lw=2)
     ax.set_xlabel("SGD step")
     ax.set_ylabel("test cross-entropy")
     ax.set_yscale("log")
@@ -75,10 +100,25 @@ def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
         "final_loss_raw": raw_curve[-1],
         "final_loss_ema": ema_curve[-1],
     }
-    return {
-        "metrics": metrics,
-        "claim_holds": metrics["test_loss_ema"] < metrics["test_loss_raw"],
-        "summary": (f"test loss over the second half of training: raw "
-                    f"{metrics['test_loss_raw']:.4f}, EMA {metrics['test_loss_ema']:.4f}"),
-        "figures": {"ema_test_loss": fig},
-    }
+    return Result(
+        metrics=metrics,
+        holds=metrics["test_loss_ema"] < metrics["test_loss_raw"],
+        summary=(f"test loss over the second half of training: raw "
+                 f"{metrics['test_loss_raw']:.4f}, EMA {metrics['test_loss_ema']:.4f}"),
+        figures={"ema_test_loss": fig},
+    )
+
+
+QUICK = Config()
+EXPERIMENT = Experiment(
+    name="ema_digits",
+    title="Weight EMA under noisy SGD (sklearn digits)",
+    note="https://kexue.fm/archives/6575",
+    claim="the EMA of the weights has a lower test loss than the raw weights",
+    threshold="EMA test loss (mean over the second half of training) < raw test loss",
+    anchor=Anchor(None, "TODO"),
+    quick=QUICK,
+    full=replace(QUICK, epochs=30),
+    run=run,
+    control=control,
+)

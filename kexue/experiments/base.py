@@ -1,0 +1,243 @@
+"""The experiment contract: a frozen :class:`Experiment` that turns a config and a
+:class:`Context` into a :class:`Result`, and :func:`run_experiment`, which adds a
+:class:`Provenance` record kept apart from the result (no metric can overwrite the seed).
+
+Every claim stands beside its published number: :class:`Anchor` gives that number with its
+source and the data it was measured on, or says plainly that none exists, and why.
+
+A thresholded claim (``threshold`` set) carries a training-free ``control``: the same scorer
+on data or a model that must fail the claim (blurred, shuffled or class-dropped data, an
+untrained model). The fast tests run every control and assert that it fails; a claim that its
+own control passes cannot fail and is a defect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Anchor", "Context", "Experiment", "Provenance", "Result", "Table",
+           "kexue_version", "run_experiment"]
+
+MAX_METRICS = 12
+Scalar = float | int | str | bool
+
+
+@dataclass(frozen=True)
+class Table:
+    """A method × setting table for the page (text a figure cannot hold)."""
+
+    caption: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Scalar, ...], ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "rows", tuple(tuple(r) for r in self.rows))
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(f"Table {self.caption!r}: row {i} has {len(row)} cells, "
+                                 f"expected {len(self.columns)} ({', '.join(self.columns)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"caption": self.caption, "columns": list(self.columns),
+                "rows": [list(r) for r in self.rows]}
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The published number a claim is read against.
+
+    Attributes:
+        number: the published figure with its unit (``"78.01 nats"``), or ``None`` when no
+            published number exists for this claim.
+        source: where it is published (paper and table or figure, with its URL, or the note's
+            URL); for ``number=None``, why no number exists.
+        data: the data the published number was measured on (``""`` when ``number`` is None).
+        differs: how kexue's data or setting differ from the published one (``""``: the same).
+    """
+
+    number: str | None
+    source: str
+    data: str = ""
+    differs: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ValueError("Anchor.source must say where the number is published, or why "
+                             "none exists")
+        if self.number is not None and not self.data.strip():
+            raise ValueError(f"Anchor {self.number!r}: data must name what it was measured on")
+
+    def describe(self) -> str:
+        if self.number is None:
+            return f"no published number ({self.source})"
+        text = f"{self.number} on {self.data} ({self.source})"
+        return text + (f"; kexue's data differ: {self.differs}" if self.differs else "")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a run may depend on beside its config: the seed and the device."""
+
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded with ``seed + offset``."""
+        return torch.Generator().manual_seed(self.seed + offset)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one run measured.
+
+    Attributes:
+        metrics: at most 12 flat scalar rows; larger grids go into ``tables``.
+        holds: the verdict on the claim.
+        summary: one line a reader sees in the overview.
+        figures: name -> matplotlib figure.
+        tables: method × setting tables.
+    """
+
+    metrics: Mapping[str, Scalar]
+    holds: bool
+    summary: str
+    figures: Mapping[str, Any] = field(default_factory=dict)
+    tables: tuple[Table, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.metrics) > MAX_METRICS:
+            raise ValueError(f"Result.metrics has {len(self.metrics)} rows, at most "
+                             f"{MAX_METRICS}: put a grid into a Table")
+        for key, value in self.metrics.items():
+            if not isinstance(value, Scalar):
+                raise TypeError(f"Result.metrics[{key!r}] is {type(value).__name__}, expected "
+                                "a float, int, str or bool")
+        object.__setattr__(self, "holds", bool(self.holds))
+        object.__setattr__(self, "metrics", {k: _plain(v) for k, v in self.metrics.items()})
+        object.__setattr__(self, "tables", tuple(self.tables))
+
+
+def _plain(value: Scalar) -> Scalar:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no inf/nan
+    return value
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One reproducible claim of a note.
+
+    Attributes:
+        name: registry key (``snake_case``).
+        title: a heading for the page.
+        note: the kexue.fm URL of the note.
+        claim: the claim in words.
+        threshold: the pass line in words (``"cFD ≤ 5"``), or ``None`` for a claim that is not
+            a threshold on a measured number (an identity checked to float precision, say).
+        anchor: the published number beside kexue's.
+        quick: the fast config (a frozen dataclass); ``full``: the full-size one.
+        run: ``run(config, context) -> Result``.
+        control: for a thresholded claim, a training-free negative control with the same
+            signature whose result must not hold.
+        timed: the claim is about wall-clock time (shared cores make it flaky).
+    """
+
+    name: str
+    title: str
+    note: str
+    claim: str
+    threshold: str | None
+    anchor: Anchor
+    quick: Any
+    full: Any
+    run: Callable[[Any, Context], Result]
+    control: Callable[[Any, Context], Result] | None = None
+    timed: bool = False
+
+    def __post_init__(self) -> None:
+        for mode in ("quick", "full"):
+            config = getattr(self, mode)
+            if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
+                raise TypeError(f"Experiment {self.name!r}: {mode} must be a dataclass "
+                                f"instance, got {type(config).__name__}")
+        if not self.note.startswith("https://kexue.fm/archives/"):
+            raise ValueError(f"Experiment {self.name!r}: note must be a kexue.fm archive URL, "
+                             f"got {self.note!r}")
+        if self.threshold is not None and self.control is None:
+            raise ValueError(f"Experiment {self.name!r} has a threshold but no negative control")
+
+    def config(self, full: bool = False) -> Any:
+        return self.full if full else self.quick
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and how a result was measured; recorded apart from the result's metrics."""
+
+    mode: str
+    seed: int
+    config: Mapping[str, Any]
+    torch: str
+    python: str
+    device: str
+    threads: int
+    git_sha: str
+    kexue_version: str
+    date: str
+    seconds: float
+
+
+def kexue_version() -> str:
+    """The installed distribution's version (a wheel or an editable install alike)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kexue")
+    except PackageNotFoundError:
+        from kexue import __version__
+
+        return __version__
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-ready dict (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+
+
+def run_experiment(experiment: Experiment, *, full: bool = False, seed: int = 0,
+                   device: torch.device | str = "cpu") -> tuple[Result, Provenance]:
+    """Run ``experiment`` in quick (default) or full mode; return its result and provenance."""
+    from kexue._env import environment
+
+    device = torch.device(device)
+    config = experiment.config(full)
+    start = time.perf_counter()
+    result = experiment.run(config, Context(seed=seed, device=device))
+    if not isinstance(result, Result):
+        raise TypeError(f"experiment {experiment.name!r} returned {type(result).__name__}, "
+                        "expected a Result")
+    env = environment(device)
+    return result, Provenance(
+        mode="full" if full else "quick", seed=seed, config=config_dict(config),
+        torch=str(env["torch"]), python=str(env["python"]), device=str(env["device"]),
+        threads=int(env["threads"]), git_sha=str(env["git_sha"]),
+        kexue_version=kexue_version(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        seconds=time.perf_counter() - start)
+
