@@ -259,3 +259,54 @@ def test_bad_model_and_lr():
         scale_parametrize(Tower(), {"nope": 2.0})
     with pytest.raises(ValueError, match="> 0"):
         scale_parametrize(Tower(), {"head.weight": 0.0})
+
+
+def test_underflowing_scale_is_an_error_not_a_silent_drop():
+    # 1e-200 · 1e-200 = 0.0 in float64: neither factor is 0, so the parameter must not vanish.
+    assert 1e-200 * 1e-200 == 0.0
+    with pytest.raises(ValueError, match="underflows to 0.0"):
+        param_groups(Tower(), 0.1, multipliers={"head.*": 1e-200, "*.weight": 1e-200})
+    # layer_decay^5 = (1e-70)^5 = 1e-350 underflows for the embedding (depth 0, L = 5).
+    with pytest.raises(ValueError, match="embed.weight"):
+        param_groups(Tower(), 0.1, layer_decay=1e-70)
+    # lr · scale underflowing counts too: 1e-300 · 1e-100 = 0.0.
+    with pytest.raises(ValueError, match="underflows"):
+        param_groups(Tower(), 1e-300, multipliers={"head.*": 1e-100})
+    with pytest.raises(ValueError, match="overflows"):
+        param_groups(Tower(), 1e300, multipliers={"head.*": 1e10})
+    # Only an explicit 0 drops, even where it is combined with other factors.
+    groups = param_groups(Tower(), 0.1, multipliers={"head.*": 0.0, "*.bias": 1e-200})
+    names = {n for g in groups for n in g["names"]}
+    assert "head.weight" not in names and "head.bias" not in names
+    assert _lr_of(groups)["embed.bias"] == pytest.approx(1e-201)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -0.1, 0.0, -float("inf"), True, "1"])
+def test_lr_must_be_finite_and_positive(bad):
+    with pytest.raises(ValueError, match=r"^lr must be a finite number > 0"):
+        param_groups(Tower(), bad)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -1.0])
+def test_multipliers_weight_decay_and_scales_must_be_finite(bad):
+    with pytest.raises(ValueError, match=r"multipliers\['head\.\*'\] must be a finite number"):
+        param_groups(Tower(), 0.1, multipliers={"head.*": bad})
+    with pytest.raises(ValueError, match="weight_decay must be a finite number"):
+        param_groups(Tower(), 0.1, weight_decay=bad)
+    with pytest.raises(ValueError, match=r"scales\['head\.weight'\] must be a finite number > 0"):
+        scale_parametrize(Tower(), {"head.weight": bad})
+
+
+def test_scale_parametrize_refuses_a_scale_whose_inverse_overflows():
+    model = Tower()
+    with pytest.raises(ValueError, match="overflows"):
+        scale_parametrize(model, {"head.weight": 1e-300})  # θ/λ = inf in float32
+    assert not hasattr(model.head, "parametrizations")  # nothing was half-done
+
+
+@pytest.mark.parametrize("key", ["lr", "params", "names", "lr_scale", "weight_decay"])
+def test_extra_cannot_override_group_keys(key):
+    with pytest.raises(ValueError, match=f"extra may not set '{key}'"):
+        param_groups(Tower(), 0.1, extra={key: 1.0})
+    groups = param_groups(Tower(), 0.1, extra={"momentum": 0.9})
+    assert all(g["momentum"] == 0.9 and g["lr"] == pytest.approx(0.1) for g in groups)

@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -64,10 +65,28 @@ def block_of(name: str) -> str | None:
     return name[: block.end(2)]
 
 
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+def _positive(name: str, value: Any, *, zero: bool = True) -> float:
+    """``value`` as a float, if it is a finite real number >= 0 (> 0 when ``zero`` is False)."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value >= 0 if zero else value > 0)
+    )
+    if not ok:
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
+
+
+# Keys every group gets from param_groups itself; ``extra`` may not replace them.
+_RESERVED = {
+    "params": "the parameters are chosen by the model and multipliers",
+    "names": "the names are those of the parameters",
+    "lr": "pass the base rate as lr= and per-parameter factors as multipliers=",
+    "lr_scale": "it is computed from multipliers= and layer_decay=",
+    "weight_decay": "pass weight_decay= (and no_decay=) instead",
+}
 
 
 def _depths(names: list[str], depth: Callable[[str], int | None] | None) -> tuple[list[int], int]:
@@ -119,8 +138,10 @@ def param_groups(
 
     lr_i = lr · Π_{patterns p matching name_i} multipliers[p] · layer_decay^(L − depth_i)
 
-    A parameter whose multiplier is 0 is left out of every group, so the optimizer never
-    touches it; parameters with ``requires_grad=False`` are skipped too.
+    A parameter with an explicit multiplier of 0 is left out of every group, so the optimizer
+    never touches it; parameters with ``requires_grad=False`` are skipped too. No other
+    parameter is ever dropped: a learning rate that underflows to 0.0 (or overflows to inf)
+    from nonzero factors is an error.
 
     Args:
         model: any module (DDP / torch.compile wrappers are unwrapped for naming).
@@ -134,7 +155,9 @@ def param_groups(
             blocks are found by :func:`block_of` and numbered in order of appearance.
         no_decay: which parameters get weight decay 0: a predicate ``(name, param) -> bool``
             or patterns; None gives every parameter ``weight_decay``.
-        extra: further keys copied into every group (``betas``, ``momentum``...).
+        extra: further keys copied into every group (``betas``, ``momentum``...); it may not
+            hold the keys this function sets (``params``, ``names``, ``lr``, ``lr_scale``,
+            ``weight_decay``).
 
     Returns:
         A list of dicts with ``params``, ``names``, ``lr``, ``lr_scale`` and ``weight_decay``,
@@ -142,13 +165,24 @@ def param_groups(
 
     Raises:
         ValueError: for a model without trainable parameters, a pattern that matches nothing,
-            a negative multiplier, ``lr`` ≤ 0 or ``layer_decay`` outside (0, 1].
+            a multiplier or ``weight_decay`` that is negative, NaN or infinite, ``lr`` that is
+            not a finite number > 0, ``layer_decay`` outside (0, 1], an ``extra`` key that
+            this function sets itself, or a learning rate that underflows to 0.0 or overflows
+            to inf although none of its factors is 0.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    lr = _positive("lr", lr, zero=False)
     weight_decay = _positive("weight_decay", weight_decay)
+    if extra is not None:
+        if not isinstance(extra, Mapping):
+            raise ValueError(f"extra must be a mapping of group keys, got {type(extra).__name__}")
+        clash = [k for k in extra if k in _RESERVED]
+        if clash:
+            raise ValueError(
+                f"extra may not set {clash[0]!r}, which param_groups sets in every group: "
+                f"{_RESERVED[clash[0]]}"
+            )
     if layer_decay is not None and (
         isinstance(layer_decay, bool)
         or not isinstance(layer_decay, (int, float))
@@ -161,6 +195,7 @@ def param_groups(
     names = [n for n, _ in named]
 
     scale = [1.0] * len(named)
+    frozen = [False] * len(named)  # an explicit multiplier 0 matched it
     for pattern, mult in (multipliers or {}).items():
         if not isinstance(pattern, (str, re.Pattern)):
             raise ValueError(f"multipliers keys must be str or re.Pattern, got {pattern!r}")
@@ -173,9 +208,20 @@ def param_groups(
             )
         for i in hits:
             scale[i] *= mult
+            frozen[i] = frozen[i] or mult == 0.0
     if layer_decay is not None:
         depths, top = _depths(names, depth)
         scale = [s * layer_decay ** (top - d) for s, d in zip(scale, depths, strict=True)]
+    for i, s in enumerate(scale):
+        if frozen[i]:
+            continue
+        if not (s > 0 and math.isfinite(s) and lr * s > 0 and math.isfinite(lr * s)):
+            why = "underflows to 0.0" if s == 0 or lr * s == 0 else "overflows to inf"
+            raise ValueError(
+                f"the learning rate of {names[i]!r} (lr={lr!r} times a product of multipliers "
+                f"and layer_decay powers) {why} in float arithmetic, although no factor is 0; "
+                "use an explicit multiplier 0 to leave a parameter out"
+            )
 
     if no_decay is None:
         decays = [weight_decay] * len(named)
@@ -191,8 +237,8 @@ def param_groups(
         ]
 
     groups: dict[tuple[float, float], dict[str, Any]] = {}
-    for (name, p), s, wd in zip(named, scale, decays, strict=True):
-        if s == 0.0:
+    for (name, p), s, wd, skip in zip(named, scale, decays, frozen, strict=True):
+        if skip:
             continue
         group = groups.setdefault(
             (s, wd),
@@ -241,7 +287,8 @@ def scale_parametrize(model: nn.Module, scales: Mapping[Pattern, float]) -> nn.M
         The same model.
 
     Raises:
-        ValueError: for a pattern matching no parameter, or λ ≤ 0.
+        ValueError: for a pattern matching no parameter, λ that is not a finite number > 0,
+            or a λ so small that φ = θ/λ overflows the parameter's dtype.
     """
     target = unwrap_model(model)
     named = list(target.named_parameters(remove_duplicate=False))
@@ -250,9 +297,7 @@ def scale_parametrize(model: nn.Module, scales: Mapping[Pattern, float]) -> nn.M
         aliases.setdefault(id(p), []).append(n)
     todo: dict[str, float] = {}
     for pattern, lam in scales.items():
-        lam = _positive(f"scales[{show(pattern)}]", lam)
-        if lam == 0:
-            raise ValueError(f"scales[{show(pattern)}] must be > 0, got 0")
+        lam = _positive(f"scales[{show(pattern)}]", lam, zero=False)
         hits = {n for n, _ in named if matches(pattern, n)}
         if not hits:
             raise ValueError(f"scales pattern {show(pattern)} matches no parameter")
@@ -266,6 +311,15 @@ def scale_parametrize(model: nn.Module, scales: Mapping[Pattern, float]) -> nn.M
                     "would leave the others computing with φ instead of θ"
                 )
             todo.setdefault(n, lam)
+    params = dict(named)
+    for name, lam in todo.items():
+        with torch.no_grad():
+            theta = params[name].detach()
+            if not bool(torch.isfinite(theta / lam).all()) and bool(torch.isfinite(theta).all()):
+                raise ValueError(
+                    f"scales: λ = {lam!r} for {name!r} is too small for {theta.dtype}: "
+                    "φ = θ/λ overflows to inf"
+                )
     for name, lam in todo.items():
         module_name, _, attr = name.rpartition(".")
         module = target.get_submodule(module_name)
