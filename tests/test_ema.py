@@ -359,3 +359,96 @@ def test_compiled_model_is_unwrapped():
     with ema.swapped():
         torch.testing.assert_close(compiled(x), expected)
     assert not torch.allclose(compiled(x), start)
+
+
+# -- the EMA follows model.double() / .to(device); state-dict errors ---------------------------
+
+def test_shadow_follows_model_double_against_float64_closed_form():
+    """Averages in float32, then model.double(): the rest is a float64 EMA, checked against the
+    float64 closed form to 1e-12 (a float32 shadow would be off by ~1e-7)."""
+    gen = torch.Generator().manual_seed(21)
+    model = _net()
+    float_keys = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+    snap = lambda: {k: model.state_dict()[k].clone() for k in float_keys}  # noqa: E731
+    # Phase 1 in float32 with d = 1/2 and steps of k/8: every value is exact in float32.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randint(-8, 8, p.shape, generator=gen) / 8)
+    model.eval()
+    ema = EMA(model, decay=0.5)
+    history = [snap()]
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randint(-8, 8, p.shape, generator=gen) / 8)
+        history.append(snap())
+        ema.update()
+    model.double()  # parameters change dtype in place; BatchNorm buffers are replaced
+    model.train()
+    for _ in range(6):
+        model(torch.randn(16, 4, generator=gen, dtype=torch.float64))  # BN statistics move
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+        history.append(snap())
+        ema.update()
+    assert all(s.dtype == torch.float64 for s in ema.shadow)
+    expected = _closed_form(history, [0.5] * 9)
+    state = ema.state_dict()
+    for k in float_keys:
+        assert state["shadow"][k].dtype == torch.float64
+        torch.testing.assert_close(state["shadow"][k], expected[k], rtol=1e-12, atol=1e-12)
+    assert state["copied"]["1.num_batches_tracked"].item() == 6
+
+
+def test_swapped_after_model_double_puts_float64_weights_in():
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    model.double()
+    with torch.no_grad():
+        model.weight.add_(torch.full((2, 3), 1e-9, dtype=torch.float64))
+    before = model.weight.detach().clone()
+    with ema.swapped():  # no update since the conversion
+        assert model.weight.dtype == torch.float64
+        assert torch.equal(model.weight.detach(), start["weight"].double())
+        model(torch.randn(4, 3, dtype=torch.float64))  # no dtype error
+    assert torch.equal(model.weight.detach(), before)
+    ema.update()
+    torch.testing.assert_close(ema.shadow[0], 0.5 * start["weight"].double() + 0.5 * before,
+                               rtol=1e-15, atol=1e-15)
+
+
+def test_shadow_follows_model_device_but_fixed_arguments_stay():
+    # No GPU needed: the meta device stands in for another device.
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.5)
+    model.to("meta")
+    ema.update()
+    assert all(s.device.type == "meta" for s in ema.shadow)
+    # An explicit dtype is kept when the model changes dtype.
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.5, dtype=torch.float64)
+    start = model.weight.detach().double().clone()
+    model.half()
+    ema.update()
+    assert all(s.dtype == torch.float64 for s in ema.shadow)
+    torch.testing.assert_close(ema.shadow[0], 0.5 * start + 0.5 * model.weight.double(),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_load_state_dict_names_missing_keys_and_leaves_ema_alone():
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.5)
+    state = ema.state_dict()
+    before = [s.clone() for s in ema.shadow]
+    bad = {"shadow": {k: v + 1 for k, v in state["shadow"].items()}, "copied": {}}
+    with pytest.raises(ValueError, match=r"missing \['step', 'num_updates'\]; it must hold"):
+        ema.load_state_dict(bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, ema.shadow, strict=True))
+    with pytest.raises(ValueError, match=r"state\['step'\] must be an int >= 0"):
+        ema.load_state_dict({**state, "step": -1})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        ema.load_state_dict([1, 2])
+    ema.load_state_dict({**state, "step": torch.tensor(4), "num_updates": 4})
+    assert ema.step == 4 and ema.num_updates == 4

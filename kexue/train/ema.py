@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -82,8 +82,16 @@ class EMA:
 
     The shadow copy is kept in ``dtype`` (by default at least float32, so a bf16/fp16 model
     still averages in float32) on ``device`` (default: beside each parameter; ``"cpu"``
-    offloads it). Create the EMA after moving the model to its device and dtype.
-    Non-floating buffers (``num_batches_tracked``) are copied, not averaged.
+    offloads it). Non-floating buffers (``num_batches_tracked``) are copied, not averaged.
+
+    The shadow follows the model: after ``model.double()``, ``model.half()``, ``model.to(dev)``
+    the next :meth:`update`, :meth:`swapped`, :meth:`state_dict` or :meth:`load_state_dict`
+    casts each shadow tensor to the dtype (when ``dtype`` is None) and device (when ``device``
+    is None) it would have had, had the EMA been created on the converted model, as
+    ``torch.optim.swa_utils.AveragedModel`` follows ``.to()``. An explicit ``dtype`` or
+    ``device`` stays fixed. :meth:`update` notices a conversion of the whole model (it checks
+    the first parameter and the first buffer); after converting only a submodule call
+    :meth:`refresh`.
 
     Under DistributedDataParallel every rank holds the same parameters after each step, so
     every rank's EMA is the same as the single-process EMA; pass the DDP model or its
@@ -129,6 +137,8 @@ class EMA:
         self.buffers = buffers
         self.step = 0  # calls of update()
         self.num_updates = 0  # averages taken
+        self._dtype = dtype  # None: follow the model (promoted to at least float32)
+        self._device = device  # None: follow the model
 
         params = [(n, p) for n, p in self.model.named_parameters() if p.is_floating_point()]
         if not params:
@@ -153,12 +163,13 @@ class EMA:
     # -- the hot path ---------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Re-read the model's tensors by name.
+        """Re-read the model's tensors by name and cast the shadow to their dtype/device.
 
-        Replaced tensors are noticed automatically: :meth:`update` checks the first one
-        (``load_state_dict(assign=True)`` and ``to_empty`` replace them all) and
-        :meth:`swapped` checks every one. Replacing a whole submodule
-        (``model.head = nn.Linear(...)``) is not noticed: call ``refresh()`` after it.
+        Replaced or converted tensors are noticed automatically: :meth:`update` checks the
+        first parameter and the first buffer (``load_state_dict(assign=True)``, ``to_empty``
+        and ``model.to(...)`` change them all) and :meth:`swapped` checks every one. Replacing
+        or converting only a submodule (``model.head = nn.Linear(...)``,
+        ``model.head.double()``) is not noticed by :meth:`update`: call ``refresh()`` after it.
 
         Raises:
             ValueError: if the model no longer has a tensor the EMA averages.
@@ -169,6 +180,7 @@ class EMA:
             raise ValueError(f"model no longer has tensors {missing[:5]} that the EMA averages")
         self._live = [tensors[n] for n in self._names]
         self._live_copied = [tensors[n] for n in self._copy_names]
+        self._follow()
         # Where each tensor lives: (the dict holding it, key), for cheap identity checks.
         self._slots = []
         for name in self._names + self._copy_names:
@@ -185,10 +197,44 @@ class EMA:
                            for t, s, ok in zip(self._live, self.shadow, same, strict=True)]
         self._swap_plan += [(t, s, False)
                             for t, s in zip(self._live_copied, self.shadow_copied, strict=True)]
+        # What update() checks: the first parameter (``.to()`` changes its dtype/device in
+        # place) and the first buffer (``.to()`` replaces buffers with new tensors).
+        live = self._live + self._live_copied
+        buffer = next((i for i, t in enumerate(live) if not isinstance(t, nn.Parameter)), None)
+        probes = [0] if buffer is None else [0, buffer]
+        self._probes = [(self._slots[i], live[i], live[i].dtype, live[i].device) for i in probes]
+
+    def _follow(self) -> None:
+        """Cast the shadow tensors to the live tensors' dtype/device, where those are not fixed."""
+        with torch.no_grad():
+            for i, t in enumerate(self._live):
+                s = self.shadow[i]
+                dtype = self._dtype or torch.promote_types(t.dtype, torch.float32)
+                device = s.device if self._device is not None else t.device
+                if s.dtype != dtype or s.device != device:
+                    self.shadow[i] = s.to(device=device, dtype=dtype).contiguous()
+            for i, t in enumerate(self._live_copied):
+                s = self.shadow_copied[i]
+                device = s.device if self._device is not None else t.device
+                if s.dtype != t.dtype or s.device != device:
+                    self.shadow_copied[i] = s.to(device=device, dtype=t.dtype)
 
     def _check_live(self, every: bool = False) -> None:
-        live = self._live + self._live_copied if every else self._live[:1]
-        if any(d.get(k) is not t for (d, k), t in zip(self._slots, live, strict=False)):
+        if every:
+            live = self._live + self._live_copied
+            stale = any(d.get(k) is not t for (d, k), t in zip(self._slots, live, strict=True))
+            stale = stale or any(
+                s.dtype != (self._dtype or torch.promote_types(t.dtype, torch.float32))
+                or (self._device is None and s.device != t.device)
+                for s, t in zip(self.shadow, self._live, strict=True)
+            ) or any(
+                s.dtype != t.dtype or (self._device is None and s.device != t.device)
+                for s, t in zip(self.shadow_copied, self._live_copied, strict=True)
+            )
+        else:
+            stale = any(d.get(k) is not t or t.dtype != dtype or t.device != device
+                        for (d, k), t, dtype, device in self._probes)
+        if stale:
             self.refresh()
 
     def decay_at(self, num_updates: int) -> float:
@@ -268,6 +314,7 @@ class EMA:
 
     def state_dict(self) -> dict[str, Any]:
         """Shadow tensors by name plus the step counters (the decay itself is configuration)."""
+        self._check_live(every=True)
         return {
             "step": self.step,
             "num_updates": self.num_updates,
@@ -276,17 +323,53 @@ class EMA:
         }
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output in place (dtype/device of this EMA are kept).
 
+        The state is checked in full before anything is changed, so a bad state leaves the
+        EMA as it was.
+
+        Args:
+            state: a mapping with the keys ``"step"`` and ``"num_updates"`` (ints >= 0),
+                ``"shadow"`` (averaged tensors by name) and ``"copied"`` (copied buffers by
+                name), as :meth:`state_dict` returns.
+
         Raises:
-            ValueError: if names or shapes do not match this EMA's model.
+            ValueError: if a key is missing, a counter is not an int >= 0, or names or shapes
+                do not match this EMA's model.
         """
+        required = ("step", "num_updates", "shadow", "copied")
+        if not isinstance(state, Mapping):
+            raise ValueError(
+                f"state must be a mapping with keys {list(required)} (EMA.state_dict()), "
+                f"got {type(state).__name__}"
+            )
+        absent = [k for k in required if k not in state]
+        if absent:
+            raise ValueError(
+                f"EMA state dict is missing {absent}; it must hold 'step' and 'num_updates' "
+                "(ints >= 0), 'shadow' (averaged tensors by name) and 'copied' (copied buffers "
+                f"by name), as EMA.state_dict() returns; got keys {sorted(map(str, state))}"
+            )
+        counters = {}
+        for key in ("step", "num_updates"):
+            value = state[key]
+            if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+                value = int(value.item())
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"state[{key!r}] must be an int >= 0, got {value!r}")
+            counters[key] = value
+        self._check_live(every=True)
+        todo = []
         for key, names, tensors in (
             ("shadow", self._names, self.shadow),
             ("copied", self._copy_names, self.shadow_copied),
         ):
-            saved = state.get(key, {})
+            saved = state[key]
+            if not isinstance(saved, Mapping):
+                raise ValueError(
+                    f"state[{key!r}] must map tensor names to tensors, got {type(saved).__name__}"
+                )
             if set(saved) != set(names):
                 missing = sorted(set(names) - set(saved))[:5]
                 extra = sorted(set(saved) - set(names))[:5]
@@ -295,14 +378,21 @@ class EMA:
                     f"unexpected {extra}"
                 )
             for name, t in zip(names, tensors, strict=True):
+                if not isinstance(saved[name], Tensor):
+                    raise ValueError(
+                        f"state[{key!r}][{name!r}] must be a tensor, got "
+                        f"{type(saved[name]).__name__}"
+                    )
                 if saved[name].shape != t.shape:
                     raise ValueError(
                         f"state[{key!r}][{name!r}] has shape {tuple(saved[name].shape)}, "
                         f"expected {tuple(t.shape)}"
                     )
-                t.copy_(saved[name])
-        self.step = int(state["step"])
-        self.num_updates = int(state["num_updates"])
+                todo.append((t, saved[name]))
+        for t, value in todo:
+            t.copy_(value)
+        self.step = counters["step"]
+        self.num_updates = counters["num_updates"]
 
 
 def _shadow_like(t: Tensor, dtype: torch.dtype | None, device: torch.device | str | None) -> Tensor:
