@@ -20,6 +20,7 @@ import datetime
 import importlib.metadata
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +32,8 @@ import torch
 from kexue._env import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
+if "--quick" in sys.argv[1:]:  # quick runs never overwrite the committed full results
+    RESULTS = RESULTS / "quick"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -48,6 +51,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but torch.cuda.is_available() is False")
     return torch.device(args.device)

@@ -11,31 +11,11 @@ device, git SHA, date, seconds) in a record of its own.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from types import ModuleType
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-from kexue.experiments import (  # noqa: E402
-    attention_maps,
-    attention_scaling,
-    constrained_text,
-    direct_metric,
-    domain_vocab,
-    ema_digits,
-    estimator_variance,
-    gan_digits,
-    gan_dynamics,
-    glann_digits,
-    layerwise_lr,
-    mixers_digits,
-    modified_flow,
-    nvae_digits,
-    path_kernel_digits,
-)
-from kexue.experiments.base import (  # noqa: E402
+from kexue.experiments.base import (
     Anchor,
     Context,
     Experiment,
@@ -45,8 +25,17 @@ from kexue.experiments.base import (  # noqa: E402
     run_experiment,
 )
 
-__all__ = ["EXPERIMENTS", "Anchor", "Context", "Experiment", "Provenance", "Result", "Table",
-           "run_experiment"]
+__all__ = ["EXPERIMENTS", "NAMES", "Anchor", "Context", "Experiment", "Provenance", "Result",
+           "Table", "run_experiment"]
+
+# the registry's order is the report's order; importing this package stays cheap (the CLI
+# reads NAMES for its choices), the modules load on first use of EXPERIMENTS
+NAMES: tuple[str, ...] = (
+    "ema_digits", "layerwise_lr", "attention_maps", "mixers_digits", "attention_scaling",
+    "estimator_variance", "direct_metric", "gan_dynamics", "path_kernel_digits",
+    "modified_flow", "domain_vocab", "constrained_text", "gan_digits", "glann_digits",
+    "nvae_digits",
+)
 
 
 def _legacy(module: ModuleType) -> Experiment:
@@ -79,11 +68,28 @@ def _legacy(module: ModuleType) -> Experiment:
                       full=config(module.FULL), run=run, timed=getattr(module, "TIMED", False))
 
 
-EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e
-    for e in (getattr(m, "EXPERIMENT", None) or _legacy(m)
-              for m in (ema_digits, layerwise_lr, attention_maps, mixers_digits,
-                        attention_scaling, estimator_variance, direct_metric, gan_dynamics,
-                        path_kernel_digits, modified_flow, domain_vocab, constrained_text,
-                        gan_digits, glann_digits, nvae_digits))
-}
+def _load() -> dict[str, Experiment]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # CJK text in figures: the first installed of these fonts, glyph by glyph
+    matplotlib.rcParams["font.sans-serif"] = [
+        "DejaVu Sans", "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+        "PingFang SC", "Microsoft YaHei", "SimHei", *matplotlib.rcParams["font.sans-serif"]]
+    registry = {}
+    for name in NAMES:
+        module = importlib.import_module(f"kexue.experiments.{name}")
+        experiment = getattr(module, "EXPERIMENT", None) or _legacy(module)
+        if experiment.name != name:
+            raise RuntimeError(f"kexue.experiments.{name} defines experiment "
+                               f"{experiment.name!r}")
+        registry[name] = experiment
+    return registry
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "EXPERIMENTS":
+        registry = _load()
+        globals()["EXPERIMENTS"] = registry
+        return registry
+    raise AttributeError(f"module 'kexue.experiments' has no attribute {attr!r}")

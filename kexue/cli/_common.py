@@ -1,0 +1,150 @@
+"""What every command shares: the two consoles, one-line errors, progress bars, common options,
+and the checks that keep a user's files safe (outputs never overwrite inputs, writability is
+known before the work starts, writes are atomic)."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+# results (tables, JSON) go to stdout; progress bars, status and messages to stderr
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+class CliError(Exception):
+    """An error the user can fix: printed as one line, exit status 2."""
+
+
+class RunFailed(Exception):
+    """The work could not finish (e.g. a full disk): one line, exit status 1; finished work is
+    kept."""
+
+
+def choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
+    """A str Enum of ``values``: typer checks the option against it and ``--help`` lists it."""
+    return enum.Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED,
+                                   help="Random seed (0 ≤ seed < 2**63).")]
+Threads = Annotated[int, typer.Option("--threads", min=1, help="torch threads to use.")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout "
+                                    "instead of the table.")]
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def progress(*columns: Any, quiet: bool = False) -> Progress:
+    """A progress bar on stderr (hidden when stderr is not a terminal)."""
+    cols = columns or (TextColumn("{task.description}"), BarColumn(),
+                       TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    return Progress(*cols, console=err, disable=quiet or not err.is_terminal)
+
+
+def fail_line(message: str) -> str:
+    return "kexue: error: " + " ".join(str(message).split())
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_output_file(path: Path, option: str, inputs: Sequence[Path] = ()) -> Path:
+    """Refuse an output file that is an input, a directory, or not writable — before any work.
+
+    Raises:
+        CliError: naming ``option``.
+    """
+    for source in inputs:
+        if str(source) != "-" and _same_file(path, source):
+            raise CliError(f"{option} {path} is also an input: refusing to overwrite it")
+    if path.is_dir():
+        raise CliError(f"{option} {path} is a directory; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CliError(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"{option} {path} is not writable")
+    return path
+
+
+def check_output_dir(path: Path, option: str = "--out") -> Path:
+    """Refuse an output directory that is a file or cannot be created/written — without
+    creating anything yet.
+
+    Raises:
+        CliError: naming ``option``.
+    """
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{option} {path} exists and is not a directory")
+    probe = path
+    while not probe.exists():  # the nearest existing ancestor must be writable
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CliError(f"{option} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK):
+        raise CliError(f"{option} {path} is not writable")
+    return path
+
+
+def make_dir(path: Path, option: str = "--out") -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"{option} {path}: {error.strerror or error}") from error
+    return path
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold the run lock of ``directory`` (one kexue process writes into it at a time)."""
+    from kexue._io import RunLock, RunLocked
+
+    try:
+        with RunLock(directory / ".kexue.lock"):
+            yield
+    except RunLocked as error:
+        raise CliError(f"{error}; wait for it to finish or use another --out") from error
+
+
+def missing_data(error: BaseException) -> str | None:
+    """The one-line message of a missing data package error, or None for other errors."""
+    text = str(error)
+    if isinstance(error, (FileNotFoundError, ImportError)) and "pip install" in text:
+        return first_line(error)
+    return None
+
+
+def deprecated_alias(new: str, old: str) -> None:
+    err.print(f"kexue: warning: {old} is deprecated, use {new}", markup=False)
+
+
+def safe_streams() -> None:
+    """Never crash on a terminal that cannot show a character (a non-UTF-8 locale)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="replace")

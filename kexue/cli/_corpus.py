@@ -1,0 +1,101 @@
+"""Corpus options shared by ``vocab`` and ``lm``: reading with a chars/s progress bar, and the
+single-file output (``-o/--output``, with ``--out`` as a deprecated alias) written atomically
+after its path was checked — before any counting starts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+from kexue.cli._common import (
+    CliError,
+    RunFailed,
+    check_output_file,
+    choices,
+    deprecated_alias,
+    err,
+    first_line,
+    missing_data,
+)
+
+Format = choices("Format", ("auto", "lines", "jsonl"))
+ErrorMode = choices("ErrorMode", ("stop", "skip"))
+
+Corpora = Annotated[list[Path] | None, typer.Argument(
+    help="Text files (one document per line), JSON lines, .gz, directories, or - for stdin. "
+         "None: the embedded climate corpus.", show_default=False)]
+Fmt = Annotated[Format, typer.Option("--format", help="How to read the files.")]  # type: ignore[valid-type]
+Field = Annotated[str, typer.Option("--field", help="JSON lines: the text field.")]
+Errors = Annotated[ErrorMode, typer.Option(  # type: ignore[valid-type]
+    "--errors", help="stop: a bad line (not UTF-8), empty or binary file is an error; skip: "
+    "skip it, count it, say why and go on.")]
+Output = Annotated[Path | None, typer.Option("-o", "--output", help="Write all rows to this "
+                                             "file (atomically).")]
+OldOut = Annotated[Path | None, typer.Option("--out", hidden=True,
+                                             help="Deprecated alias of --output.")]
+
+
+def output_path(output: Path | None, old: Path | None, inputs: list[Path] | None) -> Path | None:
+    """The checked output file of ``-o/--output`` (or the deprecated ``--out``)."""
+    if output is not None and old is not None:
+        raise CliError("give --output only (--out is its deprecated alias)")
+    if old is not None:
+        deprecated_alias("-o/--output", "--out")
+    path = output if output is not None else old
+    if path is None:
+        return None
+    return check_output_file(path, "--output", inputs or [])
+
+
+def reader() -> Progress:
+    return Progress(TextColumn("{task.description}"), TextColumn("{task.completed:,} chars"),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err,
+                    disable=not err.is_terminal)
+
+
+def rate(bar: Progress, task: Any, chars: int, start: float) -> None:
+    seconds = max(time.perf_counter() - start, 1e-9)
+    bar.update(task, rate=f"{chars / seconds / 1e6:.2f} M chars/s")
+
+
+def documents(paths: list[Path] | None, default: str, fmt: Any, field: str, errors: Any,
+              bar: Progress, task: Any) -> tuple[list[str], Any, str]:
+    """All documents of ``paths`` (or an embedded corpus) with a chars/s progress bar."""
+    from kexue.text import data, read_documents
+
+    fmt, errors = getattr(fmt, "value", fmt), getattr(errors, "value", errors)
+    try:
+        if not paths:
+            docs = getattr(data, default)()
+            bar.update(task, advance=sum(len(d) for d in docs))
+            return docs, None, f"embedded {default}"
+        corpus = read_documents([str(p) for p in paths], fmt=fmt, field=field, errors=errors)
+        docs = []
+        for doc in corpus:
+            docs.append(doc)
+            bar.update(task, advance=len(doc))
+    except (ValueError, OSError, RuntimeError, ImportError) as error:  # bad input, no package
+        raise CliError(missing_data(error) or str(error)) from error
+    if not docs:
+        raise CliError(f"no documents in {', '.join(map(str, paths))}")
+    return docs, corpus.summary, ", ".join(map(str, paths))
+
+
+def write_tsv(path: Path | None, header: list[str], rows: list[tuple]) -> None:
+    from kexue._io import atomic_write
+
+    if path is None:
+        return
+    try:
+        with atomic_write(path) as f:
+            f.write("\t".join(header) + "\n")
+            for row in rows:
+                f.write("\t".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
+                        + "\n")
+    except OSError as error:
+        raise RunFailed(f"--output {path}: {error.strerror or first_line(error)}") from error
+    err.print(f"{len(rows):,} rows written to {path}", markup=False)

@@ -1,0 +1,187 @@
+"""``kexue list``, ``kexue run NAME`` and ``kexue report``: the claims of the notes, rerun and
+kept in a ledger (``OUT/results.json`` and ``OUT/index.html``, rewritten after every
+experiment)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from kexue.cli._common import (
+    CliError,
+    Json,
+    RunFailed,
+    Seed,
+    Threads,
+    check_output_dir,
+    choices,
+    err,
+    first_line,
+    locked,
+    make_dir,
+    out,
+    progress,
+    set_threads,
+)
+from kexue.experiments import NAMES
+
+Name = choices("Name", NAMES)
+Full = Annotated[bool, typer.Option("--full", help="Full-size runs instead of quick mode.")]
+Out = Annotated[Path, typer.Option("--out", help="Report directory: index.html, figures and "
+                                   "results.json (other experiments' rows there are kept).")]
+StrictTiming = Annotated[bool, typer.Option(
+    "--strict-timing", help="Let a failed wall-clock (timed) claim set exit status 1; by "
+    "default its verdict is shown only, since shared cores make it flaky.")]
+
+
+def _failed(record: dict[str, Any], strict_timing: bool) -> bool:
+    if record["status"] == "error":
+        return True
+    return record["status"] == "fails" and (strict_timing or not record.get("timed"))
+
+
+def _stub(experiment: Any, full: bool, seed: int, start: float) -> dict[str, Any]:
+    """The provenance of a run that raised (no Provenance was made)."""
+    from kexue._env import environment
+    from kexue.experiments.base import config_dict, kexue_version
+
+    return {"mode": "full" if full else "quick", "seed": seed,
+            "config": config_dict(experiment.config(full)), **environment("cpu"),
+            "kexue_version": kexue_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": time.perf_counter() - start}
+
+
+def _overview(records: list[dict[str, Any]]) -> Table:
+    table = Table(title="kexue report")
+    for col in ("experiment", "verdict", "result", "s"):
+        table.add_column(col, overflow="fold")
+    marks = {"holds": "[green]holds[/]", "fails": "[red]does not hold[/]",
+             "error": "[red]error[/]"}
+    for r in records:
+        mark = marks[r["status"]] + (" (timed)" if r.get("timed") else "")
+        seconds = (r.get("provenance") or {}).get("seconds")
+        table.add_row(r["name"], mark, escape(r["summary"]),
+                      f"{seconds:.1f}" if isinstance(seconds, float) else "")
+    return table
+
+
+def run_many(names: list[str], *, full: bool, seed: int, out_dir: Path, threads: int,
+             as_json: bool, strict_timing: bool) -> int:
+    """Run ``names`` into the ledger of ``out_dir``; return the exit status (0 all hold, 1 a
+    claim failed or an experiment errored, 130 interrupted — the finished part saved)."""
+    from kexue.experiments import EXPERIMENTS, run_experiment
+    from kexue.report import Ledger
+
+    check_output_dir(out_dir)
+    make_dir(out_dir)
+    set_threads(threads)
+    with locked(out_dir):
+        try:
+            ledger = Ledger(out_dir, order=NAMES)
+        except ValueError as error:
+            raise CliError(f"--out: {error}") from error
+        records: list[dict[str, Any]] = []
+        interrupted = False
+        with progress() as bar:
+            task = bar.add_task("experiments", total=len(names))
+            for name in names:
+                experiment = EXPERIMENTS[name]
+                bar.update(task, description=f"running {name}")
+                start = time.perf_counter()
+                try:
+                    try:
+                        result, provenance = run_experiment(experiment, full=full, seed=seed)
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        break
+                    except Exception as error:  # one failing experiment keeps the others
+                        records.append(ledger.add_error(
+                            experiment, error, _stub(experiment, full, seed, start)))
+                        err.print(f"kexue: {name} raised {type(error).__name__}: "
+                                  f"{first_line(error)}", markup=False)
+                    else:
+                        records.append(ledger.add(experiment, result, provenance))
+                except OSError as error:  # the ledger itself could not be written
+                    raise RunFailed(f"could not write the report into {out_dir}: "
+                                    f"{error.strerror or error}; finished experiments are "
+                                    "kept there") from error
+                bar.advance(task)
+    if as_json:
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+    else:
+        out.print(_overview(records))
+        out.print(f"report written to {out_dir / 'index.html'}", markup=False)
+    if interrupted:
+        err.print(f"kexue: interrupted; {len(records)} finished experiment(s) kept in "
+                  f"{out_dir}", markup=False)
+        return 130
+    return 1 if any(_failed(r, strict_timing) for r in records) else 0
+
+
+def report(
+    full: Full = False,
+    seed: Seed = 0,
+    out_dir: Out = Path("report"),
+    only: Annotated[list[Name] | None, typer.Option(  # type: ignore[valid-type]
+        "--only", help="Run only these (repeat the option).")] = None,
+    threads: Threads = 1,
+    as_json: Json = False,
+    strict_timing: StrictTiming = False,
+) -> None:
+    """Rerun every note's claim on embedded real data and write OUT/index.html with figures.
+
+    Exit status: 0 every claim holds; 1 a claim does not hold or an experiment raised
+    (timed claims only with --strict-timing); 2 a usage error; 130 interrupted (the finished
+    experiments are saved)."""
+    names = [n.value for n in only] if only else list(NAMES)
+    raise typer.Exit(run_many(list(dict.fromkeys(names)), full=full, seed=seed,
+                              out_dir=out_dir, threads=threads, as_json=as_json,
+                              strict_timing=strict_timing))
+
+
+def run(
+    name: Annotated[Name, typer.Argument(help="Experiment name (see `kexue list`).")],  # type: ignore[valid-type]
+    full: Full = False,
+    seed: Seed = 0,
+    out_dir: Out = Path("report"),
+    threads: Threads = 1,
+    as_json: Json = False,
+    strict_timing: StrictTiming = False,
+) -> None:
+    """Run one experiment and upsert its row, figures and verdict into the report in OUT."""
+    raise typer.Exit(run_many([name.value], full=full, seed=seed, out_dir=out_dir,
+                              threads=threads, as_json=as_json, strict_timing=strict_timing))
+
+
+def list_(as_json: Json = False) -> None:
+    """List the experiments: the claim each one checks, its threshold and published number."""
+    import dataclasses
+
+    from kexue.experiments import EXPERIMENTS
+
+    if as_json:
+        print(json.dumps([{"name": e.name, "title": e.title, "note": e.note, "claim": e.claim,
+                           "threshold": e.threshold, "anchor": dataclasses.asdict(e.anchor),
+                           "timed": e.timed} for e in EXPERIMENTS.values()],
+                         indent=2, ensure_ascii=False))
+        return
+    table = Table()
+    for col in ("name", "claim", "published", "note"):
+        table.add_column(col, overflow="fold")
+    for e in EXPERIMENTS.values():
+        table.add_row(e.name, escape(e.claim), escape(e.anchor.describe()), e.note)
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(report)
+    app.command()(run)
+    app.command(name="list")(list_)
