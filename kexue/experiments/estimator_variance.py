@@ -14,13 +14,18 @@ Three measurements, each against an exact answer:
 Each estimator is drawn N times; the table gives its variance (trace of the covariance) and its
 bias against the exact gradient as a z-score. Offsets c = 0 and c = 100 show what a baseline
 buys: REINFORCE's variance grows with c², leave-one-out's does not change.
+
+The negative control feeds shuffled data through the same scorer: Gumbel-max draws from a
+permutation of the classifier's log-probabilities, Gaussian estimates of a shifted target
+(a = +0.5) and categorical estimates with permuted costs, each held against the original
+exact answer.
 Notes: https://kexue.fm/archives/6705, https://kexue.fm/archives/7737
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,18 +35,17 @@ from torch import Tensor
 
 from kexue.estimators.reparam import gaussian_rsample, gumbel_max, gumbel_softmax
 from kexue.estimators.score import MovingAverageBaseline, leave_one_out, score_function_surrogate
+from kexue.experiments.base import Anchor, Context, Experiment, Result, Table
 
-NAME = "estimator_variance"
-TITLE = "Gradient estimators: Gumbel-max sampling, and variance against exact gradients"
-NOTE = "https://kexue.fm/archives/6705"
-CLAIM = (
-    "Gumbel-max frequencies pass a chi-square test against softmax (p ≥ 0.001); every unbiased "
-    "estimator is within 4 standard errors of the exact gradient; reparameterisation has lower "
-    "variance than REINFORCE; a +100 offset leaves leave-one-out's variance unchanged and "
-    "multiplies plain REINFORCE's by ≥ 100"
-)
-QUICK: dict[str, Any] = {"draws": 100_000, "replicates": 4000, "samples": 4, "tau": 0.5}
-FULL: dict[str, Any] = {**QUICK, "draws": 1_000_000, "replicates": 40_000}
+
+@dataclass(frozen=True)
+class Config:
+    draws: int = 100_000
+    replicates: int = 4000
+    samples: int = 4
+    tau: float = 0.5
+
+
 OFFSETS = (0.0, 100.0)
 UNBIASED = ("reparameterisation", "REINFORCE", "REINFORCE + moving average",
             "REINFORCE + leave-one-out", "zeroth-order antithetic")
@@ -69,9 +73,10 @@ def _summary(estimates: Tensor, exact: Tensor) -> dict[str, float]:
     return {"variance": var.sum().item(), "max_abs_z": z.abs().max().item()}
 
 
-def _gaussian(config: dict[str, Any], offset: float, gen: torch.Generator) -> dict[str, Tensor]:
-    """N estimates of d/dμ E[(z − a)² + c] at μ = 1, σ = 1, a = −0.5; exact 2(μ − a) = 3."""
-    n, k, mu0, sigma, a = config["replicates"], config["samples"], 1.0, 1.0, -0.5
+def _gaussian(config: Config, offset: float, gen: torch.Generator,
+              a: float = -0.5) -> dict[str, Tensor]:
+    """N estimates of d/dμ E[(z − a)² + c] at μ = 1, σ = 1; exact 2(μ − a) (3 for a = −0.5)."""
+    n, k, mu0, sigma = config.replicates, config.samples, 1.0, 1.0
     if k < 2 or k % 2:
         raise ValueError(f"samples must be an even int >= 2 (antithetic pairs), got {k!r}")
 
@@ -101,10 +106,10 @@ def _gaussian(config: dict[str, Any], offset: float, gen: torch.Generator) -> di
 
 
 def _categorical(
-    config: dict[str, Any], logits: Tensor, cost: Tensor, gen: torch.Generator
+    config: Config, logits: Tensor, cost: Tensor, gen: torch.Generator
 ) -> dict[str, Tensor]:
     """N estimates of ∇_θ E[c_z], z ~ softmax(θ), with K samples each."""
-    n, k, c = config["replicates"], config["samples"], logits.shape[0]
+    n, k, c = config.replicates, config.samples, logits.shape[0]
     theta = logits.expand(n, c).clone().requires_grad_(True)  # (N, C) one θ per replicate
     log_p = torch.log_softmax(theta, -1)  # (N, C)
     z = gumbel_max(theta.detach()[:, None].expand(n, k, c), generator=gen)  # (N, K)
@@ -120,7 +125,7 @@ def _categorical(
         surrogate = score_function_surrogate(log_prob, f, baseline)
         (out[label],) = torch.autograd.grad(surrogate.mean(1).sum(), theta, retain_graph=True)
     for label, hard in (("Gumbel-softmax (biased)", False), ("straight-through (biased)", True)):
-        y = gumbel_softmax(theta[:, None].expand(n, k, c), config["tau"], hard=hard,
+        y = gumbel_softmax(theta[:, None].expand(n, k, c), config.tau, hard=hard,
                            generator=gen)  # (N, K, C) relaxed one-hot samples
         (out[label],) = torch.autograd.grad((y @ cost).mean(1).sum(), theta)
     return out
@@ -137,28 +142,24 @@ def _table(
     return table
 
 
-def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
+def _measure(config: Config, seed: int, shuffled: bool) -> Result:
+    """Sample every estimator; ``shuffled`` feeds the control's shuffled data (see module)."""
     gen = torch.Generator().manual_seed(seed)
 
     # 1. Gumbel-max against softmax on a real classifier's output
     logits = _digit_logits(seed)
     probs = torch.softmax(logits, 0)
-    draws = gumbel_max(logits.expand(config["draws"], -1), generator=gen)
+    source = logits.roll(1) if shuffled else logits  # the control samples permuted classes
+    draws = gumbel_max(source.expand(config.draws, -1), generator=gen)
     counts = torch.bincount(draws, minlength=len(logits)).double()
-    expected = probs * config["draws"]
-    keep = expected >= 5  # the chi-square approximation needs expected counts >= 5
-    other_obs, other_exp = counts[~keep].sum(), expected[~keep].sum()
-    obs = torch.cat([counts[keep], other_obs[None]]) if other_exp > 0 else counts[keep]
-    exp = torch.cat([expected[keep], other_exp[None]]) if other_exp > 0 else expected[keep]
-    chi2 = float(((obs - exp) ** 2 / exp).sum())
-    p_value = float(stats.chi2.sf(chi2, len(obs) - 1))
 
     # 2. Gaussian
     # The same draws at every offset (a fresh generator each), so offsets differ only by c.
     def fresh() -> torch.Generator:
         return torch.Generator().manual_seed(seed + 2)
 
-    gaussian = _table(lambda c: _gaussian(config, c, fresh()),
+    a = 0.5 if shuffled else -0.5  # the control estimates a shifted target's gradient
+    gaussian = _table(lambda c: _gaussian(config, c, fresh(), a=a),
                       lambda c: torch.tensor([3.0], dtype=torch.float64))
 
     # 3. Categorical, with fixed costs
@@ -166,15 +167,41 @@ def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
     theta = torch.randn(6, generator=cgen, dtype=torch.float64)
     base_cost = torch.randn(6, generator=cgen, dtype=torch.float64)
     p = torch.softmax(theta, 0)
+    sampled_cost = base_cost.roll(1) if shuffled else base_cost
 
     def exact_categorical(offset: float) -> Tensor:
         cost = base_cost + offset
         return p * (cost - p @ cost)  # ∇_θ Σ_i softmax(θ)_i c_i
 
-    categorical = _table(lambda c: _categorical(config, theta, base_cost + c, fresh()),
+    categorical = _table(lambda c: _categorical(config, theta, sampled_cost + c, fresh()),
                          exact_categorical)
+    return _result(config, counts, probs, {"gaussian": gaussian, "categorical": categorical})
 
-    tables = {"gaussian": gaussian, "categorical": categorical}
+
+def run(config: Config, ctx: Context) -> Result:
+    return _measure(config, ctx.seed, shuffled=False)
+
+
+def control(config: Config, ctx: Context) -> Result:
+    """Shuffled data, the same scorer: the frequencies and gradients must not match."""
+    return _measure(config, ctx.seed, shuffled=True)
+
+
+def _chi_square(counts: Tensor, probs: Tensor) -> tuple[float, float]:
+    """Pearson's χ² of ``counts`` against ``probs`` (cells with expected count < 5 pooled)."""
+    expected = probs * counts.sum()
+    keep = expected >= 5  # the chi-square approximation needs expected counts >= 5
+    other_obs, other_exp = counts[~keep].sum(), expected[~keep].sum()
+    obs = torch.cat([counts[keep], other_obs[None]]) if other_exp > 0 else counts[keep]
+    exp = torch.cat([expected[keep], other_exp[None]]) if other_exp > 0 else expected[keep]
+    chi2 = float(((obs - exp) ** 2 / exp).sum())
+    return chi2, float(stats.chi2.sf(chi2, len(obs) - 1))
+
+
+def _result(config: Config, counts: Tensor, probs: Tensor,
+            tables: dict[str, dict[str, dict[str, dict[str, float]]]]) -> Result:
+    chi2, p_value = _chi_square(counts, probs)
+    gaussian, categorical = tables["gaussian"], tables["categorical"]
     worst_z = max(cell["max_abs_z"] for table in tables.values()
                   for label, row in table.items() if label in UNBIASED
                   for cell in row.values())
@@ -190,9 +217,9 @@ def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
              and abs(loo_ratio - 1) < 1e-6 and plain_ratio >= 100)
 
     fig_hist, ax = plt.subplots(figsize=(7, 3.2))
-    classes = np.arange(len(logits))
-    ax.bar(classes - 0.2, (counts / config["draws"]).numpy(), width=0.4,
-           label=f"Gumbel-max frequency ({config['draws']:,} draws)", color="#4a8")
+    classes = np.arange(len(probs))
+    ax.bar(classes - 0.2, (counts / config.draws).numpy(), width=0.4,
+           label=f"Gumbel-max frequency ({config.draws:,} draws)", color="#4a8")
     ax.bar(classes + 0.2, probs.numpy(), width=0.4, label="softmax probability", color="#888")
     ax.set_xticks(classes)
     ax.set_xlabel("digit class")
@@ -210,22 +237,56 @@ def run(config: dict[str, Any], seed: int) -> dict[str, Any]:
         ax.set_yticks(ypos, labels, fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("variance of the gradient estimate (trace)")
-        ax.set_title(f"{name}, {config['samples']} evaluations of f per estimate")
+        ax.set_title(f"{name}, {config.samples} evaluations of f per estimate")
         ax.legend(fontsize=8)
     fig_var.tight_layout()
 
-    metrics: dict[str, float] = {"gumbel_chi2": chi2, "gumbel_p_value": p_value,
-                                 "loo_variance_ratio_offset": loo_ratio,
-                                 "reinforce_variance_ratio_offset": plain_ratio}
-    for name, table in tables.items():
-        for label, row in table.items():
-            for offset, cell in row.items():
-                key = f"{name}_{label}_{offset}".replace(" ", "_")
-                metrics[f"var_{key}"] = cell["variance"]
-                metrics[f"z_{key}"] = cell["max_abs_z"]
+    columns = ("estimator", *(f"variance, c = {c:g}" for c in OFFSETS),
+               *(f"max |z|, c = {c:g}" for c in OFFSETS))
+    out_tables = tuple(
+        Table(f"{name}: variance (trace of covariance) and bias |z| against the exact gradient, "
+              f"{config.replicates:,} estimates of {config.samples} evaluations each",
+              columns,
+              tuple((label, *(row[f"c={c:g}"]["variance"] for c in OFFSETS),
+                     *(row[f"c={c:g}"]["max_abs_z"] for c in OFFSETS))
+                    for label, row in table.items()))
+        for name, table in tables.items())
+    metrics: dict[str, float] = {
+        "Gumbel-max χ²": chi2, "Gumbel-max χ² p-value": p_value,
+        "largest |z| of an unbiased estimator": worst_z,
+        "Gaussian variance: REINFORCE / reparameterisation": reparam_ratio,
+        "categorical variance, c = 100 / c = 0: leave-one-out": loo_ratio,
+        "categorical variance, c = 100 / c = 0: REINFORCE": plain_ratio,
+    }
     summary = (f"Gumbel-max χ² p = {p_value:.3f}; Gaussian REINFORCE / reparam variance "
                f"{reparam_ratio:.1f}×; offset +100: REINFORCE variance ×{plain_ratio:.0f}, "
                f"leave-one-out ×{loo_ratio:.6f}; max |z| of unbiased estimators {worst_z:.2f}")
-    return {"metrics": metrics, "claim_holds": holds, "summary": summary,
-            "tables": tables,
-            "figures": {"gumbel_histogram": fig_hist, "variance": fig_var}}
+    return Result(metrics=metrics, holds=holds, summary=summary,
+                  figures={"gumbel_histogram": fig_hist, "variance": fig_var},
+                  tables=out_tables)
+
+
+QUICK = Config()
+EXPERIMENT = Experiment(
+    name="estimator_variance",
+    title="Gradient estimators: Gumbel-max sampling, and variance against exact gradients",
+    note="https://kexue.fm/archives/6705",
+    claim=("Gumbel-max samples softmax exactly; REINFORCE (with or without baselines), "
+           "reparameterisation and zeroth-order smoothing are unbiased; reparameterisation has "
+           "lower variance than REINFORCE; a leave-one-out baseline makes REINFORCE's variance "
+           "blind to a constant offset of f, which plain REINFORCE's is not"),
+    threshold=("Gumbel-max frequencies pass a χ² test against softmax (p ≥ 0.001); every "
+               "unbiased estimator within 4 standard errors of the exact gradient; Gaussian "
+               "REINFORCE / reparameterisation variance > 1; a +100 offset changes "
+               "leave-one-out's variance by < 1e-6 (relative) and multiplies plain "
+               "REINFORCE's by ≥ 100"),
+    anchor=Anchor(None, (
+        "no published number: the note https://kexue.fm/archives/6705 derives Gumbel-max "
+        "sampling and the estimators' unbiasedness (https://kexue.fm/archives/7737: REINFORCE "
+        "and zeroth-order smoothing estimate the same gradient) without a measurement; "
+        "published variance figures belong to other problems and models")),
+    quick=QUICK,
+    full=replace(QUICK, draws=1_000_000, replicates=40_000),
+    run=run,
+    control=control,
+)
