@@ -377,3 +377,48 @@ def test_bad_input_raises_value_error_naming_it(call, name):
     q, k, v = _inputs(2, 9)
     with pytest.raises(ValueError, match=name):
         call(q, k, v)
+
+
+# --- empty dimensions: a ValueError, as for dense_attention under the same mask ----------------
+
+_ENTRY_POINTS = {
+    "local": (functools.partial(local_attention, window=3), local(3), LocalAttention, (3,)),
+    "atrous": (functools.partial(atrous_attention, rate=2), dilated(2), AtrousAttention, (2,)),
+    "sparse": (
+        functools.partial(sparse_attention, window=3, stride=2),
+        or_(local(3), strided(2)),
+        SparseAttention,
+        (3, 2),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_ENTRY_POINTS))
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("shape, dim", [((2, 3, 0, 4), "T"), ((0, 3, 5, 4), "B"),
+                                        ((2, 0, 5, 4), "H")])
+def test_empty_batch_heads_or_sequence_is_a_value_error_like_dense(
+    name, is_causal, padded, shape, dim
+):
+    attend, mask, _, _ = _ENTRY_POINTS[name]
+    if is_causal:
+        mask = and_(causal(), mask)
+    q = k = v = torch.randn(shape, dtype=torch.float64)
+    kpm = torch.ones(shape[0], shape[2], dtype=torch.bool) if padded else None
+    # The reference: dense attention under the pattern's mask refuses the empty dimension.
+    with pytest.raises(ValueError, match=f"{dim} must be"):
+        dense_attention(q, k, v, mask, key_padding_mask=kpm)
+    with pytest.raises(ValueError, match=rf"must have {dim} >= 1, got {dim} = 0"):
+        attend(q, k, v, causal=is_causal, key_padding_mask=kpm)
+
+
+@pytest.mark.parametrize("name", list(_ENTRY_POINTS))
+def test_modules_and_zero_head_width_refuse_empty_input(name):
+    attend, _, module, args = _ENTRY_POINTS[name]
+    with pytest.raises(ValueError, match="T >= 1, got T = 0"):
+        module(8, 2, *args)(torch.randn(2, 0, 8))
+    q = torch.randn(2, 3, 5, 0)
+    for scale in (None, 1.0):
+        with pytest.raises(ValueError, match="Dh >= 1"):
+            attend(q, q, q, scale=scale)

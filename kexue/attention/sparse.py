@@ -11,7 +11,8 @@ mask from :mod:`kexue.attention.masks`, computed without the T x T score matrix:
 
 Every function takes q, k, v of shape (B, H, T, Dh), returns (B, H, T, Dh), and has a causal
 variant (``and_(causal(), ...)``) and a (B, T) ``key_padding_mask`` (True = keep; a padded key
-is never seen, a query that sees no key gets 0). Any T works: the sequence is padded to a
+is never seen, a query that sees no key gets 0). Any T >= 1 works (B, H or T = 0 is a
+ValueError, as for ``dense_attention`` under the same mask): the sequence is padded to a
 multiple of the block size internally and padded keys are masked out, padded queries dropped.
 ``window`` follows the convention of :mod:`kexue.attention.masks`: |q - k| <= window // 2.
 
@@ -411,7 +412,19 @@ def _attend(
 def _prepare(
     q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, scale: float | None
 ) -> tuple[Tensor | None, float]:
+    """Check the inputs; an empty B, H or T is an error, as for ``dense_attention`` under the
+    pattern's mask (the masks of :mod:`kexue.attention.masks` need B, H, T >= 1)."""
     check_qkv(q, k, v)
+    for dim, size in zip("BHT", q.shape[:3], strict=True):
+        if size < 1:
+            raise ValueError(
+                f"q, k, v must have {dim} >= 1, got {dim} = {size} (q of shape "
+                f"{tuple(q.shape)}); as for dense_attention under the same mask, a sparse "
+                "pattern needs a nonempty batch, heads and sequence"
+            )
+    for name, t in (("q, k", q), ("v", v)):
+        if t.shape[-1] < 1:
+            raise ValueError(f"{name} must have Dh >= 1, got shape {tuple(t.shape)}")
     return check_padding_mask(key_padding_mask, q.shape[0], q.shape[2]), check_scale(
         scale, q.shape[-1]
     )
@@ -454,7 +467,8 @@ def local_attention(
         (B, H, T, Dh); equals ``dense_attention(q, k, v, local(window))`` (and causal()).
 
     Raises:
-        ValueError: for bad shapes or dtypes, or a ``window`` that is not an int >= 1.
+        ValueError: for bad shapes or dtypes (B, H or T = 0 included), or a ``window`` that is
+            not an int >= 1.
 
     References:
         https://kexue.fm/archives/6853
@@ -498,7 +512,8 @@ def atrous_attention(
         (B, H, T, Dh); equals ``dense_attention(q, k, v, dilated(rate))`` (and causal()).
 
     Raises:
-        ValueError: for bad shapes or dtypes, or a ``rate`` that is not an int >= 1.
+        ValueError: for bad shapes or dtypes (B, H or T = 0 included), or a ``rate`` that is
+            not an int >= 1.
 
     References:
         https://kexue.fm/archives/6853
@@ -549,7 +564,8 @@ def sparse_attention(
         (and causal()).
 
     Raises:
-        ValueError: for bad shapes or dtypes, or ``window`` / ``stride`` not an int >= 1.
+        ValueError: for bad shapes or dtypes (B, H or T = 0 included), or ``window`` /
+            ``stride`` not an int >= 1.
 
     References:
         https://kexue.fm/archives/6853
