@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
@@ -455,14 +456,47 @@ def test_shard_indices_bad_arguments(args, kwargs, name):
         shard_indices(*args, **kwargs)
 
 
-def test_persistent_workers_keep_their_epoch():
-    # The documented limitation: persistent workers hold the copy taken at start, so set_epoch
-    # must be followed by a new DataLoader; a non-persistent one re-copies on every iter().
-    ds = ShardedIterable(list(range(N)), shuffle=True)
-    persistent = DataLoader(
-        ds, batch_size=None, num_workers=2, persistent_workers=True, multiprocessing_context=CONTEXT
+def _noisy_with_pid(example, generator: torch.Generator) -> tuple[int, torch.Tensor, int]:
+    """``_noisy`` plus the id of the process that ran it."""
+    return (*_noisy(example, generator), os.getpid())
+
+
+@pytest.mark.parametrize(
+    "context", [CONTEXT, pytest.param("spawn", marks=pytest.mark.slow)]  # spawn: seconds
+)
+def test_persistent_workers_follow_set_epoch(context):
+    # Persistent workers keep the dataset copy they took at start; the epoch set in the main
+    # process must still reach them. The reference is the single-process run of each epoch.
+    ds = ShardedIterable(list(range(N)), shuffle=True, transform=_noisy_with_pid)
+    loader = DataLoader(
+        ds, batch_size=None, num_workers=2, persistent_workers=True, multiprocessing_context=context
     )
-    first = list(persistent)
-    ds.set_epoch(1)
-    assert list(persistent) == first
-    assert _collect(ds, num_workers=2) == _order(seed=0, epoch=1) != first
+    runs, pids = [], []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        out = list(loader)
+        runs.append(out)
+        pids.append({pid for _, _, pid in out})
+    assert pids[0] == pids[1] and len(pids[0]) == 2 and os.getpid() not in pids[0]  # same workers
+    orders = [[i for i, _, _ in out] for out in runs]
+    for epoch, (order, out) in enumerate(zip(orders, runs, strict=True)):
+        assert len(order) == N and sorted(order) == list(range(N))  # exactly once
+        assert order == _order(seed=0, epoch=epoch)
+        noise = _as_dict([(i, x) for i, x, _ in out])
+        expected = _reference_noise(epoch=epoch)
+        assert all(torch.equal(noise[i], expected[i]) for i in range(N))
+    assert orders[0] != orders[1]
+
+
+def test_epoch_round_trips_all_64_bits_and_survives_pickling():
+    import copy
+    import pickle
+
+    ds = ShardedIterable(list(range(N)), shuffle=True)
+    for epoch in (0, 2**63 - 1, 2**63, 2**64 - 1):
+        ds.set_epoch(epoch)
+        assert ds.epoch == epoch
+    assert _order(seed=0, epoch=2**63) != _order(seed=0, epoch=2**63 - 1)
+    ds.set_epoch(7)
+    for clone in (pickle.loads(pickle.dumps(ds)), copy.deepcopy(ds)):
+        assert clone.epoch == 7 and list(clone) == list(ds)

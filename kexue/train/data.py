@@ -214,17 +214,30 @@ class ShardedIterable(IterableDataset):
         self.world_size = world_size
         self.threads = threads
         self.prefetch = prefetch
-        self.epoch = 0
+        # The epoch lives in shared memory (one int64 holding the epoch's 64 bits), so that
+        # DataLoader workers, which iterate their own copy of the dataset, read the value the
+        # main process set even when they outlive one epoch (persistent_workers=True): a fork
+        # inherits the mapping, and spawn / forkserver workers receive the dataset through
+        # torch.multiprocessing, which passes shared tensors by handle.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._stream = stream
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (shared with the DataLoader workers); set it with :meth:`set_epoch`."""
+        return int(self._epoch.item()) % _UINT64
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: it changes the permutation and every example's generator.
 
         Call it before creating the epoch's iterator (``iter(loader)`` / ``for ... in
-        loader``). Each DataLoader worker iterates its own copy of the dataset, taken when the
-        workers start; with ``persistent_workers=True`` the workers start only once, so they
-        never see a later ``set_epoch``: recreate the DataLoader each epoch (or leave
-        ``persistent_workers`` off, the default), as the copies in the workers must be refreshed.
+        loader``); each iterator reads the epoch once, when it starts. The epoch is kept in
+        shared memory, so DataLoader workers see it too, persistent ones
+        (``persistent_workers=True``) included.
 
         Args:
             epoch: an int in ``[0, 2**64)``.
@@ -233,21 +246,21 @@ class ShardedIterable(IterableDataset):
             ValueError: if ``epoch`` is out of range.
         """
         _check_int("epoch", epoch, low=0, high=_UINT64)
-        self.epoch = epoch
+        self._epoch.fill_(epoch - _UINT64 if epoch >= 2**63 else epoch)
 
-    def _example_seed(self, index: int) -> int:
-        """The seed of example ``index``'s generator this epoch, in ``[0, 2**64)``."""
-        return _hash_seed(_EXAMPLE_TAG, self.seed, self.epoch, index)
+    def _example_seed(self, index: int, epoch: int) -> int:
+        """The seed of example ``index``'s generator in ``epoch``, in ``[0, 2**64)``."""
+        return _hash_seed(_EXAMPLE_TAG, self.seed, epoch, index)
 
-    def _permutation(self) -> Tensor | None:
-        """This epoch's order of a shuffled sequence source, shape ``(len(source),)``.
+    def _permutation(self, epoch: int) -> Tensor | None:
+        """The order of a shuffled sequence source in ``epoch``, shape ``(len(source),)``.
 
         ``None`` when not shuffling. Drawn from ``(seed, epoch)`` only, so every shard computes
         the same one.
         """
         if not self.shuffle:
             return None
-        seed = _hash_seed(_PERMUTATION_TAG, self.seed, self.epoch)
+        seed = _hash_seed(_PERMUTATION_TAG, self.seed, epoch)
         generator = torch.Generator().manual_seed(seed)
         return torch.randperm(len(self.source), generator=generator)  # (N,)
 
@@ -266,7 +279,8 @@ class ShardedIterable(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         shard, num_shards = self._shard()
-        jobs = self._jobs(shard, num_shards)
+        # One read of the shared epoch per iterator: a set_epoch during the epoch cannot mix two.
+        jobs = self._jobs(shard, num_shards, self.epoch)
         if self.threads == 0:
             return _run_serial(jobs)
         return _run_threaded(jobs, self.threads, self.prefetch)
@@ -295,33 +309,35 @@ class ShardedIterable(IterableDataset):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def _jobs(self, shard: int, num_shards: int) -> Generator[Callable[[], Any], None, None]:
-        """Zero-argument callables, one per example of this shard, in order."""
+    def _jobs(
+        self, shard: int, num_shards: int, epoch: int
+    ) -> Generator[Callable[[], Any], None, None]:
+        """Zero-argument callables, one per example of this shard in ``epoch``, in order."""
         if not self._stream:
             indices = shard_indices(
-                len(self.source), shard, num_shards, permutation=self._permutation()
+                len(self.source), shard, num_shards, permutation=self._permutation(epoch)
             )
             for index in indices:
-                yield functools.partial(self._load, index)
+                yield functools.partial(self._load, index, epoch)
             return
         items: Iterable[Any] = self.source()
         stream = iter(items)
         try:
             for index, example in itertools.islice(enumerate(stream), shard, None, num_shards):
-                yield functools.partial(self._apply, index, example)
+                yield functools.partial(self._apply, index, example, epoch)
         finally:
             # Close the user's generator (and e.g. its open file) if iteration stops early.
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
 
-    def _load(self, index: int) -> Any:
-        return self._apply(index, self.source[index])
+    def _load(self, index: int, epoch: int) -> Any:
+        return self._apply(index, self.source[index], epoch)
 
-    def _apply(self, index: int, example: Any) -> Any:
+    def _apply(self, index: int, example: Any, epoch: int) -> Any:
         if self.transform is None:
             return example
-        generator = torch.Generator().manual_seed(self._example_seed(index))
+        generator = torch.Generator().manual_seed(self._example_seed(index, epoch))
         return self.transform(example, generator)
 
 
