@@ -165,3 +165,125 @@ def test_bad_inputs_are_named(tmp_path):
 
 def test_split_sentences():
     assert split_sentences(["今天 天气好。我们去公园！好", "a"]) == ["今天天气好。", "我们去公园！"]
+
+
+# ----------------------------------------------------------------------------- file checks
+@pytest.fixture(scope="module")
+def small_bilm() -> BiLM:
+    return BiLM.train(split_sentences(pd1998()[:200]), order=3, max_vocab=800)
+
+
+def _arrays_of(model: BiLM, tmp_path) -> dict[str, np.ndarray]:
+    path = tmp_path / "good.npz"
+    model.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def test_a_good_file_round_trips_exactly(small_bilm, tmp_path):
+    """Every array comes back with its dtype and values, and so do the probabilities."""
+    arrays = _arrays_of(small_bilm, tmp_path)
+    loaded = BiLM.load(tmp_path / "good.npz")
+    again = {**loaded.forward._arrays("fwd/"), **loaded.backward._arrays("bwd/")}
+    assert sorted(again) == sorted(arrays)
+    for name, array in arrays.items():
+        assert again[name].dtype == array.dtype and np.array_equal(again[name], array), name
+    held_out = split_sentences(pd1998()[200:220])
+    for model, twin in ((small_bilm.forward, loaded.forward), (small_bilm.backward,
+                                                                loaded.backward)):
+        assert np.array_equal(model.log_prob(held_out), twin.log_prob(held_out))
+        assert np.array_equal(model.next_log_probs([5, 9]), twin.next_log_probs([5, 9]))
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic save left no temporary behind
+
+
+def _v(arrays):  # vocabulary size of the saved model
+    return len(arrays["fwd/chars"]) + 3
+
+
+def _shift_one(keys):  # moves one key into a gap: still sorted and in range, no longer a context
+    keys = keys.copy()
+    keys[np.flatnonzero(np.diff(keys) > 1)[0]] += 1
+    return keys
+
+
+# (array, how to alter it, words the error must contain)
+CORRUPTIONS = [
+    ("fwd/keys_2", lambda a, A: a.astype(np.float64), "dtype float64, expected integers"),
+    ("bwd/counts_3", lambda a, A: a.astype(np.int64), "dtype int64, expected floats"),
+    ("fwd/chars", lambda a, A: np.arange(len(a)), "expected strings"),
+    ("fwd/meta", lambda a, A: a.astype(np.float64), "expected integers"),
+    ("fwd/counts_3", lambda a, A: a[:-1], "expected ("),
+    ("bwd/ctx_gamma_2", lambda a, A: a[:, None], "dimension"),
+    ("fwd/discounts_1", lambda a, A: a[:3], "expected (4,)"),
+    ("fwd/keys_1", lambda a, A: np.r_[a[:-1], _v(A)], "out of range"),
+    ("bwd/ctx_keys_3", lambda a, A: np.r_[-1, a[1:]], "out of range"),
+    ("fwd/keys_3", lambda a, A: a[::-1].copy(), "strictly increasing"),
+    ("bwd/ctx_gamma_2", lambda a, A: np.r_[np.nan, a[1:]], "not finite"),
+    ("fwd/counts_2", lambda a, A: np.r_[np.inf, a[1:]], "not finite"),
+    ("fwd/counts_1", lambda a, A: np.r_[0.0, a[1:]], "counts <= 0"),
+    ("fwd/discounts_2", lambda a, A: np.array([0.0, 0.5, 3.0, 1.5]), "0 < D(r) <= r"),
+    ("fwd/meta", lambda a, A: np.array([a[0], 0, a[2]]), "expected an order >= 1"),
+    ("fwd/meta", lambda a, A: np.array([a[0], a[1], 1]), "wrong direction"),
+    ("bwd/meta", lambda a, A: np.array([a[0], a[1], 7]), "direction 7"),
+    ("fwd/chars", lambda a, A: np.concatenate([a[:-1], a[:1]]), "twice"),
+    ("fwd/chars", lambda a, A: np.array([*a[:-1], "ab"]), "single characters"),
+    ("bwd/chars", lambda a, A: a[::-1].copy(), "differs from 'fwd/chars'"),
+    ("fwd/ctx_keys_3", lambda a, A: _shift_one(a), "contexts of 'keys_3'"),
+    ("bwd/ctx_total_3", lambda a, A: a * 2, "does not match the counts"),
+    ("fwd/ctx_gamma_1", lambda a, A: a + 1.0, "does not match the counts"),
+    ("fwd/counts_2", lambda a, A: np.array([None] * len(a), dtype=object), "cannot be read"),
+]
+
+
+@pytest.mark.parametrize(("name", "alter", "message"), CORRUPTIONS,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CORRUPTIONS)])
+def test_an_inconsistent_file_is_named_with_its_array(small_bilm, tmp_path, name, alter,
+                                                      message):
+    """A structurally valid .npz whose arrays disagree is refused at load time, with the file
+    and the array in the message (before, such files loaded and failed later, deep inside a
+    lookup, or silently gave wrong probabilities)."""
+    arrays = _arrays_of(small_bilm, tmp_path)
+    arrays[name] = alter(arrays[name], arrays)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)  # allow_pickle defaults to True on save: object arrays are written
+    with pytest.raises(ValueError) as info:
+        BiLM.load(bad)
+    text = str(info.value)
+    assert str(bad) in text and message in text
+    assert name in text or name.split("/")[1] in text  # the offending array is named
+
+
+def test_the_single_direction_loader_checks_too(small_bilm, tmp_path):
+    path = tmp_path / "fwd.npz"
+    small_bilm.forward.save(path)
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["keys_3"] = arrays["keys_3"].astype(np.float32)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"fwd\.npz: array 'keys_3' has dtype float32"):
+        NgramLM.load(path)
+    both = tmp_path / "both.npz"
+    small_bilm.save(both)
+    with pytest.raises(ValueError, match="read it with BiLM.load"):
+        NgramLM.load(both)
+    small_bilm.forward.save(path)
+    with pytest.raises(ValueError, match="read it with NgramLM.load"):
+        BiLM.load(path)
+
+
+def test_a_failed_save_keeps_the_previous_file(small_bilm, tmp_path, monkeypatch):
+    """The save goes through a temporary sibling: an error mid-write leaves the old model
+    readable and no temporary behind."""
+    path = tmp_path / "lm.npz"
+    small_bilm.save(path)
+    before = path.read_bytes()
+
+    def broken(f, **arrays):
+        f.write(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", broken)
+    with pytest.raises(OSError, match="No space"):
+        BiLM.train(TOY, order=2).save(path)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*"))
+    BiLM.load(path)

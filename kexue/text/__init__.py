@@ -9,7 +9,9 @@
 - :mod:`~kexue.text.data`: the real corpora and lexicons that ship inside PyPI packages.
 - :mod:`~kexue.text.contrast`: domain against general corpus (log-likelihood ratio, log-odds
   with an informative Dirichlet prior, and the note's formula as ``method="blog"``).
-- :mod:`~kexue.text.lm`: modified Kneser–Ney character n-gram models, forward and backward.
+- :mod:`~kexue.text.lm`: modified Kneser–Ney character n-gram models, forward and backward;
+  :func:`~kexue.text.lm.default_lm`, the People's Daily model cached under
+  :func:`~kexue.text.lm.cache_dir`.
 - :mod:`~kexue.text.sampling`: importance, rejection, Gibbs, Metropolis–Hastings (replace /
   insert / delete with locked spans, exact acceptance ratios) and simulated annealing.
 - :mod:`~kexue.text.constrained`: p(x | c) ∝ p(x)·χ(x, c) from composable terms; keywords to
@@ -33,7 +35,8 @@ from kexue.text.constrained import (
 # The function ``contrast`` is not re-exported here: it would shadow the module of that name.
 from kexue.text.contrast import Scored, is_han_word, precision_at_k
 from kexue.text.corpus import Corpus, ReadSummary, chunks, read_documents
-from kexue.text.lm import BiLM, NgramLM
+from kexue.text.data import DataPackageError
+from kexue.text.lm import BiLM, NgramLM, cache_dir, default_lm
 from kexue.text.ngrams import NgramCounter, NgramTable, count_ngrams
 from kexue.text.sampling import (
     EditProposal,
@@ -49,6 +52,7 @@ from kexue.text.vocab import Vocabulary, WordScores, discover
 __all__ = [
     "BiLM",
     "Corpus",
+    "DataPackageError",
     "EditProposal",
     "NgramCounter",
     "NgramLM",
@@ -60,10 +64,12 @@ __all__ = [
     "TokenSpace",
     "Vocabulary",
     "WordScores",
+    "cache_dir",
     "chunks",
     "compress",
     "correct",
     "count_ngrams",
+    "default_lm",
     "discover",
     "gibbs",
     "importance_sampling",

