@@ -362,3 +362,84 @@ def test_apply_transform_function():
 def test_bad_input(factory, match):
     with pytest.raises(ValueError, match=match):
         factory()
+
+
+# -- parameter groups added after with_transforms ---------------------------------------------
+
+
+def test_added_param_group_is_clipped_with_the_others():
+    # Reference: torch's clip_grad_norm_ over all parameters, then a plain SGD step.
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(3, dtype=torch.float64)), nn.Parameter(
+        torch.randn(4, dtype=torch.float64))
+    ref_a, ref_b = (nn.Parameter(t.detach().clone()) for t in (a, b))
+    opt = torch.optim.SGD([a], lr=0.5)
+    handle = with_transforms(opt, clip_by_global_norm(1.0, eps=0.0))
+    opt.add_param_group({"params": [b], "lr": 0.25})
+    (5 * a.sum() + 7 * b.pow(2).sum()).backward()
+    opt.step()
+    (5 * ref_a.sum() + 7 * ref_b.pow(2).sum()).backward()
+    torch.nn.utils.clip_grad_norm_([ref_a, ref_b], 1.0)
+    torch.testing.assert_close(a.detach(), ref_a.detach() - 0.5 * ref_a.grad)
+    torch.testing.assert_close(b.detach(), ref_b.detach() - 0.25 * ref_b.grad)
+    assert len(handle.params) == 2 and handle.state_dict()["num_params"] == 2
+
+
+def test_added_param_group_joins_an_accumulation_window_and_select():
+    model = nn.ModuleDict({"body": nn.Linear(2, 2)})
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    # scale(3) on every bias, including those of modules added to the model later.
+    handle = with_transforms(opt, chain(select(model, "*.bias", scale(3.0)), accumulate(2)))
+    body_bias = model["body"].bias.detach().clone()
+    model["body"].bias.sum().backward()  # micro-batch 1: only the body
+    opt.step()
+    assert not handle.last_stepped
+    model["head"] = nn.Linear(2, 1)
+    with torch.no_grad():
+        for p in model["head"].parameters():
+            p.zero_()
+    opt.add_param_group({"params": list(model["head"].parameters())})
+    opt.zero_grad()
+    head = model["head"]
+    (head.weight.sum() + head.bias.sum() + model["body"].bias.sum()).backward()  # micro-batch 2
+    opt.step()
+    assert handle.last_stepped
+    # Means over the 2 micro-batches of the (scaled) gradients, by hand:
+    torch.testing.assert_close(head.weight.detach(), torch.full((1, 2), -0.5))  # (0 + 1) / 2
+    torch.testing.assert_close(head.bias.detach(), torch.full((1,), -1.5))  # (0 + 3) / 2
+    torch.testing.assert_close(model["body"].bias.detach(), body_bias - 3.0)  # (3 + 3) / 2
+
+
+def test_added_param_group_with_a_custom_transform():
+    w, v = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=1.0)
+    double = GradientTransform(lambda params: None, lambda g, s, p: ([2 * x for x in g], s))
+    with_transforms(opt, double)  # stateless: no extend needed
+    opt.add_param_group({"params": [v]})
+    (w.sum() + v.sum()).backward()
+    opt.step()
+    assert torch.equal(v.detach(), -torch.ones(2)) and torch.equal(w.detach(), -torch.ones(2))
+
+    counter = GradientTransform(lambda params: 0, lambda g, s, p: (g, s + 1))  # state, no extend
+    opt = torch.optim.SGD([w], lr=1.0)
+    with_transforms(opt, counter)
+    opt.add_param_group({"params": [v]})
+    with pytest.raises(ValueError, match="no extend"):
+        opt.step()
+
+
+def test_removed_param_group_and_bad_state_dict_are_clear_errors():
+    w, v = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([{"params": [w]}, {"params": [v]}], lr=1.0)
+    handle = with_transforms(opt, accumulate(2))
+    saved = handle.state_dict()
+    opt.param_groups.pop(0)
+    opt.add_param_group({"params": [nn.Parameter(torch.ones(2))]})
+    opt.add_param_group({"params": [nn.Parameter(torch.ones(2))]})
+    with pytest.raises(ValueError, match="other than by add_param_group"):
+        opt.step()
+    fresh = with_transforms(torch.optim.SGD([w], lr=1.0), accumulate(2))
+    with pytest.raises(ValueError, match="saved for 2 parameters"):
+        fresh.load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"missing \['steps_taken', 'steps_skipped'\]"):
+        fresh.load_state_dict({"state": saved["state"]})

@@ -5,7 +5,9 @@ One contract: a :class:`GradientTransform` is a pair of functions
     init(params) -> state
     update(grads, state, params) -> (grads | None, state)
 
-over lists of tensors in a fixed order. ``update`` may work in place and returns the gradients
+over lists of tensors in a fixed order, and optionally a third,
+``extend(state, params, added) -> state``, which grows a state for ``params`` into the state
+for ``params + added`` (used when parameter groups are added to an optimizer later). ``update`` may work in place and returns the gradients
 the optimizer should use, or ``None`` to skip this optimizer step (accumulation, non-finite
 gradients). :func:`chain` composes transforms left to right; :func:`select` applies one to the
 parameters whose names match a pattern; :func:`with_transforms` plugs a transform into an
@@ -29,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -49,6 +51,7 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_norm",
     "clip_by_value",
+    "extend_state",
     "map_grads",
     "scale",
     "select",
@@ -60,14 +63,46 @@ Grads = list[Tensor]
 
 
 class GradientTransform(NamedTuple):
-    """``init(params) -> state`` and ``update(grads, state, params) -> (grads | None, state)``."""
+    """``init(params) -> state`` and ``update(grads, state, params) -> (grads | None, state)``.
+
+    ``extend(state, params, added) -> state``, optional, turns the state for ``params`` into
+    the state for ``params + added`` without losing what it holds (accumulated gradients,
+    counters); :func:`with_transforms` calls it when parameter groups are added to the
+    optimizer. Without it, a transform whose ``init`` returns None is taken to be stateless.
+    """
 
     init: Callable[[list[Tensor]], Any]
     update: Callable[[Grads, Any, list[Tensor]], tuple[Grads | None, Any]]
+    extend: Callable[[Any, list[Tensor], list[Tensor]], Any] | None = None
+
+
+def _keep_state(state: Any, params: list[Tensor], added: list[Tensor]) -> Any:
+    """``extend`` of a transform whose state does not depend on the parameters."""
+    return state
 
 
 def _stateless(fn: Callable[[Grads, list[Tensor]], Grads]) -> GradientTransform:
-    return GradientTransform(lambda params: None, lambda g, s, p: (fn(g, p), s))
+    return GradientTransform(lambda params: None, lambda g, s, p: (fn(g, p), s), _keep_state)
+
+
+def extend_state(
+    transform: GradientTransform, state: Any, params: list[Tensor], added: list[Tensor]
+) -> Any:
+    """The state of ``transform`` for ``params + added``, grown from its state for ``params``.
+
+    Raises:
+        ValueError: if ``transform`` has no ``extend`` and is not stateless (its ``init``
+            returns something other than None).
+    """
+    if transform.extend is not None:
+        return transform.extend(state, list(params), list(added))
+    if state is None and transform.init(list(params) + list(added)) is None:
+        return None
+    raise ValueError(
+        "the transform has state but no extend(state, params, added) function, so it cannot "
+        f"take {len(added)} added parameters; give GradientTransform an extend, or call "
+        "with_transforms after adding every parameter group"
+    )
 
 
 def _groups(tensors: Sequence[Tensor]) -> list[list[int]]:
@@ -227,7 +262,7 @@ def add_noise(
         torch._foreach_add_(grads, noise, alpha=std)
         return grads, step + 1
 
-    return GradientTransform(lambda params: 0, update)
+    return GradientTransform(lambda params: 0, update, _keep_state)
 
 
 def skip_nonfinite() -> GradientTransform:
@@ -249,7 +284,7 @@ def skip_nonfinite() -> GradientTransform:
             return grads, skipped
         return None, skipped + 1
 
-    return GradientTransform(lambda params: 0, update)
+    return GradientTransform(lambda params: 0, update, _keep_state)
 
 
 def accumulate(every: int, average: bool = True) -> GradientTransform:
@@ -283,7 +318,13 @@ def accumulate(every: int, average: bool = True) -> GradientTransform:
         torch._foreach_zero_(buffers)
         return out, {"count": 0, "seen": [False] * len(params), "buffers": buffers}
 
-    return GradientTransform(init, update)
+    def extend(state: dict[str, Any], params: list[Tensor], added: list[Tensor]) -> dict[str, Any]:
+        # The added parameters join the window under way with nothing accumulated yet.
+        more = init(added)
+        return {"count": state["count"], "seen": state["seen"] + more["seen"],
+                "buffers": state["buffers"] + more["buffers"]}
+
+    return GradientTransform(init, update, extend)
 
 
 def map_grads(fn: Callable[[Tensor, Tensor], Tensor]) -> GradientTransform:
@@ -314,6 +355,10 @@ def chain(*transforms: GradientTransform) -> GradientTransform:
     def init(params: list[Tensor]) -> tuple[Any, ...]:
         return tuple(t.init(params) for t in transforms)
 
+    def extend(states: tuple[Any, ...], params: list[Tensor], added: list[Tensor]) -> tuple:
+        return tuple(extend_state(t, s, params, added)
+                     for t, s in zip(transforms, states, strict=True))
+
     def update(
         grads: Grads, states: tuple[Any, ...], params: list[Tensor]
     ) -> tuple[Grads | None, tuple[Any, ...]]:
@@ -325,7 +370,7 @@ def chain(*transforms: GradientTransform) -> GradientTransform:
                 break
         return out, tuple(new)
 
-    return GradientTransform(init, update)
+    return GradientTransform(init, update, extend)
 
 
 def select(
@@ -340,18 +385,33 @@ def select(
     """
     if isinstance(patterns, (str, re.Pattern)):
         patterns = [patterns]
-    named = list(unwrap_model(model).named_parameters())
-    chosen: set[int] = set()
+    patterns = list(patterns)
+    target = unwrap_model(model)
+    named = list(target.named_parameters())
     for pat in patterns:
-        hits = {id(p) for n, p in named if matches(pat, n)}
-        if not hits:
+        if not any(matches(pat, n) for n, _ in named):
             raise ValueError(f"select pattern {show(pat)} matches no parameter of the model; "
                              f"names look like {[n for n, _ in named[:3]]}")
-        chosen |= hits
+
+    def chosen() -> set[int]:
+        # Read the model anew: modules added to it later (with their parameter group) count.
+        return {id(p) for n, p in target.named_parameters() if any(matches(q, n)
+                                                                    for q in patterns)}
 
     def init(params: list[Tensor]) -> tuple[list[int], Any]:
-        idx = [i for i, p in enumerate(params) if id(p) in chosen]
+        ids = chosen()
+        idx = [i for i, p in enumerate(params) if id(p) in ids]
         return idx, inner.init([params[i] for i in idx])
+
+    def extend(
+        state: tuple[list[int], Any], params: list[Tensor], added: list[Tensor]
+    ) -> tuple[list[int], Any]:
+        idx, inner_state = state
+        ids = chosen()
+        new = [j for j, p in enumerate(added) if id(p) in ids]
+        inner_state = extend_state(inner, inner_state, [params[i] for i in idx],
+                                   [added[j] for j in new])
+        return idx + [len(params) + j for j in new], inner_state
 
     def update(
         grads: Grads, state: tuple[list[int], Any], params: list[Tensor]
@@ -366,7 +426,7 @@ def select(
             out[i] = g
         return out, (idx, inner_state)
 
-    return GradientTransform(init, update)
+    return GradientTransform(init, update, extend)
 
 
 # -- plugging into an optimizer --------------------------------------------------------------
@@ -423,17 +483,39 @@ def apply_transform(
 
 class TransformHandle:
     """What :func:`with_transforms` returns: the live ``state``, counters, ``last_stepped``
-    (whether the latest ``optimizer.step()`` changed anything) and ``remove()``."""
+    (whether the latest ``optimizer.step()`` changed anything) and ``remove()``.
+
+    Parameters added to the optimizer later (``optimizer.add_param_group``) are transformed
+    too: before the next step the state is grown for them by the transform's ``extend``.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, transform: GradientTransform) -> None:
         self.optimizer = optimizer
         self.transform = transform
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.params = _optimizer_params(optimizer)
         self.state = transform.init(self.params)
         self.steps_taken = 0
         self.steps_skipped = 0
         self.last_stepped = False
         self._hook = optimizer.register_step_pre_hook(self._pre_step)
+
+    def _follow_groups(self) -> None:
+        """Take in parameters added to the optimizer since the last step."""
+        # add_param_group only appends, so an unchanged count means nothing was added.
+        if sum(len(g["params"]) for g in self.optimizer.param_groups) == len(self.params):
+            return
+        current = _optimizer_params(self.optimizer)
+        n = len(self.params)
+        if len(current) < n or any(a is not b for a, b in zip(current, self.params,
+                                                               strict=False)):
+            raise ValueError(
+                "the optimizer's parameters changed other than by add_param_group (a group or "
+                "parameter was removed or reordered) after with_transforms; call remove() on "
+                "this handle and with_transforms(optimizer, transform) again"
+            )
+        added = current[n:]
+        self.state = extend_state(self.transform, self.state, self.params, added)
+        self.params = current
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         # args holds (optimizer, *step_args): a closure is the first step argument.
@@ -442,6 +524,7 @@ class TransformHandle:
                 "with_transforms cannot transform gradients computed inside step(closure) "
                 "(the hook runs before the closure); call backward() before step() instead"
             )
+        self._follow_groups()
         stepped, self.state = apply_transform(self.params, self.transform, self.state)
         self.last_stepped = stepped
         if stepped:
@@ -455,14 +538,40 @@ class TransformHandle:
 
     def state_dict(self) -> dict[str, Any]:
         """Transform state and counters, for ``torch.save`` beside the optimizer's."""
+        self._follow_groups()
         return {"state": self.state, "steps_taken": self.steps_taken,
-                "steps_skipped": self.steps_skipped}
+                "steps_skipped": self.steps_skipped, "num_params": len(self.params)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: if a key is missing or the state was saved for a different number of
+                parameters than the optimizer now holds.
+        """
+        required = ("state", "steps_taken", "steps_skipped")
+        absent = [k for k in required if not isinstance(state, Mapping) or k not in state]
+        if absent:
+            got = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"transform state dict is missing {absent}; it must hold 'state' (the "
+                "transform's state), 'steps_taken' and 'steps_skipped', as "
+                f"TransformHandle.state_dict() returns; got {got}"
+            )
+        self._follow_groups()
+        saved = state.get("num_params", len(self.params))
+        if saved != len(self.params):
+            raise ValueError(
+                f"transform state was saved for {saved} parameters, but the optimizer now has "
+                f"{len(self.params)}; add the same parameter groups before loading"
+            )
         self.state = state["state"]
         self.steps_taken = state["steps_taken"]
         self.steps_skipped = state["steps_skipped"]
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def with_transforms(
@@ -471,8 +580,10 @@ def with_transforms(
     """Transform the gradients of every parameter of ``optimizer`` before each ``step()``.
 
     Works with any ``torch.optim.Optimizer`` (a step pre-hook; no subclass) stepped without a
-    closure. The parameter list is fixed when this is called: add parameter groups before,
-    not after. A skip (from :func:`accumulate`, :func:`skip_nonfinite`, also inside
+    closure. Parameter groups added later with ``optimizer.add_param_group`` are transformed
+    too, from their first step on (a transform with state needs an ``extend``; every built-in
+    one has it): an :func:`accumulate` window under way takes them in with nothing
+    accumulated, :func:`select` checks their names against its patterns. A skip (from :func:`accumulate`, :func:`skip_nonfinite`, also inside
     :func:`select`) skips the whole step, for every parameter.
 
     Raises:
