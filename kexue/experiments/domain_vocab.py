@@ -101,6 +101,7 @@ def _measure(config: Config, news: list[str], climate: list[str]) -> _Measured:
 
 
 def run(config: Config, ctx: Context) -> Result:
+    """Discover pd1998's words and climate's terms; score both against their references."""
     del ctx  # deterministic, on the CPU
     return _result(config, _measure(config, data.pd1998(), data.climate()), "")
 
@@ -202,8 +203,9 @@ EXPERIMENT = Experiment(
         "the note (https://kexue.fm/archives/6540) publishes no precision figure for this "
         "data: it describes the author's pipeline for an unsupervised power-industry term "
         "competition (nlp-zero word discovery on the contest corpus and on a general corpus, a "
-        "frequency-ratio formula, word2vec filtering); the 0.18 / 0.092 of the claim are this project's own run of that pipeline (nlp-zero 0.1.6 with the "
-        "note's parameters) on climate vs pd1998 (shared/DATA.md), a measured baseline"),
+        "frequency-ratio formula, word2vec filtering); the 0.18 / 0.092 of the claim are this "
+        "project's own run of that pipeline (nlp-zero 0.1.6 with the note's parameters) on "
+        "climate vs pd1998 (shared/DATA.md), a measured baseline"),
     quick=QUICK,
     full=replace(QUICK, ks=(100, 500, 1000, 5000, 10000), domain_ks=(100, 500, 1000), top=100),
     run=run,

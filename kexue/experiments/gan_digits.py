@@ -73,6 +73,7 @@ def blurred(x: Tensor) -> Tensor:
 
 
 def run(config: Config, ctx: Context) -> Result:
+    """Train each variant for ``config.seeds`` seeds from ``ctx.seed`` and score its samples."""
     seed = ctx.seed
     data = load_images("digits", seed=0)
     clf = fit_classifier(data, seed=0)

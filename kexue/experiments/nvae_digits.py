@@ -65,6 +65,7 @@ def _trainer(config: Config, seed: int) -> tuple[NVAETrainer, Tensor]:
 
 
 def run(config: Config, ctx: Context) -> Result:
+    """Train the NVAE with seed ``ctx.seed`` and bound its likelihood on the test bits."""
     trainer, test_bits = _trainer(config, ctx.seed)
     curve = [trainer.fit_epoch()["neg_elbo"] for _ in range(trainer.epochs)]
     return _result(config, ctx.seed, trainer, test_bits, curve,
