@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import RESULTS, measure_interleaved, parser, setup, write_results  # noqa: E402
 
 from kexue.estimators import SeedZO, gumbel_softmax  # noqa: E402
-from kexue.experiments import EXPERIMENTS  # noqa: E402
+from kexue.experiments import EXPERIMENTS, run_experiment  # noqa: E402
 from kexue.experiments._common import rss_growth  # noqa: E402
 
 Row = dict[str, Any]
@@ -155,38 +155,34 @@ def experiment_tables(quick: bool) -> tuple[dict[str, Any], list[str]]:
     """(b), (c): the experiments' FULL configurations (QUICK with --quick); tables + figures."""
     out, notes = {}, []
     for name in ("estimator_variance", "direct_metric"):
-        module = EXPERIMENTS[name]
-        config = dict(module.QUICK if quick else module.FULL)
-        start = time.perf_counter()
-        result = module.run(config, seed=0)
-        for fig_name, fig in result["figures"].items():
+        result, prov = run_experiment(EXPERIMENTS[name], full=not quick, seed=0)
+        for fig_name, fig in result.figures.items():
             fig.savefig(RESULTS / f"estimators_{fig_name}.png", dpi=110)
-        out[name] = {"config": config, "tables": result["tables"],
-                     "claim_holds": result["claim_holds"], "summary": result["summary"],
-                     "seconds": time.perf_counter() - start}
-        notes.append(f"{name} ({'quick' if quick else 'full'}): {result['summary']}")
+        out[name] = {"config": dict(prov.config),
+                     "tables": [t.to_dict() for t in result.tables],
+                     "claim_holds": result.holds, "summary": result.summary,
+                     "seconds": prov.seconds}
+        notes.append(f"{name} ({'quick' if quick else 'full'}): {result.summary}")
     return out, notes
+
+
+def _markdown_table(table: dict[str, Any], fmt: str) -> list[str]:
+    columns = [c.replace("|", "\\|") for c in table["columns"]]  # "max |z|" in a cell
+    lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    for row in table["rows"]:
+        lines.append("| " + " | ".join([str(row[0])] + [format(v, fmt) for v in row[1:]])
+                     + " |")
+    return lines
 
 
 def tables_markdown(tables: dict[str, Any]) -> str:
     lines = ["", "## Gradient variance (trace of covariance) and bias |z| against the exact "
              "gradient", ""]
-    for problem, table in tables["estimator_variance"]["tables"].items():
-        lines += [f"**{problem}**", "", "| estimator | var, c = 0 | var, c = 100 | max |z| |",
-                  "|---|---:|---:|---:|"]
-        for label, row in table.items():
-            z = max(cell["max_abs_z"] for cell in row.values())
-            lines.append(f"| {label} | {row['c=0']['variance']:.4g} | "
-                         f"{row['c=100']['variance']:.4g} | {z:.2f} |")
-        lines.append("")
-    splits = tables["direct_metric"]["config"]["splits"]
-    lines += [f"## Direct-metric training: test F1, mean ± sd over {splits} splits", ""]
-    table = tables["direct_metric"]["tables"]
-    methods = list(next(iter(table.values())))
-    lines += ["| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
-    for task, row in table.items():
-        lines.append(f"| {task} | " + " | ".join(
-            f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in methods) + " |")
+    for table in tables["estimator_variance"]["tables"]:
+        lines += [f"**{table['caption']}**", "", *_markdown_table(table, ".4g"), ""]
+    lines += ["## Direct-metric training: test F1 over stratified splits", ""]
+    for table in tables["direct_metric"]["tables"]:
+        lines += [f"**{table['caption']}**", "", *_markdown_table(table, ".3f"), ""]
     return "\n".join(lines) + "\n"
 
 
