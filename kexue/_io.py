@@ -39,6 +39,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the existing file's, else 0666 less
+    the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", *,
                  encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
@@ -57,6 +68,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *,
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, _mode(path))  # mkstemp's 0600 would make the result private
         with os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding) as f:
             yield f
             f.flush()
