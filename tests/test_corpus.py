@@ -75,7 +75,7 @@ def test_stdin_bytes_and_text(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("标准输入\n第二行\n".encode())))
     corpus = read_documents("-")
     assert list(corpus) == ["标准输入", "第二行"]
-    with pytest.raises(RuntimeError, match="only once"):
+    with pytest.raises(RuntimeError, match="can be read only once"):
         list(corpus)
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"t": "文本"}\n'))
     assert list(read_documents("-", fmt="jsonl", field="t")) == ["文本"]
@@ -222,3 +222,86 @@ def test_chunks_sizes_and_order():
     assert list(chunks([], 3)) == []
     with pytest.raises(ValueError, match="chunk_chars"):
         list(chunks(docs, 0))
+
+
+# -- the 8 KiB sniff, stdin given twice, and why a skipped file was skipped -------------------
+
+
+@pytest.mark.parametrize("offset", [4096, 6000, 8191])
+@pytest.mark.parametrize("gz", [False, True])
+def test_binary_sniff_reads_the_whole_first_8_kib(tmp_path, offset, gz):
+    # Text lines up to `offset`, then a NUL: the sniff must see it (first 8 KiB).
+    text = b"".join(b"%05d abcdefghij\n" % i for i in range(offset // 16 + 1))[:offset]
+    data = text + b"\0" + b"tail\n" * 10
+    assert data.index(b"\0") == offset
+    p = _write(tmp_path / ("late.txt.gz" if gz else "late.txt"),
+               gzip.compress(data) if gz else data)
+    line = data[:offset].count(b"\n") + 1
+    with pytest.raises(ValueError, match=rf"late\.txt(\.gz)?:{line}: binary file "
+                                         rf"\(NUL byte at offset {offset};"):
+        list(read_documents(p))
+    # Just past the sniff the NUL is read as part of a line: the file is taken as text.
+    later = _write(tmp_path / "later.txt", text.ljust(8192, b"x") + b"\0\n")
+    docs = list(read_documents(later))
+    assert docs[-1].endswith("\0") and len(docs) == text.count(b"\n") + 1
+
+
+def test_sniff_reads_a_pipe_that_delivers_in_small_pieces(monkeypatch):
+    class Trickle(io.RawIOBase):  # a pipe: each read returns at most 1000 bytes
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:
+            n = min(len(b), 1000, len(self.data))
+            b[:n], self.data = self.data[:n], self.data[n:]
+            return n
+
+    data = b"ok line\n" * 700 + b"\0"  # NUL at 5600
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(Trickle(data), 1000)))
+    with pytest.raises(ValueError, match=r"<stdin>:701: binary file \(NUL byte at offset 5600"):
+        list(read_documents("-"))
+
+
+def test_stdin_given_twice_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\ntwo\n")))
+    with pytest.raises(ValueError, match=r"- \(stdin\) given twice"):
+        read_documents(["-", "-"])
+    first = read_documents("-")
+    second = read_documents("-")  # both made before either is read
+    assert list(first) == ["one", "two"]
+    with pytest.raises(RuntimeError, match=r"- \(stdin\) given twice: .* by another corpus"):
+        list(second)
+    with pytest.raises(ValueError, match=r"- \(stdin\) given twice: .* by an earlier corpus"):
+        read_documents("-")
+    with pytest.raises(RuntimeError, match=r"given twice: .* earlier pass over this corpus"):
+        list(first)
+
+
+def test_skip_says_why_each_file_was_skipped(tmp_path):
+    files = [
+        _write(tmp_path / "good.txt", "好的文本\n".encode()),
+        _write(tmp_path / "bin.txt", b"abc\n\0def\n"),
+        _write(tmp_path / "empty.txt", b""),
+        _write(tmp_path / "gbk.txt", "你好\n世界\n".encode("gbk")),
+        _write(tmp_path / "blank.txt", b"\n  \n\n"),
+        _write(tmp_path / "bad.jsonl", b"{\n[1]\n"),
+    ]
+    # 1500 bad lines first: line messages are capped at 1000, file messages never are.
+    noisy = _write(tmp_path / "a_noisy.txt", b"\xff\n" * 1500 + b"fine\n")
+    corpus = read_documents([noisy, *files], errors="skip")
+    assert list(corpus) == ["fine", "好的文本"]
+    text = corpus.summary.describe()
+    assert "bin.txt:2: binary file" in text
+    assert "empty.txt: empty file" in text
+    assert "gbk.txt: skipped, no document in it (undecodable: none of its 2 line(s) is UTF-8" \
+        in text
+    assert "blank.txt: skipped, no document in it (all 3 line(s) blank)" in text
+    assert ("bad.jsonl: skipped, no document in it (every line skipped: invalid_json=1, "
+            "missing_field=1)") in text
+    assert corpus.summary.skipped["file_without_documents"] == 3
+    # Line messages: 1500 (a_noisy) + 2 (gbk) + 2 (bad.jsonl), of which 1000 are kept.
+    assert corpus.summary.messages_dropped == 1500 + 2 + 2 - 1000
+    assert text.endswith("... and 504 more message(s)")

@@ -22,7 +22,13 @@ naming ``file:line``; a file that cannot be opened (a broken symlink, no permiss
 directory that cannot be listed gives a message naming it. With
 ``errors="stop"`` (default) the first one raises :class:`ValueError`; with ``errors="skip"`` the
 line (or the whole file, for binary/empty/corrupt files) is skipped, counted under its reason in
-``summary.skipped`` and the message is appended to ``summary.messages``.
+``summary.skipped`` and the message is appended to ``summary.messages``. A file that is read
+but yields no document (every line blank, not UTF-8, not valid JSON, ...) gets a message too,
+saying why (counted as ``file_without_documents``). Messages about whole files are always kept,
+so :meth:`ReadSummary.describe` names every skipped file and its reason.
+
+Stdin can be read once per process: naming ``"-"`` twice, or reading it again in a later pass
+or another corpus, is an error that says so (not an "empty file").
 
 Example::
 
@@ -37,11 +43,13 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import os
 import sys
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +80,30 @@ _SNIFF_BYTES = 8192
 _MAX_MESSAGES = 1000
 _GZIP_MAGIC = b"\x1f\x8b"
 _STDIN = "-"
+# Reasons that concern a whole file (or directory): their messages are never capped.
+_FILE_REASONS = frozenset({
+    "binary_file", "empty_file", "corrupt_file", "unreadable_file", "unreadable_dir",
+    "no_matching_files", "file_without_documents",
+})
+# Stdin streams some Corpus has read already, so that a second read says so instead of
+# reporting an empty file.
+_STDIN_READ: weakref.WeakSet[object] = weakref.WeakSet()
+_STDIN_TWICE = (
+    "- (stdin) given twice: stdin was already read {where} and can be read only once; save it "
+    "to a file to read it more than once"
+)
+
+
+def _stdin_taken() -> bool:
+    try:
+        return sys.stdin in _STDIN_READ
+    except TypeError:  # a stream that takes no weak references cannot be tracked
+        return False
+
+
+def _take_stdin() -> None:
+    with contextlib.suppress(TypeError):
+        _STDIN_READ.add(sys.stdin)
 
 
 @dataclass
@@ -86,9 +118,11 @@ class ReadSummary:
         skipped: Reason -> count of skipped lines or files. Reasons: ``"blank_line"``,
             ``"invalid_utf8"``, ``"invalid_json"``, ``"missing_field"``, ``"binary_file"``,
             ``"empty_file"``, ``"corrupt_file"``, ``"unreadable_file"``, ``"unreadable_dir"``,
-            ``"no_matching_files"``.
-        messages: One ``file:line: problem`` message per skipped item except blank lines (the
-            first 1000; the rest are still counted in ``skipped`` and in ``messages_dropped``).
+            ``"no_matching_files"``, ``"file_without_documents"``.
+        messages: One ``file:line: problem`` message per skipped item except blank lines, and
+            one per file that yielded no document. Messages about whole files are all kept;
+            of those about single lines, the first 1000 (the rest are still counted in
+            ``skipped`` and in ``messages_dropped``).
         messages_dropped: Messages not stored because the cap was reached.
     """
 
@@ -99,6 +133,7 @@ class ReadSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     messages_dropped: int = 0
+    _line_messages: int = field(default=0, repr=False, compare=False)
 
     def describe(self) -> str:
         """A one-paragraph, human-readable account of the pass."""
@@ -119,7 +154,11 @@ class ReadSummary:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         if message is None:
             return
-        if len(self.messages) < _MAX_MESSAGES:
+        if reason in _FILE_REASONS:  # few, and the only word on why a file gave nothing
+            self.messages.append(message)
+            return
+        if self._line_messages < _MAX_MESSAGES:
+            self._line_messages += 1
             self.messages.append(message)
         else:
             self.messages_dropped += 1
@@ -162,10 +201,12 @@ class Corpus:
             if source == _STDIN:
                 if self._stdin_consumed:
                     raise RuntimeError(
-                        "stdin ('-') can be read only once; save it to a file to make "
-                        "several passes over the corpus"
+                        _STDIN_TWICE.format(where="by an earlier pass over this corpus")
                     )
+                if _stdin_taken():
+                    raise RuntimeError(_STDIN_TWICE.format(where="by another corpus"))
                 self._stdin_consumed = True
+                _take_stdin()
                 yield from self._read_stdin()
             elif Path(source).is_dir():
                 yield from self._read_dir(Path(source))
@@ -188,17 +229,39 @@ class Corpus:
         for path in files:
             yield from self._read_file(path)
 
+    def _note_if_fruitless(self, name: str, documents: int, skipped: dict[str, int]) -> None:
+        """Say why a file that was read (not skipped whole) gave no document."""
+        summary = self.summary
+        if summary.documents > documents or any(
+            summary.skipped.get(r, 0) > skipped.get(r, 0) for r in _FILE_REASONS
+        ):
+            return
+        lost = {k: v - skipped.get(k, 0) for k, v in summary.skipped.items()
+                if v > skipped.get(k, 0)}
+        lines = sum(lost.values())
+        if set(lost) == {"invalid_utf8"}:
+            why = f"undecodable: none of its {lines} line(s) is UTF-8 (another encoding?)"
+        elif set(lost) == {"blank_line"}:
+            why = f"all {lines} line(s) blank"
+        elif lost:
+            why = "every line skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(lost.items()))
+        else:
+            why = "no lines"
+        summary._skip("file_without_documents", f"{name}: skipped, no document in it ({why})")
+
     def _read_stdin(self) -> Iterator[str]:
         self.summary.files += 1
         stream = sys.stdin
         buffer = getattr(stream, "buffer", None)
         fmt = "lines" if self.fmt == "auto" else self.fmt
+        documents, skipped = self.summary.documents, dict(self.summary.skipped)
         if buffer is not None:
             yield from self._read_stream(buffer, "<stdin>", fmt)
         else:  # a text stream without a byte buffer (e.g. io.StringIO): already decoded
             # surrogatepass: a lone surrogate becomes bytes reported as invalid UTF-8
             lines = (line.encode("utf-8", "surrogatepass") for line in stream)
             yield from self._read_lines(lines, "<stdin>", fmt)
+        self._note_if_fruitless("<stdin>", documents, skipped)
 
     def _read_file(self, path: Path) -> Iterator[str]:
         self.summary.files += 1
@@ -221,19 +284,20 @@ class Corpus:
             if fmt == "auto":
                 fmt = "jsonl" if name.endswith(_JSONL_SUFFIXES) else "lines"
             stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+            documents, skipped = self.summary.documents, dict(self.summary.skipped)
             yield from self._read_stream(stream, str(path), fmt)
+            self._note_if_fruitless(str(path), documents, skipped)
 
     def _read_stream(self, stream: IO[bytes], name: str, fmt: str) -> Iterator[str]:
-        buffered = (
-            stream
-            if isinstance(stream, io.BufferedReader)
-            else io.BufferedReader(_Raw(stream), buffer_size=1 << 16)
-        )
+        # The sniff reads the first _SNIFF_BYTES in full (a single peek() gives only what one
+        # buffer fill brought, 4 KiB on many systems), then the lines are read from those bytes
+        # followed by the rest of the stream.
         try:
-            head = buffered.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+            head = _read_up_to(stream, _SNIFF_BYTES)
         except (OSError, EOFError, zlib.error) as exc:
             self._problem("corrupt_file", f"{name}: cannot read ({exc})")
             return
+        buffered = io.BufferedReader(_Raw(stream, head), buffer_size=1 << 16)
         if not head:
             self._problem("empty_file", f"{name}: empty file (no lines)")
             return
@@ -320,18 +384,39 @@ class Corpus:
 
 
 class _Raw(io.RawIOBase):
-    """Adapts a readable byte stream (e.g. ``GzipFile``) to ``io.BufferedReader``."""
+    """Adapts a readable byte stream (e.g. ``GzipFile``) to ``io.BufferedReader``, serving
+    ``head`` (bytes already read from it) first."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], head: bytes = b"") -> None:
         self._stream = stream
+        self._head = memoryview(head)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
         data = self._stream.read(len(b))
         b[: len(data)] = data
         return len(data)
+
+
+def _read_up_to(stream: IO[bytes], size: int) -> bytes:
+    """The first ``size`` bytes of ``stream`` (fewer only at its end), over as many reads as
+    it takes: one read of a pipe or a gzip stream may return less than asked."""
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        data = stream.read(size - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
 
 
 def _guarded(stream: IO[bytes], name: str, corpus: Corpus) -> Iterator[bytes]:
@@ -405,7 +490,14 @@ def read_documents(
         paths = [paths]
     sources: list[str | Path] = []
     for p in paths:
-        if p == _STDIN:
+        if isinstance(p, (str, os.PathLike)) and os.fspath(p) == _STDIN:
+            if _STDIN in sources:
+                raise ValueError(
+                    "paths: - (stdin) given twice; stdin can be read only once (save it to a "
+                    "file to read it more than once)"
+                )
+            if _stdin_taken():
+                raise ValueError(_STDIN_TWICE.format(where="by an earlier corpus"))
             sources.append(_STDIN)
             continue
         path = Path(p)
@@ -414,8 +506,6 @@ def read_documents(
         sources.append(path)
     if not sources:
         raise ValueError("paths must name at least one file, directory or '-', got none")
-    if sources.count(_STDIN) > 1:
-        raise ValueError("paths may name stdin ('-') only once")
     return Corpus(sources, fmt=fmt, field=field, errors=errors, extensions=exts)
 
 
