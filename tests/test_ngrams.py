@@ -222,3 +222,63 @@ def test_counts_ignore_characters_outside_the_bmp():
     assert as_dict(count_ngrams(texts, 3)) == want
     assert as_dict(count_ngrams(texts, 3, chunk_chars=3)) == want
     assert as_dict(count_chunk(texts, 3).finalize()) == want
+
+
+# -- spool failures: a clear OSError naming the spool file and the cause, nothing left behind --
+
+_SPOOL_FULL = r"""
+import os, random, resource, signal, sys, tempfile
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+from kexue.text.ngrams import count_ngrams
+tempfile.tempdir = sys.argv[1]
+rng = random.Random(0)
+texts = ["".join(chr(rng.randint(0x4E00, 0x4E00 + 300)) for _ in range(400)) for _ in range(100)]
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    count_ngrams(texts, 3, chunk_chars=4000)  # ~40k chars: over 6 bytes/char spooled in pass 1
+    print("NO ERROR")
+except OSError as exc:
+    print("ERROR", exc)
+links = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        pass
+print("OPEN", [link for link in links if "kexue-ngrams" in link])
+print("LEFT", os.listdir(sys.argv[1]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs RLIMIT_FSIZE and /proc")
+def test_spool_write_failure_is_a_clear_oserror_and_leaves_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    out = subprocess.run([sys.executable, "-c", _SPOOL_FULL, str(spool_dir)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    error = next(line for line in lines if line.startswith(("ERROR", "NO ERROR")))
+    assert re.search(rf"ERROR \[Errno 27\] n-gram spool file {re.escape(str(spool_dir))}/"
+                     r"kexue-ngrams-\w+\.spool: writing \d+ bytes failed \(File too large\)",
+                     error), error
+    assert "OPEN []" in lines  # every spool file closed: its space is given back
+    assert "LEFT []" in lines  # and none is left in the directory
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_a_directory"])
+def test_unusable_spool_directory_is_a_clear_oserror(tmp_path, monkeypatch, kind):
+    import tempfile
+
+    where = tmp_path / "nope"
+    if kind == "not_a_directory":
+        where.write_text("a file")
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    texts = ["中文文本" * 50] * 4
+    with pytest.raises(OSError, match=rf"cannot create an n-gram spool file in "
+                                      rf"{re.escape(str(where))} \(.+\); .*TMPDIR"):
+        count_ngrams(texts, 3, chunk_chars=200)
+    assert count_ngrams(texts, 3, chunk_chars=10_000).count("中文") == 200  # one chunk: no spool

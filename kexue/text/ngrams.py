@@ -51,7 +51,9 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -409,30 +411,86 @@ def _merge_counts(
 
 
 class _Spool:
-    """Append-only arrays of one dtype in an anonymous temporary file, read back in order.
+    """Append-only arrays of one dtype in a temporary file, read back in order.
 
     The level-wise counter keeps per-position data of every chunk here instead of in memory, so
     its memory does not grow with the stream (2 bytes per character for codes, 4 for the
-    groups of one level, written while the previous level's are read; deleted when closed).
+    groups of one level, written while the previous level's are read). The file is created in
+    ``tempfile.gettempdir()`` (``TMPDIR``) and its name removed at once where the system allows
+    (POSIX), so that nothing is left behind even by a crash; its space is freed when closed.
+
+    Raises:
+        OSError: when the file cannot be created, written or read back (a full disk, a file
+            size limit, a missing or unwritable temporary directory), naming the spool file
+            and the cause.
     """
 
     def __init__(self, dtype: np.dtype | type) -> None:
         self.dtype = np.dtype(dtype)
-        self.file = tempfile.TemporaryFile()
         self.sizes: list[int] = []
+        self.nbytes = 0
+        try:
+            self.directory = tempfile.gettempdir()
+            fd, self.path = tempfile.mkstemp(prefix="kexue-ngrams-", suffix=".spool",
+                                             dir=self.directory)
+        except OSError as exc:
+            where = getattr(self, "directory", None) or "the temporary directory"
+            raise OSError(
+                exc.errno,
+                f"cannot create an n-gram spool file in {where} ({exc.strerror or exc}); "
+                "count_ngrams spools up to 10 bytes per character of a multi-chunk corpus "
+                "there: point TMPDIR to a writable directory with room",
+            ) from exc
+        self.file = os.fdopen(fd, "w+b")
+        self._named = True
+        with contextlib.suppress(OSError):  # Windows keeps the name of an open file
+            os.unlink(self.path)
+            self._named = False
+
+    def _error(self, exc: OSError, doing: str) -> OSError:
+        return OSError(
+            exc.errno,
+            f"n-gram spool file {self.path}: {doing} failed ({exc.strerror or exc}) after "
+            f"{self.nbytes} bytes; count_ngrams spools up to 10 bytes per character of a "
+            f"multi-chunk corpus to {self.directory}: free space there, raise the file size "
+            "limit, or point TMPDIR to a directory with room",
+        )
 
     def write(self, arr: np.ndarray) -> None:
-        self.file.write(memoryview(np.ascontiguousarray(arr, dtype=self.dtype)).cast("B"))
+        data = memoryview(np.ascontiguousarray(arr, dtype=self.dtype)).cast("B")
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise self._error(exc, f"writing {data.nbytes} bytes") from exc
+        self.nbytes += data.nbytes
         self.sizes.append(int(arr.shape[0]))
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        self.file.flush()
-        self.file.seek(0)
+        try:
+            self.file.flush()
+            self.file.seek(0)
+        except OSError as exc:
+            raise self._error(exc, "writing") from exc
         for size in self.sizes:
-            yield np.fromfile(self.file, dtype=self.dtype, count=size)
+            try:
+                arr = np.fromfile(self.file, dtype=self.dtype, count=size)
+            except OSError as exc:
+                raise self._error(exc, "reading back") from exc
+            if arr.shape[0] != size:
+                raise OSError(
+                    f"n-gram spool file {self.path}: read back {arr.shape[0]} of {size} "
+                    "items (was it truncated?)"
+                )
+            yield arr
 
     def close(self) -> None:
-        self.file.close()
+        """Close and remove the file; a failing flush of data nobody will read is ignored."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        if self._named:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self._named = False
 
 
 def _local_groups(
@@ -462,12 +520,18 @@ def _count_levelwise(chunks: Iterable[list[str]], max_n: int, min_count: int) ->
     the chunk's distinct keys (no per-position lookup), counts the n-grams whose (n−1)-prefix and
     (n−1)-suffix are both kept (Apriori: exact), and spools their local groups for level n + 1.
     """
-    codes_spool = _Spool(np.uint16)  # codes ≤ 20992 < 2^16
-    groups = _Spool(np.int32)
-    uniques = _Spool(np.uint64)
+    spools: list[_Spool] = []  # every spool made, closed (and removed) however this ends
+
+    def spool(dtype: type) -> _Spool:
+        spools.append(_Spool(dtype))
+        return spools[-1]
+
     uni = np.zeros(ALPHABET_SIZE + 1, dtype=np.int64)
     bi: tuple[np.ndarray, np.ndarray] | None = None
     try:
+        codes_spool = spool(np.uint16)  # codes ≤ 20992 < 2^16
+        groups = spool(np.int32)
+        uniques = spool(np.uint64)
         for chunk in chunks:
             codes = _encode(chunk)
             uni += np.bincount(codes, minlength=ALPHABET_SIZE + 1)
@@ -508,8 +572,8 @@ def _count_levelwise(chunks: Iterable[list[str]], max_n: int, min_count: int) ->
         for n in range(3, max_n + 1):
             prev = levels[-1].keys
             acc: tuple[np.ndarray, np.ndarray] | None = None
-            new_groups = _Spool(np.int32)
-            new_uniques = _Spool(np.uint64)
+            new_groups = spool(np.int32)
+            new_uniques = spool(np.uint64)
             for codes, gid, u in zip(codes_spool, groups, uniques, strict=True):
                 # global id at level n − 1 of each chunk-local group, −1 if not kept; the extra
                 # last entry −1 is where gid = −1 (no n−1-gram at that position) lands
@@ -545,8 +609,8 @@ def _count_levelwise(chunks: Iterable[list[str]], max_n: int, min_count: int) ->
             levels.append(_Level(acc[0][kept], acc[1][kept]))
         return NgramTable(levels, total_chars=total_chars, min_count=min_count)
     finally:
-        for spool in (codes_spool, groups, uniques):
-            spool.close()
+        for made in spools:
+            made.close()
 
 
 def count_ngrams(
@@ -587,6 +651,9 @@ def count_ngrams(
 
     Raises:
         ValueError: on an argument out of range or a non-``str`` text.
+        OSError: when the spool file of the level-wise path cannot be created, written or read
+            (no room or no write permission in the temporary directory, a file size limit);
+            the message names the file and the cause, and no spool file is left behind.
     """
     max_n = _check_n("max_n", max_n)
     min_count = _check_n("min_count", min_count)
