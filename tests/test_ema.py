@@ -271,6 +271,8 @@ def test_cpu_offload_argument():
         ({"decay": -0.1}, "decay"),
         ({"update_every": 0}, "update_every"),
         ({"buffers": "mean"}, "buffers"),
+        ({"dtype": "float64"}, "dtype"),
+        ({"dtype": torch.int64}, "dtype"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -452,3 +454,11 @@ def test_load_state_dict_names_missing_keys_and_leaves_ema_alone():
         ema.load_state_dict([1, 2])
     ema.load_state_dict({**state, "step": torch.tensor(4), "num_updates": 4})
     assert ema.step == 4 and ema.num_updates == 4
+
+
+@pytest.mark.parametrize("kwargs", [{"power": float("inf")}, {"gamma": float("inf")},
+                                    {"power": float("nan")}, {"gamma": "1"}, {"power": 0.0}])
+def test_ema_warmup_needs_finite_positive_power_and_gamma(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"{name} must be a finite number > 0"):
+        ema_warmup(0.99, **kwargs)

@@ -61,10 +61,10 @@ def ema_warmup(decay: float, power: float = 2 / 3, gamma: float = 1.0) -> Callab
         A function step -> decay, to pass as ``EMA(model, decay=...)``.
     """
     _check_decay(decay)
-    if not power > 0:
-        raise ValueError(f"power must be > 0, got {power!r}")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    for name, value in (("power", power), ("gamma", gamma)):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or not value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
     def schedule(step: int) -> float:
         return min(decay, 1.0 - (1.0 + step / gamma) ** (-power))
@@ -131,6 +131,8 @@ class EMA:
             raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
         if buffers not in ("average", "copy", "ignore"):
             raise ValueError(f"buffers must be 'average', 'copy' or 'ignore', got {buffers!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         self.model = unwrap_model(model)
         self.decay = decay
         self.update_every = update_every
