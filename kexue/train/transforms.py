@@ -7,12 +7,13 @@ One contract: a :class:`GradientTransform` is a pair of functions
 
 over lists of tensors in a fixed order, and optionally a third,
 ``extend(state, params, added) -> state``, which grows a state for ``params`` into the state
-for ``params + added`` (used when parameter groups are added to an optimizer later). ``update`` may work in place and returns the gradients
-the optimizer should use, or ``None`` to skip this optimizer step (accumulation, non-finite
-gradients). :func:`chain` composes transforms left to right; :func:`select` applies one to the
-parameters whose names match a pattern; :func:`with_transforms` plugs a transform into an
-optimizer through ``register_step_pre_hook``, so ``optimizer.step()`` sees transformed
-gradients. Implementations use ``torch._foreach_*`` and never synchronise with the host, except
+for ``params + added`` (used when parameter groups are added to an optimizer later).
+``update`` may work in place and returns the gradients the optimizer should use, or ``None``
+to skip this optimizer step (accumulation, non-finite gradients). :func:`chain` composes
+transforms left to right; :func:`select` applies one to the parameters whose names match a
+pattern; :func:`with_transforms` plugs a transform into an optimizer through
+``register_step_pre_hook``, so ``optimizer.step()`` sees transformed gradients.
+Implementations use ``torch._foreach_*`` and never synchronise with the host, except
 :func:`skip_nonfinite`, which must decide on the host whether to step (as ``GradScaler`` does).
 
 Example::
@@ -583,8 +584,9 @@ def with_transforms(
     closure. Parameter groups added later with ``optimizer.add_param_group`` are transformed
     too, from their first step on (a transform with state needs an ``extend``; every built-in
     one has it): an :func:`accumulate` window under way takes them in with nothing
-    accumulated, :func:`select` checks their names against its patterns. A skip (from :func:`accumulate`, :func:`skip_nonfinite`, also inside
-    :func:`select`) skips the whole step, for every parameter.
+    accumulated, :func:`select` checks their names against its patterns. A skip (from
+    :func:`accumulate`, :func:`skip_nonfinite`, also inside :func:`select`) skips the whole
+    step, for every parameter.
 
     Raises:
         ValueError: if ``optimizer`` is not a torch optimizer or ``transform`` is not a
