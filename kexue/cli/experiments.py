@@ -61,7 +61,8 @@ def _stub(experiment: Any, full: bool, seed: int, start: float) -> dict[str, Any
 
 def _overview(records: list[dict[str, Any]]) -> Table:
     table = Table(title="kexue report")
-    for col in ("experiment", "verdict", "result", "s"):
+    table.add_column("experiment", no_wrap=True)
+    for col in ("verdict", "result", "s"):
         table.add_column(col, overflow="fold")
     marks = {"holds": "[green]holds[/]", "fails": "[red]does not hold[/]",
              "error": "[red]error[/]"}
@@ -174,7 +175,8 @@ def list_(as_json: Json = False) -> None:
                          indent=2, ensure_ascii=False))
         return
     table = Table()
-    for col in ("name", "claim", "published", "note"):
+    table.add_column("name", no_wrap=True)
+    for col in ("claim", "published", "note"):
         table.add_column(col, overflow="fold")
     for e in EXPERIMENTS.values():
         table.add_row(e.name, escape(e.claim), escape(e.anchor.describe()), e.note)

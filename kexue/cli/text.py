@@ -1,6 +1,6 @@
 """``kexue lm train`` and ``kexue generate keywords|paraphrase|compress|correct``: character
 n-gram language models and constrained generation by MCMC and simulated annealing
-(https://kexue.fm/archives/8084, https://kexue.fm/archives/8111)."""
+(https://kexue.fm/archives/8084, https://kexue.fm/archives/8194)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from kexue.cli._corpus import Errors, Field, Fmt, OldOut, Output, documents, out
 lm_app = typer.Typer(help="Character n-gram language models for constrained generation.",
                      no_args_is_help=True)
 gen_app = typer.Typer(help="Constrained text generation by MCMC and simulated annealing "
-                      "(kexue.fm/archives/8084, 8111).", no_args_is_help=True)
+                      "(kexue.fm/archives/8084, 8194).", no_args_is_help=True)
 
 LmPath = Annotated[Path | None, typer.Option(
     "--lm", help="A model file from `kexue lm train`. None: the embedded People's Daily 1998 "
@@ -99,9 +99,7 @@ def load_lm(path: Path | None) -> Any:
     from kexue.text.constrained import default_lm
 
     try:
-        with err.status("loading the default language model (People's Daily 1998; trained "
-                        "and cached on first use)"):
-            return default_lm()
+        return default_lm(status=err.status)  # a status line only while it trains
     except (FileNotFoundError, ImportError) as error:
         raise CliError(missing_data(error) or first_line(error)) from error
 
