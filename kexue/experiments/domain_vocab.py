@@ -210,5 +210,5 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, ks=(100, 500, 1000, 5000, 10000), domain_ks=(100, 500, 1000), top=100),
     run=run,
     control=control,
-    timed=True,
+    timed=False,  # the speed part has an 8x margin (1.51 vs 0.19 M chars/s): asserted
 )

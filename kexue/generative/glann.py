@@ -20,7 +20,7 @@ Baseline "GLO + Gaussian": a full-covariance Gaussian fitted to the learned code
 projected to the sphere (where G was trained) and decoded by the same G.
 
 References:
-    https://kexue.fm/archives/6784 (非对抗式生成模型GLANN的简单介绍)
+    https://kexue.fm/archives/6394 (非对抗式生成模型GLANN的简单介绍)
     Hoshen, Li & Malik, "Non-Adversarial Image Synthesis with Generative Latent Nearest
     Neighbors", CVPR 2019.
     Bojanowski, Joulin, Lopez-Paz & Szlam, "Optimizing the Latent Space of Generative

@@ -20,7 +20,7 @@
 
 References:
     https://kexue.fm/archives/6540 (分享一次专业领域词汇的无监督挖掘)
-    https://kexue.fm/archives/8084, https://kexue.fm/archives/8111 (【搜出来的文本】)
+    https://kexue.fm/archives/8084, https://kexue.fm/archives/8194 (【搜出来的文本】)
 """
 
 from kexue.text.constrained import (
