@@ -312,11 +312,15 @@ def test_core_dependencies_are_torch_and_numpy_only():
 
 def test_declared_floors_are_the_tested_ones():
     """Floors that were found broken are not declared: typer < 0.16 crashes on ``--help`` with
-    click >= 8.2, torch below 2.13 is untested, the HF tests need transformers 5."""
+    click >= 8.2, torch below 2.13 is untested, the HF tests need transformers 5, matplotlib
+    < 3.8.4 and scikit-learn < 1.4.2 fail to import beside numpy 2."""
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert _version_tuple(_floors(extras["cli"])["typer"]) >= (0, 16)
     assert _version_tuple(_floors(PYPROJECT["project"]["dependencies"])["torch"]) >= (2, 13)
     assert _version_tuple(_floors(extras["hf"])["transformers"]) >= (5, 0)
+    # Their wheels allow numpy 2 but were built against numpy 1: importing them fails.
+    assert _version_tuple(_floors(extras["cli"])["matplotlib"]) >= (3, 8, 4)
+    assert _version_tuple(_floors(extras["cli"])["scikit-learn"]) >= (1, 4, 2)
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "torch==2.13.0" in ci
 
