@@ -123,7 +123,7 @@ def test_the_lean_finder_refuses_third_party_imports():
 
 
 def test_core_imports_and_works_with_only_torch_and_numpy():
-    """kexue, kexue.train, kexue.attention, kexue.estimators (and kexue.generative but its GANs)
+    """kexue, kexue.train, kexue.attention, kexue.estimators, kexue.generative, kexue.dynamics
     import with every other third-party package refused, never even try one, and compute:
     per-pattern learning rates and one EMA step against the recursion, local attention against
     a float64 softmax written here, a Gumbel-softmax sample against softmax((l + g) / τ)."""
@@ -132,10 +132,9 @@ def test_core_imports_and_works_with_only_torch_and_numpy():
         import torch
         torch.set_num_threads(1)
         import kexue, kexue.train, kexue.attention, kexue.estimators
-        # kexue.generative.gan is left out: it imports kexue.dynamics, whose package imports
-        # scipy's ODE solver.
         import kexue.generative.base, kexue.generative.data, kexue.generative.glann
-        import kexue.generative.nvae, kexue.generative.metrics
+        import kexue.generative.nvae, kexue.generative.metrics, kexue.generative.gan
+        import kexue.dynamics  # scipy only inside gradient_flow
         from kexue.train import EMA, param_groups
         from kexue.attention import local_attention
         from kexue.estimators import gumbel_noise, gumbel_softmax
@@ -272,7 +271,7 @@ PUBLIC_0_1 = {
         "FeatureClassifier", "fit_classifier", "frechet_distance", "frechet_distance_gaussian",
         "inception_score", "init_parameters_", "precision_recall", "score_samples"],
 }
-_NEEDS = {"kexue.text": ["scipy"], "kexue.dynamics": ["scipy"]}
+_NEEDS = {"kexue.text": ["scipy"]}
 
 
 @pytest.mark.parametrize("module_name", sorted(PUBLIC_0_1))

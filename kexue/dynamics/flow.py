@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor
 
 __all__ = ["flow_error", "gd_iterates", "gradient_flow", "modified_loss"]
@@ -126,6 +125,8 @@ def gradient_flow(
     References:
         https://kexue.fm/archives/7787
     """
+    from scipy.integrate import solve_ivp  # only here: the rest of kexue.dynamics needs no scipy
+
     y0 = _vector("theta0", theta0)
     t = np.asarray(times.detach().cpu() if isinstance(times, Tensor) else times, dtype=np.float64)
     if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or t[0] < 0 \
