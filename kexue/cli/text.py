@@ -154,6 +154,19 @@ def keywords(
     _print(rows, f"{' '.join(words)} · {method}, {steps} steps")
 
 
+def _edit(task: str, text: str, steps: int, n: int, seed: int, lm: Path | None, threads: int,
+          title: str, **options: Any) -> None:
+    """Run the sentence-editing task ``task`` of kexue.text.constrained ``n`` times."""
+    from kexue.text import constrained
+
+    run = getattr(constrained, task)
+    set_threads(threads)
+    model = load_lm(lm)
+    rows = _generate(lambda i, cb: run(text, *options.values(), steps, lm=model, seed=seed + i,
+                                       on_step=cb), n, steps, task)
+    _print(rows, f"{title} of {text}")
+
+
 @gen_app.command("paraphrase")
 def paraphrase(
     text: Annotated[str, typer.Argument(help="The sentence to rephrase.")],
@@ -164,13 +177,7 @@ def paraphrase(
     threads: Threads = 1,
 ) -> None:
     """Rephrase TEXT: fluent, close to it, not a copy."""
-    from kexue.text.constrained import paraphrase as run
-
-    set_threads(threads)
-    model = load_lm(lm)
-    rows = _generate(lambda i, cb: run(text, steps, lm=model, seed=seed + i, on_step=cb), n,
-                     steps, "paraphrase")
-    _print(rows, f"paraphrases of {text}")
+    _edit("paraphrase", text, steps, n, seed, lm, threads, "paraphrases")
 
 
 @gen_app.command("compress")
@@ -185,13 +192,7 @@ def compress(
     threads: Threads = 1,
 ) -> None:
     """Shorten TEXT by deletions that keep it fluent and close to the source."""
-    from kexue.text.constrained import compress as run
-
-    set_threads(threads)
-    model = load_lm(lm)
-    rows = _generate(lambda i, cb: run(text, ratio, steps, lm=model, seed=seed + i,
-                                       on_step=cb), n, steps, "compress")
-    _print(rows, f"compressions of {text}")
+    _edit("compress", text, steps, n, seed, lm, threads, "compressions", ratio=ratio)
 
 
 @gen_app.command("correct")
@@ -204,13 +205,7 @@ def correct(
     threads: Threads = 1,
 ) -> None:
     """Correct TEXT with the few edits that buy the most fluency."""
-    from kexue.text.constrained import correct as run
-
-    set_threads(threads)
-    model = load_lm(lm)
-    rows = _generate(lambda i, cb: run(text, steps, lm=model, seed=seed + i, on_step=cb), n,
-                     steps, "correct")
-    _print(rows, f"corrections of {text}")
+    _edit("correct", text, steps, n, seed, lm, threads, "corrections")
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ The classifier is built on the meta device and initialised from its own ``torch.
 no function here reads or reseeds the global RNG.
 
 References:
-    https://kexue.fm/archives/6394 (非对抗式生成模型GLANN的简单介绍; its FID comparison)
+    https://kexue.fm/archives/6394 (非对抗式生成模型GLANN的简单介绍)
     Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
     Equilibrium", 2017 (FID).
     Kynkäänniemi et al., "Improved Precision and Recall Metric for Assessing Generative Models",

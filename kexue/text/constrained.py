@@ -15,9 +15,10 @@ target and start state, then run :func:`~kexue.text.sampling.metropolis_hastings
 :func:`~kexue.text.sampling.simulated_annealing`.
 
 References:
-    https://kexue.fm/archives/8084 (【搜出来的文本】⋅(一)从文本生成到搜索采样)
+    https://kexue.fm/archives/8062 (【搜出来的文本】⋅(一)从文本生成到搜索采样)
     https://kexue.fm/archives/8084 (【搜出来的文本】⋅(二)从MCMC到模拟退火)
-    【搜出来的文本】⋅(三)基于BERT的文本采样 and ⋅(四)通过增、删、改来用词造句 (the same series)
+    https://kexue.fm/archives/8119 (【搜出来的文本】⋅(三)基于BERT的文本采样) and
+    https://kexue.fm/archives/8194 (⋅(四)通过增、删、改来用词造句)
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Nothing is downloaded: ``path`` must be a directory that holds a model and its t
 ``pip install transformers``.
 
 References:
-    【搜出来的文本】⋅(三)基于BERT的文本采样 (kexue.fm; the series of https://kexue.fm/archives/8084)
+    https://kexue.fm/archives/8119 (【搜出来的文本】⋅(三)基于BERT的文本采样)
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ every predictable id. Each sentence is padded on the left with ``order − 1`` `
 outside the vocabulary (the ``max_vocab`` most frequent ones) are ``<unk>``.
 
 References:
-    https://kexue.fm/archives/8084 (【搜出来的文本】⋅(一)从文本生成到搜索采样)
+    https://kexue.fm/archives/8062 (【搜出来的文本】⋅(一)从文本生成到搜索采样)
     Chen & Goodman, "An empirical study of smoothing techniques for language modeling", 1998.
 """
 

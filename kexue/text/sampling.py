@@ -21,7 +21,7 @@ from a language model and constraints, p(x | c) ∝ p(x)·χ(x, c). The samplers
   position-choice and reverse-proposal terms (insertions carry an extra factor 10/|x|).
 
 References:
-    https://kexue.fm/archives/8084 (【搜出来的文本】⋅(一)从文本生成到搜索采样)
+    https://kexue.fm/archives/8062 (【搜出来的文本】⋅(一)从文本生成到搜索采样)
     https://kexue.fm/archives/8084 (【搜出来的文本】⋅(二)从MCMC到模拟退火)
     Miao et al., "CGMH: Constrained Sentence Generation by Metropolis-Hastings Sampling", AAAI 2019.
 """

@@ -34,7 +34,8 @@ vocabulary exports a unigram segmenter: Viterbi over log p(w), unknown single ch
 References:
     https://kexue.fm/archives/6540 (分享一次专业领域词汇的无监督挖掘)
     https://kexue.fm/archives/3491 (新词发现的信息熵方法与实现)
-    https://kexue.fm/archives/5476 (基于切分的新词发现 / nlp-zero)
+    https://kexue.fm/archives/5476 (最小熵原理(二):“当机立断”之词库构建)
+    https://kexue.fm/archives/5597 (基于最小熵原理的NLP库:nlp zero)
 """
 
 from __future__ import annotations
