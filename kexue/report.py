@@ -151,6 +151,13 @@ def _anchor(anchor: dict[str, Any]) -> str:
     return text
 
 
+def _anchor_short(anchor: dict[str, Any]) -> str:
+    """The published number alone, for the overview (its source is in the section)."""
+    if anchor.get("number") is None:
+        return "<span class='meta'>no published number</span>"
+    return html.escape(anchor["number"])
+
+
 def _linked(text: str) -> str:
     """Escape ``text`` and turn its http(s) URLs into links."""
     import re
@@ -174,10 +181,11 @@ def render(records: list[dict[str, Any]]) -> str:
     esc = html.escape
     rows = "".join(
         f"<tr><td><a href='#{esc(r['name'])}'>{esc(r['name'])}</a></td>"
-        f"<td>{esc(r.get('claim', ''))}</td><td>{esc(r.get('threshold') or '—')}</td>"
-        f"<td>{_anchor(r.get('anchor') or {})}</td><td>{esc(r.get('summary', ''))}</td>"
         f"<td class='{esc(ledger_status(r))}'>{_VERDICT.get(ledger_status(r), 'error')}"
-        f"{' (timed)' if r.get('timed') else ''}</td></tr>"
+        f"{' (timed)' if r.get('timed') else ''}</td>"
+        f"<td>{esc(r.get('claim', ''))}</td><td>{esc(r.get('threshold') or '—')}</td>"
+        f"<td>{_anchor_short(r.get('anchor') or {})}</td><td>{esc(r.get('summary', ''))}</td>"
+        "</tr>"
         for r in records)
     sections = []
     for r in records:
@@ -205,14 +213,15 @@ def render(records: list[dict[str, Any]]) -> str:
             f"<p class='meta'>{meta}{seconds}</p></section>")
     return f"""<!doctype html><html lang='en'><head><meta charset='utf-8'>
 <meta name='viewport' content='width=device-width, initial-scale=1'><title>kexue report</title>
-<style>body{{font-family:{FONTS};max-width:1080px;margin:2em auto;padding:0 1em}}
+<style>body{{font-family:{FONTS};max-width:1280px;margin:2em auto;padding:0 1em}}
+.wide{{overflow-x:auto}}.wide td{{min-width:6em}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.3em .6em;
 vertical-align:top}}.holds{{color:#070}}.fails,.error{{color:#a00}}
 img{{max-width:100%;display:block;margin:1em 0}}pre{{overflow-x:auto;background:#f6f6f6;
 padding:.5em}}.meta{{color:#666;font-size:.85em}}</style></head><body>
 <h1>kexue report</h1><p>Each experiment reruns a claim of a kexue.fm note on embedded real data,
 beside the published number it should be read against.</p>
-<table><tr><th>experiment</th><th>claim</th><th>threshold</th><th>published</th>
-<th>kexue</th><th>verdict</th></tr>{rows}</table>
+<div class='wide'><table><tr><th>experiment</th><th>verdict</th><th>claim</th>
+<th>threshold</th><th>published</th><th>kexue</th></tr>{rows}</table></div>
 {''.join(sections)}</body></html>
 """

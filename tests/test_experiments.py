@@ -92,3 +92,33 @@ def test_claim_holds_in_the_report(report, name):
         assert key in prov, key
     assert prov["kexue_version"] != "unknown"
     assert record["anchor"] == dataclasses.asdict(EXPERIMENTS[name].anchor)
+
+
+def _readme_figures() -> list[tuple[str, str, str]]:
+    """(experiment, metric, printed value) of the README's report-figures table."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    block = text.split("<!-- report-figures:start -->")[1].split("<!-- report-figures:end -->")[0]
+    rows = []
+    for line in block.strip().splitlines()[2:]:  # after the header and the rule
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows.append((cells[0].strip("`"), cells[1].strip("`"), cells[2]))
+    return rows
+
+
+def test_readme_figures_table_names_real_metrics():
+    rows = _readme_figures()
+    assert rows and {name for name, _, _ in rows} <= set(NAMES)
+    assert not any(EXPERIMENTS[name].timed for name, _, _ in rows), "timings are not stable"
+
+
+@pytest.mark.slow
+def test_readme_figures_match_the_report(report):
+    """Every figure in the README's table equals the report's record at printed precision."""
+    _, ledger = report
+    stale = []
+    for name, metric, printed in _readme_figures():
+        value = ledger[name]["metrics"][metric]
+        decimals = len(printed.split(".")[1]) if "." in printed else 0
+        if f"{value:.{decimals}f}" != printed:
+            stale.append(f"{name} {metric}: README {printed}, report {value:.{decimals}f}")
+    assert not stale, "; ".join(stale)
