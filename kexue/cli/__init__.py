@@ -7,7 +7,10 @@ a user error is one line on stderr with exit status 2.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -48,6 +51,10 @@ def main() -> None:
     """Entry point: user errors (bad arguments too) become one line on stderr, exit status 2;
     a run that could not finish is one line with exit status 1; Ctrl-C is 130."""
     safe_streams()
+    warnings.showwarning = _warning
+    for i, arg in enumerate(sys.argv[1:], start=1):
+        if arg == "":  # what an unset $VAR gives: never read as "the current directory"
+            _fail(f"argument {i} is empty (an unset variable?)", 2)
     try:
         code = app(standalone_mode=False)
     except typer.Exit as done:
@@ -59,6 +66,10 @@ def main() -> None:
         _fail(str(error), 2)
     except RunFailed as error:
         _fail(str(error), 1)
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing to report
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        sys.exit(1)
     except Exception as error:
         # usage errors of the CLI framework (missing argument, bad option value, unknown
         # command) carry their own message
@@ -70,6 +81,12 @@ def main() -> None:
             _fail(error.format_message(), 2)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+    """A library warning as one line, not a source excerpt."""
+    print("kexue: warning: " + " ".join(str(message).split()), file=sys.stderr)
 
 
 def _fail(message: str, code: int) -> None:

@@ -39,7 +39,9 @@ def choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
 
 Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED,
                                    help="Random seed (0 ≤ seed < 2**63).")]
-Threads = Annotated[int, typer.Option("--threads", min=1, help="torch threads to use.")]
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+Threads = Annotated[int, typer.Option("--threads", min=1, max=MAX_THREADS,
+                                      help="torch threads to use.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout "
                                     "instead of the table.")]
 
@@ -73,15 +75,29 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(directory.resolve())
+    except OSError:
+        return False
+
+
 def check_output_file(path: Path, option: str, inputs: Sequence[Path] = ()) -> Path:
     """Refuse an output file that is an input, a directory, or not writable — before any work.
 
     Raises:
         CliError: naming ``option``.
     """
+    if str(path) == "-":
+        raise CliError(f"{option} -: writing to stdout is not supported; give a file path")
     for source in inputs:
-        if str(source) != "-" and _same_file(path, source):
+        if str(source) == "-":
+            continue
+        if _same_file(path, source):
             raise CliError(f"{option} {path} is also an input: refusing to overwrite it")
+        if source.is_dir() and _inside(path, source):
+            raise CliError(f"{option} {path} lies inside the input directory {source}: "
+                           "refusing to write where the corpus is read")
     if path.is_dir():
         raise CliError(f"{option} {path} is a directory; give a file path")
     parent = path.parent if str(path.parent) else Path(".")
@@ -129,6 +145,22 @@ def locked(directory: Path) -> Iterator[None]:
             yield
     except RunLocked as error:
         raise CliError(f"{error}; wait for it to finish or use another --out") from error
+
+
+def text_argument(value: str) -> str:
+    """A command-line text as typed: under a non-UTF-8 locale Python hands UTF-8 arguments over
+    as surrogate escapes, which are decoded here (paths are left as they are)."""
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        return os.fsencode(value).decode("utf-8", errors="replace")
+    return value
+
+
+def dumps(value: object) -> str:
+    """JSON for stdout: non-ASCII kept where stdout can carry it, else escaped (never lost)."""
+    import json
+
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    return json.dumps(value, indent=2, ensure_ascii=encoding not in ("utf8", "utf16", "utf32"))
 
 
 def missing_data(error: BaseException) -> str | None:

@@ -4,6 +4,7 @@ after its path was checked — before any counting starts."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,6 +69,8 @@ def documents(paths: list[Path] | None, default: str, fmt: Any, field: str, erro
     from kexue.text import data, read_documents
 
     fmt, errors = getattr(fmt, "value", fmt), getattr(errors, "value", errors)
+    if paths and any(str(p) == "-" for p in paths) and sys.stdin is None:
+        raise CliError("-: stdin is closed")
     try:
         if not paths:
             docs = getattr(data, default)()

@@ -47,6 +47,9 @@ def _cache() -> tuple[bool, str]:
     probe = directory
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        return False, (f"{directory}: {probe} is not a directory (set KEXUE_CACHE to a "
+                       "writable directory)")
     if not os.access(probe, os.W_OK):
         return False, f"{directory} is not writable (set KEXUE_CACHE to a writable directory)"
     cached = sorted(p.name for p in directory.glob("*.npz")) if directory.is_dir() else []

@@ -5,7 +5,6 @@ experiment)."""
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +21,7 @@ from kexue.cli._common import (
     Threads,
     check_output_dir,
     choices,
+    dumps,
     err,
     first_line,
     locked,
@@ -82,6 +82,9 @@ def run_many(names: list[str], *, full: bool, seed: int, out_dir: Path, threads:
     from kexue.report import Ledger
 
     check_output_dir(out_dir)
+    for name in ("results.json", "index.html"):
+        if (out_dir / name).exists() and not (out_dir / name).is_file():
+            raise CliError(f"--out {out_dir}: {out_dir / name} is not a file")
     make_dir(out_dir)
     set_threads(threads)
     with locked(out_dir):
@@ -116,7 +119,7 @@ def run_many(names: list[str], *, full: bool, seed: int, out_dir: Path, threads:
                                     "kept there") from error
                 bar.advance(task)
     if as_json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
+        print(dumps(records))
     else:
         out.print(_overview(records))
         out.print(f"report written to {out_dir / 'index.html'}", markup=False)
@@ -169,10 +172,9 @@ def list_(as_json: Json = False) -> None:
     from kexue.experiments import EXPERIMENTS
 
     if as_json:
-        print(json.dumps([{"name": e.name, "title": e.title, "note": e.note, "claim": e.claim,
-                           "threshold": e.threshold, "anchor": dataclasses.asdict(e.anchor),
-                           "timed": e.timed} for e in EXPERIMENTS.values()],
-                         indent=2, ensure_ascii=False))
+        print(dumps([{"name": e.name, "title": e.title, "note": e.note, "claim": e.claim,
+                      "threshold": e.threshold, "anchor": dataclasses.asdict(e.anchor),
+                      "timed": e.timed} for e in EXPERIMENTS.values()]))
         return
     table = Table()
     table.add_column("name", no_wrap=True)

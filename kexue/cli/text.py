@@ -25,8 +25,9 @@ from kexue.cli._common import (
     out,
     progress,
     set_threads,
+    text_argument,
 )
-from kexue.cli._corpus import Errors, Field, Fmt, OldOut, Output, documents, output_path, reader
+from kexue.cli._corpus import Errors, Field, Fmt, OldOut, documents, output_path, reader
 
 lm_app = typer.Typer(help="Character n-gram language models for constrained generation.",
                      no_args_is_help=True)
@@ -36,7 +37,8 @@ gen_app = typer.Typer(help="Constrained text generation by MCMC and simulated an
 LmPath = Annotated[Path | None, typer.Option(
     "--lm", help="A model file from `kexue lm train`. None: the embedded People's Daily 1998 "
     "model (trained on first use, then cached).")]
-Steps = Annotated[int, typer.Option("--steps", min=1, help="Chain steps per sentence.")]
+Steps = Annotated[int, typer.Option("--steps", min=1, max=10_000_000,
+                                     help="Chain steps per sentence.")]
 GenMethod = choices("GenMethod", ("anneal", "mh", "cgmh"))
 Method = Annotated[GenMethod, typer.Option(  # type: ignore[valid-type]
     "--method", help="anneal (maximise, exponential cooling), mh (sample exactly) or cgmh "
@@ -49,7 +51,9 @@ def lm_train(
     corpus: Annotated[list[Path] | None, typer.Argument(
         help="Text files (one document per line), JSON lines, .gz, directories, or - for "
              "stdin. None: embedded People's Daily 1998.", show_default=False)] = None,
-    output: Output = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="The model file to write (.npz), atomically. [default: "
+        "lm.npz]")] = None,
     old_out: OldOut = None,
     order: Annotated[int, typer.Option("--order", min=1, help="n of the n-grams.")] = 5,
     max_vocab: Annotated[int, typer.Option("--max-vocab", min=1,
@@ -146,6 +150,7 @@ def keywords(
     from kexue.text.constrained import keywords_to_sentence
 
     method = getattr(method, "value", method)
+    words = [text_argument(w) for w in words]
     set_threads(threads)
     model = load_lm(lm)
     rows = _generate(lambda i, cb: keywords_to_sentence(
@@ -160,6 +165,7 @@ def _edit(task: str, text: str, steps: int, n: int, seed: int, lm: Path | None, 
     from kexue.text import constrained
 
     run = getattr(constrained, task)
+    text = text_argument(text)
     set_threads(threads)
     model = load_lm(lm)
     rows = _generate(lambda i, cb: run(text, *options.values(), steps, lm=model, seed=seed + i,

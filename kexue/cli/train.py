@@ -53,6 +53,20 @@ def _make_trainer(model: str, data: Any, recipe: str, epochs: int | None, quick:
     return nvae.NVAETrainer(data, epochs=scaled(20 if big else 50), seed=seed)
 
 
+def _saved_epochs(ckpt: Path) -> int | None:
+    """The epoch count a checkpoint was written for (None when it cannot tell; `_resume`
+    then reports what is wrong)."""
+    import torch
+
+    try:
+        saved = torch.load(ckpt, weights_only=True)
+        epochs = saved["meta"]["epochs"]
+    except Exception:  # damaged or foreign: _resume says so
+        return None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and \
+        epochs >= 1 else None
+
+
 def _resume(trainer: Any, ckpt: Path, meta: dict[str, Any]) -> None:
     """Load ``ckpt`` into ``trainer`` after checking that it was written for ``meta``."""
     import torch
@@ -69,8 +83,8 @@ def _resume(trainer: Any, ckpt: Path, meta: dict[str, Any]) -> None:
     try:
         trainer.load_state_dict(saved["state"])
     except Exception as error:  # config, weights or crafted types that do not fit
-        raise CliError(f"--resume: {ckpt} does not fit this model: "
-                       f"{first_line(error)}") from error
+        what = f"it lacks {error}" if isinstance(error, KeyError) else first_line(error)
+        raise CliError(f"--resume: {ckpt} does not fit this model: {what}") from error
     if trainer.epochs != meta["epochs"] or not 0 <= trainer.epoch <= trainer.epochs:
         raise CliError(f"--resume: {ckpt} holds epoch {trainer.epoch} of {trainer.epochs}, "
                        f"but its meta says {meta['epochs']} epochs")
@@ -101,7 +115,8 @@ def train(
                                           "directory (checkpoint.pt, samples.png) is made.")] = (
         Path("runs")),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's "
-                                         "checkpoint.pt.")] = False,
+                                         "checkpoint.pt (with its epoch count unless "
+                                         "--epochs is given).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh over a run that "
                                             "already has a checkpoint.")] = False,
     threads: Threads = 1,
@@ -123,13 +138,17 @@ def train(
         images = load_images(data, seed=seed)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise CliError(f"--data {data}: {missing_data(error) or first_line(error)}") from error
+    run_dir = out_dir / "-".join([model, *([recipe] if model == "gan" else []), data,
+                                  f"seed{seed}"])
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.exists() and not ckpt.is_file():
+        raise CliError(f"{ckpt} is not a file")
+    if resume and epochs is None and not quick:  # the run's own schedule
+        epochs = _saved_epochs(ckpt)
     try:
         trainer = _make_trainer(model, images, recipe, epochs, quick, seed)
     except ValueError as error:
         raise CliError(f"train {model}: {first_line(error)}") from error
-    run_dir = out_dir / "-".join([model, *([recipe] if model == "gan" else []), data,
-                                  f"seed{seed}"])
-    ckpt = run_dir / CHECKPOINT
     meta = {"model": model, "recipe": recipe if model == "gan" else None, "data": data,
             "seed": seed, "epochs": trainer.epochs}
     if resume and not ckpt.is_file():
@@ -161,10 +180,14 @@ def _fit(trainer: Any, ckpt: Path, meta: dict[str, Any]) -> None:
                 batch, completed=done, total=total))
             try:
                 save_checkpoint(ckpt, {"meta": meta, "state": trainer.state_dict()})
-            except OSError as error:
+            except (OSError, RuntimeError) as error:  # torch.save re-raises a full disk
+                if isinstance(error.__context__, OSError):
+                    error = error.__context__
+                kept = "the previous checkpoint is kept" if ckpt.is_file() else "no " \
+                    "checkpoint was written"
+                reason = getattr(error, "strerror", None) or first_line(error)
                 raise RunFailed(f"could not write {ckpt} after epoch {trainer.epoch}: "
-                                f"{error.strerror or error}; the previous checkpoint is "
-                                "kept") from error
+                                f"{reason}; {kept}") from error
             bar.update(task, completed=trainer.epoch, losses="  ".join(
                 f"{k} {v:.3g}" for k, v in losses.items()))
 

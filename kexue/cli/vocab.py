@@ -32,7 +32,8 @@ vocab_app = typer.Typer(help="Mine a corpus's words, or a domain's terms against
                         no_args_is_help=True)
 
 Top = Annotated[int, typer.Option("--top", min=1, help="Rows to print.")]
-MaxLen = Annotated[int, typer.Option("--max-len", min=2, help="Longest word, in characters.")]
+MaxLen = Annotated[int, typer.Option("--max-len", min=2, max=32,
+                                      help="Longest word, in characters.")]
 MinCount = Annotated[int, typer.Option("--min-count", min=1, help="Frequency floor.")]
 Processes = Annotated[int, typer.Option(
     "--processes", min=1, help="Counting processes (used when the corpus spans several "
