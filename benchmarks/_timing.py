@@ -184,9 +184,10 @@ def write_results(
               **environment(device)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{topic}.json").write_text(
-        json.dumps({"environment": header, "notes": list(notes), "rows": rows}, indent=1) + "\n")
+        json.dumps({"environment": header, "notes": list(notes), "rows": rows}, indent=1) + "\n",
+        encoding="utf-8")
     md = RESULTS / f"{topic}.md"
-    md.write_text(_markdown(header, rows, notes))
+    md.write_text(_markdown(header, rows, notes), encoding="utf-8")
     return md
 
 

@@ -703,16 +703,16 @@ def main(argv: list[str] | None = None) -> None:
              "after this table: peak memory, speedups, exponents, FLOP rate and the targets; "
              "the method is in the docstring of benchmarks/bench_attention.py"]
     md = write_results(stem, rows, device=device, notes=notes)
-    with md.open("a") as f:
+    with md.open("a", encoding="utf-8") as f:
         f.write(summary_markdown(rows, lengths, checks))
-    data = json.loads((RESULTS / f"{stem}.json").read_text())
+    data = json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8"))
     data["targets"] = checks
     data["exponents"] = {key: {mode: exponent(rows, key, mode) for mode in MODES}
                          for key in CANDIDATES}
     data["seconds_total"] = time.perf_counter() - started
-    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     plot(rows, lengths, RESULTS / f"{stem}_scaling.png")
-    print(md.read_text())
+    print(md.read_text(encoding="utf-8"))
     print(f"total {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     notes = [f"mode: {'--quick' if args.quick else 'full'}, threads {torch.get_num_threads()}, "
              f"{params:,} parameters", *notes]
     md = write_results("dynamics", rows, device=device, notes=notes)
-    print(md.read_text())
+    print(md.read_text(encoding="utf-8"))
     print(f"total {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 

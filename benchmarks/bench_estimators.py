@@ -199,13 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     notes = [f"mode: {'--quick' if args.quick else 'full'}, threads "
              f"{torch.get_num_threads()}", *notes, *mem_notes, *table_notes]
     md = write_results("estimators", rows + mem_rows, device=device, notes=notes)
-    with md.open("a") as f:
+    with md.open("a", encoding="utf-8") as f:
         f.write(tables_markdown(tables))
-    data = json.loads((RESULTS / "estimators.json").read_text())
+    data = json.loads((RESULTS / "estimators.json").read_text(encoding="utf-8"))
     data["experiments"] = tables
     data["seconds_total"] = time.perf_counter() - started
-    (RESULTS / "estimators.json").write_text(json.dumps(data, indent=1) + "\n")
-    print(md.read_text())
+    (RESULTS / "estimators.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    print(md.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -184,13 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     for dataset in datasets:  # results rewritten after each dataset: a long run leaves a record
         tables[dataset] = quality(dataset, args.quick, args.recipes, args.jobs, args.threads)
         md = write_results("gan", rows, device=device, notes=notes)
-        with md.open("a") as f:
+        with md.open("a", encoding="utf-8") as f:
             f.write(quality_markdown(tables))
-        data = json.loads((RESULTS / "gan.json").read_text())
+        data = json.loads((RESULTS / "gan.json").read_text(encoding="utf-8"))
         data["quality"] = tables
         data["seconds_total"] = time.perf_counter() - started
-        (RESULTS / "gan.json").write_text(json.dumps(data, indent=1) + "\n")
-    print(md.read_text())
+        (RESULTS / "gan.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    print(md.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -123,10 +123,11 @@ def main(argv: list[str] | None = None) -> None:
               **environment(device)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "nvae.json").write_text(
-        json.dumps({"environment": header, "notes": notes, "rows": rows}, indent=1) + "\n")
+        json.dumps({"environment": header, "notes": notes, "rows": rows}, indent=1) + "\n",
+        encoding="utf-8")
     md = RESULTS / "nvae.md"
-    md.write_text(markdown(header, rows, notes))
-    print(md.read_text())
+    md.write_text(markdown(header, rows, notes), encoding="utf-8")
+    print(md.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"environment": env, "sets": len(cases), "train_seconds": train_s, "rows": rows,
               "rejection_sampling": rejection, "examples": examples}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "textgen.json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
+    (RESULTS / "textgen.json").write_text(json.dumps(result, ensure_ascii=False, indent=1),
+                                          encoding="utf-8")
     md = [f"# Keywords → sentence (People's Daily), {len(cases)} keyword sets",
           "", " · ".join(f"{k}: `{v}`" for k, v in env.items()),
           "(sentences/s were measured with other work on the shared cores: see the load)", "",
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
            + ", ".join(f"{k}: {v:.4f}" for k, v in rejection["by_keyword_count"].items()), "",
            "| keywords | human | generated (anneal, 200 steps) |", "|---|---|---|"]
     md += [f"| {' '.join(e['keywords'])} | {e['human']} | {e['generated']} |" for e in examples]
-    (RESULTS / "textgen.md").write_text("\n".join(md) + "\n")
+    (RESULTS / "textgen.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
 
 

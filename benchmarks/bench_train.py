@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{bench.__name__}{case}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     topic = "train" if device.type == "cpu" else f"train-{device.type}"
     md = write_results(topic, rows, device=device, notes=notes)
-    print(md.read_text())
+    print(md.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
            "stream": stream, "domain_terms": domain,
            "seconds_total": time.perf_counter() - started}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "vocab.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    (RESULTS / "vocab.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n",
+                                        encoding="utf-8")
     lines = ["# Benchmark: vocab", "", " · ".join(f"{k}: `{v}`" for k, v in env.items()), "",
              "Each run in a fresh process; peak = VmHWM of that process (interpreter, torch and "
              "corpus included; kexue-2proc: its spawned workers not counted). Rows over "
@@ -234,8 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "Domain terms, climate vs pd1998, P@100 / P@500 against the climate lexicon:",
               ""] + [f"- {m}: {v[100]:.2f} / {v[500]:.3f}" for m, v in domain.items()]
     md = RESULTS / "vocab.md"
-    md.write_text("\n".join(lines) + "\n")
-    print(md.read_text())
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(md.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":
