@@ -216,10 +216,10 @@ REPORT_WRAPPER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(30)
 
-    fns = {"ok": ok, "boom": boom, "fails": fails, "interrupt": interrupt}
+    fns = {"ok": ok, "boom": boom, "fails": fails, "interrupt": interrupt, "slow": fails}
     exps = {n: Experiment(name=n, title=n, note="https://kexue.fm/archives/1", claim=n,
                           threshold=None, anchor=Anchor(None, "a test"), quick=C(),
-                          full=C(2), run=f) for n, f in fns.items()}
+                          full=C(2), run=f, timed=n == "slow") for n, f in fns.items()}
     ex.NAMES = tuple(exps)
     ex.EXPERIMENTS = exps
     from kexue.cli import main
@@ -257,6 +257,11 @@ def test_a_failing_experiment_keeps_the_others(tmp_path):
 def test_exit_status_says_whether_every_claim_holds(tmp_path):
     assert _report(tmp_path, "run", "ok", "--out", str(tmp_path / "a")).returncode == 0
     assert _report(tmp_path, "run", "fails", "--out", str(tmp_path / "b")).returncode == 1
+    # a failed wall-clock claim is shown, but sets 1 only with --strict-timing
+    timed = _report(tmp_path, "run", "slow", "--out", str(tmp_path / "c"))
+    assert timed.returncode == 0 and _ledger(tmp_path / "c")["slow"]["status"] == "fails"
+    assert _report(tmp_path, "run", "slow", "--out", str(tmp_path / "c"),
+                   "--strict-timing").returncode == 1
 
 
 def test_ctrl_c_keeps_the_finished_part(tmp_path):
