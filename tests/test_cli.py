@@ -481,3 +481,22 @@ def test_a_checkpoint_path_that_is_a_directory(tmp_path, capsys, monkeypatch):
     code, _, err = kexue(capsys, monkeypatch, "train", "glann", "--epochs", "1", "--out",
                          tmp_path, "--overwrite")
     assert code == 2 and "is not a file" in one_line(err)
+
+
+def test_a_missing_general_corpus_is_named_before_reading(tmp_path, capsys, monkeypatch):
+    code, _, err = kexue(capsys, monkeypatch, "vocab", "contrast", "--general",
+                         tmp_path / "nonexist.txt")
+    assert code == 2 and "--general" in one_line(err) and "does not exist" in err
+
+
+def test_all_lines_skipped_says_why(tmp_path, capsys, monkeypatch):
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes("你好\n你好\n".encode("gbk"))
+    code, _, err = kexue(capsys, monkeypatch, "vocab", "discover", gbk, "--errors", "skip")
+    assert code == 2 and "invalid UTF-8" in one_line(err)
+
+
+def test_closed_stdout_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", None)
+    code, _, err = kexue(capsys, monkeypatch, "list")
+    assert code == 2 and "stdout is closed" in one_line(err)

@@ -50,6 +50,8 @@ for module in (experiments, train, vocab, text, bench, doctor):
 def main() -> None:
     """Entry point: user errors (bad arguments too) become one line on stderr, exit status 2;
     a run that could not finish is one line with exit status 1; Ctrl-C is 130."""
+    if sys.stdout is None:  # `kexue ... >&-`: results would vanish silently
+        _fail("stdout is closed; redirect it to a file instead", 2)
     safe_streams()
     warnings.showwarning = _warning
     for i, arg in enumerate(sys.argv[1:], start=1):
@@ -90,5 +92,6 @@ def _warning(message: Warning | str, category: type[Warning], filename: str, lin
 
 
 def _fail(message: str, code: int) -> None:
-    print(fail_line(message), file=sys.stderr)
+    if sys.stderr is not None:
+        print(fail_line(message), file=sys.stderr)
     sys.exit(code)

@@ -63,6 +63,13 @@ def rate(bar: Progress, task: Any, chars: int, start: float) -> None:
     bar.update(task, rate=f"{chars / seconds / 1e6:.2f} M chars/s")
 
 
+def check_inputs(paths: list[Path] | None, option: str) -> None:
+    """Name the option of an input path that does not exist, before any reading."""
+    for path in paths or []:
+        if str(path) != "-" and not path.exists():
+            raise CliError(f"{option} {path} does not exist")
+
+
 def documents(paths: list[Path] | None, default: str, fmt: Any, field: str, errors: Any,
               bar: Progress, task: Any) -> tuple[list[str], Any, str]:
     """All documents of ``paths`` (or an embedded corpus) with a chars/s progress bar."""
@@ -84,7 +91,9 @@ def documents(paths: list[Path] | None, default: str, fmt: Any, field: str, erro
     except (ValueError, OSError, RuntimeError, ImportError) as error:  # bad input, no package
         raise CliError(missing_data(error) or str(error)) from error
     if not docs:
-        raise CliError(f"no documents in {', '.join(map(str, paths))}")
+        why = corpus.summary.describe().splitlines()[1:2] if corpus.summary else []
+        raise CliError(f"no documents in {', '.join(map(str, paths))}"
+                       + (f" ({why[0]})" if why else ""))
     return docs, corpus.summary, ", ".join(map(str, paths))
 
 

@@ -19,6 +19,7 @@ from kexue.cli._corpus import (
     Fmt,
     OldOut,
     Output,
+    check_inputs,
     documents,
     output_path,
     rate,
@@ -116,6 +117,8 @@ def contrast(
     from kexue.text.vocab import paired_counts
 
     method = getattr(method, "value", method)
+    check_inputs(domain, "DOMAIN")
+    check_inputs(general, "--general")
     tsv = output_path(output, old_out, [*(domain or []), *(general or [])])
     set_threads(threads)
     start = time.perf_counter()
