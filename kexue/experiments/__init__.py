@@ -10,9 +10,7 @@ device, git SHA, date, seconds) in a record of its own.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from types import ModuleType
 from typing import Any
 
 from kexue.experiments.base import (
@@ -38,36 +36,6 @@ NAMES: tuple[str, ...] = (
 )
 
 
-def _legacy(module: ModuleType) -> Experiment:
-    """An Experiment around a module still written as ``run(config: dict, seed) -> dict``.
-
-    Transitional: removed once every module defines ``EXPERIMENT``.
-    """
-    def config(values: dict[str, Any]) -> Any:
-        cls = dataclasses.make_dataclass("Config", [
-            (k, Any, dataclasses.field(default_factory=lambda v=v: v)) for k in values
-            for v in [values[k]]], frozen=True)
-        return cls()
-
-    def run(cfg: Any, ctx: Context) -> Result:
-        out = module.run(dict(dataclasses.asdict(cfg)), ctx.seed)
-        metrics = dict(out["metrics"])
-        tables = []
-        if out.get("table"):
-            t = out["table"]
-            tables.append(Table(t.get("caption", ""), tuple(t["columns"]), tuple(t["rows"])))
-        if len(metrics) > 12:
-            tables.append(Table("metrics", ("metric", "value"), tuple(metrics.items())))
-            metrics = dict(list(metrics.items())[:12])
-        return Result(metrics=metrics, holds=out["claim_holds"], summary=out["summary"],
-                      figures=out.get("figures", {}), tables=tuple(tables))
-
-    return Experiment(name=module.NAME, title=module.TITLE, note=module.NOTE,
-                      claim=module.CLAIM, threshold=None,
-                      anchor=Anchor(None, "not yet researched"), quick=config(module.QUICK),
-                      full=config(module.FULL), run=run, timed=getattr(module, "TIMED", False))
-
-
 def _load() -> dict[str, Experiment]:
     import matplotlib
 
@@ -79,7 +47,7 @@ def _load() -> dict[str, Experiment]:
     registry = {}
     for name in NAMES:
         module = importlib.import_module(f"kexue.experiments.{name}")
-        experiment = getattr(module, "EXPERIMENT", None) or _legacy(module)
+        experiment = module.EXPERIMENT
         if experiment.name != name:
             raise RuntimeError(f"kexue.experiments.{name} defines experiment "
                                f"{experiment.name!r}")
