@@ -39,15 +39,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    """The process umask, read once (setting it to read it is not thread-safe, so only here)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+# the temporaries of atomic_write: "." + name + "." + mkstemp's 8 random characters + ".tmp"
+_RANDOM = r"[a-z0-9_]{8}"
+
+
 def _mode(path: Path) -> int:
     """The mode a plain ``open(path, "w")`` would give: the existing file's, else 0666 less
     the umask."""
     try:
         return path.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_UMASK
 
 
 @contextlib.contextmanager
@@ -68,8 +84,14 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *,
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        os.fchmod(fd, _mode(path))  # mkstemp's 0600 would make the result private
-        with os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding) as f:
+        with contextlib.suppress(OSError):  # e.g. a vfat mount: keep mkstemp's mode
+            os.fchmod(fd, _mode(path))  # mkstemp's 0600 would make the result private
+        try:
+            f = os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding)
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -90,17 +112,24 @@ def atomic_save(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]
         write(f)
 
 
-def remove_stale(directory: str | os.PathLike[str], name: str) -> list[Path]:
-    """Delete the temporaries that a killed :func:`atomic_write` of ``directory/name`` left.
+def remove_stale(directory: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Delete the temporaries that a killed :func:`atomic_write` of ``directory/name`` (of any
+    file of ``directory`` for ``name=None``) left.
 
     Call it only while holding the directory's :class:`RunLock` (another writer's temporary is
-    not stale). Returns the removed paths.
+    not stale). Only names of the exact shape ``.NAME.XXXXXXXX.tmp`` are touched. Returns the
+    removed paths.
     """
+    import re
+
+    stem = re.escape(name) if name is not None else r".+"
+    pattern = re.compile(rf"\.{stem}\.{_RANDOM}{re.escape(TMP_SUFFIX)}")
     removed = []
-    for tmp in Path(directory).glob(f".{name}.*{TMP_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
+    for tmp in Path(directory).iterdir():
+        if pattern.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
     return removed
 
 
@@ -125,25 +154,37 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock, or raise :class:`RunLocked` when another process holds it.
+
+        Raises:
+            RunLocked: another process holds the lock.
+            OSError: the lock file cannot be opened or locked (e.g. it is a directory, or the
+                file system has no locks); never a symlink, which is not followed.
+        """
+        import errno
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
             holder = ""
             with contextlib.suppress(OSError, ValueError):
                 holder = f" (pid {int(self.path.read_text().strip())})"
             raise RunLocked(f"{self.path.parent} is in use by another kexue process{holder}") \
                 from err
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(OSError):  # the pid is a courtesy for the message above
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
+        """Drop the lock (closing the descriptor drops the flock)."""
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
+            os.close(self._fd)
             self._fd = None
 
     def __enter__(self) -> RunLock:

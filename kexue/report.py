@@ -43,7 +43,24 @@ def _header(experiment: Experiment) -> dict[str, Any]:
             "anchor": dataclasses.asdict(experiment.anchor), "timed": experiment.timed}
 
 
+def _is_report_page(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "<title>kexue report</title>" in f.read(4096)
+    except OSError:
+        return False
+
+
+def _figures(record: dict[str, Any] | None) -> set[str]:
+    """The figure files a record (and the finished result it keeps) refers to."""
+    if not record:
+        return set()
+    return set(record.get("figures") or []) | set(
+        (record.get("previous") or {}).get("figures") or [])
+
+
 def ledger_status(record: dict[str, Any]) -> str:
+    """``"holds"``, ``"fails"`` or ``"error"``."""
     return str(record.get("status", "error"))
 
 
@@ -70,10 +87,15 @@ class Ledger:
                 raise ValueError(f"{path} is not readable JSON ({err}); move it away to start "
                                  "a new report there") from err
             if not isinstance(records, list) or not all(
-                    isinstance(r, dict) and isinstance(r.get("name"), str) for r in records):
-                raise ValueError(f"{path} is not a kexue report ledger; move it away to start "
-                                 "a new report there")
+                    isinstance(r, dict) and isinstance(r.get("name"), str)
+                    and r.get("status") in _VERDICT and isinstance(r.get("provenance"), dict)
+                    for r in records):
+                raise ValueError(f"{path} is not a kexue report ledger of this version; move it "
+                                 "away to start a new report there")
             self.records = {r["name"]: r for r in records}
+        elif (self.out / PAGE).exists() and not _is_report_page(self.out / PAGE):
+            raise ValueError(f"{self.out / PAGE} exists and is not a kexue report; refusing to "
+                             "overwrite it")
 
     def _sorted(self) -> list[dict[str, Any]]:
         rank = {n: i for i, n in enumerate(self.order)}
@@ -84,18 +106,23 @@ class Ledger:
         old = self.records.get(record["name"])
         self.records[record["name"]] = record
         self.write()
-        if old:  # figures of the replaced record that the new one does not keep
-            kept = set(record.get("figures", []))
-            kept |= set((record.get("previous") or {}).get("figures", []))
-            for stale in set(old.get("figures", [])) - kept:
-                if "/" not in stale and "\\" not in stale:
-                    with contextlib.suppress(OSError):
-                        (self.out / stale).unlink()
+        # figures of the replaced record that no record refers to any more; only files named
+        # like this experiment's figures are ever deleted
+        referenced = set().union(*(_figures(r) for r in self.records.values()))
+        for stale in _figures(old) - referenced:
+            if (stale.startswith(f"{record['name']}_") and stale.endswith(".png")
+                    and "/" not in stale and "\\" not in stale):
+                with contextlib.suppress(OSError):
+                    (self.out / stale).unlink()
 
-    def add(self, experiment: Experiment, result: Result, provenance: Provenance) -> dict:
+    def add(self, experiment: Experiment, result: Result,
+            provenance: Provenance) -> dict[str, Any]:
         """Save ``result``'s figures and record it; the ledger is on disk when this returns."""
         import matplotlib.pyplot as plt
 
+        body = {"summary": result.summary, "metrics": dict(result.metrics),
+                "tables": [t.to_dict() for t in result.tables]}
+        json.dumps(body, allow_nan=False)  # a value JSON cannot hold fails before any write
         figures = []
         for fig_name, fig in result.figures.items():
             file = f"{experiment.name}_{fig_name}.png"
@@ -105,14 +132,13 @@ class Ledger:
             figures.append(file)
         record = {**_header(experiment),
                   "status": "holds" if result.holds else "fails",
-                  "summary": result.summary, "metrics": dict(result.metrics),
-                  "tables": [t.to_dict() for t in result.tables], "figures": figures,
+                  **body, "figures": figures,
                   "error": None, "provenance": dataclasses.asdict(provenance)}
         self._upsert(record)
         return record
 
     def add_error(self, experiment: Experiment, error: BaseException,
-                  provenance: dict[str, Any]) -> dict:
+                  provenance: dict[str, Any]) -> dict[str, Any]:
         """Record an experiment that raised: its message and traceback go into the page. A
         finished result it replaces is kept beside it (``previous``), figures included."""
         old = self.records.get(experiment.name)
@@ -133,8 +159,9 @@ class Ledger:
     def write(self) -> Path:
         """Write ``results.json`` and ``index.html`` atomically; return the page's path."""
         records = self._sorted()
+        text = json.dumps(records, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
         with atomic_write(self.out / RESULTS) as f:
-            f.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+            f.write(text)
         with atomic_write(self.out / PAGE) as f:
             f.write(render(records))
         return self.out / PAGE

@@ -500,3 +500,10 @@ def test_closed_stdout_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", None)
     code, _, err = kexue(capsys, monkeypatch, "list")
     assert code == 2 and "stdout is closed" in one_line(err)
+
+
+def test_an_empty_equals_option_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = kexue(capsys, monkeypatch, "run", "attention_maps", "--out=")
+    assert code == 2 and "empty" in one_line(err)
+    assert not any(tmp_path.iterdir())

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,10 @@ EPOCHS = "3"
 RUN = "glann-digits-seed0"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
-# Runs `kexue` after patching: FAULT=slow-save-N sleeps inside the N-th torch.save (after
-# writing part of the file); FAULT=fsize-after-1:BYTES lowers RLIMIT_FSIZE to BYTES once the
-# first checkpoint is on disk, so the second save fails like a full disk.
+# Runs `kexue` after patching: FAULT=slow-save-N sleeps inside the N-th torch.save, its bytes
+# written to the temporary but not yet moved into place; FAULT=fsize-after-1:BYTES lowers
+# RLIMIT_FSIZE to BYTES once the first checkpoint is on disk, so the second save fails like a
+# full disk.
 TRAIN_WRAPPER = textwrap.dedent("""
     import os, resource, signal, sys, time
     import torch
@@ -74,21 +74,38 @@ def _train(tmp: Path, out: Path, *extra: str, fault: str = "",
             str(out), *extra]
     env = {**ENV, "FAULT": fault}
     if not wait:
-        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True, env=env)
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
 
 
 def _wait_for(proc: subprocess.Popen, word: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if word in line:
-            return
-        if not line and proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} before {word!r}: "
-                                 f"{proc.stderr.read()[-2000:]}")
-    raise AssertionError(f"no {word!r} within {timeout} s")
+    """Block until ``proc`` prints ``word`` on stdout (a reader thread keeps the deadline)."""
+    import threading
+
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            if word in line:
+                seen.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    if not seen.wait(timeout):
+        proc.kill()
+        raise AssertionError(f"no {word!r} within {timeout} s (exit {proc.poll()})")
+
+
+@pytest.fixture
+def children():
+    """Popen children of a test, killed whatever the test's outcome."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
 
 
 def _load(path: Path) -> dict:
@@ -124,9 +141,10 @@ def _temporaries(run: Path) -> list[Path]:
     return sorted(run.glob(".checkpoint.pt.*.tmp"))
 
 
-def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted):
+def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted, children):
     out = tmp_path / "runs"
     proc = _train(tmp_path, out, fault="slow-save-2", wait=False)
+    children.append(proc)
     _wait_for(proc, "SAVING 2")  # epoch 2's checkpoint is half written
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -158,9 +176,10 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninter
     _assert_same(_load(run / "checkpoint.pt"), uninterrupted)
 
 
-def test_two_trainings_in_one_run_directory(tmp_path):
+def test_two_trainings_in_one_run_directory(tmp_path, children):
     out = tmp_path / "runs"
     first = _train(tmp_path, out, fault="slow-save-1", wait=False)
+    children.append(first)
     _wait_for(first, "SAVING 1")  # holds the run's lock
     second = _train(tmp_path, out, "--overwrite")
     assert second.returncode == 2
@@ -210,7 +229,10 @@ REPORT_WRAPPER = textwrap.dedent("""
         ok = boom
 
     def fails(c, ctx):
-        return Result({"x": 0.0}, False, "does not hold")
+        import numpy as np
+        from kexue.experiments.base import Table
+        table = Table("cells", ("a", "b"), ((np.int64(3), float("nan")),))
+        return Result({"x": 0.0}, False, "does not hold", tables=(table,))
 
     def interrupt(c, ctx):
         os.kill(os.getpid(), signal.SIGINT)
@@ -284,6 +306,7 @@ def test_run_upserts_into_an_existing_report_without_orphans(tmp_path):
     assert proc.returncode == 0, proc.stderr
     after = _ledger(out)
     assert after["fails"] == before["fails"]  # the other row is kept as it was
+    assert after["fails"]["tables"][0]["rows"] == [[3, "nan"]]  # numpy and NaN cells
     assert after["ok"]["provenance"]["seed"] == 3
     assert after["ok"]["figures"] == ["ok_renamed.png"]
     assert not (out / "ok_curve.png").exists(), "the replaced record's figure is removed"
@@ -313,6 +336,53 @@ def test_a_rerun_that_raises_keeps_the_last_finished_result(tmp_path):
     assert record["previous"]["figures"] == ["ok_curve.png"]
     assert (out / "ok_curve.png").exists()
     assert "The last finished run" in (out / "index.html").read_text("utf-8")
+    proc = _report(tmp_path, "run", "ok", "--out", str(out), env={"FIGURE": "renamed"})
+    assert proc.returncode == 0, proc.stderr
+    assert _ledger(out)["ok"]["figures"] == ["ok_renamed.png"]
+    assert not (out / "ok_curve.png").exists(), "the kept result's figure is not orphaned"
+
+
+def test_files_kexue_did_not_write_are_never_touched(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "index.html").write_text("<html>my own page</html>")
+    proc = _report(tmp_path, "run", "ok", "--out", str(out))
+    assert proc.returncode == 2 and "not a kexue report" in proc.stderr
+    assert (out / "index.html").read_text() == "<html>my own page</html>"
+    # a ledger whose record names a file of the user's as its figure
+    (out / "index.html").unlink()
+    assert _report(tmp_path, "run", "ok", "--out", str(out)).returncode == 0
+    ledger = json.loads((out / "results.json").read_text("utf-8"))
+    ledger[0]["figures"].append("notes.txt")
+    (out / "results.json").write_text(json.dumps(ledger), encoding="utf-8")
+    (out / "notes.txt").write_text("mine")
+    assert _report(tmp_path, "run", "ok", "--out", str(out), env={"FIGURE": "b"}).returncode == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    # the old ledger format is refused, not misread
+    (out / "results.json").write_text(json.dumps([{"name": "ok", "claim_holds": True}]),
+                                      encoding="utf-8")
+    proc = _report(tmp_path, "run", "ok", "--out", str(out))
+    assert proc.returncode == 2 and "not a kexue report ledger" in proc.stderr
+
+
+def test_stale_temporaries_and_odd_lock_files(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    stale = out / ".results.json.abcd1234.tmp"
+    stale.write_text("torn")
+    assert _report(tmp_path, "run", "ok", "--out", str(out)).returncode == 0
+    assert not stale.exists(), "a killed writer's temporary is removed under the lock"
+    (out / ".kexue.lock").unlink()
+    (out / ".kexue.lock").mkdir()
+    proc = _report(tmp_path, "run", "ok", "--out", str(out))
+    assert proc.returncode == 2 and "cannot lock" in proc.stderr.strip().splitlines()[-1]
+    (out / ".kexue.lock").rmdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / ".kexue.lock").symlink_to(victim)  # never followed (and so never truncated)
+    proc = _report(tmp_path, "run", "ok", "--out", str(out))
+    assert proc.returncode == 2
+    assert victim.read_text() == "keep me"
 
 
 def test_missing_data_package_is_an_error_row(tmp_path):

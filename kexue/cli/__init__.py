@@ -55,8 +55,9 @@ def main() -> None:
     safe_streams()
     warnings.showwarning = _warning
     for i, arg in enumerate(sys.argv[1:], start=1):
-        if arg == "":  # what an unset $VAR gives: never read as "the current directory"
-            _fail(f"argument {i} is empty (an unset variable?)", 2)
+        # what an unset $VAR gives (`--out $X`, `--out=$X`): never "the current directory"
+        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+            _fail(f"argument {i} ({arg!r}) is empty (an unset variable?)", 2)
     try:
         code = app(standalone_mode=False)
     except typer.Exit as done:
@@ -71,7 +72,7 @@ def main() -> None:
     except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing to report
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
-        sys.exit(1)
+        sys.exit(141)  # 128 + SIGPIPE, as a shell tool killed by the pipe
     except Exception as error:
         # usage errors of the CLI framework (missing argument, bad option value, unknown
         # command) carry their own message

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+MAX_SEED = 2**63 - 1  # seed + small offsets stay within manual_seed's 64-bit range
 
 
 class CliError(Exception):
@@ -47,6 +47,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON 
 
 
 def set_threads(threads: int) -> None:
+    """Set torch's intra-op threads (the ``--threads`` option)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -60,10 +61,12 @@ def progress(*columns: Any, quiet: bool = False) -> Progress:
 
 
 def fail_line(message: str) -> str:
+    """The one stderr line of an error."""
     return "kexue: error: " + " ".join(str(message).split())
 
 
 def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -100,7 +103,7 @@ def check_output_file(path: Path, option: str, inputs: Sequence[Path] = ()) -> P
                            "refusing to write where the corpus is read")
     if path.is_dir():
         raise CliError(f"{option} {path} is a directory; give a file path")
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if not parent.is_dir():
         raise CliError(f"{option} {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -128,6 +131,7 @@ def check_output_dir(path: Path, option: str = "--out") -> Path:
 
 
 def make_dir(path: Path, option: str = "--out") -> Path:
+    """Create ``path`` (and its parents), or one line naming ``option``."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -140,11 +144,17 @@ def locked(directory: Path) -> Iterator[None]:
     """Hold the run lock of ``directory`` (one kexue process writes into it at a time)."""
     from kexue._io import RunLock, RunLocked
 
+    lock = RunLock(directory / ".kexue.lock")
     try:
-        with RunLock(directory / ".kexue.lock"):
-            yield
+        lock.acquire()
     except RunLocked as error:
         raise CliError(f"{error}; wait for it to finish or use another --out") from error
+    except OSError as error:
+        raise CliError(f"cannot lock {lock.path}: {error.strerror or error}") from error
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def text_argument(value: str) -> str:
@@ -172,6 +182,7 @@ def missing_data(error: BaseException) -> str | None:
 
 
 def deprecated_alias(new: str, old: str) -> None:
+    """Warn on stderr that option ``old`` is deprecated in favour of ``new``."""
     err.print(f"kexue: warning: {old} is deprecated, use {new}", markup=False)
 
 

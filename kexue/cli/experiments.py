@@ -74,11 +74,52 @@ def _overview(records: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _figure_style() -> None:
+    """Headless figures, with CJK text drawn by the first installed of these fonts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fonts = ["DejaVu Sans", "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+             "PingFang SC", "Microsoft YaHei", "SimHei"]
+    matplotlib.rcParams["font.sans-serif"] = [
+        *fonts, *(f for f in matplotlib.rcParams["font.sans-serif"] if f not in fonts)]
+
+
+def _run_one(ledger: Any, experiment: Any, full: bool, seed: int, out_dir: Path) -> dict:
+    """Run one experiment into the ledger: its record, or its error row."""
+    from kexue.experiments import run_experiment
+
+    start = time.perf_counter()
+
+    def error_row(error: Exception) -> dict:
+        err.print(f"kexue: {experiment.name} raised {type(error).__name__}: "
+                  f"{first_line(error)}", markup=False)
+        return ledger.add_error(experiment, error, _stub(experiment, full, seed, start))
+
+    try:
+        try:
+            result, provenance = run_experiment(experiment, full=full, seed=seed)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # one failing experiment keeps the others
+            return error_row(error)
+        try:
+            return ledger.add(experiment, result, provenance)
+        except OSError:
+            raise
+        except Exception as error:  # e.g. a value JSON cannot hold: nothing was written
+            return error_row(error)
+    except OSError as error:  # the ledger itself could not be written
+        raise RunFailed(f"could not write the report into {out_dir}: "
+                        f"{error.strerror or error}; finished experiments are kept "
+                        "there") from error
+
+
 def run_many(names: list[str], *, full: bool, seed: int, out_dir: Path, threads: int,
              as_json: bool, strict_timing: bool) -> int:
     """Run ``names`` into the ledger of ``out_dir``; return the exit status (0 all hold, 1 a
     claim failed or an experiment errored, 130 interrupted — the finished part saved)."""
-    from kexue.experiments import EXPERIMENTS, run_experiment
+    from kexue.experiments import EXPERIMENTS
     from kexue.report import Ledger
 
     check_output_dir(out_dir)
@@ -87,7 +128,11 @@ def run_many(names: list[str], *, full: bool, seed: int, out_dir: Path, threads:
             raise CliError(f"--out {out_dir}: {out_dir / name} is not a file")
     make_dir(out_dir)
     set_threads(threads)
+    _figure_style()
     with locked(out_dir):
+        from kexue._io import remove_stale
+
+        remove_stale(out_dir)  # temporaries of a killed report
         try:
             ledger = Ledger(out_dir, order=NAMES)
         except ValueError as error:
@@ -96,33 +141,20 @@ def run_many(names: list[str], *, full: bool, seed: int, out_dir: Path, threads:
         interrupted = False
         with progress() as bar:
             task = bar.add_task("experiments", total=len(names))
-            for name in names:
-                experiment = EXPERIMENTS[name]
-                bar.update(task, description=f"running {name}")
-                start = time.perf_counter()
-                try:
-                    try:
-                        result, provenance = run_experiment(experiment, full=full, seed=seed)
-                    except KeyboardInterrupt:
-                        interrupted = True
-                        break
-                    except Exception as error:  # one failing experiment keeps the others
-                        records.append(ledger.add_error(
-                            experiment, error, _stub(experiment, full, seed, start)))
-                        err.print(f"kexue: {name} raised {type(error).__name__}: "
-                                  f"{first_line(error)}", markup=False)
-                    else:
-                        records.append(ledger.add(experiment, result, provenance))
-                except OSError as error:  # the ledger itself could not be written
-                    raise RunFailed(f"could not write the report into {out_dir}: "
-                                    f"{error.strerror or error}; finished experiments are "
-                                    "kept there") from error
-                bar.advance(task)
+            try:
+                for name in names:
+                    experiment = EXPERIMENTS[name]
+                    bar.update(task, description=f"running {name}")
+                    records.append(_run_one(ledger, experiment, full, seed, out_dir))
+                    bar.advance(task)
+            except KeyboardInterrupt:  # the ledger on disk holds every finished experiment
+                interrupted = True
     if as_json:
         print(dumps(records))
     else:
         out.print(_overview(records))
-        out.print(f"report written to {out_dir / 'index.html'}", markup=False)
+        if records:
+            out.print(f"report written to {out_dir / 'index.html'}", markup=False)
     if interrupted:
         err.print(f"kexue: interrupted; {len(records)} finished experiment(s) kept in "
                   f"{out_dir}", markup=False)

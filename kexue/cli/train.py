@@ -155,7 +155,7 @@ def train(
         raise CliError(f"--resume: no checkpoint at {ckpt}")
     make_dir(run_dir)  # every argument is valid by now
     with locked(run_dir):
-        remove_stale(run_dir, CHECKPOINT)  # temporaries of a killed save
+        remove_stale(run_dir)  # temporaries of a killed save (checkpoint, samples)
         if ckpt.exists() and not resume and not overwrite:
             raise CliError(f"{ckpt} already holds a run: pass --resume to continue it or "
                            "--overwrite to start afresh")
@@ -175,16 +175,19 @@ def _fit(trainer: Any, ckpt: Path, meta: dict[str, Any]) -> None:
             TimeElapsedColumn()) as bar:
         task = bar.add_task("epochs", total=trainer.epochs, completed=trainer.epoch, losses="")
         batch = bar.add_task("batches", total=None, losses="")
+        saved = False  # a checkpoint of this run is on disk
         while trainer.epoch < trainer.epochs:
             losses = trainer.fit_epoch(lambda done, total: bar.update(
                 batch, completed=done, total=total))
             try:
                 save_checkpoint(ckpt, {"meta": meta, "state": trainer.state_dict()})
+                saved = True
             except (OSError, RuntimeError) as error:  # torch.save re-raises a full disk
                 if isinstance(error.__context__, OSError):
                     error = error.__context__
-                kept = "the previous checkpoint is kept" if ckpt.is_file() else "no " \
-                    "checkpoint was written"
+                kept = ("the previous checkpoint is kept" if saved else
+                        "the earlier run's checkpoint is untouched" if ckpt.is_file() else
+                        "no checkpoint was written")
                 reason = getattr(error, "strerror", None) or first_line(error)
                 raise RunFailed(f"could not write {ckpt} after epoch {trainer.epoch}: "
                                 f"{reason}; {kept}") from error

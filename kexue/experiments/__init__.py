@@ -11,7 +11,7 @@ device, git SHA, date, seconds) in a record of its own.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kexue.experiments.base import (
     Anchor,
@@ -26,6 +26,9 @@ from kexue.experiments.base import (
 __all__ = ["EXPERIMENTS", "NAMES", "Anchor", "Context", "Experiment", "Provenance", "Result",
            "Table", "run_experiment"]
 
+if TYPE_CHECKING:
+    EXPERIMENTS: dict[str, Experiment]
+
 # the registry's order is the report's order; importing this package stays cheap (the CLI
 # reads NAMES for its choices), the modules load on first use of EXPERIMENTS
 NAMES: tuple[str, ...] = (
@@ -37,13 +40,6 @@ NAMES: tuple[str, ...] = (
 
 
 def _load() -> dict[str, Experiment]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # CJK text in figures: the first installed of these fonts, glyph by glyph
-    matplotlib.rcParams["font.sans-serif"] = [
-        "DejaVu Sans", "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
-        "PingFang SC", "Microsoft YaHei", "SimHei", *matplotlib.rcParams["font.sans-serif"]]
     registry = {}
     for name in NAMES:
         module = importlib.import_module(f"kexue.experiments.{name}")

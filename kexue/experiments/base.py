@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Anchor", "Context", "Experiment", "Provenance", "Result", "Table",
+__all__ = ["Anchor", "Context", "Experiment", "Provenance", "Result", "Table", "config_dict",
            "kexue_version", "run_experiment"]
 
 MAX_METRICS = 12
@@ -39,14 +39,18 @@ class Table:
     rows: tuple[tuple[Scalar, ...], ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "columns", tuple(self.columns))
-        object.__setattr__(self, "rows", tuple(tuple(r) for r in self.rows))
+        object.__setattr__(self, "columns", tuple(str(c) for c in self.columns))
+        rows = []
         for i, row in enumerate(self.rows):
+            row = tuple(_cell(self.caption, i, v) for v in row)
             if len(row) != len(self.columns):
                 raise ValueError(f"Table {self.caption!r}: row {i} has {len(row)} cells, "
                                  f"expected {len(self.columns)} ({', '.join(self.columns)})")
+            rows.append(row)
+        object.__setattr__(self, "rows", tuple(rows))
 
     def to_dict(self) -> dict[str, Any]:
+        """The table as JSON-ready lists."""
         return {"caption": self.caption, "columns": list(self.columns),
                 "rows": [list(r) for r in self.rows]}
 
@@ -77,6 +81,7 @@ class Anchor:
             raise ValueError(f"Anchor {self.number!r}: data must name what it was measured on")
 
     def describe(self) -> str:
+        """One line: the number, its data and source, or why there is none."""
         if self.number is None:
             return f"no published number ({self.source})"
         text = f"{self.number} on {self.data} ({self.source})"
@@ -117,13 +122,29 @@ class Result:
         if len(self.metrics) > MAX_METRICS:
             raise ValueError(f"Result.metrics has {len(self.metrics)} rows, at most "
                              f"{MAX_METRICS}: put a grid into a Table")
+        metrics = {}
         for key, value in self.metrics.items():
+            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+                value = value.item()  # a numpy or 0-d torch scalar
             if not isinstance(value, Scalar):
                 raise TypeError(f"Result.metrics[{key!r}] is {type(value).__name__}, expected "
                                 "a float, int, str or bool")
+            metrics[str(key)] = _plain(value)
         object.__setattr__(self, "holds", bool(self.holds))
-        object.__setattr__(self, "metrics", {k: _plain(v) for k, v in self.metrics.items()})
+        object.__setattr__(self, "metrics", metrics)
         object.__setattr__(self, "tables", tuple(self.tables))
+
+
+def _cell(caption: str, row: int, value: Any) -> Scalar:
+    """A table cell as a JSON scalar: numpy and 0-d torch scalars unwrapped, inf/nan as text."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if value is None:
+        return ""
+    if not isinstance(value, Scalar):
+        raise TypeError(f"Table {caption!r}: row {row} holds a {type(value).__name__}, expected "
+                        "a float, int, str or bool")
+    return _plain(value)
 
 
 def _plain(value: Scalar) -> Scalar:
@@ -176,6 +197,7 @@ class Experiment:
             raise ValueError(f"Experiment {self.name!r} has a threshold but no negative control")
 
     def config(self, full: bool = False) -> Any:
+        """The full or the quick config."""
         return self.full if full else self.quick
 
 
@@ -227,6 +249,7 @@ def run_experiment(experiment: Experiment | str, *, full: bool = False, seed: in
 
     Raises:
         ValueError: for an unknown name.
+        TypeError: when the experiment's run returns something other than a Result.
     """
     from kexue._env import environment
 
