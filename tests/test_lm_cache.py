@@ -171,7 +171,7 @@ def test_a_cache_that_cannot_be_written_only_warns(tiny_corpus, monkeypatch, tmp
 def test_stale_temporaries_of_a_killed_writer_are_removed(tiny_corpus):
     path = default_lm_path(2)
     path.parent.mkdir(parents=True)
-    stale = path.parent / f".{path.name}.abc123.tmp"
+    stale = path.parent / f".{path.name}.abc12345.tmp"  # mkstemp: 8 random characters
     stale.write_bytes(b"half of a model")
     default_lm(2)
     assert not stale.exists() and path.is_file()
