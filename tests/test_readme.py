@@ -64,12 +64,8 @@ def test_readme_has_snippets_and_skips_few():
     assert len(skipped) <= 2, f"no-test used on README lines {skipped}: use it sparingly"
 
 
-@pytest.mark.parametrize(("line", "code", "reason"), SNIPPETS,
-                         ids=[f"README.md:{line}" for line, _, _ in SNIPPETS])
-def test_snippet_runs(line, code, reason, tmp_path, monkeypatch):
-    if reason is not None:
-        pytest.skip(f"README.md:{line}: {reason}")
-    monkeypatch.chdir(tmp_path)  # snippets may write files (corpus.txt, checkpoint.pt)
+def _execute(line: int, code: str) -> dict:
+    """Run one snippet in a fresh namespace, seeded, on one thread; return its namespace."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -78,7 +74,16 @@ def test_snippet_runs(line, code, reason, tmp_path, monkeypatch):
         exec(compile(code, f"README.md:{line}", "exec"), namespace)
     finally:
         torch.set_num_threads(threads)
-    _NAMESPACES[line] = namespace
+    return namespace
+
+
+@pytest.mark.parametrize(("line", "code", "reason"), SNIPPETS,
+                         ids=[f"README.md:{line}" for line, _, _ in SNIPPETS])
+def test_snippet_runs(line, code, reason, tmp_path, monkeypatch):
+    if reason is not None:
+        pytest.skip(f"README.md:{line}: {reason}")
+    monkeypatch.chdir(tmp_path)  # snippets may write files (corpus.txt, checkpoint.pt)
+    _NAMESPACES[line] = _execute(line, code)
 
 
 def test_the_example_up_front_learns_and_captures():
@@ -89,14 +94,7 @@ def test_the_example_up_front_learns_and_captures():
         f"README.md:{line}: the first snippet should be the combined example")
     namespace = _NAMESPACES.get(line)
     if namespace is None:  # run alone (-k): execute it here
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        torch.manual_seed(0)
-        namespace = {"__name__": "__readme__"}
-        try:
-            exec(compile(code, f"README.md:{line}", "exec"), namespace)
-        finally:
-            torch.set_num_threads(threads)
+        namespace = _execute(line, code)
     assert namespace["accuracy"] >= 0.9, namespace["accuracy"]
     maps = namespace["maps"]
     assert maps.shape == (512, 4, 16, 16)

@@ -174,11 +174,11 @@ def dumps(value: object) -> str:
 
 
 def missing_data(error: BaseException) -> str | None:
-    """The one-line message of a missing data package error, or None for other errors."""
-    text = str(error)
-    if isinstance(error, (FileNotFoundError, ImportError)) and "pip install" in text:
-        return first_line(error)
-    return None
+    """The one-line message (ending in its pip command) of a missing data package, or None
+    for other errors."""
+    from kexue._packages import DataPackageError
+
+    return first_line(error) if isinstance(error, DataPackageError) else None
 
 
 def deprecated_alias(new: str, old: str) -> None:

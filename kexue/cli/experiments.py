@@ -4,7 +4,6 @@ experiment)."""
 
 from __future__ import annotations
 
-import datetime
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,15 +47,13 @@ def _failed(record: dict[str, Any], strict_timing: bool) -> bool:
 
 
 def _stub(experiment: Any, full: bool, seed: int, start: float) -> dict[str, Any]:
-    """The provenance of a run that raised (no Provenance was made)."""
-    from kexue._env import environment
-    from kexue.experiments.base import config_dict, kexue_version
+    """The provenance of a run that raised (run_experiment made none)."""
+    import dataclasses
 
-    return {"mode": "full" if full else "quick", "seed": seed,
-            "config": config_dict(experiment.config(full)), **environment("cpu"),
-            "kexue_version": kexue_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": time.perf_counter() - start}
+    from kexue.experiments.base import provenance
+
+    return dataclasses.asdict(provenance(experiment, full=full, seed=seed, device="cpu",
+                                         seconds=time.perf_counter() - start))
 
 
 def _overview(records: list[dict[str, Any]]) -> Table:

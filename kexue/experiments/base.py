@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 __all__ = ["Anchor", "Context", "Experiment", "Provenance", "Result", "Table", "config_dict",
-           "kexue_version", "run_experiment"]
+           "kexue_version", "provenance", "run_experiment"]
 
 MAX_METRICS = 12
 Scalar = float | int | str | bool
@@ -124,8 +124,7 @@ class Result:
                              f"{MAX_METRICS}: put a grid into a Table")
         metrics = {}
         for key, value in self.metrics.items():
-            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-                value = value.item()  # a numpy or 0-d torch scalar
+            value = _unwrap(value)
             if not isinstance(value, Scalar):
                 raise TypeError(f"Result.metrics[{key!r}] is {type(value).__name__}, expected "
                                 "a float, int, str or bool")
@@ -135,10 +134,16 @@ class Result:
         object.__setattr__(self, "tables", tuple(self.tables))
 
 
+def _unwrap(value: Any) -> Any:
+    """A numpy or 0-d torch scalar as the Python number it holds; anything else as it is."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    return value
+
+
 def _cell(caption: str, row: int, value: Any) -> Scalar:
     """A table cell as a JSON scalar: numpy and 0-d torch scalars unwrapped, inf/nan as text."""
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        value = value.item()
+    value = _unwrap(value)
     if value is None:
         return ""
     if not isinstance(value, Scalar):
@@ -251,8 +256,6 @@ def run_experiment(experiment: Experiment | str, *, full: bool = False, seed: in
         ValueError: for an unknown name.
         TypeError: when the experiment's run returns something other than a Result.
     """
-    from kexue._env import environment
-
     if isinstance(experiment, str):
         from kexue.experiments import EXPERIMENTS
 
@@ -261,18 +264,26 @@ def run_experiment(experiment: Experiment | str, *, full: bool = False, seed: in
                              f"{', '.join(EXPERIMENTS)}")
         experiment = EXPERIMENTS[experiment]
     device = torch.device(device)
-    config = experiment.config(full)
     start = time.perf_counter()
-    result = experiment.run(config, Context(seed=seed, device=device))
+    result = experiment.run(experiment.config(full), Context(seed=seed, device=device))
     if not isinstance(result, Result):
         raise TypeError(f"experiment {experiment.name!r} returned {type(result).__name__}, "
                         "expected a Result")
+    return result, provenance(experiment, full=full, seed=seed, device=device,
+                              seconds=time.perf_counter() - start)
+
+
+def provenance(experiment: Experiment, *, full: bool, seed: int,
+               device: torch.device | str, seconds: float) -> Provenance:
+    """The record of where and how ``experiment`` ran (also for a run that raised)."""
+    from kexue._env import environment
+
     env = environment(device)
-    return result, Provenance(
-        mode="full" if full else "quick", seed=seed, config=config_dict(config),
+    return Provenance(
+        mode="full" if full else "quick", seed=seed, config=config_dict(experiment.config(full)),
         torch=str(env["torch"]), python=str(env["python"]), device=str(env["device"]),
         threads=int(env["threads"]), git_sha=str(env["git_sha"]),
         kexue_version=kexue_version(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        seconds=time.perf_counter() - start)
+        seconds=seconds)
 
