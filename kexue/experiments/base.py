@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from kexue._seeds import stream
+
 __all__ = ["Anchor", "Context", "Experiment", "Provenance", "Result", "Table", "config_dict",
            "kexue_version", "provenance", "run_experiment"]
 
@@ -95,9 +97,9 @@ class Context:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def generator(self, offset: int = 0) -> torch.Generator:
-        """A CPU generator seeded with ``seed + offset``."""
-        return torch.Generator().manual_seed(self.seed + offset)
+    def stream(self, *names: str) -> torch.Generator:
+        """A CPU generator for the named stream of ``seed`` (:func:`kexue._seeds.stream`)."""
+        return stream(self.seed, *names)
 
 
 @dataclass(frozen=True)
