@@ -67,6 +67,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from kexue._checks import check_int
+
 __all__ = ["ShardedIterable", "shard_indices"]
 
 _UINT64 = 2**64
@@ -97,9 +99,9 @@ def shard_indices(
     Raises:
         ValueError: if an argument is out of range or ``permutation`` has the wrong shape.
     """
-    _check_int("n", n, low=0)
-    _check_int("num_shards", num_shards, low=1)
-    _check_int("shard", shard, low=0, high=num_shards)
+    n = check_int("n", n, low=0)
+    num_shards = check_int("num_shards", num_shards, low=1)
+    shard = check_int("shard", shard, low=0, high=num_shards - 1)
     if permutation is None:
         return list(range(shard, n, num_shards))
     if permutation.shape != (n,):
@@ -191,20 +193,20 @@ class ShardedIterable(IterableDataset):
             )
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable or None, got {type(transform).__name__}")
-        _check_int("seed", seed, low=0, high=_UINT64)
+        seed = check_int("seed", seed, low=0, high=_UINT64 - 1)
         if (rank is None) != (world_size is None):
             raise ValueError(
                 f"rank and world_size must be given together or not at all, got rank={rank!r}, "
                 f"world_size={world_size!r}"
             )
         if world_size is not None:
-            _check_int("world_size", world_size, low=1)
-            _check_int("rank", rank, low=0, high=world_size)
-        _check_int("threads", threads, low=0)
+            world_size = check_int("world_size", world_size, low=1)
+            rank = check_int("rank", rank, low=0, high=world_size - 1)
+        threads = check_int("threads", threads, low=0)
         if prefetch is None:
             prefetch = 2 * threads
         else:
-            _check_int("prefetch", prefetch, low=1)
+            prefetch = check_int("prefetch", prefetch, low=1)
 
         self.source = source
         self.transform = transform
@@ -245,7 +247,7 @@ class ShardedIterable(IterableDataset):
         Raises:
             ValueError: if ``epoch`` is out of range.
         """
-        _check_int("epoch", epoch, low=0, high=_UINT64)
+        epoch = check_int("epoch", epoch, low=0, high=_UINT64 - 1)
         self._epoch.fill_(epoch - _UINT64 if epoch >= 2**63 else epoch)
 
     def _example_seed(self, index: int, epoch: int) -> int:
@@ -378,12 +380,3 @@ def _hash_seed(tag: bytes, *values: int) -> int:
         struct.pack(f"<{len(values)}Q", *values), digest_size=8, person=tag
     ).digest()
     return int.from_bytes(digest, "little")
-
-
-def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int (not bool) in ``[low, high)``."""
-    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high})"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
-    if value < low or (high is not None and value >= high):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from kexue._checks import check_int, check_real
 from kexue.train._naming import unwrap_model
 
 __all__ = ["EMA", "ema_warmup"]
@@ -60,21 +61,14 @@ def ema_warmup(decay: float, power: float = 2 / 3, gamma: float = 1.0) -> Callab
     Returns:
         A function step -> decay, to pass as ``EMA(model, decay=...)``.
     """
-    _check_decay(decay)
-    for name, value in (("power", power), ("gamma", gamma)):
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value) or not value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    decay = check_real("decay", decay, low=0, high=1, low_open=True, high_open=True)
+    power = check_real("power", power, low=0, low_open=True)
+    gamma = check_real("gamma", gamma, low=0, low_open=True)
 
     def schedule(step: int) -> float:
         return min(decay, 1.0 - (1.0 + step / gamma) ** (-power))
 
     return schedule
-
-
-def _check_decay(decay: float) -> None:
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
-        raise ValueError(f"decay must be a float in the open interval (0, 1), got {decay!r}")
 
 
 class EMA:
@@ -126,9 +120,8 @@ class EMA:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         if not callable(decay):
-            _check_decay(decay)
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
+            decay = check_real("decay", decay, low=0, high=1, low_open=True, high_open=True)
+        update_every = check_int("update_every", update_every, low=1)
         if buffers not in ("average", "copy", "ignore"):
             raise ValueError(f"buffers must be 'average', 'copy' or 'ignore', got {buffers!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -358,9 +351,7 @@ class EMA:
             value = state[key]
             if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
                 value = int(value.item())
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"state[{key!r}] must be an int >= 0, got {value!r}")
-            counters[key] = value
+            counters[key] = check_int(f"state[{key!r}]", value, low=0)
         self._check_live(every=True)
         todo = []
         for key, names, tensors in (

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from kexue._checks import check_int, check_real
 from kexue.train._naming import Pattern, matches, show, unwrap_model
 
 __all__ = ["block_of", "is_bias_or_norm", "param_groups", "scale_parametrize"]
@@ -65,20 +66,6 @@ def block_of(name: str) -> str | None:
     return name[: block.end(2)]
 
 
-def _positive(name: str, value: Any, *, zero: bool = True) -> float:
-    """``value`` as a float, if it is a finite real number >= 0 (> 0 when ``zero`` is False)."""
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value >= 0 if zero else value > 0)
-    )
-    if not ok:
-        bound = ">= 0" if zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
 # Keys every group gets from param_groups itself; ``extra`` may not replace them.
 _RESERVED = {
     "params": "the parameters are chosen by the model and multipliers",
@@ -104,10 +91,8 @@ def _depths(names: list[str], depth: Callable[[str], int | None] | None) -> tupl
         index = [order[b] if b is not None else None for b in blocks]
     else:
         index = [depth(n) for n in names]
-        bad = [i for i in index if i is not None and (isinstance(i, bool) or
-                                                      not isinstance(i, int) or i < 0)]
-        if bad:
-            raise ValueError(f"depth must return an int >= 0 or None, got {bad[0]!r}")
+        index = [None if i is None else check_int(f"depth({n!r})", i, low=0)
+                 for n, i in zip(names, index, strict=True)]
     found = [i for i, b in enumerate(index) if b is not None]
     if not found:
         raise ValueError(
@@ -172,8 +157,8 @@ def param_groups(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    lr = _positive("lr", lr, zero=False)
-    weight_decay = _positive("weight_decay", weight_decay)
+    lr = check_real("lr", lr, low=0, low_open=True)
+    weight_decay = check_real("weight_decay", weight_decay, low=0)
     if extra is not None:
         if not isinstance(extra, Mapping):
             raise ValueError(f"extra must be a mapping of group keys, got {type(extra).__name__}")
@@ -183,12 +168,8 @@ def param_groups(
                 f"extra may not set {clash[0]!r}, which param_groups sets in every group: "
                 f"{_RESERVED[clash[0]]}"
             )
-    if layer_decay is not None and (
-        isinstance(layer_decay, bool)
-        or not isinstance(layer_decay, (int, float))
-        or not 0 < layer_decay <= 1
-    ):
-        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
+    if layer_decay is not None:
+        layer_decay = check_real("layer_decay", layer_decay, low=0, high=1, low_open=True)
     named = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
     if not named:
         raise ValueError(f"model {type(model).__name__} has no trainable parameters")
@@ -199,7 +180,7 @@ def param_groups(
     for pattern, mult in (multipliers or {}).items():
         if not isinstance(pattern, (str, re.Pattern)):
             raise ValueError(f"multipliers keys must be str or re.Pattern, got {pattern!r}")
-        mult = _positive(f"multipliers[{pattern!r}]", mult)
+        mult = check_real(f"multipliers[{pattern!r}]", mult, low=0)
         hits = [i for i, n in enumerate(names) if matches(pattern, n)]
         if not hits:
             raise ValueError(
@@ -297,7 +278,7 @@ def scale_parametrize(model: nn.Module, scales: Mapping[Pattern, float]) -> nn.M
         aliases.setdefault(id(p), []).append(n)
     todo: dict[str, float] = {}
     for pattern, lam in scales.items():
-        lam = _positive(f"scales[{show(pattern)}]", lam, zero=False)
+        lam = check_real(f"scales[{show(pattern)}]", lam, low=0, low_open=True)
         hits = {n for n, _ in named if matches(pattern, n)}
         if not hits:
             raise ValueError(f"scales pattern {show(pattern)} matches no parameter")

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from kexue._checks import check_generator, check_int, check_real
 from kexue.train._naming import matches, show, unwrap_model
 
 __all__ = [
@@ -121,20 +122,12 @@ def _norms(grads: Grads) -> Tensor:
     return torch.stack(torch._foreach_norm(grads, 2, dtype=acc))  # (n,)
 
 
-def _number(name: str, value: Any, low: float = 0.0, strict: bool = True) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):
-        op = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {op} {low}, got {value!r}")
-    return float(value)
-
-
 # -- transforms ------------------------------------------------------------------------------
 
 
 def scale(factor: float) -> GradientTransform:
     """g ← factor · g."""
-    factor = _number("factor", factor, low=-math.inf)
+    factor = check_real("factor", factor)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
         torch._foreach_mul_(grads, factor)
@@ -144,8 +137,12 @@ def scale(factor: float) -> GradientTransform:
 
 
 def clip_by_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
-    """Per-tensor norm clipping: g ← g · min(1, max_norm / (‖g‖₂ + eps)) for each tensor."""
-    max_norm = _number("max_norm", max_norm)
+    """Per-tensor norm clipping: g ← g · min(1, max_norm / (‖g‖₂ + eps)) for each tensor.
+
+    ``max_norm`` is a finite number > 0, ``eps`` a finite number >= 0.
+    """
+    max_norm = check_real("max_norm", max_norm, low=0, low_open=True)
+    eps = check_real("eps", eps, low=0)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
         for idx in _groups(grads):
@@ -158,8 +155,12 @@ def clip_by_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
 
 
 def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
-    """Global norm clipping: g ← g · min(1, max_norm / (‖(g_1, …, g_n)‖₂ + eps))."""
-    max_norm = _number("max_norm", max_norm)
+    """Global norm clipping: g ← g · min(1, max_norm / (‖(g_1, …, g_n)‖₂ + eps)).
+
+    ``max_norm`` is a finite number > 0, ``eps`` a finite number >= 0.
+    """
+    max_norm = check_real("max_norm", max_norm, low=0, low_open=True)
+    eps = check_real("eps", eps, low=0)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
         if not grads:
@@ -182,7 +183,7 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform
 
 def clip_by_value(limit: float) -> GradientTransform:
     """Element-wise clipping: g ← clamp(g, −limit, limit)."""
-    limit = _number("limit", limit)
+    limit = check_real("limit", limit, low=0, low_open=True)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
         torch._foreach_clamp_min_(grads, -limit)
@@ -210,8 +211,8 @@ def adaptive_clip(clipping: float = 0.01, eps: float = 1e-3) -> GradientTransfor
         Brock et al., "High-Performance Large-Scale Image Recognition Without Normalization",
         2021.
     """
-    clipping = _number("clipping", clipping)
-    eps = _number("eps", eps)
+    clipping = check_real("clipping", clipping, low=0, low_open=True)
+    eps = check_real("eps", eps, low=0, low_open=True)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
         for g, p in zip(grads, params, strict=True):
@@ -253,8 +254,9 @@ def add_noise(
         Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep Networks",
         2015.
     """
-    eta = _number("eta", eta, strict=False)
-    gamma = _number("gamma", gamma, strict=False)
+    eta = check_real("eta", eta, low=0)
+    gamma = check_real("gamma", gamma, low=0)
+    check_generator("generator", generator)
 
     def update(grads: Grads, step: int, params: list[Tensor]) -> tuple[Grads, int]:
         std = math.sqrt(eta / (1 + step) ** gamma)
@@ -298,8 +300,7 @@ def accumulate(every: int, average: bool = True) -> GradientTransform:
     that got none in the whole window keeps ``grad=None``. The state is
     ``{"count": int, "seen": [bool, ...], "buffers": [Tensor, ...]}``.
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be an int >= 1, got {every!r}")
+    every = check_int("every", every, low=1)
 
     def init(params: list[Tensor]) -> dict[str, Any]:
         buffers = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
