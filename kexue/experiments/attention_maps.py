@@ -1,11 +1,13 @@
 """Claim: attention maps of any model that calls SDPA can be captured without editing it.
 
 Trains a two-layer transformer on sklearn's real digits, reading each 8×8 image as 8 tokens
-(one per pixel row), with attention written the modern way — ``F.scaled_dot_product_attention``,
-which never materialises the probabilities. ``kexue.train.capture(model, "blocks.*",
-attention=True)`` then records every layer's attention probabilities; they are checked against
-softmax(QKᵀ/√d) recomputed in float64 from each block's captured normalised input and its
-query/key weights, and drawn. An identity to float precision, so no threshold and no control.
+(one per pixel row), built from kexue's own pieces: :class:`kexue.attention.Block` around
+:class:`kexue.attention.DenseAttention`, whose attention goes through
+``F.scaled_dot_product_attention`` and never materialises the probabilities.
+``kexue.train.capture(model, "blocks.*.mixer", attention=True)`` then records every layer's
+attention probabilities; they are checked against softmax(QKᵀ/√d) recomputed in float64 from
+each block's captured normalised input and its mixer's query/key weights, and drawn. An
+identity to float precision, so no threshold and no control.
 Note: https://kexue.fm/archives/6575
 """
 
@@ -18,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kexue._seeds import derive_seed
+from kexue.attention import Block, DenseAttention
 from kexue.experiments._common import batches, digits, evaluate
 from kexue.experiments.base import Anchor, Context, Experiment, Result
 from kexue.train import capture
@@ -34,42 +38,15 @@ class Config:
     lr: float = 3e-3
 
 
-class SelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).unbind(2)  # (B, T, H, E)
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, H, T, E)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, E)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
-
-
-class Block(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attn = SelfAttention(width, heads)
-        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(),
-                                 nn.Linear(2 * width, width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class RowTransformer(nn.Module):
-    """8×8 digit -> 8 row tokens -> transformer blocks -> mean-pool -> 10 classes."""
+    """8×8 digit -> 8 row tokens -> kexue attention blocks -> mean-pool -> 10 classes."""
 
     def __init__(self, width: int, heads: int, depth: int) -> None:
         super().__init__()
         self.embed = nn.Linear(8, width)
         self.pos = nn.Parameter(torch.zeros(8, width))
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            Block(width, DenseAttention(width, heads), mlp_ratio=2) for _ in range(depth))
         self.head = nn.Linear(width, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,13 +56,21 @@ class RowTransformer(nn.Module):
         return self.head(h.mean(1))
 
 
+def _reference(attn: DenseAttention, x_in: torch.Tensor) -> torch.Tensor:
+    """softmax(QKᵀ/√Dh) in float64 from the mixer's input and its own q/k weights."""
+    w, bias = attn.qkv.weight.double(), attn.qkv.bias.double()
+    b, t, _ = x_in.shape
+    q, k, _ = (x_in.double() @ w.T + bias).view(b, t, 3, attn.heads, attn.head_dim).unbind(2)
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / attn.head_dim ** 0.5  # (B, H, T, T)
+    return scores.softmax(-1)
+
+
 def run(config: Config, ctx: Context) -> Result:
-    seed = ctx.seed
-    torch.manual_seed(seed)
-    x_tr, y_tr, x_te, y_te = digits(seed)
+    x_tr, y_tr, x_te, y_te = digits(ctx.seed)
+    torch.manual_seed(derive_seed(ctx.seed, "init"))
     model = RowTransformer(config.width, config.heads, config.depth)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(seed)
+    gen = ctx.stream("batches")
     for _ in range(config.epochs):
         for idx in batches(len(x_tr), 32, gen):
             opt.zero_grad()
@@ -97,18 +82,13 @@ def run(config: Config, ctx: Context) -> Result:
     sample = x_te[:64]
     with torch.no_grad():
         plain = model(sample)
-        with capture(model, ["blocks.*.attn", "blocks.*.norm1"], attention=True) as cap:
+        with capture(model, ["blocks.*.mixer", "blocks.*.norm1"], attention=True) as cap:
             captured_out = model(sample)
-    # Independent float64 reference from each block's captured input.
-    err = 0.0
-    for i, block in enumerate(model.blocks):
-        attn, x_in = block.attn, cap.outputs[f"blocks.{i}.norm1"][0].double()
-        w, bias = attn.qkv.weight.double(), attn.qkv.bias.double()
-        b, t, d = x_in.shape
-        q, k, _ = (x_in @ w.T + bias).view(b, t, 3, attn.heads, -1).unbind(2)  # (B, T, H, E)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / (d // attn.heads) ** 0.5
-        ref = scores.softmax(-1)  # (B, H, T, T)
-        err = max(err, (cap.attention[f"blocks.{i}.attn"][0].double() - ref).abs().max().item())
+    # Independent float64 reference from each block's captured mixer input.
+    err = max(
+        (cap.attention[f"blocks.{i}.mixer"][0].double()
+         - _reference(block.mixer, cap.outputs[f"blocks.{i}.norm1"][0])).abs().max().item()
+        for i, block in enumerate(model.blocks))
     unchanged = torch.equal(plain, captured_out)
 
     fig, axes = plt.subplots(config.depth, config.heads + 1,
@@ -120,7 +100,7 @@ def run(config: Config, ctx: Context) -> Result:
         axes[i, 0].imshow(image, cmap="gray_r")
         axes[i, 0].set_title(f"digit {int(y_te[j])}" if i == 0 else "")
         axes[i, 0].set_ylabel(f"layer {i}")
-        probs = cap.attention[f"blocks.{i}.attn"][0][j]  # (H, T, T)
+        probs = cap.attention[f"blocks.{i}.mixer"][0][j]  # (H, T, T)
         for h in range(config.heads):
             axes[i, h + 1].imshow(probs[h].numpy(), cmap="viridis", vmin=0, vmax=1)
             axes[i, h + 1].set_title(f"head {h}: row → row")
@@ -143,8 +123,9 @@ EXPERIMENT = Experiment(
     name="attention_maps",
     title="Capturing SDPA attention maps without model edits (sklearn digits)",
     note="https://kexue.fm/archives/6575",
-    claim=("captured attention probabilities equal softmax(QKᵀ/√d) recomputed in float64, "
-           "and the model's outputs are unchanged by capturing"),
+    claim=("captured attention probabilities of kexue's own DenseAttention equal "
+           "softmax(QKᵀ/√d) recomputed in float64, and the model's outputs are unchanged by "
+           "capturing"),
     threshold=None,  # an identity checked to float32 precision, not a tunable line
     anchor=Anchor(
         None,
