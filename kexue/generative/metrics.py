@@ -32,11 +32,11 @@ References:
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
 from torch import Tensor, nn
 
+from kexue.generative.common import init_module
 from kexue.generative.data import ImageData
 
 __all__ = [
@@ -55,44 +55,9 @@ _CACHE: dict[tuple[str, int, str], FeatureClassifier] = {}
 
 
 def init_parameters_(module: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Initialise ``module`` in place from ``generator`` with torch's default distributions.
-
-    Linear and convolution layers get U(−1/√fan_in, 1/√fan_in) for weight and bias (torch's
-    default ``kaiming_uniform_(a=√5)`` bound); embeddings get N(0, 1); normalisation layers are
-    reset to their deterministic defaults. Build the module under ``torch.device("meta")`` and
-    call ``module.to_empty(device="cpu")`` first, so that construction draws nothing from the
-    global RNG.
-
-    Args:
-        module: The module, with materialised (possibly uninitialised) tensors.
-        generator: Source of randomness.
-
-    Returns:
-        ``module``.
-
-    Raises:
-        TypeError: If a submodule owns parameters and is none of the kinds above.
-    """
-    conv_like = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-                 nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, conv_like):
-                w = m.weight
-                fan_in = w.shape[1] * math.prod(w.shape[2:])  # torch's convention for all of these
-                bound = 1.0 / math.sqrt(fan_in)
-                w.uniform_(-bound, bound, generator=generator)
-                if m.bias is not None:
-                    m.bias.uniform_(-bound, bound, generator=generator)
-            elif isinstance(m, nn.Embedding):
-                m.weight.normal_(generator=generator)
-            elif isinstance(m, norms):
-                m.reset_parameters()
-            elif any(True for _ in m.parameters(recurse=False)):
-                raise TypeError(f"init_parameters_ does not know how to initialise "
-                                f"{type(m).__name__}")
-    return module
+    """Initialise ``module`` in place from ``generator`` with torch's default distributions:
+    :func:`kexue.generative.common.init_module` with the ``"torch"`` scheme (kept as a name)."""
+    return init_module(module, generator, "torch")
 
 
 class FeatureClassifier(nn.Module):
