@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_float_tensor", "check_generator", "check_int", "check_real"]
+__all__ = ["check_float_tensor", "check_generator", "check_int", "check_real", "check_size"]
 
 
 def _got(value: Any) -> str:
@@ -80,6 +80,19 @@ def check_real(name: str, value: Any, *, low: float | None = None, high: float |
     if bad:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return out
+
+
+def check_size(name: str, value: Any) -> torch.Size:
+    """``value`` (an int, or a sequence of ints >= 0) as a ``torch.Size``.
+
+    Raises:
+        ValueError: Naming ``name`` for anything else (a bool, a float, a negative entry).
+    """
+    dims = (value,) if isinstance(value, numbers.Integral) else value
+    try:
+        return torch.Size(check_int(f"{name}[{i}]", d, low=0) for i, d in enumerate(dims))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of ints >= 0, got {value!r}") from None
 
 
 def check_float_tensor(name: str, value: Any, *, ndim: int | None = None) -> Tensor:

@@ -310,5 +310,5 @@ def test_maximize_epochs_and_bad_input():
         maximize(accuracy, model, [(x, y)], estimator=est, optimizer=None)
     with pytest.raises(ValueError, match="estimator must have backward"):
         maximize(accuracy, model, [(x, y)], estimator=object(), optimizer=opt)
-    with pytest.raises(ValueError, match="steps must be None or an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         maximize(accuracy, model, [(x, y)], estimator=est, optimizer=opt, steps=0)

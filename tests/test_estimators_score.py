@@ -213,7 +213,7 @@ def test_moving_average_closed_form_and_state_dict():
     assert clone.update(torch.tensor([9.0])).item() == ma.update(torch.tensor([9.0])).item()
     torch.testing.assert_close(clone.value, ma.value)
     for bad in (1.0, -0.1, math.nan, True):
-        with pytest.raises(ValueError, match="momentum must be a number in \\[0, 1\\)"):
+        with pytest.raises(ValueError, match="momentum must be a finite number >= 0 and < 1"):
             MovingAverageBaseline(bad)
 
 

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from kexue.estimators.reparam import _check_generator
+from kexue._checks import check_generator, check_int, check_real
 from kexue.estimators.score import leave_one_out
 from kexue.estimators.zeroth import zo_gradient
 
@@ -110,8 +110,7 @@ def macro_f1(y_true: Tensor, y_pred: Tensor, num_classes: int) -> Tensor:
         ValueError: for C < 1, labels outside [0, C), non-integer labels, empty ``y_true`` or
             mismatched shapes.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    num_classes = check_int("num_classes", num_classes, low=1)
     y, p = _labels(y_true, y_pred)
     for name, t in (("y_true", y), ("y_pred", p)):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
@@ -139,8 +138,10 @@ def binary_f1(y_true: Tensor, y_pred: Tensor, positive: int = 1) -> Tensor:
         Float tensor of shape B (empty when B holds no element).
 
     Raises:
-        ValueError: for non-integer labels, empty ``y_true`` or mismatched shapes.
+        ValueError: for non-integer labels, empty ``y_true``, mismatched shapes or a
+            ``positive`` that is not an int.
     """
+    positive = check_int("positive", positive)
     y, p = _labels(y_true, y_pred)
     dtype = torch.get_default_dtype()
     t_pos, p_pos = (y == positive).to(dtype), (p == positive).to(dtype)  # (N,), (*B, N)
@@ -156,9 +157,10 @@ def _reward(metric_fn: MetricFn, y: Tensor, y_hat: Tensor) -> float:
         if r.numel() != 1:
             raise ValueError(f"metric_fn must return a scalar, got shape {tuple(r.shape)}")
         r = r.item()
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
-        raise ValueError(f"metric_fn must return a finite scalar, got {r!r}")
-    return float(r)
+    try:
+        return check_real("metric_fn", r)
+    except ValueError:
+        raise ValueError(f"metric_fn must return a finite scalar, got {r!r}") from None
 
 
 # -- estimators --------------------------------------------------------------------------------
@@ -210,10 +212,10 @@ class PolicyGradient:
         if baseline not in ("loo", "none"):
             raise ValueError(f"baseline must be 'loo' or 'none', got {baseline!r}")
         low = 2 if baseline == "loo" else 1
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < low:
+        if check_int("samples", samples) < low:
             raise ValueError(f"samples must be an int >= {low} for baseline={baseline!r}, "
                              f"got {samples!r}")
-        _check_generator(generator, None)
+        check_generator("generator", generator, None)
         self.samples, self.baseline, self.generator = samples, baseline, generator
 
     def backward(self, model: nn.Module, x: Any, y: Tensor, metric_fn: MetricFn) -> Tensor:
@@ -227,7 +229,7 @@ class PolicyGradient:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"model(x) must return logits of shape (*{tuple(y.shape)}, C) "
                              f"for y of shape {tuple(y.shape)}, got {got}")
-        _check_generator(self.generator, logits.device)
+        check_generator("generator", self.generator, logits.device)
         k, c = self.samples, logits.shape[-1]
         work = torch.promote_types(logits.dtype, torch.float32)  # never a half type
         log_probs = logits.reshape(-1, c).to(work).log_softmax(-1)  # (N, C)
@@ -275,11 +277,9 @@ class ZerothOrder:
 
     def __init__(self, sigma: float = 0.1, directions: int = 8, *, method: str = "gaussian",
                  antithetic: bool = True, generator: torch.Generator | None = None) -> None:
-        ok = not isinstance(sigma, bool) and isinstance(sigma, (int, float))
-        if not ok or not 0 < sigma < math.inf:
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-        if isinstance(directions, bool) or not isinstance(directions, int) or directions < 1:
-            raise ValueError(f"directions must be an int >= 1, got {directions!r}")
+        sigma = check_real("sigma", sigma, low=0, low_open=True)
+        directions = check_int("directions", directions, low=1)
+        check_generator("generator", generator)
         if method not in ("gaussian", "spsa"):
             raise ValueError(f"method must be 'gaussian' or 'spsa', got {method!r}")
         self.sigma, self.directions, self.method = float(sigma), directions, method
@@ -368,10 +368,9 @@ def maximize(
                          f"{estimator!r}")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be None or an int >= 1, got {steps!r}")
+    epochs = check_int("epochs", epochs, low=1)
+    if steps is not None:
+        steps = check_int("steps", steps, low=1)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable or None, got {callback!r}")
 

@@ -32,6 +32,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from kexue._checks import (
+    check_float_tensor,
+    check_generator,
+    check_int,
+    check_real,
+    check_size,
+)
+
 __all__ = [
     "gaussian_rsample",
     "gumbel_max",
@@ -45,46 +53,10 @@ __all__ = [
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _size(name: str, shape: int | Sequence[int]) -> torch.Size:
-    dims = (shape,) if isinstance(shape, int) else shape
-    try:
-        ok = all(not isinstance(d, bool) and int(d) == d and d >= 0 for d in dims)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be a sequence of ints >= 0, got {shape!r}")
-    return torch.Size(int(d) for d in dims)
-
-
-def _check_generator(generator: object, device: torch.device | str | None) -> None:
-    """Reject a ``generator`` that is not a torch.Generator (or None), or whose device type is
-    not that of ``device``, the device of the tensors it would draw (torch fails deep inside the
-    sampler otherwise). ``device`` None checks the type only. Shared by score and metric."""
-    if generator is None:
-        return
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got "
-                         f"{type(generator).__name__}")
-    if device is not None and torch.device(device).type != generator.device.type:
-        raise ValueError(f"generator must be on the tensors' device type, got a generator on "
-                         f"{generator.device} for tensors on {torch.device(device)}")
-
-
-def _float_tensor(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor) or not t.is_floating_point():
-        got = t.dtype if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"{name} must be a floating-point tensor, got {got}")
-    return t
-
-
 def _dim(name: str, t: Tensor, dim: int) -> int:
-    if t.ndim == 0 or isinstance(dim, bool) or not isinstance(dim, int):
-        raise ValueError(f"{name} must have at least one dim and dim an int, got "
-                         f"{name}.shape={tuple(t.shape)}, dim={dim!r}")
-    if not -t.ndim <= dim < t.ndim:
-        raise ValueError(f"dim must be in [{-t.ndim}, {t.ndim}) for {name} of shape "
-                         f"{tuple(t.shape)}, got {dim}")
-    return dim % t.ndim
+    if t.ndim == 0:
+        raise ValueError(f"{name} must have at least one dim, got {name}.shape=()")
+    return check_int("dim", dim, low=-t.ndim, high=t.ndim - 1) % t.ndim
 
 
 # -- Gaussian --------------------------------------------------------------------------------
@@ -126,25 +98,24 @@ def gaussian_rsample(
         https://kexue.fm/archives/6705
         Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
     """
-    mean = _float_tensor("mean", mean)
+    mean = check_float_tensor("mean", mean)
     if (std is None) == (scale_tril is None):
         raise ValueError("give exactly one of std (diagonal) and scale_tril (full covariance), "
                          f"got std={'None' if std is None else 'given'}, "
                          f"scale_tril={'None' if scale_tril is None else 'given'}")
-    sample_shape = _size("sample_shape", sample_shape)
-    _check_generator(generator, mean.device)
+    sample_shape = check_size("sample_shape", sample_shape)
+    check_generator("generator", generator, mean.device)
     if std is not None:
         if isinstance(std, Tensor):
-            _float_tensor("std", std)
+            check_float_tensor("std", std)
             if std.dtype != mean.dtype:
                 raise ValueError(f"std must have mean's dtype {mean.dtype}, got {std.dtype}")
             if std.device != mean.device:
                 raise ValueError(f"std must be on mean's device {mean.device}, got "
                                  f"{std.device}")
-        elif isinstance(std, bool) or not isinstance(std, (int, float)):
-            raise ValueError(f"std must be a tensor or a number > 0, got {std!r}")
         else:
-            std = torch.tensor(float(std), dtype=mean.dtype, device=mean.device)
+            std = check_real("std", std, low=0, low_open=True)
+            std = torch.tensor(std, dtype=mean.dtype, device=mean.device)
         try:
             batch = torch.broadcast_shapes(mean.shape, std.shape)
         except RuntimeError:
@@ -160,7 +131,7 @@ def gaussian_rsample(
                           device=mean.device)
         return mean + std * eps  # (*S, *batch)
 
-    L = _float_tensor("scale_tril", scale_tril)
+    L = check_float_tensor("scale_tril", scale_tril)
     if mean.ndim < 1 or L.ndim < 2 or L.shape[-1] != L.shape[-2] or L.shape[-1] != mean.shape[-1]:
         raise ValueError(f"scale_tril must have shape (..., D, D) and mean (..., D), got "
                          f"scale_tril {tuple(L.shape)}, mean {tuple(mean.shape)}")
@@ -231,8 +202,8 @@ def gumbel_noise(
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-    shape = _size("shape", shape)
-    _check_generator(generator, device)
+    shape = check_size("shape", shape)
+    check_generator("generator", generator, device)
     if device is None and generator is not None:
         device = generator.device
     draw = torch.float64 if dtype == torch.float64 else torch.float32
@@ -244,8 +215,8 @@ def _checked_logits(logits: Tensor, dim: int,
                     generator: torch.Generator | None) -> tuple[Tensor, int]:
     """Logits to work with (float32 for half types) and dim ≥ 0; rejects NaN, +inf, all −inf,
     and a generator of another device type (checked before any host synchronisation)."""
-    logits = _float_tensor("logits", logits)
-    _check_generator(generator, logits.device)
+    logits = check_float_tensor("logits", logits)
+    check_generator("generator", generator, logits.device)
     dim = _dim("logits", logits, dim)
     if logits.shape[dim] == 0:
         raise ValueError(f"logits must have at least one category along dim={dim}, got shape "
@@ -292,11 +263,12 @@ def gumbel_max(
 
 
 def _tau(tau: float, dtype: torch.dtype) -> float:
-    ok = not isinstance(tau, bool) and isinstance(tau, (int, float)) and math.isfinite(tau)
-    if not ok or tau < torch.finfo(dtype).tiny:
+    try:
+        tau = check_real("tau", tau, low=torch.finfo(dtype).tiny)
+    except ValueError:
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}; for the τ → 0 limit "
-                         "use gumbel_max or gumbel_softmax(..., hard=True)")
-    return float(tau)
+                         "use gumbel_max or gumbel_softmax(..., hard=True)") from None
+    return tau
 
 
 def gumbel_softmax(
@@ -376,7 +348,7 @@ def straight_through(soft: Tensor, hard: Tensor) -> Tensor:
         https://kexue.fm/archives/6705
         Bengio, Léonard & Courville, 2013.
     """
-    soft = _float_tensor("soft", soft)
+    soft = check_float_tensor("soft", soft)
     if not isinstance(hard, Tensor) or hard.shape != soft.shape:
         got = tuple(hard.shape) if isinstance(hard, Tensor) else type(hard).__name__
         raise ValueError(f"hard must be a tensor of soft's shape {tuple(soft.shape)}, got {got}")
@@ -385,11 +357,11 @@ def straight_through(soft: Tensor, hard: Tensor) -> Tensor:
 
 def straight_through_round(x: Tensor) -> Tensor:
     """round(x) in the forward pass, identity gradient: straight_through(x, round(x))."""
-    x = _float_tensor("x", x)
+    x = check_float_tensor("x", x)
     return straight_through(x, torch.round(x))
 
 
 def straight_through_sign(x: Tensor) -> Tensor:
     """Binarisation to ±1 (0 ↦ +1) in the forward pass, identity gradient."""
-    x = _float_tensor("x", x)
+    x = check_float_tensor("x", x)
     return straight_through(x, torch.where(x >= 0, 1.0, -1.0).to(x.dtype))

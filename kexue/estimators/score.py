@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 
-from kexue.estimators.reparam import _check_generator, _size, gumbel_max
+from kexue._checks import check_float_tensor, check_generator, check_int, check_real, check_size
+from kexue.estimators.reparam import gumbel_max
 
 __all__ = [
     "LearnedBaseline",
@@ -45,19 +46,12 @@ __all__ = [
 Reduction = Literal["mean", "sum", "none"]
 
 
-def _float_tensor(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor) or not t.is_floating_point():
-        got = t.dtype if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"{name} must be a floating-point tensor, got {got}")
-    return t
-
-
 def _baseline(baseline: Tensor | float | None, cost: Tensor) -> Tensor | None:
     """``baseline`` as a detached tensor that broadcasts to ``cost``'s shape without growing it."""
     if baseline is None:
         return None
-    if isinstance(baseline, bool) or not isinstance(baseline, (Tensor, int, float)):
-        raise ValueError(f"baseline must be a tensor, a number or None, got {baseline!r}")
+    if not isinstance(baseline, Tensor):
+        baseline = check_real("baseline", baseline)
     b = torch.as_tensor(baseline, dtype=cost.dtype, device=cost.device).detach()
     try:
         ok = torch.broadcast_shapes(b.shape, cost.shape) == cost.shape
@@ -94,8 +88,8 @@ def score_function_surrogate(
     Args:
         log_prob: log p_θ(z) of each sample, differentiable in θ (event dims already summed).
         cost: f(z), same shape as ``log_prob``; detached here.
-        baseline: b, broadcastable to ``cost``'s shape (e.g. a scalar, or ``leave_one_out``);
-            detached here. None means b = 0.
+        baseline: b, a tensor broadcastable to ``cost``'s shape (e.g. ``leave_one_out``) or a
+            finite number; detached here. None means b = 0.
 
     Returns:
         s of ``cost``'s shape; reduce it (``.mean()``) and call ``backward`` to minimise E[f].
@@ -108,8 +102,8 @@ def score_function_surrogate(
         https://kexue.fm/archives/7737
         Williams, 1992.
     """
-    log_prob = _float_tensor("log_prob", log_prob)
-    cost = _float_tensor("cost", cost)
+    log_prob = check_float_tensor("log_prob", log_prob)
+    cost = check_float_tensor("cost", cost)
     if log_prob.shape != cost.shape:
         raise ValueError(f"log_prob and cost must have the same shape, got log_prob "
                          f"{tuple(log_prob.shape)}, cost {tuple(cost.shape)}")
@@ -141,11 +135,8 @@ def leave_one_out(rewards: Tensor, dim: int = 0) -> Tensor:
         https://kexue.fm/archives/7737
         Kool, van Hoof & Welling, 2019.
     """
-    rewards = _float_tensor("rewards", rewards)
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -rewards.ndim <= dim < max(
-            rewards.ndim, 1):
-        raise ValueError(f"dim must be an int in [{-rewards.ndim}, {rewards.ndim}) for rewards of "
-                         f"shape {tuple(rewards.shape)}, got {dim!r}")
+    rewards = check_float_tensor("rewards", rewards)
+    dim = check_int("dim", dim, low=-rewards.ndim, high=max(rewards.ndim, 1) - 1)
     k = rewards.shape[dim] if rewards.ndim else 1
     if k < 2:
         raise ValueError(f"leave_one_out needs K >= 2 samples along dim={dim}, got K={k}")
@@ -174,11 +165,7 @@ class MovingAverageBaseline(nn.Module):
 
     def __init__(self, momentum: float = 0.9) -> None:
         super().__init__()
-        ok = (not isinstance(momentum, bool) and isinstance(momentum, (int, float))
-              and 0 <= momentum < 1)
-        if not ok:
-            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = check_real("momentum", momentum, low=0, high=1, high_open=True)
         self.register_buffer("value", torch.zeros(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
@@ -203,7 +190,7 @@ class MovingAverageBaseline(nn.Module):
                 (or whose mean overflows); b is left unchanged, as one such batch would
                 otherwise poison it for good.
         """
-        cost = _float_tensor("cost", cost)
+        cost = check_float_tensor("cost", cost)
         if cost.numel() == 0:
             raise ValueError(f"cost must hold at least one element, got an empty tensor of "
                              f"shape {tuple(cost.shape)}")
@@ -257,14 +244,13 @@ class LearnedBaseline(nn.Module):
         if (model is None) == (in_features is None):
             raise ValueError("give exactly one of model and in_features, got "
                              f"model={type(model).__name__}, in_features={in_features!r}")
+        hidden = check_int("hidden", hidden, low=1)
         if model is not None:
             if not isinstance(model, nn.Module):
                 raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
             self.model = model
             return
-        for name, v in (("in_features", in_features), ("hidden", hidden)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        in_features = check_int("in_features", in_features, low=1)
         self.model = nn.Sequential(nn.Linear(in_features, hidden), nn.Tanh(),
                                    nn.Linear(hidden, 1), _SqueezeLast())
 
@@ -294,7 +280,7 @@ def magic_box(log_prob: Tensor) -> Tensor:
     References:
         Foerster et al., ICML 2018.
     """
-    log_prob = _float_tensor("log_prob", log_prob)
+    log_prob = check_float_tensor("log_prob", log_prob)
     return torch.exp(log_prob - log_prob.detach())
 
 
@@ -304,14 +290,14 @@ def _draw(dist: Distribution, shape: torch.Size, generator: torch.Generator,
     if isinstance(dist, Independent):
         return _draw(dist.base_dist, shape, generator, rsample)
     if isinstance(dist, Normal):
-        _check_generator(generator, dist.loc.device)
+        check_generator("generator", generator, dist.loc.device)
         eps = torch.randn(shape + dist.batch_shape, generator=generator, dtype=dist.loc.dtype,
                           device=dist.loc.device)
         z = dist.loc + dist.scale * eps
         return z if rsample else z.detach()
     if isinstance(dist, Bernoulli):
         probs = dist.probs.detach()
-        _check_generator(generator, probs.device)
+        check_generator("generator", generator, probs.device)
         u = torch.rand(shape + dist.batch_shape, generator=generator, dtype=probs.dtype,
                        device=probs.device)
         return (u < probs).to(probs.dtype)
@@ -405,8 +391,8 @@ class Surrogate:
             raise ValueError(f"reparam=True needs a distribution with rsample, got "
                              f"{type(dist).__name__}; use reparam=None or False")
         use_r = dist.has_rsample if reparam is None else reparam
-        shape = _size("sample_shape", sample_shape)
-        _check_generator(generator, None)
+        shape = check_size("sample_shape", sample_shape)
+        check_generator("generator", generator, None)
         if generator is not None:
             z = _draw(dist, shape, generator, use_r)
         else:
@@ -418,7 +404,7 @@ class Surrogate:
 
     def register(self, log_prob: Tensor) -> None:
         """Add a score node: log p(w) of a sample drawn elsewhere (detached), event dims summed."""
-        self.log_probs.append(_float_tensor("log_prob", log_prob))
+        self.log_probs.append(check_float_tensor("log_prob", log_prob))
 
     def loss(
         self,
@@ -431,8 +417,9 @@ class Surrogate:
 
         Args:
             cost: f, possibly differentiable through reparameterised samples.
-            baseline: b, broadcastable to ``cost``'s shape and independent of the current
-                samples (e.g. ``leave_one_out(cost.detach())``); detached here.
+            baseline: b, a finite number or a tensor broadcastable to ``cost``'s shape and
+                independent of the current samples (e.g. ``leave_one_out(cost.detach())``);
+                detached here.
             reduction: "mean", "sum" or "none" over the cost's elements.
 
         Returns:
@@ -442,7 +429,7 @@ class Surrogate:
             ValueError: for a baseline or log-prob that does not fit ``cost``'s shape, or an
                 unknown reduction.
         """
-        cost = _float_tensor("cost", cost)
+        cost = check_float_tensor("cost", cost)
         b = _baseline(baseline, cost)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

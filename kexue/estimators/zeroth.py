@@ -32,13 +32,14 @@ References:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from kexue._checks import check_generator, check_int, check_real
 
 __all__ = ["SeedZO", "zo_backward", "zo_gradient"]
 
@@ -48,20 +49,6 @@ _SEED_HIGH = 2**63 - 1
 
 
 # -- validation --------------------------------------------------------------------------------
-
-
-def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        op = ">=" if allow_zero else ">"
-        raise ValueError(f"{name} must be a finite number {op} 0, got {value!r}")
-    return float(value)
-
-
-def _int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _params(params: Iterable[Tensor]) -> list[Tensor]:
@@ -86,11 +73,11 @@ def _evaluate(f: Callable[[], Any], name: str) -> float:
             raise ValueError(f"{name} must return a scalar, got a tensor of shape "
                              f"{tuple(value.shape)}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must return a scalar tensor or number, got {type(value)!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must return a finite value, got {value}")
-    return float(value)
+    try:
+        return check_real(name, value)
+    except ValueError:
+        raise ValueError(f"{name} must return a finite value, got {value!r} (expected a "
+                         "finite scalar tensor or number)") from None
 
 
 # -- directions from seeds ---------------------------------------------------------------------
@@ -187,8 +174,9 @@ def zo_gradient(
         https://kexue.fm/archives/7737
         Nesterov & Spokoiny, 2017; Spall, 1992; Salimans et al., 2017.
     """
-    sigma = _positive("sigma", sigma)
-    n = _int("num_samples", num_samples)
+    sigma = check_real("sigma", sigma, low=0, low_open=True)
+    n = check_int("num_samples", num_samples, low=1)
+    check_generator("generator", generator)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if antithetic:
@@ -204,10 +192,8 @@ def zo_gradient(
             if baseline == "optimal" and n < 2:
                 raise ValueError(f"num_samples must be >= 2 for baseline='optimal' "
                                  f"(leave-one-out), got {n}")
-        elif (isinstance(baseline, bool) or not isinstance(baseline, (int, float))
-              or not math.isfinite(baseline)):
-            raise ValueError(f"baseline must be one of {_BASELINES} or a finite number, "
-                             f"got {baseline!r}")
+        else:
+            baseline = check_real("baseline", baseline)
     params = _params(params)
 
     seeds = [_draw_seed(generator) for _ in range(n)]
@@ -410,13 +396,13 @@ class SeedZO(torch.optim.Optimizer):
         seed: int = 0,
         warn_unchanged: float = 0.5,
     ) -> None:
-        _positive("lr", lr, allow_zero=True)
-        _positive("eps", eps)
-        _positive("weight_decay", weight_decay, allow_zero=True)
-        self.num_directions = _int("num_directions", num_directions)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        self.warn_unchanged = _positive("warn_unchanged", warn_unchanged, allow_zero=True)
+        check_real("lr", lr, low=0)
+        check_real("eps", eps, low=0, low_open=True)
+        check_real("weight_decay", weight_decay, low=0)
+        self.num_directions = check_int("num_directions", num_directions, low=1)
+        # torch.Generator.manual_seed's range
+        seed = check_int("seed", seed, low=-(2**63), high=2**64 - 1)
+        self.warn_unchanged = check_real("warn_unchanged", warn_unchanged, low=0)
         defaults = {"lr": lr, "eps": eps, "weight_decay": weight_decay,
                     "master_weights": bool(master_weights)}
         super().__init__(params, defaults)
@@ -427,9 +413,9 @@ class SeedZO(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key in ("lr", "weight_decay"):
             if key in param_group:
-                _positive(key, param_group[key], allow_zero=True)
+                check_real(key, param_group[key], low=0)
         if "eps" in param_group:
-            _positive("eps", param_group["eps"])
+            check_real("eps", param_group["eps"], low=0, low_open=True)
         super().add_param_group(param_group)
 
     def _entries(self) -> tuple[list[Tensor], list[Tensor | None], list[dict[str, Any]]]:
@@ -544,9 +530,9 @@ def zo_backward(
         https://kexue.fm/archives/7737
         Malladi et al., 2023.
     """
-    eps = _positive("eps", eps)
-    k = _int("num_directions", num_directions)
-    warn_unchanged = _positive("warn_unchanged", warn_unchanged, allow_zero=True)
+    eps = check_real("eps", eps, low=0, low_open=True)
+    k = check_int("num_directions", num_directions, low=1)
+    warn_unchanged = check_real("warn_unchanged", warn_unchanged, low=0)
     if not callable(closure):
         raise ValueError(f"closure must be a callable returning the loss, got {closure!r}")
     params = _params(params)
