@@ -23,7 +23,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,17 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kexue._checks import check_int, check_real
+
 __all__ = ["flow_error", "gd_iterates", "gradient_flow", "modified_loss"]
 
 LossFn = Callable[[Tensor], Tensor]
 F64 = torch.float64
-
-
-def _step(name: str, value: Any) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _vector(name: str, value: Any) -> Tensor:
@@ -77,7 +71,7 @@ def modified_loss(loss: LossFn, h: float) -> LossFn:
         https://kexue.fm/archives/7787
         Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021.
     """
-    h = _step("h", h)
+    h = check_real("h", h, low=0, low_open=True)
     grad = torch.func.grad(loss)
 
     def tilde(theta: Tensor) -> Tensor:
@@ -111,15 +105,15 @@ def gradient_flow(
         times: non-decreasing times t ≥ 0 at which to report θ(t); repeated times give
             repeated rows.
         method: any explicit or implicit ``solve_ivp`` method name.
-        rtol: relative tolerance of the solver.
-        atol: absolute tolerance of the solver.
+        rtol: relative tolerance of the solver, a finite number > 0.
+        atol: absolute tolerance of the solver, a finite number >= 0.
 
     Returns:
         θ(t) for each t, float64 on the CPU, shape (len(times), d).
 
     Raises:
-        ValueError: for θ₀ not a 1-D float tensor, or times empty, negative, non-finite or
-            decreasing.
+        ValueError: for θ₀ not a 1-D float tensor, times empty, negative, non-finite or
+            decreasing, or a tolerance out of range.
         RuntimeError: when the solver fails (e.g. the flow blows up).
 
     References:
@@ -127,6 +121,8 @@ def gradient_flow(
     """
     from scipy.integrate import solve_ivp  # only here: the rest of kexue.dynamics needs no scipy
 
+    rtol = check_real("rtol", rtol, low=0, low_open=True)
+    atol = check_real("atol", atol, low=0)
     y0 = _vector("theta0", theta0)
     t = np.asarray(times.detach().cpu() if isinstance(times, Tensor) else times, dtype=np.float64)
     if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or t[0] < 0 \
@@ -170,9 +166,8 @@ def gd_iterates(loss: LossFn, theta0: Tensor, h: float, steps: int) -> Tensor:
     References:
         https://kexue.fm/archives/7787
     """
-    h = _step("h", h)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    h = check_real("h", h, low=0, low_open=True)
+    steps = check_int("steps", steps, low=0)
     theta = _vector("theta0", theta0)
     grad = torch.func.grad(loss)
     out = [theta]
@@ -212,7 +207,7 @@ def flow_error(
         https://kexue.fm/archives/7787
         Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021.
     """
-    h = _step("h", h)
+    h = check_real("h", h, low=0, low_open=True)
     if not isinstance(iterates, Tensor) or iterates.dim() != 2 or iterates.shape[0] == 0:
         got = tuple(iterates.shape) if isinstance(iterates, Tensor) else type(iterates).__name__
         raise ValueError(f"iterates must be a tensor of shape (n + 1, d), got {got}")

@@ -72,6 +72,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp, vmap
 
+from kexue._checks import check_int, check_real
 from kexue.train._naming import unwrap_model
 
 __all__ = ["PathKernelRecorder", "TopK"]
@@ -137,8 +138,8 @@ class PathKernelRecorder:
         train_x: (N_train, ...) all training inputs; example i is ``train_x[i]``.
         train_y: (N_train, ...) the matching targets.
         reduction: how the training loss reduces the per-example losses.
-        rtol: relative tolerance for declaring a step an SGD step; default √eps of the
-            parameters' dtype (1.5e-8 in float64, 3.5e-4 in float32).
+        rtol: relative tolerance (a finite number >= 0) for declaring a step an SGD step;
+            default √eps of the parameters' dtype (1.5e-8 in float64, 3.5e-4 in float32).
 
     Raises:
         ValueError: for a model without trainable parameters, parameters of mixed dtype or
@@ -159,6 +160,8 @@ class PathKernelRecorder:
         reduction: Literal["mean", "sum"] = "mean",
         rtol: float | None = None,
     ) -> None:
+        if rtol is not None:
+            rtol = check_real("rtol", rtol, low=0)
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -205,7 +208,7 @@ class PathKernelRecorder:
         self._numels = [p.numel() for _, p in named]
         self.dtype, self.device = dtype, device
         eps = torch.finfo(self.dtype).eps
-        self.rtol = math.sqrt(eps) if rtol is None else float(rtol)
+        self.rtol = math.sqrt(eps) if rtol is None else rtol
         self._eps = eps
 
         self._thetas: list[Tensor] = [self._flat()]  # θ_0, θ_1, ... each (P,)
@@ -330,8 +333,7 @@ class PathKernelRecorder:
             raise ValueError("no optimizer step has been recorded yet; call optimizer.step() first")
         if method not in ("exact", "tangent"):
             raise ValueError(f"method must be 'exact' or 'tangent', got {method!r}")
-        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-            raise ValueError(f"nodes must be an int >= 1, got {nodes!r}")
+        check_int("nodes", nodes, low=1)
         if not isinstance(x, Tensor) or x.ndim < 1 or len(x) == 0:
             raise ValueError(f"x must be a non-empty tensor (N, ...), got {_describe(x)}")
         _check_input("x", x, self.dtype, self.device)
@@ -482,8 +484,7 @@ class PathKernelRecorder:
             raise ValueError("top_k needs the training set: pass loss_fn, train_x, train_y to "
                              "PathKernelRecorder")
         n_train = len(self.train_x)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_train:
-            raise ValueError(f"k must be an int in [1, {n_train}], got {k!r}")
+        k = check_int("k", k, low=1, high=n_train)
         c = self.contributions(x, method, nodes)  # (N, N_train, *out)
         size = c.reshape(c.shape[0], c.shape[1], -1).norm(dim=-1)  # (N, N_train)
         indices = size.topk(k, dim=1).indices  # (N, k)
