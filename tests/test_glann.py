@@ -7,7 +7,9 @@ image and for Lap1 under a constant shift, and an uninterrupted run for checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ import torch
 from kexue.generative.base import Trainer
 from kexue.generative.data import ImageData, load_images
 from kexue.generative.glann import (
+    TRAINER,
+    GLANNTrainConfig,
     GLANNTrainer,
     fit_gaussian,
     imle_assign,
@@ -27,8 +31,8 @@ from kexue.generative.glann import (
 
 torch.set_num_threads(1)
 
-SMALL = {"glo_epochs": 2, "imle_epochs": 2, "code_dim": 4, "noise_dim": 3, "width": 16,
-         "batch_size": 32, "imle_batch": 40, "imle_pool": 64}
+SMALL = GLANNTrainConfig(glo_epochs=2, imle_epochs=2, code_dim=4, noise_dim=3, width=16,
+                         batch_size=32, imle_batch=40, imle_pool=64)
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +134,13 @@ def _flat(trainer: GLANNTrainer) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("stop_at", [1, 3])  # inside GLO, inside IMLE
 def test_resume_equals_uninterrupted(small, stop_at):
-    straight = GLANNTrainer(small, seed=5, **SMALL)
+    straight = GLANNTrainer(small, SMALL, seed=5)
     losses = [straight.fit_epoch() for _ in range(straight.epochs)]
 
-    first = GLANNTrainer(small, seed=5, **SMALL)
+    first = GLANNTrainer(small, SMALL, seed=5)
     for _ in range(stop_at):
         first.fit_epoch()
-    resumed = GLANNTrainer(small, seed=5, **SMALL)
+    resumed = GLANNTrainer(small, SMALL, seed=5)
     resumed.load_state_dict(_roundtrip(first.state_dict()))
     assert resumed.epoch == stop_at
     rest = [resumed.fit_epoch() for _ in range(resumed.epochs - stop_at)]
@@ -151,7 +155,7 @@ def test_resume_equals_uninterrupted(small, stop_at):
 
 def test_trainer_contract_and_global_rng(small):
     before = torch.get_rng_state()
-    trainer = GLANNTrainer(small, seed=0, **SMALL)
+    trainer = GLANNTrainer(small, SMALL, seed=0)
     assert isinstance(trainer, Trainer)
     stages = []
     while trainer.epoch < trainer.epochs:
@@ -169,12 +173,12 @@ def test_trainer_contract_and_global_rng(small):
 
 
 def test_glo_and_imle_learn(small):
-    config = {**SMALL, "glo_epochs": 8, "imle_epochs": 8, "width": 64}
-    trainer = GLANNTrainer(small, seed=1, **config)
-    glo = [trainer.fit_epoch()["lap1"] for _ in range(config["glo_epochs"])]
+    config = dataclasses.replace(SMALL, glo_epochs=8, imle_epochs=8, width=64)
+    trainer = GLANNTrainer(small, config, seed=1)
+    glo = [trainer.fit_epoch()["lap1"] for _ in range(config.glo_epochs)]
     assert glo[-1] < 0.8 * glo[0]
     codes = trainer.codes.weight.detach()
-    e = torch.randn(500, config["noise_dim"], generator=torch.Generator().manual_seed(0))
+    e = torch.randn(500, config.noise_dim, generator=torch.Generator().manual_seed(0))
 
     def coverage() -> float:  # mean distance from a real code to its nearest generated code
         with torch.no_grad():
@@ -182,7 +186,7 @@ def test_glo_and_imle_learn(small):
         return float((codes - pool[imle_assign(codes, pool)]).norm(dim=1).mean())
 
     before = coverage()
-    for _ in range(config["imle_epochs"]):
+    for _ in range(config.imle_epochs):
         trainer.fit_epoch()
     assert coverage() < 0.8 * before
 
@@ -192,10 +196,77 @@ def test_trainer_rejects_bad_input(small):
     with pytest.raises(ValueError, match="train_x"):
         GLANNTrainer(empty)
     with pytest.raises(ValueError, match="code_dim"):
-        GLANNTrainer(small, code_dim=65)
-    with pytest.raises(ValueError, match="glo_epochs"):
-        GLANNTrainer(small, glo_epochs=0)
-    trainer = GLANNTrainer(small, seed=0, **SMALL)
-    other = GLANNTrainer(small, seed=1, **SMALL)
+        GLANNTrainer(small, GLANNTrainConfig(code_dim=65))
+    with pytest.raises(ValueError, match="levels"):
+        GLANNTrainer(small, GLANNTrainConfig(levels=6))
+    with pytest.raises(ValueError, match="config must be a GLANNTrainConfig"):
+        GLANNTrainer(small, {"glo_epochs": 1})
+    with pytest.raises(ValueError, match="variant"):
+        TRAINER.build(small, epochs=2, variant="dcgan")
+    trainer = GLANNTrainer(small, SMALL, seed=0)
+    other = GLANNTrainer(small, dataclasses.replace(SMALL, width=8), seed=0)
     with pytest.raises(ValueError, match="config"):
         trainer.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="seed"):
+        trainer.load_state_dict(GLANNTrainer(small, SMALL, seed=1).state_dict())
+    old = {k: v for k, v in trainer.state_dict().items() if k not in ("format", "rng")}
+    old["generator"] = trainer.rng.get_state()  # the format-1 layout
+    with pytest.raises(ValueError, match="format 1.*format 2"):
+        trainer.load_state_dict(old)
+
+
+@pytest.mark.parametrize("name, bad", [
+    *[(name, value) for name in ("glo_epochs", "code_dim", "noise_dim", "width", "batch_size",
+                                 "imle_batch", "imle_pool", "levels")
+      for value in (2.5, True, 0)],
+    ("imle_epochs", 2.5), ("imle_epochs", True), ("imle_epochs", -1), ("width", 1),
+    *[(name, value) for name in ("lr", "code_lr") for value in (math.nan, True, 0.0, -1e-3,
+                                                                math.inf)],
+])
+def test_config_rejects_out_of_range_values(name, bad):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        GLANNTrainConfig(**{name: bad})
+
+
+def test_config_and_registry_defaults(small):
+    config = GLANNTrainConfig()
+    assert config.epochs == 60 and GLANNTrainConfig(glo_epochs=3, imle_epochs=0).epochs == 3
+    assert TRAINER.epochs((1, 8, 8)) == TRAINER.epochs((1, 28, 28)) == 50
+    for epochs, glo in ((1, 1), (2, 1), (5, 3), (50, 30)):  # round(0.6 · epochs), at least 1
+        trainer = TRAINER.build(small, epochs=epochs, seed=2)
+        assert (trainer.glo_epochs, trainer.epochs, trainer.seed) == (glo, epochs, 2)
+
+
+def test_streams_initialisation_and_evaluation(small):
+    """Weights come from the stream (seed, "init"), not from the training generator: the same
+    seed gives the same G and T, another seed others; the codes start at the data's principal
+    components whatever the seed; evaluation scores GLANN samples of the default stream."""
+    a, b = GLANNTrainer(small, SMALL, seed=4), GLANNTrainer(small, SMALL, seed=4)
+    c = GLANNTrainer(small, SMALL, seed=5)
+    assert torch.equal(a.rng.get_state(), torch.Generator().manual_seed(4).get_state())
+    fa, fb, fc = _flat(a), _flat(b), _flat(c)
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    assert torch.equal(fa["codes.weight"], fc["codes.weight"])
+    assert not torch.equal(fa["G.0.0.weight"], fc["G.0.0.weight"])
+    # torch's default for a Linear layer: U(±1/√fan_in), weight and bias
+    bound = 1 / math.sqrt(SMALL.code_dim)
+    w = fa["G.0.0.weight"]
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    scores = a.evaluate(small)
+    assert set(scores) == {"cfd", "precision", "recall", "cis"}
+    assert scores == a.evaluate(small)
+    gen = torch.Generator().manual_seed(9)
+    assert a.evaluate(small, gen) != scores
+
+
+def test_bf16_autocast_on_cpu_trains_close_to_float32(small):
+    full = GLANNTrainer(small, SMALL, seed=0)
+    half = GLANNTrainer(small, SMALL, seed=0, autocast="bf16")
+    assert half.device == torch.device("cpu")
+    for _ in range(SMALL.epochs):
+        exact, approx = full.fit_epoch(), half.fit_epoch()
+        assert exact.keys() == approx.keys()
+        for k in exact:  # bf16 has 8 mantissa bits: the losses agree to a few per cent
+            assert approx[k] == pytest.approx(exact[k], rel=0.05), k
+    with pytest.raises(ValueError, match="autocast"):
+        GLANNTrainer(small, SMALL, autocast="fp8")

@@ -1,7 +1,8 @@
 """Claim: GLANN (GLO + IMLE in code space) samples digits better than GLO + a fitted Gaussian.
 
 Trains :class:`~kexue.generative.glann.GLANNTrainer` on sklearn's real 8×8 digits (train split)
-for several seeds; each seed's one GLO generator is sampled two ways, through GLANN's IMLE
+for several seeds (replicates seed, seed + 1, …: each trainer derives its streams by name, so
+they never overlap); each seed's one GLO generator is sampled two ways, through GLANN's IMLE
 mapping e → T → G and through a full-covariance Gaussian fitted to the GLO codes, so the
 comparison isolates the code distribution. Both are scored with the offline metrics of
 :mod:`kexue.generative.metrics` against the test split (cFD averaged over three sample draws
@@ -23,11 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kexue._seeds import stream
 from kexue.experiments._common import grid_figure
 from kexue.experiments.base import Anchor, Context, Experiment, Result, Table
 from kexue.experiments.gan_digits import blurred
 from kexue.generative.data import ImageData, load_images
-from kexue.generative.glann import GLANNTrainer
+from kexue.generative.glann import GLANNTrainConfig, GLANNTrainer
 from kexue.generative.metrics import FeatureClassifier, fit_classifier, score_samples
 
 # gap = 1 − cFD(GLANN) / cFD(GLO + Gaussian) of one seed. Measured over seeds 0–7: per-seed
@@ -51,11 +53,12 @@ class Config:
     draws: int = 3
 
 
-def _mean_scores(draw: Sampler, data: ImageData, clf: FeatureClassifier,
-                 draws: int) -> dict[str, float]:
-    """Metrics averaged over ``draws`` sample sets of test-split size, draw i seeded with i."""
+def _mean_scores(draw: Sampler, data: ImageData, clf: FeatureClassifier, draws: int,
+                 seed: int) -> dict[str, float]:
+    """Metrics averaged over ``draws`` sample sets of test-split size, draw i from the stream
+    (seed, "draw", i)."""
     n = len(data.test_x)
-    runs = [score_samples(draw(n, torch.Generator().manual_seed(i)), data, classifier=clf)
+    runs = [score_samples(draw(n, stream(seed, "draw", str(i))), data, classifier=clf)
             for i in range(draws)]
     return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
 
@@ -64,7 +67,7 @@ def _floor(config: Config, data: ImageData, clf: FeatureClassifier,
            seed: int) -> dict[str, float]:
     """Held-out real train images against the test split, averaged over ``config.draws``."""
     n = len(data.test_x)
-    gen = torch.Generator().manual_seed(seed)
+    gen = stream(seed, "floor")
     runs = [score_samples(data.train_x[torch.randperm(len(data.train_x), generator=gen)[:n]],
                           data, classifier=clf) for _ in range(config.draws)]
     return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
@@ -80,19 +83,19 @@ def run(config: Config, ctx: Context) -> Result:
     per_seed: list[tuple[int, dict[str, float], dict[str, float]]] = []
     grids = None
     for s in range(seed, seed + config.seeds):
-        trainer = GLANNTrainer(
-            data, glo_epochs=config.glo_epochs, imle_epochs=config.imle_epochs,
+        trainer = GLANNTrainer(data, GLANNTrainConfig(
+            glo_epochs=config.glo_epochs, imle_epochs=config.imle_epochs,
             code_dim=config.code_dim, noise_dim=config.noise_dim, width=config.width,
-            batch_size=config.batch_size, imle_pool=config.imle_pool, seed=s)
+            batch_size=config.batch_size, imle_pool=config.imle_pool), seed=s,
+            device=ctx.device)
         while trainer.epoch < trainer.epochs:
             trainer.fit_epoch()
-        glann = _mean_scores(trainer.sample, data, clf, config.draws)
-        gauss = _mean_scores(trainer.sample_gaussian, data, clf, config.draws)
+        glann = _mean_scores(trainer.sample, data, clf, config.draws, seed)
+        gauss = _mean_scores(trainer.sample_gaussian, data, clf, config.draws, seed)
         per_seed.append((s, glann, gauss))
         if grids is None:
-            gen = torch.Generator().manual_seed(seed)
-            grids = {"GLANN": trainer.sample(64, gen),
-                     "GLO + Gaussian": trainer.sample_gaussian(64, gen),
+            grids = {"GLANN": trainer.sample(64, ctx.stream("grid")),
+                     "GLO + Gaussian": trainer.sample_gaussian(64, ctx.stream("grid")),
                      "real (test)": data.test_x[:64]}
     return _result(config, seed, clf.test_accuracy, floor, per_seed, grids, len(data.test_x),
                    ("GLANN", "GLO + Gaussian"))
@@ -109,9 +112,9 @@ def control(config: Config, ctx: Context) -> Result:
     def draw(n: int, gen: torch.Generator) -> Tensor:
         return blurred(data.train_x[torch.randperm(len(data.train_x), generator=gen)[:n]])
 
-    same = _mean_scores(draw, data, clf, config.draws)
+    same = _mean_scores(draw, data, clf, config.draws, seed)
     per_seed = [(s, same, same) for s in range(seed, seed + config.seeds)]
-    grids = {"blurred real (both arms)": draw(64, torch.Generator().manual_seed(seed)),
+    grids = {"blurred real (both arms)": draw(64, ctx.stream("grid")),
              "real (test)": data.test_x[:64]}
     return _result(config, seed, clf.test_accuracy, floor, per_seed, grids, len(data.test_x),
                    ("blurred real (arm 1)", "blurred real (arm 2)"))

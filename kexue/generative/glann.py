@@ -30,19 +30,27 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kexue._checks import check_generator, check_int, check_real
+from kexue._seeds import stream
+from kexue.generative.base import STATE_FORMAT, TrainerEntry, check_state_format
+from kexue.generative.common import EpochLoop, init_module
 from kexue.generative.data import ImageData
-from kexue.generative.metrics import init_parameters_
+from kexue.generative.metrics import score_samples
 
 __all__ = [
+    "TRAINER",
+    "GLANNTrainConfig",
     "GLANNTrainer",
     "fit_gaussian",
     "imle_assign",
@@ -244,82 +252,124 @@ def _make_generator(code_dim: int, shape: tuple[int, int, int], width: int) -> n
     return _ConvGenerator(code_dim, shape, width)
 
 
+@dataclass(frozen=True)
+class GLANNTrainConfig:
+    """Schedule and hyper-parameters of a :class:`GLANNTrainer`.
+
+    Attributes:
+        glo_epochs: Epochs of stage 1 (codes and G, Lap1 loss), ≥ 1.
+        imle_epochs: Epochs of stage 2 (T, IMLE), ≥ 0.
+        code_dim: Dimension D of the codes, ≥ 1 (at most min(N, C·H·W) of the data: the codes
+            start at the top D principal components).
+        noise_dim: Dimension of IMLE's noise e, ≥ 1.
+        width: Hidden width of G and of T, ≥ 2.
+        batch_size: GLO batch size, ≥ 1.
+        lr: Adam learning rate of G and T, > 0 (T's decays by a cosine over the IMLE stage).
+        code_lr: SparseAdam learning rate of the codes, > 0.
+        imle_batch: Real codes per IMLE step, ≥ 1.
+        imle_pool: Generated codes each IMLE step chooses nearest neighbours from, ≥ 1.
+        levels: Lap1 pyramid depth, ≥ 1 (None: :func:`default_levels` of the image size).
+
+    Raises:
+        ValueError: Naming the field, for a value out of its range (an int field refuses 2.5
+            and True, a real one NaN).
+    """
+
+    glo_epochs: int = 40
+    imle_epochs: int = 20
+    code_dim: int = 16
+    noise_dim: int = 16
+    width: int = 256
+    batch_size: int = 64
+    lr: float = 1e-3
+    code_lr: float = 1e-2
+    imle_batch: int = 128
+    imle_pool: int = 1024
+    levels: int | None = None
+
+    def __post_init__(self) -> None:
+        lows = {"glo_epochs": 1, "imle_epochs": 0, "code_dim": 1, "noise_dim": 1, "width": 2,
+                "batch_size": 1, "imle_batch": 1, "imle_pool": 1}
+        for name, low in lows.items():
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low=low))
+        for name in ("lr", "code_lr"):
+            object.__setattr__(self, name, check_real(name, getattr(self, name), low=0,
+                                                      low_open=True))
+        if self.levels is not None:
+            object.__setattr__(self, "levels", check_int("levels", self.levels, low=1))
+
+    @property
+    def epochs(self) -> int:
+        """Planned epochs, ``glo_epochs + imle_epochs``."""
+        return self.glo_epochs + self.imle_epochs
+
+
 class GLANNTrainer:
-    """GLO for ``glo_epochs`` epochs, then IMLE of the code distribution for ``imle_epochs``.
+    """GLO for ``config.glo_epochs`` epochs, then IMLE of the code distribution.
 
     Meets :class:`~kexue.generative.base.Trainer`; ``epochs = glo_epochs + imle_epochs``.
     :meth:`sample` draws from GLANN (e → T → G), :meth:`sample_gaussian` from the GLO +
-    Gaussian baseline. All randomness (initialisation, batch order, IMLE noise) comes from a
-    private generator seeded by ``seed``, whose state is in :meth:`state_dict`.
+    Gaussian baseline. Initial weights of G and T come from the stream ``(seed, "init")``
+    (torch's default distributions, :func:`~kexue.generative.common.init_module`), the codes
+    from the images' principal components; batch order and IMLE noise from the training
+    generator ``rng`` (seeded with ``seed``, saved in :meth:`state_dict`); sampling and
+    evaluation default to the streams ``(seed, "sample")`` and ``(seed, "evaluate")``.
 
     Args:
-        data: Real images; only ``data.train_x`` is used.
-        glo_epochs: Epochs of stage 1 (codes and G, Lap1 loss), ≥ 1.
-        imle_epochs: Epochs of stage 2 (T, IMLE), ≥ 0.
-        code_dim: Dimension D of the codes.
-        noise_dim: Dimension of IMLE's noise e.
-        width: Hidden width of G (and T's width is ``width``).
-        batch_size: GLO batch size.
-        lr: Adam learning rate of G and T.
-        code_lr: SparseAdam learning rate of the codes.
-        imle_batch: Real codes per IMLE step.
-        imle_pool: Generated codes each IMLE step chooses nearest neighbours from.
-        levels: Lap1 pyramid depth (default for the image size).
-        seed: Seed of the private generator.
+        data: Real images; ``data.train_x`` trains, ``data.test_x`` is what :meth:`evaluate`
+            scores against.
+        config: Schedule and hyper-parameters (None: :class:`GLANNTrainConfig` defaults).
+        seed: Seed of every stream.
+        device: Where G, T and the codes train (``"cpu"``, ``"cuda"``, ``"auto"``); random
+            draws are made on the CPU and moved, so a seed gives the same run everywhere up to
+            floating-point rounding.
+        autocast: ``None``, ``"bf16"`` or ``"fp16"`` (CUDA): precision of the forward passes.
 
     Raises:
-        ValueError: For empty data or out-of-range settings.
+        ValueError: For too little data, a ``code_dim`` or ``levels`` the images do not allow,
+            or an unknown device or autocast.
     """
 
-    def __init__(self, data: ImageData, *, glo_epochs: int = 40, imle_epochs: int = 20,
-                 code_dim: int = 16, noise_dim: int = 16, width: int = 256,
-                 batch_size: int = 64, lr: float = 1e-3, code_lr: float = 1e-2,
-                 imle_batch: int = 128, imle_pool: int = 1024, levels: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, data: ImageData, config: GLANNTrainConfig | None = None, *,
+                 seed: int = 0, device: str | torch.device | None = None,
+                 autocast: str | None = None) -> None:
+        config = GLANNTrainConfig() if config is None else config
+        if not isinstance(config, GLANNTrainConfig):
+            raise ValueError(f"config must be a GLANNTrainConfig or None, got "
+                             f"{type(config).__name__}")
+        self.seed = check_int("seed", seed, low=0, high=2**64 - 1)
         x = data.train_x
         if x.ndim != 4 or len(x) < 2:
             raise ValueError(f"data.train_x must hold at least 2 images (N, C, H, W), got shape "
                              f"{tuple(x.shape)}")
         n, c, h, w = x.shape
-        checks = {"glo_epochs": (glo_epochs, 1), "imle_epochs": (imle_epochs, 0),
-                  "noise_dim": (noise_dim, 1), "width": (width, 2), "batch_size": (batch_size, 1),
-                  "imle_batch": (imle_batch, 1), "imle_pool": (imle_pool, 1)}
-        for name, (value, low) in checks.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if not 1 <= code_dim <= min(n, c * h * w):
-            raise ValueError(f"code_dim must be in [1, {min(n, c * h * w)}] for this data, "
-                             f"got {code_dim}")
-        for name, value in (("lr", lr), ("code_lr", code_lr)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        self.config = {"glo_epochs": glo_epochs, "imle_epochs": imle_epochs,
-                       "code_dim": code_dim, "noise_dim": noise_dim, "width": width,
-                       "batch_size": batch_size, "lr": lr, "code_lr": code_lr,
-                       "imle_batch": imle_batch, "imle_pool": imle_pool, "levels": levels,
-                       "seed": seed}
-        self.x = x
-        self.levels = levels if levels is not None else default_levels(h, w)
+        check_int("code_dim", config.code_dim, low=1, high=min(n, c * h * w))
+        self.levels = config.levels if config.levels is not None else default_levels(h, w)
         laplacian_pyramid(x[:1], self.levels)  # validates levels for this size
-        self.glo_epochs, self.imle_epochs = glo_epochs, imle_epochs
-        self.epochs = glo_epochs + imle_epochs
+        self.config = config
+        self.loop = EpochLoop(device, autocast)
+        self.device = self.loop.device
+        self.x = self.loop.put(x)
+        self.glo_epochs, self.imle_epochs = config.glo_epochs, config.imle_epochs
+        self.epochs = config.epochs
         self.epoch = 0
-        self.seed = seed
-        self.gen = torch.Generator().manual_seed(seed)
+        self.rng = torch.Generator().manual_seed(seed)
 
         with torch.device("meta"):
-            self.G = _make_generator(code_dim, (c, h, w), width)
-            self.T = _mlp([noise_dim, width, width, code_dim])
-            self.codes = nn.Embedding(n, code_dim, sparse=True)
+            self.G = _make_generator(config.code_dim, (c, h, w), config.width)
+            self.T = _mlp([config.noise_dim, config.width, config.width, config.code_dim])
+            self.codes = nn.Embedding(n, config.code_dim, sparse=True)
+        init = stream(seed, "init")
         for module in (self.G, self.T, self.codes):
             module.to_empty(device="cpu")
-        init_parameters_(self.G, self.gen)
-        init_parameters_(self.T, self.gen)
+        init_module(self.G, init, "torch")
+        init_module(self.T, init, "torch")
         with torch.no_grad():
-            self.codes.weight.copy_(self._pca_codes(x, code_dim))
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr)
-        self.opt_codes = torch.optim.SparseAdam(self.codes.parameters(), lr=code_lr)
-        self.opt_t = torch.optim.Adam(self.T.parameters(), lr=lr)
+            self.codes.weight.copy_(self._pca_codes(x, config.code_dim))
+        self.loop.place(self.G, self.T, self.codes)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr)
+        self.opt_codes = torch.optim.SparseAdam(self.codes.parameters(), lr=config.code_lr)
+        self.opt_t = torch.optim.Adam(self.T.parameters(), lr=config.lr)
 
     @staticmethod
     def _pca_codes(x: Tensor, code_dim: int) -> Tensor:
@@ -348,11 +398,12 @@ class GLANNTrainer:
 
     def _glo_epoch(self, on_batch: Callable[[int, int], None] | None) -> dict[str, float]:
         self.G.train()
-        order = torch.randperm(len(self.x), generator=self.gen).split(self.config["batch_size"])
-        total = 0.0
-        for i, idx in enumerate(order):
-            z = self.codes(idx)  # (B, D), on the sphere after the previous projection
-            loss = lap1_loss(self.G(z), self.x[idx], self.levels)
+
+        def step(index: Tensor) -> dict[str, float]:
+            idx = self.loop.put(index)
+            with self.loop.autocast():
+                out = self.G(self.codes(idx))  # codes (B, D) on the sphere since the last step
+            loss = lap1_loss(out.float(), self.x[idx], self.levels)
             self.opt_g.zero_grad()
             self.opt_codes.zero_grad()
             loss.backward()
@@ -360,103 +411,146 @@ class GLANNTrainer:
             self.opt_codes.step()
             with torch.no_grad():
                 self.codes.weight[idx] = project_to_sphere(self.codes.weight[idx])
-            total += loss.item()
-            if on_batch is not None:
-                on_batch(i + 1, len(order))
-        return {"lap1": total / len(order)}
+            return {"lap1": loss.item()}
+
+        return self.loop.run(len(self.x), self.config.batch_size, self.rng, step, on_batch)
 
     def _imle_epoch(self, on_batch: Callable[[int, int], None] | None) -> dict[str, float]:
         self.G.eval()
+        cfg = self.config
         # Cosine decay of T's learning rate over the IMLE stage, a function of the epoch only
         # (so resuming from a checkpoint restores it): the nearest-neighbour targets are noisy.
         k = self.epoch - self.glo_epochs
         for group in self.opt_t.param_groups:
-            group["lr"] = self.config["lr"] * 0.5 * (1 + math.cos(math.pi * min(k, self.imle_epochs)
-                                                                / max(self.imle_epochs, 1)))
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(k, self.imle_epochs)
+                                                       / max(self.imle_epochs, 1)))
         codes = self.codes.weight.detach()
-        order = torch.randperm(len(codes), generator=self.gen).split(self.config["imle_batch"])
-        total = 0.0
-        for i, idx in enumerate(order):
-            e = torch.randn(self.config["imle_pool"], self.config["noise_dim"],
-                            generator=self.gen)  # (M, E)
-            with torch.no_grad():
-                pool = project_to_sphere(self.T(e))  # (M, D)
-            nearest = imle_assign(codes[idx], pool)  # (B,)
-            loss = (project_to_sphere(self.T(e[nearest])) - codes[idx]).square().sum(1).mean()
+
+        def step(index: Tensor) -> dict[str, float]:
+            real = codes[self.loop.put(index)]  # (B, D)
+            e = self.loop.randn(cfg.imle_pool, cfg.noise_dim, generator=self.rng)  # (M, E)
+            with torch.no_grad(), self.loop.autocast():
+                pool = self.T(e)
+            nearest = imle_assign(real, project_to_sphere(pool.float()))  # (B,) into (M, D)
+            with self.loop.autocast():
+                fake = self.T(e[nearest])
+            fake = project_to_sphere(fake.float())  # (B, D)
+            loss = (fake - real).square().sum(1).mean()
             self.opt_t.zero_grad()
             loss.backward()
             self.opt_t.step()
-            total += loss.item()
-            if on_batch is not None:
-                on_batch(i + 1, len(order))
-        return {"imle_mse": total / len(order)}
+            return {"imle_mse": loss.item()}
 
+        return self.loop.run(len(codes), cfg.imle_batch, self.rng, step, on_batch)
+
+    @torch.no_grad()
     def _decode(self, z: Tensor) -> Tensor:
         was_training = self.G.training
         self.G.eval()
-        out = torch.cat([self.G(chunk) for chunk in z.split(1024)]).clamp(0, 1)
+        with self.loop.autocast():
+            out = torch.cat([self.G(chunk).float() for chunk in z.split(1024)]).clamp(0, 1)
         self.G.train(was_training)
-        return out
+        return out.cpu()
 
-    def _sampling_generator(self, generator: torch.Generator | None) -> torch.Generator:
+    def _generator(self, generator: torch.Generator | None, name: str) -> torch.Generator:
         # Never the training generator: sampling must not change the course of training.
-        return generator if generator is not None else torch.Generator().manual_seed(self.seed)
+        if generator is None:
+            return stream(self.seed, name)
+        return check_generator("generator", generator, "cpu")
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """GLANN samples G(T(e)/‖T(e)‖), e ~ N(0, I): (n, C, H, W) in [0, 1].
+        """GLANN samples G(T(e)/‖T(e)‖), e ~ N(0, I): (n, C, H, W) in [0, 1], on the CPU.
 
-        ``generator`` defaults to a fresh one seeded with ``seed`` (the same images each call).
+        ``generator`` (a CPU generator) defaults to a fresh stream ``(seed, "sample")``: the
+        same images each call.
         """
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        e = torch.randn(n, self.config["noise_dim"], generator=self._sampling_generator(generator))
-        return self._decode(project_to_sphere(self.T(e)))
+        n = check_int("n", n, low=0)
+        gen = self._generator(generator, "sample")
+        e = self.loop.randn(n, self.config.noise_dim, generator=gen)  # (n, E)
+        with self.loop.autocast():
+            z = project_to_sphere(self.T(e).float())
+        return self._decode(z)
 
     @torch.no_grad()
     def sample_gaussian(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """GLO + Gaussian baseline: G(z/‖z‖), z ~ N(μ, Σ) fitted to the current codes."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        mean, cov = fit_gaussian(self.codes.weight.double())
+        """GLO + Gaussian baseline: G(z/‖z‖), z ~ N(μ, Σ) fitted to the current codes (CPU)."""
+        n = check_int("n", n, low=0)
+        gen = self._generator(generator, "sample")
+        mean, cov = fit_gaussian(self.codes.weight.detach().double().cpu())
         chol = torch.linalg.cholesky(cov + 1e-8 * torch.eye(len(mean), dtype=cov.dtype))
-        eps = torch.randn(n, len(mean), generator=self._sampling_generator(generator),
-                          dtype=torch.float64)
+        eps = torch.randn(n, len(mean), generator=gen, dtype=torch.float64)
         z = mean + eps @ chol.T  # (n, D)
-        return self._decode(project_to_sphere(z).float())
+        return self._decode(self.loop.put(project_to_sphere(z).float()))
 
     @torch.no_grad()
     def reconstruct(self, index: Tensor) -> Tensor:
-        """G(z_i) for training images ``index`` (GLO's reconstructions)."""
-        return self._decode(self.codes.weight[index])
+        """G(z_i) for training images ``index`` (GLO's reconstructions), on the CPU."""
+        return self._decode(self.codes.weight[self.loop.put(index)])
+
+    def evaluate(self, data: ImageData, generator: torch.Generator | None = None
+                 ) -> dict[str, float]:
+        """cFD, precision, recall and cIS of ``len(data.test_x)`` GLANN samples against
+        ``data``'s test split (:func:`~kexue.generative.metrics.score_samples`).
+
+        ``generator`` draws the samples (default: a fresh stream ``(seed, "evaluate")``).
+        Not under ``no_grad``: the metrics' feature classifier may be trained on first use.
+        """
+        gen = self._generator(generator, "evaluate")
+        return score_samples(self.sample(len(data.test_x), gen), data, generator=gen)
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "config": dict(self.config),
+            "format": STATE_FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
             "epoch": self.epoch,
+            "rng": self.rng.get_state(),
             "G": self.G.state_dict(),
             "T": self.T.state_dict(),
             "codes": self.codes.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_codes": self.opt_codes.state_dict(),
             "opt_t": self.opt_t.state_dict(),
-            "generator": self.gen.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; training then continues exactly as uninterrupted.
 
         Raises:
-            ValueError: If the state was saved with a different configuration.
+            ValueError: For a state of another format, or saved with a different configuration
+                or seed.
         """
-        if state["config"] != self.config:
+        check_state_format(state)
+        mine = dataclasses.asdict(self.config)
+        if state["config"] != mine:
             raise ValueError(f"state was saved with config {state['config']}, this trainer has "
-                             f"{self.config}")
-        self.epoch = int(state["epoch"])
+                             f"{mine}")
+        if state["seed"] != self.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this trainer has "
+                             f"seed {self.seed}")
         self.G.load_state_dict(state["G"])
         self.T.load_state_dict(state["T"])
         self.codes.load_state_dict(state["codes"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_codes.load_state_dict(state["opt_codes"])
         self.opt_t.load_state_dict(state["opt_t"])
-        self.gen.set_state(state["generator"])
+        self.rng.set_state(state["rng"].cpu())
+        self.epoch = int(state["epoch"])
+
+
+def _build(data: ImageData, *, epochs: int, seed: int = 0,
+           device: str | torch.device | None = None, autocast: str | None = None,
+           variant: str | None = None) -> GLANNTrainer:
+    """The default GLANN for ``epochs``: 60 % GLO (at least 1 epoch), the rest IMLE."""
+    if variant is not None:
+        raise ValueError(f"glann has no variants, got variant={variant!r}")
+    epochs = check_int("epochs", epochs, low=1)
+    glo = max(1, round(0.6 * epochs))
+    return GLANNTrainer(data, GLANNTrainConfig(glo_epochs=glo, imle_epochs=epochs - glo),
+                        seed=seed, device=device, autocast=autocast)
+
+
+TRAINER = TrainerEntry(
+    build=_build, epochs=lambda shape: 50,
+    summary="GLANN: GLO codes and generator (Lap1), then IMLE of the codes (kexue.fm/6394)")
