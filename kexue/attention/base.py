@@ -12,11 +12,13 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from kexue._checks import check_int as _check_int
+from kexue._checks import check_real
 
 __all__ = [
     "AttendFn",
@@ -58,8 +60,11 @@ def check_padding_mask(mask: Tensor | None, batch: int, length: int) -> Tensor |
     """Validate a (B, T) boolean key-padding mask (True = keep); None passes through.
 
     Raises:
-        ValueError: for a wrong shape or a non-boolean dtype.
+        ValueError: for a wrong shape or a non-boolean dtype, or ``batch``/``length`` not
+            ints >= 0.
     """
+    batch = _check_int("batch", batch, low=0)
+    length = _check_int("length", length, low=0)
     if mask is None:
         return None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
@@ -73,14 +78,15 @@ def check_padding_mask(mask: Tensor | None, batch: int, length: int) -> Tensor |
 
 
 def check_int(name: str, value: object, low: int = 1) -> int:
-    """``value`` itself if it is an int >= ``low`` (bools rejected).
+    """``value`` as an int if it is an int >= ``low`` (bools rejected).
+
+    Kept for the attention modules that import it from here; it is
+    :func:`kexue._checks.check_int` with a default lower bound of 1.
 
     Raises:
         ValueError: naming ``name``, the value and the allowed range.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+    return _check_int(name, value, low=low)
 
 
 def check_scale(scale: float | None, head_dim: int) -> float:
@@ -94,9 +100,7 @@ def check_scale(scale: float | None, head_dim: int) -> float:
         if head_dim < 1:
             raise ValueError(f"head size Dh (the last dim of q) must be >= 1, got {head_dim}")
         return head_dim**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
-        raise ValueError(f"scale must be a finite number > 0 or None, got {scale!r}")
-    return float(scale)
+    return check_real("scale", scale, low=0, low_open=True)
 
 
 def check_heads(dim: int, heads: int) -> int:
@@ -105,8 +109,8 @@ def check_heads(dim: int, heads: int) -> int:
     Raises:
         ValueError: unless ``dim`` and ``heads`` are positive ints and heads divides dim.
     """
-    check_int("dim", dim)
-    check_int("heads", heads)
+    dim = _check_int("dim", dim, low=1)
+    heads = _check_int("heads", heads, low=1)
     if dim % heads:
         raise ValueError(f"heads={heads} must divide dim={dim}")
     return dim // heads

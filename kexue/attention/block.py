@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from kexue._checks import check_int, check_real
 from kexue.attention.base import check_padding_mask
 from kexue.attention.mixers import (
     ExternalAttention,
@@ -47,8 +48,8 @@ class Block(nn.Module):
         norm: factory ``norm(dim) -> nn.Module`` for the two pre-norms.
 
     Raises:
-        ValueError: for a non-positive ``dim``, a negative ``mlp_ratio``, ``dropout`` outside
-            [0, 1), or a ``mixer``/``norm`` of the wrong kind.
+        ValueError: for a non-positive ``dim``, a negative or non-finite ``mlp_ratio``,
+            ``dropout`` outside [0, 1), or a ``mixer``/``norm`` of the wrong kind.
 
     References:
         https://kexue.fm/archives/8431 (也来盘点一些最近的非Transformer工作)
@@ -67,16 +68,11 @@ class Block(nn.Module):
         norm: Callable[[int], nn.Module] = nn.LayerNorm,
     ) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        dim = check_int("dim", dim, low=1)
         if not isinstance(mixer, nn.Module):
             raise ValueError(f"mixer must be an nn.Module, got {type(mixer).__name__}")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio < 0:
-            raise ValueError(f"mlp_ratio must be a number >= 0, got {mlp_ratio!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        mlp_ratio = check_real("mlp_ratio", mlp_ratio, low=0)
+        dropout = check_real("dropout", dropout, low=0, high=1, high_open=True)
         if not callable(norm):
             raise ValueError(f"norm must be a callable norm(dim) -> nn.Module, got {norm!r}")
         self.dim = dim
@@ -132,8 +128,12 @@ def build_mixer(name: str, dim: int, seq_len: int, heads: int) -> nn.Module:
         heads: number of heads (used by the Synthesizers).
 
     Raises:
-        ValueError: for an unknown ``name``, or the mixer's own argument errors.
+        ValueError: for an unknown ``name``, ``dim``, ``seq_len`` or ``heads`` not an int >= 1
+            (even where the mixer ignores it), or the mixer's own argument errors.
     """
     if name not in MLP_MIXERS:
         raise ValueError(f"name must be one of {sorted(MLP_MIXERS)}, got {name!r}")
+    dim = check_int("dim", dim, low=1)
+    seq_len = check_int("seq_len", seq_len, low=1)
+    heads = check_int("heads", heads, low=1)
     return MLP_MIXERS[name](dim, seq_len, heads)

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import flex_attention as _flex
 
+from kexue._checks import check_int
 from kexue.attention.base import check_padding_mask, check_qkv, check_scale
 from kexue.attention.masks import MaskFn
 
@@ -89,12 +90,14 @@ def block_mask(
         arguments (the cache holds the last 32).
 
     Raises:
-        ValueError: if ``mask`` is not callable or ``length`` < 1.
+        ValueError: if ``mask`` is not callable, or ``length`` (``batch``, ``heads`` when
+            given) is not an int >= 1.
     """
     if not callable(mask):
         raise ValueError(f"mask must be a mask function (b, h, q, k) -> bool, got {mask!r}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be an int >= 1, got {length!r}")
+    length = check_int("length", length, low=1)
+    batch = None if batch is None else check_int("batch", batch, low=1)
+    heads = None if heads is None else check_int("heads", heads, low=1)
     return _cached_block_mask(mask, batch, heads, length, torch.device(device))
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from kexue.attention.base import check_int
+from kexue._checks import check_int
 
 __all__ = [
     "MaskFn",
@@ -73,7 +73,7 @@ def local(window: int) -> MaskFn:
     References:
         https://kexue.fm/archives/6853
     """
-    radius = check_int("window", window) // 2
+    radius = check_int("window", window, low=1) // 2
 
     def mask(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
         return (q - k).abs() <= radius
@@ -92,7 +92,7 @@ def dilated(rate: int) -> MaskFn:
     References:
         https://kexue.fm/archives/6853
     """
-    rate = check_int("rate", rate)
+    rate = check_int("rate", rate, low=1)
 
     def mask(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
         return (q - k) % rate == 0
@@ -116,7 +116,7 @@ def strided(stride: int) -> MaskFn:
 
         Child et al. 2019, Generating Long Sequences with Sparse Transformers, section 4.3.
     """
-    stride = check_int("stride", stride)
+    stride = check_int("stride", stride, low=1)
 
     def mask(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
         return (q - k) % stride == 0
@@ -143,8 +143,8 @@ def fixed(stride: int, c: int) -> MaskFn:
     References:
         Child et al. 2019, Generating Long Sequences with Sparse Transformers, section 4.3.
     """
-    stride = check_int("stride", stride)
-    c = check_int("c", c)
+    stride = check_int("stride", stride, low=1)
+    c = check_int("c", c, low=1)
     if c > stride:
         raise ValueError(f"c must be an int in [1, stride={stride}], got {c}")
 
@@ -210,7 +210,7 @@ def dense_mask(
     if not callable(mask_fn):
         raise ValueError(f"mask_fn must be callable (b, h, q, k) -> bool, got {mask_fn!r}")
     for name, value in (("B", B), ("H", H), ("T", T)):
-        check_int(name, value)
+        check_int(name, value, low=1)
     b = torch.arange(B, device=device).view(B, 1, 1, 1)
     h = torch.arange(H, device=device).view(1, H, 1, 1)
     q = torch.arange(T, device=device).view(1, 1, T, 1)

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kexue.attention.base import check_heads, check_int, check_padding_mask
+from kexue._checks import check_int, check_real
+from kexue.attention.base import check_heads, check_padding_mask
 
 __all__ = [
     "Affine",
@@ -49,12 +50,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
 
 
 def _check_input(
@@ -128,7 +123,8 @@ class MLPMixerToken(nn.Module):
         expansion: token-MLP hidden width D_S as a multiple of ``dim``.
 
     Raises:
-        ValueError: for a non-positive ``dim``, ``seq_len`` or ``expansion``.
+        ValueError: for a non-positive ``dim`` or ``seq_len``, or an ``expansion`` that is not a
+            finite number > 0.
 
     References:
         https://kexue.fm/archives/8431 (也来盘点一些最近的非Transformer工作)
@@ -139,9 +135,10 @@ class MLPMixerToken(nn.Module):
 
     def __init__(self, dim: int, seq_len: int, expansion: float = 0.5) -> None:
         super().__init__()
-        self.dim = check_int("dim", dim)
-        self.seq_len = check_int("seq_len", seq_len)
-        self.hidden = max(1, round(_check_positive("expansion", expansion) * dim))
+        self.dim = check_int("dim", dim, low=1)
+        self.seq_len = check_int("seq_len", seq_len, low=1)
+        expansion = check_real("expansion", expansion, low=0, low_open=True)
+        self.hidden = max(1, round(expansion * dim))
         self.fc1 = nn.Linear(seq_len, self.hidden)  # W_1: T -> D_S
         self.fc2 = nn.Linear(self.hidden, seq_len)  # W_2: D_S -> T
 
@@ -210,12 +207,13 @@ class GatingUnit(nn.Module):
         init_scale: float = 1e-3,
     ) -> None:
         super().__init__()
-        self.dim = check_int("dim", dim)
-        self.seq_len = check_int("seq_len", seq_len)
-        self.half = max(1, round(_check_positive("expansion", expansion) * dim / 2))  # e
-        self.init_scale = _check_positive("init_scale", init_scale)
+        self.dim = check_int("dim", dim, low=1)
+        self.seq_len = check_int("seq_len", seq_len, low=1)
+        expansion = check_real("expansion", expansion, low=0, low_open=True)
+        self.half = max(1, round(expansion * dim / 2))  # e
+        self.init_scale = check_real("init_scale", init_scale, low=0, low_open=True)
         self.attention_dim = (
-            None if attention_dim is None else check_int("attention_dim", attention_dim)
+            None if attention_dim is None else check_int("attention_dim", attention_dim, low=1)
         )
         self.proj_in = nn.Linear(dim, 2 * self.half)  # U
         self.norm = nn.LayerNorm(self.half)
@@ -272,7 +270,7 @@ class Affine(nn.Module):
 
     Args:
         dim: number of channels D.
-        init: initial value of every α.
+        init: initial value of every α, a finite number.
 
     References:
         Touvron et al., "ResMLP: Feedforward networks for image classification with data-efficient
@@ -281,8 +279,8 @@ class Affine(nn.Module):
 
     def __init__(self, dim: int, init: float = 1.0) -> None:
         super().__init__()
-        self.dim = check_int("dim", dim)
-        self.alpha = nn.Parameter(torch.full((dim,), float(init)))
+        self.dim = check_int("dim", dim, low=1)
+        self.alpha = nn.Parameter(torch.full((dim,), check_real("init", init)))
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -306,7 +304,7 @@ class ResMLPToken(nn.Module):
     Args:
         dim: model width D.
         seq_len: number of tokens T; the mixer only accepts this length.
-        layerscale: initial α of the post-Affine.
+        layerscale: initial α of the post-Affine, a finite number.
 
     Raises:
         ValueError: for a non-positive ``dim`` or ``seq_len``.
@@ -320,11 +318,11 @@ class ResMLPToken(nn.Module):
 
     def __init__(self, dim: int, seq_len: int, *, layerscale: float = 0.1) -> None:
         super().__init__()
-        self.dim = check_int("dim", dim)
-        self.seq_len = check_int("seq_len", seq_len)
+        self.dim = check_int("dim", dim, low=1)
+        self.seq_len = check_int("seq_len", seq_len, low=1)
         self.pre = Affine(dim)
         self.cross_patch = nn.Linear(seq_len, seq_len)  # A, a
-        self.post = Affine(dim, init=layerscale)
+        self.post = Affine(dim, init=check_real("layerscale", layerscale))
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         _check_input(x, key_padding_mask, dim=self.dim, seq_len=self.seq_len)
@@ -408,9 +406,9 @@ class ExternalAttention(nn.Module):
 
     def __init__(self, dim: int, memory: int = 64, *, eps: float = 1e-9) -> None:
         super().__init__()
-        self.dim = check_int("dim", dim)
-        self.memory = check_int("memory", memory)
-        self.eps = _check_positive("eps", eps)
+        self.dim = check_int("dim", dim, low=1)
+        self.memory = check_int("memory", memory, low=1)
+        self.eps = check_real("eps", eps, low=0, low_open=True)
         self.m_k = nn.Linear(dim, memory, bias=False)
         self.m_v = nn.Linear(memory, dim, bias=False)
 
@@ -468,7 +466,7 @@ class SynthesizerDense(nn.Module):
         super().__init__()
         self.head_dim = check_heads(dim, heads)
         self.dim, self.heads = dim, heads
-        self.seq_len = check_int("seq_len", seq_len)
+        self.seq_len = check_int("seq_len", seq_len, low=1)
         self.synth = nn.Sequential(
             nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, heads * seq_len)
         )  # F: W_1, W_2
@@ -519,9 +517,9 @@ class SynthesizerRandom(nn.Module):
         self, seq_len: int, heads: int, *, dim: int | None = None, trainable: bool = True
     ) -> None:
         super().__init__()
-        self.seq_len = check_int("seq_len", seq_len)
-        self.heads = check_int("heads", heads)
-        self.dim = dim
+        self.seq_len = check_int("seq_len", seq_len, low=1)
+        self.heads = check_int("heads", heads, low=1)
+        self.dim = None if dim is None else check_int("dim", dim, low=1)
         logits = torch.randn(heads, seq_len, seq_len)  # (H, T, T)
         if trainable:
             self.logits = nn.Parameter(logits)
