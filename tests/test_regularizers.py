@@ -1,6 +1,7 @@
 """Explicit gradient regularisation: the three backends against a full-Hessian reference, the
 extra-gradient's O(λ²) error, Smith et al.'s minibatch penalty by hand, the midpoint step's
-O(h²) tracking of the plain flow, any optimizer, exact restores and bad input."""
+O(h²) tracking of the plain flow, any optimizer, exact restores, bad input and the rename of
+the result record (GradientPenalty → RegularizedStep)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch.func import functional_call
 from kexue.dynamics.flow import flow_error, modified_loss
 from kexue.train.regularizers import (
     BACKENDS,
-    GradientPenalty,
+    RegularizedStep,
     gradient_penalty_loss,
     implicit_lambda,
     midpoint_backward,
@@ -90,7 +91,7 @@ def test_regularized_gradient_matches_full_hessian_reference(backend, tol):
     g, ref = _reference(flat_loss, theta, lam)
     grad, out = _grad_with(backend, lam)
     torch.testing.assert_close(grad, ref, rtol=tol, atol=tol)
-    assert isinstance(out, GradientPenalty) and out.lam == lam and out.variance is None
+    assert isinstance(out, RegularizedStep) and out.lam == lam and out.variance is None
     torch.testing.assert_close(out.loss, flat_loss(theta), rtol=1e-14, atol=0.0)
     torch.testing.assert_close(out.grad_sq_norm, g @ g, rtol=1e-13, atol=0.0)
     torch.testing.assert_close(out.objective, flat_loss(theta) + lam * g @ g)
@@ -344,7 +345,7 @@ def test_grad_accumulates_and_skips_frozen_and_unused_parameters():
 # -- bad input -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("h", [0.0, -1.0, math.nan, math.inf])
+@pytest.mark.parametrize("h", [0.0, -1.0, math.nan, math.inf, True])
 def test_bad_step_size(h):
     with pytest.raises(ValueError, match="h must be a finite number > 0"):
         implicit_lambda(h)
@@ -366,6 +367,10 @@ def test_bad_arguments():
         regularized_backward(closure, params, 0.1, backend="hessian")
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         regularized_backward(closure, params, 0.1, backend="finite_difference", eps=0.0)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        minibatch_regularized_backward([closure], params, 0.1, eps=math.inf)
+    with pytest.raises(ValueError, match=r"lam must be a finite number >= 0, got True"):
+        regularized_backward(closure, params, True)
     with pytest.raises(ValueError, match="closures must hold at least one"):
         minibatch_regularized_backward([], params, 0.1)
     with pytest.raises(ValueError, match="params must hold at least one tensor"):
@@ -434,3 +439,25 @@ def test_sq_norm_accumulates_in_the_widest_gradient_dtype():
     assert out.grad_sq_norm.dtype == F64
     torch.testing.assert_close(out.grad_sq_norm, torch.tensor(2 + c * c, dtype=F64),
                                rtol=1e-15, atol=0)
+
+
+# -- the rename --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["kexue.train", "kexue.train.regularizers"])
+def test_gradient_penalty_record_is_renamed_regularized_step(module):
+    import importlib
+
+    mod = importlib.import_module(module)
+    with pytest.warns(DeprecationWarning, match=r"GradientPenalty was renamed RegularizedStep"):
+        old = mod.GradientPenalty
+    assert old is RegularizedStep
+    namespace: dict = {}
+    with pytest.warns(DeprecationWarning, match="kexue.train.RegularizedStep"):
+        exec(f"from {module} import GradientPenalty", namespace)
+    assert namespace["GradientPenalty"] is RegularizedStep
+    import kexue.train
+
+    assert kexue.train.RegularizedStep is RegularizedStep
+    assert "RegularizedStep" in kexue.train.__all__
+    assert ("GradientPenalty" in mod.__all__) == (module == "kexue.train")  # 0.1's import *

@@ -6,13 +6,16 @@ intermediate tensors (attention maps included) and process-safe data loading; an
 gradient regularisation (https://kexue.fm/archives/7787) in :mod:`kexue.train.regularizers`.
 """
 
+import warnings
+from typing import Any
+
 from kexue.train._naming import unwrap_model
 from kexue.train.capture import Captured, capture
 from kexue.train.data import ShardedIterable
 from kexue.train.ema import EMA, ema_warmup
 from kexue.train.param_groups import block_of, is_bias_or_norm, param_groups, scale_parametrize
 from kexue.train.regularizers import (
-    GradientPenalty,
+    RegularizedStep,
     gradient_penalty_loss,
     implicit_lambda,
     midpoint_backward,
@@ -41,8 +44,9 @@ from kexue.train.transforms import (
 __all__ = [
     "EMA",
     "Captured",
-    "GradientPenalty",
+    "GradientPenalty",  # deprecated alias of RegularizedStep, kept for ``import *`` (0.1 name)
     "GradientTransform",
+    "RegularizedStep",
     "ShardedIterable",
     "TransformHandle",
     "accumulate",
@@ -72,3 +76,11 @@ __all__ = [
     "unwrap_model",
     "with_transforms",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GradientPenalty":
+        warnings.warn("kexue.train.GradientPenalty was renamed RegularizedStep; use "
+                      "kexue.train.RegularizedStep", DeprecationWarning, stacklevel=2)
+        return RegularizedStep
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -48,7 +48,7 @@ References:
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,9 +56,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kexue._checks import check_real
+
 __all__ = [
     "BACKENDS",
-    "GradientPenalty",
+    "RegularizedStep",
     "gradient_penalty_loss",
     "implicit_lambda",
     "midpoint_backward",
@@ -73,8 +75,8 @@ Grads = list[Tensor | None]
 
 
 @dataclass(frozen=True)
-class GradientPenalty:
-    """What a regularised backward pass computed (all detached).
+class RegularizedStep:
+    """What a regularised backward pass computed (all detached); was ``GradientPenalty``.
 
     Attributes:
         loss: L(θ); for microbatches the mean (1/m) Σ_k L_k(θ).
@@ -100,15 +102,16 @@ class GradientPenalty:
         return self.loss + self.lam * self.grad_sq_norm
 
 
+def __getattr__(name: str) -> Any:
+    # GradientPenalty was renamed (issue 15): it collided with the WGAN-GP gradient_penalty.
+    if name == "GradientPenalty":
+        warnings.warn("kexue.train.regularizers.GradientPenalty was renamed RegularizedStep; "
+                      "use kexue.train.RegularizedStep", DeprecationWarning, stacklevel=2)
+        return RegularizedStep
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # -- validation --------------------------------------------------------------------------------
-
-
-def _number(name: str, value: Any, strict: bool) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < 0 or (strict and value == 0):
-        op = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {op} 0, got {value!r}")
-    return float(value)
 
 
 def _params(params: Iterable[Tensor]) -> list[Tensor]:
@@ -307,7 +310,7 @@ def implicit_lambda(h: float) -> float:
         https://kexue.fm/archives/7787
         Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021.
     """
-    return _number("h", h, strict=True) / 4
+    return check_real("h", h, low=0, low_open=True) / 4
 
 
 def gradient_penalty_loss(loss: Tensor, params: Iterable[Tensor], lam: float) -> Tensor:
@@ -334,7 +337,7 @@ def gradient_penalty_loss(loss: Tensor, params: Iterable[Tensor], lam: float) ->
         https://kexue.fm/archives/7787
         Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021.
     """
-    lam = _number("lam", lam, strict=False)
+    lam = check_real("lam", lam, low=0)
     params = _params(params)
     loss = _check_loss(loss, "passed as loss")
     grads = _grad(loss, params, "passed as loss", create_graph=True)
@@ -349,7 +352,7 @@ def regularized_backward(
     *,
     backend: str = "double_backprop",
     eps: float | None = None,
-) -> GradientPenalty:
+) -> RegularizedStep:
     """Add ∇(L + λ‖∇L‖²) = g + 2λHg into ``p.grad`` for any model; then ``optimizer.step()``.
 
     Backends (see the module docstring for costs):
@@ -376,7 +379,7 @@ def regularized_backward(
             float32, 6.1e-6 in float64, which balances the O(ε²) truncation against rounding.
 
     Returns:
-        A :class:`GradientPenalty` with L, ‖∇L‖² and λ (detached).
+        A :class:`RegularizedStep` with L, ‖∇L‖² and λ (detached).
 
     Raises:
         ValueError: for λ < 0 or non-finite, an unknown backend, ε ≤ 0, no trainable params,
@@ -387,16 +390,16 @@ def regularized_backward(
         Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021.
         Foret et al., "Sharpness-Aware Minimization", ICLR 2021 (the shifted-gradient trick).
     """
-    lam = _number("lam", lam, strict=False)
+    lam = check_real("lam", lam, low=0)
     backend = _backend(backend)
     if eps is not None:
-        eps = _number("eps", eps, strict=True)
+        eps = check_real("eps", eps, low=0, low_open=True)
     if not callable(closure):
         raise ValueError(f"closure must be a callable returning the loss, got {closure!r}")
     params = _params(params)
     loss, g, grads = _regularized_grad(closure, params, lam, backend, eps)
     _accumulate(params, grads)
-    return GradientPenalty(loss=loss, grad_sq_norm=_sq_norm(g, params[0]), lam=lam)
+    return RegularizedStep(loss=loss, grad_sq_norm=_sq_norm(g, params[0]), lam=lam)
 
 
 def minibatch_regularized_backward(
@@ -406,7 +409,7 @@ def minibatch_regularized_backward(
     *,
     backend: str = "double_backprop",
     eps: float | None = None,
-) -> GradientPenalty:
+) -> RegularizedStep:
     """The SGD penalty of Smith et al. (2021): add ∇[(1/m) Σ_k (L_k + λ‖∇L_k‖²)] into ``.grad``.
 
     One epoch of SGD with step h over m equal-sized minibatches L_0, …, L_{m−1} (the full loss
@@ -429,7 +432,7 @@ def minibatch_regularized_backward(
         eps: as for :func:`regularized_backward`.
 
     Returns:
-        A :class:`GradientPenalty`: loss (1/m)Σ L_k, grad_sq_norm (1/m)Σ‖∇L_k‖² and variance
+        A :class:`RegularizedStep`: loss (1/m)Σ L_k, grad_sq_norm (1/m)Σ‖∇L_k‖² and variance
         (1/m)Σ‖∇L_k − ∇L‖². Memory: two parameter-sized buffers (the sums of the
         regularised and of the plain microbatch gradients).
 
@@ -441,10 +444,10 @@ def minibatch_regularized_backward(
         Smith, Dherin, Barrett & De, "On the Origin of Implicit Regularization in Stochastic
         Gradient Descent", ICLR 2021.
     """
-    lam = _number("lam", lam, strict=False)
+    lam = check_real("lam", lam, low=0)
     backend = _backend(backend)
     if eps is not None:
-        eps = _number("eps", eps, strict=True)
+        eps = check_real("eps", eps, low=0, low_open=True)
     params = _params(params)
     losses: list[Tensor] = []
     sqs: list[Tensor] = []
@@ -465,7 +468,7 @@ def minibatch_regularized_backward(
     _accumulate(params, reg_sum, weight=1.0 / m)
     mean_sq = torch.stack(sqs).mean()
     full_sq = _sq_norm(grad_sum, params[0]) / m**2  # ‖∇L‖² = ‖Σ_k ∇L_k‖² / m²
-    return GradientPenalty(loss=torch.stack(losses).mean(), grad_sq_norm=mean_sq, lam=lam,
+    return RegularizedStep(loss=torch.stack(losses).mean(), grad_sq_norm=mean_sq, lam=lam,
                            variance=mean_sq - full_sq)
 
 
@@ -499,7 +502,7 @@ def midpoint_backward(closure: Closure, params: Iterable[Tensor], h: float) -> T
         https://kexue.fm/archives/7787
         Hairer, Nørsett & Wanner, "Solving Ordinary Differential Equations I", II.1 (RK2).
     """
-    h = _number("h", h, strict=True)
+    h = check_real("h", h, low=0, low_open=True)
     if not callable(closure):
         raise ValueError(f"closure must be a callable returning the loss, got {closure!r}")
     params = _params(params)
