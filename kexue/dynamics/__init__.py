@@ -7,13 +7,17 @@
   any torch optimizer as f₀(x) + Σ of its steps, and (for SGD steps) as a sum over training
   examples, exactly (line integrals) or to first order (tangent kernel).
 - :mod:`~kexue.dynamics.games`: two-player games as vector fields (the Dirac-GAN), their
-  simultaneous / alternating / TTUR gradient dynamics, Jacobian eigenvalues, and the GAN
-  regularisers R1, R2, WGAN-GP and consensus, which also apply to real ``nn.Module`` GANs.
+  simultaneous / alternating / TTUR gradient dynamics and Jacobian eigenvalues. The GAN
+  penalties R1, R2, WGAN-GP and consensus that regularise them (and real ``nn.Module`` GANs)
+  are in :mod:`kexue.train.penalties`; their old names here still work and warn.
 
 References:
     https://kexue.fm/archives/7787, https://kexue.fm/archives/8009,
     https://kexue.fm/archives/6583
 """
+
+import warnings
+from typing import Any
 
 from kexue.dynamics.flow import flow_error, gd_iterates, gradient_flow, modified_loss
 from kexue.dynamics.games import (
@@ -22,17 +26,17 @@ from kexue.dynamics.games import (
     alternating_gd,
     bilinear_game,
     consensus,
-    consensus_penalty,
     dirac_gan,
     eigenvalues_at,
-    gradient_penalty,
     jacobian,
-    r1_penalty,
-    r2_penalty,
     simultaneous_gd,
     with_penalty,
 )
 from kexue.dynamics.path_kernel import PathKernelRecorder, TopK
+
+# The four penalties moved to kexue.train.penalties; they stay in __all__ (a 0.1 name must
+# survive ``from kexue.dynamics import *``) and are served with a DeprecationWarning.
+_MOVED = ("consensus_penalty", "gradient_penalty", "r1_penalty", "r2_penalty")
 
 __all__ = [
     "DIRAC_LOSSES",
@@ -56,3 +60,13 @@ __all__ = [
     "simultaneous_gd",
     "with_penalty",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from kexue.train import penalties
+
+        warnings.warn(f"kexue.dynamics.{name} moved to kexue.train.penalties.{name}; import "
+                      f"it from there (or from kexue.train)", DeprecationWarning, stacklevel=2)
+        return getattr(penalties, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

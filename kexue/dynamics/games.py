@@ -1,4 +1,4 @@
-"""Small two-player games as vector fields, their gradient dynamics, and GAN regularisers.
+"""Small two-player games as vector fields, their gradient dynamics and local analysis.
 
 A two-player game is two losses over the joint parameter φ = (θ, ψ): the generator descends
 L_G(θ, ψ) in θ, the discriminator descends L_D(θ, ψ) in ψ. Their simultaneous gradient and
@@ -21,29 +21,25 @@ generator minimises it and the discriminator maximises it, so
     v(θ, ψ) = (−ψ f'(θψ), θ f'(θψ)),    ∂v/∂φ at (0, 0) = [[0, −f'(0)], [f'(0), 0]]
 
 with eigenvalues ±i f'(0) = ±i/2: v ⟂ φ everywhere, so simultaneous GD spirals outwards
-(‖φ_{k+1}‖² = ‖φ_k‖² + h²‖v_k‖²) and alternating GD circles without converging. The
-regularisers below add a term to L_D and move the eigenvalues into the left half-plane, e.g. R1
-on the real point x = 0 adds γ/2 ψ², giving λ = −γ/2 ± √(γ²/4 − f'(0)²).
-
-The regularisers (:func:`r1_penalty`, :func:`r2_penalty`, :func:`gradient_penalty`,
-:func:`consensus_penalty`) take a discriminator callable and batches of samples, so the same
-functions regularise the Dirac-GAN here and a real GAN made of ``nn.Module``s. Each returns a
-scalar built with ``create_graph=True``, to be added to the loss it regularises and trained
-through.
+(‖φ_{k+1}‖² = ‖φ_k‖² + h²‖v_k‖²) and alternating GD circles without converging. A penalty
+added to L_D (:func:`with_penalty`) moves the eigenvalues into the left half-plane, e.g. R1
+on the real point x = 0 adds γ/2 ψ², giving λ = −γ/2 ± √(γ²/4 − f'(0)²); :func:`consensus`
+transforms the whole game. The sample-space penalties themselves (R1, R2, WGAN-GP and the
+consensus term) live in :mod:`kexue.train.penalties`, so the same functions regularise the
+Dirac-GAN here and a real GAN made of ``nn.Module``s; their old names here still work and warn.
 
 References:
     https://kexue.fm/archives/6583 (从动力学角度看优化算法(四):GAN的第三个阶段)
     Mescheder, Geiger & Nowozin, "Which Training Methods for GANs do actually Converge?", 2018.
     Mescheder, Nowozin & Geiger, "The Numerics of GANs", 2017 (consensus optimisation).
-    Gulrajani et al., "Improved Training of Wasserstein GANs", 2017 (WGAN-GP).
     Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
     Equilibrium", 2017 (TTUR).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,42 +47,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kexue._checks import check_float_tensor, check_int, check_real
+from kexue.train import penalties as _penalties
+
 __all__ = [
     "DIRAC_LOSSES",
     "Game",
     "alternating_gd",
     "bilinear_game",
     "consensus",
-    "consensus_penalty",
     "dirac_gan",
     "eigenvalues_at",
-    "gradient_penalty",
     "jacobian",
-    "r1_penalty",
-    "r2_penalty",
     "simultaneous_gd",
     "with_penalty",
 ]
 
 Loss = Callable[[Tensor, Tensor], Tensor]
-Discriminator = Callable[[Tensor], Tensor]
+
+# Names that moved to kexue.train.penalties (issue 15); served with a DeprecationWarning.
+_MOVED = ("Discriminator", "consensus_penalty", "gradient_penalty", "r1_penalty", "r2_penalty")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(f"kexue.dynamics.games.{name} moved to kexue.train.penalties.{name}; "
+                      f"import it from there (or from kexue.train)", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(_penalties, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- validation --------------------------------------------------------------------------------
-
-
-def _number(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        op = ">=" if allow_zero else ">"
-        raise ValueError(f"{name} must be a finite number {op} 0, got {value!r}")
-    return float(value)
-
-
-def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _scalar(name: str, value: Any) -> Tensor:
@@ -107,12 +99,16 @@ def _phi(name: str, phi: Any, dim: int) -> Tensor:
     return phi
 
 
+def _step_size(name: str, value: Any) -> float:
+    return check_real(name, value, low=0, low_open=True)
+
+
 def _lrs(lr: float | None, lr_g: float | None, lr_d: float | None) -> tuple[float, float]:
     if lr is None and (lr_g is None or lr_d is None):
         raise ValueError(f"lr must be given unless both lr_g and lr_d are, got lr=None, "
                          f"lr_g={lr_g!r}, lr_d={lr_d!r}")
-    eta_g = _number("lr", lr) if lr_g is None else _number("lr_g", lr_g)
-    eta_d = _number("lr", lr) if lr_d is None else _number("lr_d", lr_d)
+    eta_g = _step_size("lr", lr) if lr_g is None else _step_size("lr_g", lr_g)
+    eta_d = _step_size("lr", lr) if lr_d is None else _step_size("lr_d", lr_d)
     return eta_g, eta_d
 
 
@@ -163,8 +159,8 @@ class Game:
     name: str = "game"
 
     def __post_init__(self) -> None:
-        _int("dim_g", self.dim_g, 1)
-        _int("dim_d", self.dim_d, 1)
+        check_int("dim_g", self.dim_g, low=1)
+        check_int("dim_d", self.dim_d, low=1)
 
     @property
     def dim(self) -> int:
@@ -245,21 +241,22 @@ def consensus(game: Game, gamma: float) -> Game:
         gamma: weight γ ≥ 0.
 
     Returns:
-        A new :class:`Game` whose losses are L_G + γL, L_D + γL with L = ½‖ξ‖².
+        A new :class:`Game` whose losses are L_G + γL, L_D + γL with L = ½‖ξ‖², the term
+        being :func:`kexue.train.penalties.consensus_penalty`.
 
     Raises:
-        ValueError: if γ < 0.
+        ValueError: if γ < 0 or not finite.
 
     References:
         https://kexue.fm/archives/6583
         Mescheder, Nowozin & Geiger, "The Numerics of GANs", 2017.
     """
-    gamma = _number("gamma", gamma, allow_zero=True)
+    gamma = check_real("gamma", gamma, low=0)
     loss_g, loss_d = game.loss_g, game.loss_d
 
     def penalty(theta: Tensor, psi: Tensor) -> Tensor:
-        return consensus_penalty([loss_g(theta, psi), loss_d(theta, psi)],
-                                 [[theta], [psi]], gamma)
+        return _penalties.consensus_penalty([loss_g(theta, psi), loss_d(theta, psi)],
+                                            [[theta], [psi]], gamma)
 
     return with_penalty(game, penalty_d=penalty, penalty_g=penalty,
                         name=f"{game.name}+consensus(γ={gamma:g})")
@@ -283,7 +280,7 @@ DIRAC_LOSSES: dict[str, tuple[Callable[[Tensor], Tensor], bool]] = {
 _DIRAC_PENALTIES = ("r1", "r2", "gp")
 
 
-def _dirac_discriminator(psi: Tensor) -> Discriminator:
+def _dirac_discriminator(psi: Tensor) -> _penalties.Discriminator:
     def d(x: Tensor) -> Tensor:
         return x * psi  # (B, 1): D_ψ(x) = ψx
     return d
@@ -303,8 +300,10 @@ def dirac_gan(loss: str = "gan", penalty: str | None = None, gamma: float = 0.0,
     ``penalty`` adds a regulariser to L_D, computed by the same functions that regularise
     ``nn.Module`` discriminators, on the real batch x = 0 and the fake batch x = θ:
 
-    * ``"r1"``: :func:`r1_penalty`, = γ/2 ψ²;   ``"r2"``: :func:`r2_penalty`, = γ/2 ψ²;
-    * ``"gp"``: :func:`gradient_penalty` with ``center`` c, = γ(|ψ| − c)² (c = 1 is WGAN-GP).
+    * ``"r1"``: :func:`~kexue.train.penalties.r1_penalty`, = γ/2 ψ²;
+    * ``"r2"``: :func:`~kexue.train.penalties.r2_penalty`, = γ/2 ψ²;
+    * ``"gp"``: :func:`~kexue.train.penalties.gradient_penalty` with ``center`` c,
+      = γ(|ψ| − c)² (c = 1 is WGAN-GP).
 
     Args:
         loss: a key of :data:`DIRAC_LOSSES`.
@@ -316,7 +315,7 @@ def dirac_gan(loss: str = "gan", penalty: str | None = None, gamma: float = 0.0,
         A :class:`Game` with ``dim_g = dim_d = 1``; its equilibrium is (0, 0).
 
     Raises:
-        ValueError: for an unknown loss or penalty, γ < 0 or c < 0.
+        ValueError: for an unknown loss or penalty, or γ, c negative or not finite.
 
     References:
         https://kexue.fm/archives/6583
@@ -326,8 +325,8 @@ def dirac_gan(loss: str = "gan", penalty: str | None = None, gamma: float = 0.0,
         raise ValueError(f"loss must be one of {tuple(DIRAC_LOSSES)}, got {loss!r}")
     if penalty is not None and penalty not in _DIRAC_PENALTIES:
         raise ValueError(f"penalty must be None or one of {_DIRAC_PENALTIES}, got {penalty!r}")
-    gamma = _number("gamma", gamma, allow_zero=True)
-    center = _number("center", center, allow_zero=True)
+    gamma = check_real("gamma", gamma, low=0)
+    center = check_real("center", center, low=0)
     f, non_saturating = DIRAC_LOSSES[loss]
 
     def objective(theta: Tensor, psi: Tensor) -> Tensor:
@@ -350,10 +349,10 @@ def dirac_gan(loss: str = "gan", penalty: str | None = None, gamma: float = 0.0,
         real = torch.zeros(1, 1, dtype=psi.dtype, device=psi.device)  # (B=1, 1)
         fake = theta.reshape(1, 1)  # (B=1, 1)
         if penalty == "r1":
-            return r1_penalty(d, real, gamma)
+            return _penalties.r1_penalty(d, real, gamma)
         if penalty == "r2":
-            return r2_penalty(d, fake, gamma)
-        return gradient_penalty(d, real, fake, gamma, center=center, generator=gen)
+            return _penalties.r2_penalty(d, fake, gamma)
+        return _penalties.gradient_penalty(d, real, fake, gamma, center=center, generator=gen)
 
     return with_penalty(game, penalty_d=reg, name=f"dirac-{loss}+{penalty}(γ={gamma:g})")
 
@@ -378,16 +377,14 @@ def bilinear_game(matrix: Tensor, reg_g: float = 0.0, reg_d: float = 0.0) -> Gam
         A :class:`Game` with equilibrium 0.
 
     Raises:
-        ValueError: if ``matrix`` is not a 2-D floating tensor, or a reg is < 0.
+        ValueError: if ``matrix`` is not a 2-D floating tensor, or a reg is < 0 or not finite.
 
     References:
         https://kexue.fm/archives/6583
     """
-    if not isinstance(matrix, Tensor) or matrix.ndim != 2 or not matrix.is_floating_point():
-        got = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
-        raise ValueError(f"matrix must be a 2-D floating tensor (dim_g, dim_d), got {got}")
-    reg_g = _number("reg_g", reg_g, allow_zero=True)
-    reg_d = _number("reg_d", reg_d, allow_zero=True)
+    matrix = check_float_tensor("matrix", matrix, ndim=2)  # (dim_g, dim_d)
+    reg_g = check_real("reg_g", reg_g, low=0)
+    reg_d = check_real("reg_d", reg_d, low=0)
     a = matrix.detach()
 
     def coupling(x: Tensor, y: Tensor) -> Tensor:
@@ -431,7 +428,8 @@ def simultaneous_gd(game: Game, phi0: Tensor | Sequence[float], lr: float | None
         The trajectory φ_0, …, φ_steps, shape ``(steps + 1, dim)``, dtype of ``phi0``.
 
     Raises:
-        ValueError: for a step size ≤ 0 or missing, steps < 0, or phi0 of the wrong shape.
+        ValueError: for a step size ≤ 0, non-finite or missing, steps < 0, or phi0 of the
+            wrong shape.
 
     References:
         https://kexue.fm/archives/6583
@@ -439,7 +437,7 @@ def simultaneous_gd(game: Game, phi0: Tensor | Sequence[float], lr: float | None
     """
     phi = _phi("phi0", phi0, game.dim).detach().clone()
     eta_g, eta_d = _lrs(lr, lr_g, lr_d)
-    steps = _int("steps", steps, 0)
+    steps = check_int("steps", steps, low=0)
     eta = _step_sizes(game, eta_g, eta_d, phi)  # (dim,)
     out = phi.new_empty(steps + 1, game.dim)
     out[0] = phi
@@ -475,8 +473,8 @@ def alternating_gd(game: Game, phi0: Tensor | Sequence[float], lr: float | None 
         φ after each round, shape ``(steps + 1, dim)``.
 
     Raises:
-        ValueError: for a step size ≤ 0 or missing, steps < 0, d_steps < 1, or phi0 of the
-            wrong shape.
+        ValueError: for a step size ≤ 0, non-finite or missing, steps < 0, d_steps < 1, or
+            phi0 of the wrong shape.
 
     References:
         https://kexue.fm/archives/6583
@@ -484,8 +482,8 @@ def alternating_gd(game: Game, phi0: Tensor | Sequence[float], lr: float | None 
     """
     phi = _phi("phi0", phi0, game.dim).detach().clone()
     eta_g, eta_d = _lrs(lr, lr_g, lr_d)
-    steps = _int("steps", steps, 0)
-    d_steps = _int("d_steps", d_steps, 1)
+    steps = check_int("steps", steps, low=0)
+    d_steps = check_int("d_steps", d_steps, low=1)
     dg = game.dim_g
     out = phi.new_empty(steps + 1, game.dim)
     out[0] = phi
@@ -523,184 +521,3 @@ def eigenvalues_at(game: Game, phi: Tensor | Sequence[float]) -> Tensor:
     lam = torch.linalg.eigvals(jacobian(game, phi))
     key = sorted(range(lam.numel()), key=lambda i: (lam[i].real.item(), lam[i].imag.item()))
     return lam[key]
-
-
-# -- regularisers for any discriminator --------------------------------------------------------
-
-
-def _check_gamma(gamma: float) -> float:
-    return _number("gamma", gamma, allow_zero=True)
-
-
-def _batch(name: str, x: Any) -> Tensor:
-    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] == 0 or not x.is_floating_point():
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a non-empty floating tensor (B, ...), got {got}")
-    return x
-
-
-def _input_grads(discriminator: Discriminator, x: Tensor) -> Tensor:
-    """∇_x D(x) for each sample, with a graph (create_graph=True), shape ``(B, -1)``."""
-    if not x.requires_grad:
-        x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = discriminator(x)
-        # Samples are independent, so ∇_x Σ_b D(x_b) holds each ∇_{x_b} D(x_b).
-        g = None
-        batch = x.shape[0]
-        if not isinstance(out, Tensor) or out.ndim < 1 or out.shape[0] != batch \
-                or out.numel() != batch:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"discriminator must return one score per sample, shape ({batch},) "
-                             f"or ({batch}, 1), got {got}")
-        if out.requires_grad:
-            (g,) = torch.autograd.grad(out.sum(), x, create_graph=True, allow_unused=True)
-    if g is None:
-        raise ValueError("discriminator must return scores that depend on its input x, but "
-                         "its graph does not reach x")
-    return g.reshape(g.shape[0], -1)  # (B, prod(rest))
-
-
-def r1_penalty(discriminator: Discriminator, real_x: Tensor, gamma: float) -> Tensor:
-    """R1: γ/2 · E_{x∼p_data} ‖∇_x D(x)‖², a zero-centred penalty on real data.
-
-    Add it to the discriminator's loss. For a linear D(x) = wᵀx + b it is γ/2 ‖w‖²; for the
-    Dirac-GAN γ/2 ψ², which makes (0, 0) locally convergent for every γ > 0.
-
-    Args:
-        discriminator: ``D(x) -> (B,)`` or ``(B, 1)`` scores (an ``nn.Module`` or a function).
-        real_x: real batch, shape ``(B, ...)``.
-        gamma: weight γ ≥ 0.
-
-    Returns:
-        A scalar with a graph to the discriminator's parameters.
-
-    Raises:
-        ValueError: if γ < 0, ``real_x`` is not a non-empty floating batch, or the
-            discriminator does not return one score per sample.
-
-    References:
-        https://kexue.fm/archives/6583
-        Mescheder, Geiger & Nowozin, 2018, Sec. 4.1.
-    """
-    gamma = _check_gamma(gamma)
-    g = _input_grads(discriminator, _batch("real_x", real_x))  # (B, n)
-    return 0.5 * gamma * g.pow(2).sum(dim=1).mean()
-
-
-def r2_penalty(discriminator: Discriminator, fake_x: Tensor, gamma: float) -> Tensor:
-    """R2: γ/2 · E_{x∼p_θ} ‖∇_x D(x)‖², the same penalty on generated samples.
-
-    Pass ``fake_x.detach()`` in a discriminator step; a ``fake_x`` that requires grad is kept
-    in the graph (then the penalty also depends on the generator).
-
-    Args:
-        discriminator: ``D(x) -> (B,)`` or ``(B, 1)``.
-        fake_x: generated batch, shape ``(B, ...)``.
-        gamma: weight γ ≥ 0.
-
-    Returns:
-        A scalar with a graph to the discriminator's parameters.
-
-    Raises:
-        ValueError: if γ < 0, ``fake_x`` is not a non-empty floating batch, or the
-            discriminator does not return one score per sample.
-
-    References:
-        Mescheder, Geiger & Nowozin, 2018, Sec. 4.1.
-    """
-    gamma = _check_gamma(gamma)
-    g = _input_grads(discriminator, _batch("fake_x", fake_x))  # (B, n)
-    return 0.5 * gamma * g.pow(2).sum(dim=1).mean()
-
-
-def gradient_penalty(discriminator: Discriminator, real_x: Tensor, fake_x: Tensor, gamma: float,
-                     center: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-    """Gradient penalty on interpolates: γ · E_x̂ (‖∇_x D(x̂)‖ − c)².
-
-    x̂ = ε x_real + (1 − ε) x_fake with one ε ∼ U(0, 1) per sample, drawn by
-    ``torch.rand((B, 1, …, 1), generator=generator)``. c = 1 is WGAN-GP's one-centred penalty
-    (for the Dirac-GAN γ(|ψ| − 1)², which keeps |ψ| near 1 and so does not converge); c = 0 is a
-    zero-centred penalty, computed from ‖∇D‖² directly so its gradient is defined at 0.
-
-    Args:
-        discriminator: ``D(x) -> (B,)`` or ``(B, 1)``.
-        real_x: real batch, shape ``(B, ...)``.
-        fake_x: generated batch, same shape (pass ``.detach()`` in a discriminator step).
-        gamma: weight γ ≥ 0.
-        center: target norm c ≥ 0.
-        generator: draws ε; None uses torch's global generator.
-
-    Returns:
-        A scalar with a graph to the discriminator's parameters.
-
-    Raises:
-        ValueError: if γ < 0, c < 0, the batches are not non-empty floating tensors of one
-            shape, or the discriminator does not return one score per sample.
-
-    References:
-        https://kexue.fm/archives/6583
-        Gulrajani et al., "Improved Training of Wasserstein GANs", 2017.
-    """
-    gamma = _check_gamma(gamma)
-    center = _number("center", center, allow_zero=True)
-    real_x, fake_x = _batch("real_x", real_x), _batch("fake_x", fake_x)
-    if real_x.shape != fake_x.shape:
-        raise ValueError(f"fake_x must have the shape of real_x {tuple(real_x.shape)}, got "
-                         f"{tuple(fake_x.shape)}")
-    shape = (real_x.shape[0],) + (1,) * (real_x.ndim - 1)  # (B, 1, ..., 1)
-    eps = torch.rand(shape, generator=generator, dtype=real_x.dtype,
-                     device=generator.device if generator is not None else real_x.device)
-    eps = eps.to(real_x.device)
-    x_hat = eps * real_x + (1 - eps) * fake_x
-    g = _input_grads(discriminator, x_hat)  # (B, n)
-    if center == 0.0:
-        return gamma * g.pow(2).sum(dim=1).mean()
-    return gamma * (torch.linalg.vector_norm(g, dim=1) - center).pow(2).mean()
-
-
-def consensus_penalty(losses: Sequence[Tensor], params: Sequence[Iterable[Tensor]],
-                      gamma: float) -> Tensor:
-    """Consensus term γ · ½ Σ_i ‖∇_{φ_i} L_i‖², to be added to every player's loss.
-
-    ``losses[i]`` is player i's loss and ``params[i]`` its parameters, so the gradients form
-    the simultaneous gradient ξ; adding γ½‖ξ‖² to each L_i turns the field v into
-    v − γ∇½‖v‖² (see :func:`consensus`). The gradients are taken with ``create_graph=True``.
-
-    Args:
-        losses: one scalar loss per player (with graphs to the parameters).
-        params: one iterable of tensors per player (e.g. ``G.parameters()``).
-        gamma: weight γ ≥ 0.
-
-    Returns:
-        A scalar with a graph to all the parameters.
-
-    Raises:
-        ValueError: if γ < 0, the lengths differ or are zero, a player has no parameters, or a
-            loss does not depend on its player's parameters (tensors without requires_grad,
-            e.g. frozen layers, are skipped).
-
-    References:
-        https://kexue.fm/archives/6583
-        Mescheder, Nowozin & Geiger, "The Numerics of GANs", 2017.
-    """
-    gamma = _check_gamma(gamma)
-    params = [list(p) if not isinstance(p, Tensor) else [p] for p in params]
-    if len(losses) != len(params) or not losses:
-        raise ValueError(f"losses and params must be non-empty and of one length, got "
-                         f"{len(losses)} losses and {len(params)} parameter groups")
-    total = None
-    for i, (loss, ps) in enumerate(zip(losses, params, strict=True)):
-        if not ps:
-            raise ValueError(f"params[{i}] must hold at least one tensor, got none")
-        ps = [p for p in ps if p.requires_grad]  # frozen tensors have no gradient to penalise
-        loss = _scalar(f"losses[{i}]", loss)
-        grads = None
-        if loss.requires_grad and ps:
-            grads = torch.autograd.grad(loss, ps, create_graph=True, allow_unused=True)
-        if grads is None or all(g is None for g in grads):
-            raise ValueError(f"losses[{i}] must depend on params[{i}], but its graph does not "
-                             f"reach them")
-        sq = sum(g.pow(2).sum() for g in grads if g is not None)
-        total = sq if total is None else total + sq
-    return 0.5 * gamma * total

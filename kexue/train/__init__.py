@@ -2,8 +2,10 @@
 
 After the kexue.fm notes https://kexue.fm/archives/6418 and https://kexue.fm/archives/6575:
 learning rates per layer or name pattern, free gradient transforms, weight EMA, capture of
-intermediate tensors (attention maps included) and process-safe data loading; and explicit
-gradient regularisation (https://kexue.fm/archives/7787) in :mod:`kexue.train.regularizers`.
+intermediate tensors (attention maps included) and process-safe data loading; explicit
+gradient regularisation (https://kexue.fm/archives/7787) in :mod:`kexue.train.regularizers`;
+and the GAN penalties R1, R2, WGAN-GP and consensus (https://kexue.fm/archives/6583), terms
+you add to a loss, in :mod:`kexue.train.penalties`.
 """
 
 import warnings
@@ -14,6 +16,7 @@ from kexue.train.capture import Captured, capture
 from kexue.train.data import ShardedIterable
 from kexue.train.ema import EMA, ema_warmup
 from kexue.train.param_groups import block_of, is_bias_or_norm, param_groups, scale_parametrize
+from kexue.train.penalties import consensus_penalty, gradient_penalty, r1_penalty, r2_penalty
 from kexue.train.regularizers import (
     RegularizedStep,
     gradient_penalty_loss,
@@ -60,7 +63,9 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_norm",
     "clip_by_value",
+    "consensus_penalty",
     "ema_warmup",
+    "gradient_penalty",
     "gradient_penalty_loss",
     "implicit_lambda",
     "is_bias_or_norm",
@@ -68,6 +73,8 @@ __all__ = [
     "midpoint_backward",
     "minibatch_regularized_backward",
     "param_groups",
+    "r1_penalty",
+    "r2_penalty",
     "regularized_backward",
     "scale",
     "scale_parametrize",
