@@ -24,13 +24,13 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from kexue._checks import check_int, check_real
 from kexue.text.lm import BiLM, NgramLM, default_lm
 from kexue.text.sampling import (
     EditProposal,
@@ -190,7 +190,11 @@ def _bigrams(text: str) -> Counter:
 
 
 def similarity(source: str, weight: float = 10.0) -> Term:
-    """weight · F1 of the character bigrams of x against ``source`` (1 for x = source)."""
+    """weight · F1 of the character bigrams of x against ``source`` (1 for x = source).
+
+    ``weight`` is a finite number.
+    """
+    weight = check_real("weight", weight)
     ref = _bigrams(source)
     n_ref = sum(ref.values())
 
@@ -207,13 +211,18 @@ def similarity(source: str, weight: float = 10.0) -> Term:
 
 def length_prior(mean: float, std: float) -> Term:
     """log N(|x|; mean, std²) up to a constant: −(|x| − mean)² / (2 std²)."""
-    if not (0 < mean < math.inf and 0 < std < math.inf):
-        raise ValueError(f"mean and std must be finite and > 0, got mean={mean!r}, std={std!r}")
+    mean = check_real("mean", mean, low=0, low_open=True)
+    std = check_real("std", std, low=0, low_open=True)
     return lambda texts: np.array([-((len(t) - mean) ** 2) / (2 * std ** 2) for t in texts])
 
 
 def repetition_penalty(weight: float = 2.0, n: int = 2) -> Term:
-    """−weight · (number of repeated character n-gram occurrences in x)."""
+    """−weight · (number of repeated character n-gram occurrences in x).
+
+    ``weight`` is a finite number, ``n`` an int >= 1.
+    """
+    weight = check_real("weight", weight)
+    n = check_int("n", n, low=1)
     def term(texts: Sequence[str]) -> np.ndarray:
         out = []
         for t in texts:
@@ -237,8 +246,7 @@ def lm_tokens(lm: BiLM, space: TokenSpace, candidates: Sequence[int] | None = No
         candidates: Proposable ids (default: every character of the LM).
         uniform_mix: ε in [0, 1].
     """
-    if not 0 <= uniform_mix <= 1:
-        raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix!r}")
+    uniform_mix = check_real("uniform_mix", uniform_mix, low=0, high=1)
     cands = np.asarray(space.char_ids if candidates is None else candidates, np.int64)
     n = lm.forward.order - 1
     size = len(space)
@@ -305,6 +313,10 @@ def generate(target: TextTarget, x0: State, steps: int, *, lm: BiLM, method: str
     Raises:
         ValueError: For an unknown ``method`` or bad arguments.
     """
+    steps = check_int("steps", steps, low=0)
+    t0 = check_real("t0", t0, low=0, low_open=True)
+    t1 = check_real("t1", t1, low=0, low_open=True)
+    _check_seed(seed)
     if method == "anneal" and not 0 < t1 < t0:
         raise ValueError(f"annealing needs temperatures 0 < t1 < t0, got t0={t0!r}, t1={t1!r}")
     proposal = EditProposal(tokens or lm_tokens(lm, target.space),
@@ -367,6 +379,9 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
     Raises:
         ValueError: For an empty keyword list or keywords the model has never seen.
     """
+    steps = check_int("steps", steps, low=0)
+    repetition = check_real("repetition", repetition)
+    _check_seed(seed)
     lm = default_lm() if lm is None else lm
     words = _check_keywords(keywords, lm)
     space = TokenSpace(lm.forward, words)
@@ -381,6 +396,12 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method=method,
                     max_len=max(int(mean + 3 * std), len(words) + 1), min_len=len(words),
                     seed=seed, on_step=on_step)
+
+
+def _check_seed(seed: object) -> None:
+    """A seed is None, a ``np.random.Generator`` or an int >= 0 (numpy's range)."""
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        check_int("seed", seed, low=0)
 
 
 def _source(text: str, lm: BiLM) -> tuple[TokenSpace, State]:
@@ -402,6 +423,9 @@ def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
     Raises:
         ValueError: For an empty source or characters the model has never seen.
     """
+    steps = check_int("steps", steps, low=0)
+    closeness = check_real("closeness", closeness)
+    _check_seed(seed)
     lm = default_lm() if lm is None else lm
     space, x0 = _source(source, lm)
     clean = space.decode(x0.tokens)
@@ -425,8 +449,10 @@ def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | No
     Raises:
         ValueError: For an empty source, unknown characters or ``ratio`` outside (0, 1].
     """
-    if not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+    ratio = check_real("ratio", ratio, low=0, high=1, low_open=True)
+    steps = check_int("steps", steps, low=0)
+    closeness = check_real("closeness", closeness)
+    _check_seed(seed)
     lm = default_lm() if lm is None else lm
     _source(source, lm)  # checks the source: non-empty, characters the model knows
     clean = "".join(source.split())
@@ -464,6 +490,9 @@ def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness:
     Raises:
         ValueError: For an empty source or characters the model has never seen.
     """
+    steps = check_int("steps", steps, low=0)
+    closeness = check_real("closeness", closeness)
+    _check_seed(seed)
     lm = default_lm() if lm is None else lm
     space, x0 = _source(source, lm)
     terms = {"fluency": fluency(lm.forward),

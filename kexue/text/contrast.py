@@ -78,12 +78,13 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy.special import betaincinv
+
+from kexue._checks import check_int, check_real
 
 __all__ = [
     "METHODS",
@@ -124,9 +125,7 @@ def _check_counts(name: str, counts: Mapping[str, float]) -> float:
     for word, c in counts.items():
         if not isinstance(word, str):
             raise ValueError(f"{name} keys must be str, got {word!r}")
-        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c) or c < 0:
-            raise ValueError(f"{name}[{word!r}] must be a finite count >= 0, got {c!r}")
-        total += float(c)
+        total += check_real(f"{name}[{word!r}]", c, low=0)
     return total
 
 
@@ -134,7 +133,7 @@ def _check_total(name: str, given: float | None, summed: float) -> float:
     if given is None:
         total = summed
     else:
-        if not isinstance(given, numbers.Real) or not math.isfinite(given) or given < summed:
+        if check_real(name, given) < summed:
             raise ValueError(
                 f"{name} must be a finite number >= the sum of the counts ({summed:g}), "
                 f"got {given!r}"
@@ -221,13 +220,8 @@ def log_odds_z(
     return delta / np.sqrt(1.0 / (a + alpha_w) + 1.0 / (c + alpha_w))
 
 
-def _check_confidence(confidence: object) -> None:
-    if (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, numbers.Real)
-        or not 0.0 < confidence < 1.0
-    ):
-        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
+def _check_confidence(confidence: object) -> float:
+    return check_real("confidence", confidence, low=0, high=1, low_open=True, high_open=True)
 
 
 def log_rate_ratio_lcb(
@@ -259,13 +253,15 @@ def log_rate_ratio_lcb(
         float64 array of log ρ_lo (−inf where π_lo underflows).
 
     Raises:
-        ValueError: If ``confidence`` is not in (0, 1).
+        ValueError: If ``confidence`` is not in (0, 1) or a total is not a finite number > 0.
 
     References:
         https://kexue.fm/archives/6540; the Jeffreys interval for a binomial proportion
         (Brown, Cai & DasGupta, "Interval Estimation for a Binomial Proportion", Stat. Sci. 2001).
     """
-    _check_confidence(confidence)
+    confidence = _check_confidence(confidence)
+    n_d = check_real("n_d", n_d, low=0, low_open=True)
+    n_g = check_real("n_g", n_g, low=0, low_open=True)
     a = np.asarray(y_d, dtype=np.float64) + 0.5
     b = np.asarray(y_g, dtype=np.float64) + 0.5
     lo = betaincinv(a, b, 1.0 - confidence)  # π_lo
@@ -352,7 +348,7 @@ def contrast(
         general_counts: Word -> count in the general corpus (y_g), from the same segmenter.
             A word absent here has y_g = 0 (except in ``"blog"``, see above).
         method: One of :data:`METHODS`.
-        min_count: Only words with y_d >= ``min_count`` (> 0) are scored and returned; the
+        min_count: Only words with y_d >= ``min_count`` (finite, > 0) are scored and returned; the
             totals and the blog's statistics still use every word.
         alpha0: α_0 > 0 for ``"log_odds"`` (ignored otherwise); ``None`` means n_d + n_g,
             i.e. α_w = y_d + y_g (the pooled counts as the prior).
@@ -378,15 +374,9 @@ def contrast(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if alpha0 is not None and (
-        isinstance(alpha0, bool)
-        or not isinstance(alpha0, numbers.Real)
-        or not math.isfinite(alpha0)
-        or alpha0 <= 0
-    ):
-        raise ValueError(f"alpha0 must be None or a finite number > 0, got {alpha0!r}")
-    if isinstance(min_count, bool) or not isinstance(min_count, numbers.Real) or min_count <= 0:
-        raise ValueError(f"min_count must be a number > 0, got {min_count!r}")
+    if alpha0 is not None:
+        alpha0 = check_real("alpha0", alpha0, low=0, low_open=True)
+    min_count = check_real("min_count", min_count, low=0, low_open=True)
     _check_confidence(confidence)
     n_d = _check_total("domain_total", domain_total, _check_counts("domain_counts", domain_counts))
     n_g = _check_total(
@@ -440,6 +430,7 @@ def is_han_word(word: str, min_len: int = 2) -> bool:
     them, so a stretch of them is never a discovered word. The note kept exactly the
     U+4E00-U+9FA5 run of its corpora (``re.sub('[^\\u4e00-\\u9fa5]+', ' ', l)``).
     """
+    check_int("min_len", min_len)
     return len(word) >= min_len and all("\u4e00" <= ch <= "\u9fff" for ch in word)
 
 
@@ -475,8 +466,9 @@ def precision_at_k(
         https://kexue.fm/archives/6540
     """
     ks = list(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty list of integers >= 1, got {ks!r}")
+    if not ks:
+        raise ValueError("ks must be a non-empty list of integers >= 1, got []")
+    ks = [check_int(f"ks[{i}]", k, low=1) for i, k in enumerate(ks)]
     kmax = max(ks)
     hits: list[bool] = []
     for item in ranked:

@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
+from kexue._checks import check_int
+
 __all__ = [
     "DEFAULT_EXTENSIONS",
     "Corpus",
@@ -524,10 +526,13 @@ def chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
         Non-empty lists of documents, in input order.
 
     Raises:
-        ValueError: If ``chunk_chars`` < 1.
+        ValueError: If ``chunk_chars`` is not an int >= 1 (at the call, before any document
+            is read).
     """
-    if isinstance(chunk_chars, bool) or not isinstance(chunk_chars, int) or chunk_chars < 1:
-        raise ValueError(f"chunk_chars must be an integer >= 1, got {chunk_chars!r}")
+    return _chunks(documents, check_int("chunk_chars", chunk_chars, low=1))
+
+
+def _chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
     batch: list[str] = []
     size = 0
     for doc in documents:

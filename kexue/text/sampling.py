@@ -35,6 +35,8 @@ from typing import Protocol
 
 import numpy as np
 
+from kexue._checks import check_int, check_real
+
 __all__ = [
     "EditProposal",
     "ImportanceResult",
@@ -184,14 +186,14 @@ class EditProposal:
         unknown = set(self.weights) - set(KINDS)
         if unknown:
             raise ValueError(f"weights keys must be among {KINDS}, got {sorted(unknown)}")
+        for k, w in self.weights.items():
+            check_real(f"weights[{k!r}]", w, low=0)
         total = sum(self.weights.values())
-        if any(w < 0 for w in self.weights.values()) or not total > 0:
+        if not total > 0:
             raise ValueError(f"weights must be >= 0 with a positive sum, got {self.weights}")
         self.weights = {k: self.weights.get(k, 0.0) / total for k in KINDS}
-        if not (isinstance(self.min_len, int) and isinstance(self.max_len, int)
-                and 0 <= self.min_len <= self.max_len):
-            raise ValueError(f"need integers 0 <= min_len <= max_len, got min_len="
-                             f"{self.min_len!r}, max_len={self.max_len!r}")
+        self.min_len = check_int("min_len", self.min_len, low=0)
+        self.max_len = check_int("max_len", self.max_len, low=self.min_len)
 
     # --- exact probabilities of one move kind ----------------------------------------------
     def _insert_gaps(self, x: State, y: State) -> list[int]:
@@ -326,7 +328,9 @@ def _score(target: Target, state: State) -> float:
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(None if seed is None else check_int("seed", seed, low=0))
 
 
 def _check_start(x0: State, target: Target, proposal: EditProposal) -> float:
@@ -346,14 +350,12 @@ def _chain(target: Target, proposal: EditProposal, x0: State, steps: int,
            temperature: Callable[[int], float], per_token: bool, mode: str,
            rng: np.random.Generator, thin: int, on_step: Callable[[int, State], None] | None,
            top_k: int) -> MCMCResult:
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    steps = check_int("steps", steps, low=0)
     if mode not in ("exact", "cgmh"):
         raise ValueError(f"mode must be 'exact' or 'cgmh', got {mode!r}")
-    if not isinstance(thin, int) or thin < 0:
-        raise ValueError(f"thin must be an integer >= 0, got {thin!r}")
-    if mode == "cgmh" and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    thin = check_int("thin", thin, low=0)
+    if mode == "cgmh":
+        top_k = check_int("top_k", top_k, low=1)
     x, logp = x0, _check_start(x0, target, proposal)
     energy = (lambda lp, n: lp / max(n, 1)) if per_token else (lambda lp, n: lp)
     best, best_logp, best_score = x, logp, energy(logp, len(x))
@@ -408,36 +410,31 @@ def metropolis_hastings(target: Target, proposal: EditProposal, x0: State, steps
     Raises:
         ValueError: For a bad start state, negative ``steps`` or an unknown ``mode``.
     """
+    top_k = check_int("top_k", top_k, low=1)
     return _chain(target, proposal, x0, steps, lambda t: 1.0, False, mode, _rng(seed), thin,
                   on_step, top_k)
 
 
 def linear_cooling(t0: float, t1: float, steps: int) -> Callable[[int], float]:
     """T_t = t0 + (t1 − t0)·t/(steps − 1), from t0 down to t1 > 0."""
-    _check_temps(t0, t1)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    t0 = check_real("t0", t0, low=0, low_open=True)
+    t1 = check_real("t1", t1, low=0, low_open=True)
+    steps = check_int("steps", steps, low=1)
     return lambda t: t0 + (t1 - t0) * min(t, steps - 1) / max(steps - 1, 1)
 
 
 def exponential_cooling(t0: float, rate: float) -> Callable[[int], float]:
     """T_t = t0 · rate^t with 0 < rate < 1."""
-    _check_temps(t0, t0)
-    if not 0 < rate < 1:
-        raise ValueError(f"rate must be in (0, 1), got {rate!r}")
+    t0 = check_real("t0", t0, low=0, low_open=True)
+    rate = check_real("rate", rate, low=0, high=1, low_open=True, high_open=True)
     return lambda t: t0 * rate ** t
 
 
 def logarithmic_cooling(c: float) -> Callable[[int], float]:
     """T_t = c / log(t + 2) (Geman & Geman's schedule, which provably finds the argmax for a
     large enough c, slowly)."""
-    _check_temps(c, c)
+    c = check_real("c", c, low=0, low_open=True)
     return lambda t: c / math.log(t + 2)
-
-
-def _check_temps(t0: float, t1: float) -> None:
-    if not (t0 > 0 and t1 > 0):
-        raise ValueError(f"temperatures must be > 0, got {t0!r} and {t1!r}")
 
 
 def simulated_annealing(target: Target, proposal: EditProposal, x0: State, steps: int,
@@ -541,8 +538,8 @@ def gibbs(target: Target, x0: State, sweeps: int, candidates: Sequence[int], *,
         raise ValueError("candidates must hold at least one token id, got none")
     if np.unique(cands).size != cands.size:
         raise ValueError(f"candidates must be distinct token ids, got {list(candidates)}")
-    if not isinstance(sweeps, int) or sweeps < 0:
-        raise ValueError(f"sweeps must be an integer >= 0, got {sweeps!r}")
+    sweeps = check_int("sweeps", sweeps, low=0)
+    thin = check_int("thin", thin, low=0)
     rng = _rng(seed)
     x = x0
     logp = _score(target, x)
@@ -617,8 +614,7 @@ def importance_sampling(target: Target, sample: Callable[[np.random.Generator], 
     Raises:
         ValueError: If ``n`` < 1 or every draw has π = 0.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    n = check_int("n", n, low=1)
     xs, lq = _draw_batch(sample, log_q, n, _rng(seed))
     logw = np.asarray(target.log_prob(xs), np.float64) - lq
     if not np.any(np.isfinite(logw)):
@@ -660,9 +656,10 @@ def rejection_sampling(target: Target, sample: Callable[[np.random.Generator], t
         ValueError: If a draw has π(x) > M q(x), or ``n`` < 1.
         RuntimeError: If ``max_proposals`` pass before ``n`` acceptances.
     """
-    for name, value in (("n", n), ("batch", batch), ("max_proposals", max_proposals)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    n = check_int("n", n, low=1)
+    batch = check_int("batch", batch, low=1)
+    max_proposals = check_int("max_proposals", max_proposals, low=1)
+    log_bound = check_real("log_bound", log_bound)
     rng = _rng(seed)
     out: list[tuple[int, ...]] = []
     proposed = 0

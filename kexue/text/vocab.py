@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kexue._checks import check_int, check_real
 from kexue.text.ngrams import NgramTable, count_ngrams, decode
 
 __all__ = [
@@ -78,8 +79,7 @@ def branching_entropy(table: NgramTable, n: int) -> tuple[np.ndarray, np.ndarray
     Raises:
         ValueError: if ``n`` is out of range.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < table.max_n:
-        raise ValueError(f"n must be an integer in [1, {table.max_n - 1}], got {n!r}")
+    n = check_int("n", n, low=1, high=table.max_n - 1)
     total = table.counts(n).astype(np.float64)
     ext = table.counts(n + 1).astype(np.float64)
     clogc = ext * np.log(np.maximum(ext, 1.0))
@@ -107,8 +107,7 @@ def split_pmi(table: NgramTable, n: int) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: if ``n`` is out of range.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= table.max_n:
-        raise ValueError(f"n must be an integer in [2, {table.max_n}], got {n!r}")
+    n = check_int("n", n, low=2, high=table.max_n)
     codes = table.codes(n)
     logc = np.log(table.counts(n).astype(np.float64))
     log_n = math.log(max(table.total_chars, 1))
@@ -151,7 +150,7 @@ class Vocabulary:
     ) -> None:
         self.scores = list(scores)
         self.words = [s.word for s in self.scores]
-        self.total_chars = int(total_chars)
+        self.total_chars = check_int("total_chars", total_chars, low=0)
         self._count = {s.word: s.count for s in self.scores}
         # unigram model over words ∪ single characters: p(x) = count(x) / Z
         z = float(sum(self._count.values()) + sum(char_counts.values())) or 1.0
@@ -282,13 +281,11 @@ def discover(
     Raises:
         ValueError: on an argument out of range or a non-``str`` text.
     """
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
-        raise ValueError(f"max_len must be an integer >= 2, got {max_len!r}")
-    for name, value in (("min_pmi", min_pmi), ("min_entropy", min_entropy)):
-        if not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"{name} must be a real number, got {value!r}")
-    if not isinstance(pmi_per_char, (int, float)) or not pmi_per_char >= 0:
-        raise ValueError(f"pmi_per_char must be a number >= 0, got {pmi_per_char!r}")
+    max_len = check_int("max_len", max_len, low=2)
+    # floors: ±inf is allowed (no floor / nothing passes), NaN is not
+    min_pmi = check_real("min_pmi", min_pmi, finite=False)
+    min_entropy = check_real("min_entropy", min_entropy, finite=False)
+    pmi_per_char = check_real("pmi_per_char", pmi_per_char, low=0, finite=False)
     table = count_ngrams(
         texts, max_len + 1, min_count, processes=processes, chunk_chars=chunk_chars
     )
@@ -339,9 +336,7 @@ def evaluate_precision(
     Raises:
         ValueError: if a K is < 1.
     """
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"ks must hold integers >= 1, got {k!r}")
+    ks = [check_int(f"ks[{i}]", k, low=1) for i, k in enumerate(ks)]
     gold = gold if isinstance(gold, (set, frozenset)) else set(gold)
     ranked = [w for w in words if _HAN_WORD.fullmatch(w)]
     return {int(k): sum(w in gold for w in ranked[:k]) / k for k in ks}
