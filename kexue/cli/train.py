@@ -1,5 +1,5 @@
-"""``kexue train gan|glann|nvae``: a generative model on real digits, with an atomic checkpoint
-after every epoch, an exclusive lock on the run directory, and exact resume."""
+"""``kexue train MODEL``: any model of ``kexue.generative.TRAINERS`` on real digits, with an
+atomic checkpoint after every epoch, an exclusive lock on the run directory, and exact resume."""
 
 from __future__ import annotations
 
@@ -23,34 +23,35 @@ from kexue.cli._common import (
     progress,
     set_threads,
 )
+from kexue.generative import RECIPES, TRAINERS
 from kexue.generative.data import IMAGE_DATA
-from kexue.generative.gan import RECIPES
 
-GEN_MODELS = ("gan", "glann", "nvae")
-Model = choices("Model", GEN_MODELS)
 Data = choices("Data", tuple(IMAGE_DATA))
-Recipe = choices("Recipe", tuple(RECIPES))
+Device = choices("Device", ("auto", "cpu", "cuda"))
+Precision = choices("Precision", ("fp32", "bf16"))
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 2  # meta["format"]; 1: before the generative trainers shared one contract
+_AUTOCAST = {"fp32": None, "bf16": "bf16"}
 
 
-def _make_trainer(model: str, data: Any, recipe: str, epochs: int | None, quick: bool,
-                  seed: int) -> Any:
-    """A trainer of the Trainer contract for MODEL, with the library's default schedule
-    (``--quick``: a tenth of it) unless ``--epochs`` is given."""
-    from kexue.generative import gan, glann, nvae
+def _entry(model: str) -> Any:
+    """The registry entry of MODEL (read at call time, so a registered model is offered)."""
+    if model not in TRAINERS:
+        raise CliError(f"MODEL: {model!r} is not one of {', '.join(map(repr, TRAINERS))}")
+    return TRAINERS[model]
 
-    big = data.shape[1] > 16  # mnist5k: 2.8x the images of digits, 12x the pixels
 
-    def scaled(default: int) -> int:
-        return epochs if epochs is not None else max(1, default // 10) if quick else default
-
-    if model == "gan":
-        return gan.make_trainer(recipe, data, epochs=scaled(8 if big else 30), seed=seed)
-    if model == "glann":
-        total = scaled(50)
-        glo = max(1, round(total * 0.6))
-        return glann.GLANNTrainer(data, glo_epochs=glo, imle_epochs=total - glo, seed=seed)
-    return nvae.NVAETrainer(data, epochs=scaled(20 if big else 50), seed=seed)
+def _variant(model: str, entry: Any, recipe: str | None) -> str | None:
+    if not entry.variants:
+        if recipe is not None:
+            raise CliError(f"--recipe {recipe}: {model} has no recipes")
+        return None
+    if recipe is None:
+        return entry.variants[0]
+    if recipe not in entry.variants:
+        raise CliError(f"--recipe: {recipe!r} is not one of "
+                       f"{', '.join(map(repr, entry.variants))}")
+    return recipe
 
 
 def _saved_epochs(ckpt: Path) -> int | None:
@@ -59,7 +60,7 @@ def _saved_epochs(ckpt: Path) -> int | None:
     import torch
 
     try:
-        saved = torch.load(ckpt, weights_only=True)
+        saved = torch.load(ckpt, weights_only=True, map_location="cpu")
         epochs = saved["meta"]["epochs"]
     except Exception:  # damaged or foreign: _resume says so
         return None
@@ -72,12 +73,18 @@ def _resume(trainer: Any, ckpt: Path, meta: dict[str, Any]) -> None:
     import torch
 
     try:  # weights_only: a checkpoint is data, never code to run
-        saved = torch.load(ckpt, weights_only=True)
+        saved = torch.load(ckpt, weights_only=True, map_location="cpu")
     except Exception as error:  # torch raises several types for a damaged file
         raise CliError(f"--resume: {ckpt} is not a readable checkpoint "
                        f"({type(error).__name__})") from error
-    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) \
+            or not isinstance(saved.get("meta"), dict):
         raise CliError(f"--resume: {ckpt} is not a kexue checkpoint")
+    found = saved["meta"].get("format", 1)
+    if found != CHECKPOINT_FORMAT:
+        raise CliError(f"--resume: {ckpt} is in checkpoint format {found!r}; this kexue reads "
+                       f"format {CHECKPOINT_FORMAT}: start afresh with --overwrite, or resume "
+                       f"it with the kexue that wrote it")
     if saved.get("meta") != meta:
         raise CliError(f"--resume: {ckpt} was written for {saved.get('meta')}, not {meta}")
     try:
@@ -101,16 +108,22 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def train(
-    model: Annotated[Model, typer.Argument(help="The model to train.")],  # type: ignore[valid-type]
+    model: Annotated[str, typer.Argument(
+        help=f"The model to train: one of {', '.join(TRAINERS)}.", show_default=False)],
     data: Annotated[Data, typer.Option("--data", help="digits (8x8) or mnist5k (28x28).")] = (  # type: ignore[valid-type]
         "digits"),
-    recipe: Annotated[Recipe, typer.Option("--recipe", help="gan only: the architecture.")] = (  # type: ignore[valid-type]
-        "dcgan"),
+    recipe: Annotated[str | None, typer.Option(
+        "--recipe", help=f"The model's variant (gan: {', '.join(RECIPES)}; default the "
+        "first).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs (default: "
                                                "the model's schedule).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A tenth of the default schedule.")] = (
         False),
     seed: Seed = 0,
+    device: Annotated[Device, typer.Option("--device", help="Where to train; auto: CUDA when "  # type: ignore[valid-type]
+                                           "available.")] = "auto",
+    precision: Annotated[Precision, typer.Option("--precision", help="bf16: forward passes "  # type: ignore[valid-type]
+                                                 "under bfloat16 autocast.")] = "fp32",
     out_dir: Annotated[Path, typer.Option("--out", help="Directory under which the run "
                                           "directory (checkpoint.pt, samples.png) is made.")] = (
         Path("runs")),
@@ -122,14 +135,14 @@ def train(
     threads: Threads = 1,
 ) -> None:
     """Train a generative model on real digits, with a checkpoint after every epoch (resume
-    continues exactly) and a PNG grid of samples."""
+    continues exactly), a PNG grid of samples and the model's scores."""
 
     from kexue._io import remove_stale
-    from kexue.generative.base import image_grid
     from kexue.generative.data import load_images
 
-    model, data, recipe = getattr(model, "value", model), getattr(data, "value", data), \
-        getattr(recipe, "value", recipe)
+    data, device, precision = (getattr(v, "value", v) for v in (data, device, precision))
+    entry = _entry(model)
+    variant = _variant(model, entry, recipe)
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other")
     check_output_dir(out_dir)
@@ -138,18 +151,21 @@ def train(
         images = load_images(data, seed=seed)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise CliError(f"--data {data}: {missing_data(error) or first_line(error)}") from error
-    run_dir = out_dir / "-".join([model, *([recipe] if model == "gan" else []), data,
-                                  f"seed{seed}"])
+    run_dir = out_dir / "-".join([model, *([variant] if variant else []), data, f"seed{seed}"])
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists() and not ckpt.is_file():
         raise CliError(f"{ckpt} is not a file")
     if resume and epochs is None and not quick:  # the run's own schedule
         epochs = _saved_epochs(ckpt)
+    if epochs is None:
+        epochs = entry.schedule(images.shape, quick)
     try:
-        trainer = _make_trainer(model, images, recipe, epochs, quick, seed)
+        trainer = entry.build(images, epochs=epochs, seed=seed, device=device,
+                              autocast=_AUTOCAST[precision], variant=variant)
     except ValueError as error:
-        raise CliError(f"train {model}: {first_line(error)}") from error
-    meta = {"model": model, "recipe": recipe if model == "gan" else None, "data": data,
+        option = "--device" if "CUDA" in str(error) else f"train {model}"
+        raise CliError(f"{option}: {first_line(error)}") from error
+    meta = {"format": CHECKPOINT_FORMAT, "model": model, "recipe": variant, "data": data,
             "seed": seed, "epochs": trainer.epochs}
     if resume and not ckpt.is_file():
         raise CliError(f"--resume: no checkpoint at {ckpt}")
@@ -163,7 +179,7 @@ def train(
             _resume(trainer, ckpt, meta)
             out.print(f"resuming at epoch {trainer.epoch} of {trainer.epochs}", markup=False)
         _fit(trainer, ckpt, meta)
-        _finish(trainer, images, run_dir, model, seed, image_grid)
+        _finish(trainer, images, run_dir, seed)
         out.print(f"checkpoint {ckpt}, samples {run_dir / 'samples.png'}", markup=False)
 
 
@@ -195,18 +211,18 @@ def _fit(trainer: Any, ckpt: Path, meta: dict[str, Any]) -> None:
                 f"{k} {v:.3g}" for k, v in losses.items()))
 
 
-def _finish(trainer: Any, images: Any, run_dir: Path, model: str, seed: int,
-            image_grid: Any) -> None:
-    """Samples PNG (atomic) and the model's scores."""
+def _finish(trainer: Any, images: Any, run_dir: Path, seed: int) -> None:
+    """Samples PNG (atomic) and the model's scores on the test split."""
     import matplotlib
-    import torch
 
     from kexue._io import atomic_save
+    from kexue._seeds import stream
+    from kexue.generative import image_grid
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples = trainer.sample(64, torch.Generator().manual_seed(seed))
+    samples = trainer.sample(64, stream(seed, "cli", "samples")).float().cpu()
     grid = image_grid(samples, nrow=8)  # (C, H', W')
     pixels = grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
     try:
@@ -215,20 +231,9 @@ def _finish(trainer: Any, images: Any, run_dir: Path, model: str, seed: int,
     except OSError as error:
         raise RunFailed(f"could not write {run_dir / 'samples.png'}: "
                         f"{error.strerror or error}; the checkpoint is complete") from error
-    if model in ("gan", "glann"):
-        from kexue.generative.metrics import score_samples
-
-        n = len(images.test_x)
-        scores = score_samples(trainer.sample(n, torch.Generator().manual_seed(seed + 1)), images,
-                               generator=torch.Generator().manual_seed(seed))
-        out.print("  ".join(f"{k} {v:.3f}" for k, v in scores.items()), markup=False)
-    else:
-        from kexue.generative.data import binarize
-
-        bits = binarize(images.test_x, torch.Generator().manual_seed(seed))  # static test bits
-        scores = trainer.evaluate(bits, samples=20, generator=torch.Generator().manual_seed(seed))
-        out.print(f"test −ELBO {scores['neg_elbo']:.2f} nats, importance-weighted NLL "
-                  f"(K=20) {scores['nll']:.2f} nats", markup=False)
+    scores = trainer.evaluate(images, stream(seed, "cli", "evaluate"))
+    out.print("test split: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+              markup=False)
 
 
 def register(app: typer.Typer) -> None:

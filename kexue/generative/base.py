@@ -69,7 +69,6 @@ class Trainer(Protocol):
         """``n`` images, (n, C, H, W) in [0, 1], from the model used for evaluation (EMA if any)."""
         ...
 
-    @torch.no_grad()
     def evaluate(self, data: ImageData, generator: torch.Generator | None = None
                  ) -> dict[str, float]:
         """The model's scores on ``data``'s test split (sample metrics or a likelihood)."""

@@ -279,7 +279,6 @@ class GANTrainer:
             self.G.train(was_training)
         return out.clamp(0, 1)
 
-    @torch.no_grad()
     def evaluate(self, data: ImageData, generator: torch.Generator | None = None
                  ) -> dict[str, float]:
         """cFD, precision, recall and cIS of as many EMA samples as ``data`` has test images
