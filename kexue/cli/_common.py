@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-MAX_SEED = 2**63 - 1  # seed + small offsets stay within manual_seed's 64-bit range
+MAX_SEED = 2**63 - 1  # within manual_seed's and kexue._seeds.derive_seed's 64-bit range
 
 
 class CliError(Exception):

@@ -147,6 +147,7 @@ def keywords(
     threads: Threads = 1,
 ) -> None:
     """Make sentences that contain every KEYWORD (a hard constraint), by MCMC."""
+    from kexue._seeds import derive_seed
     from kexue.text.constrained import keywords_to_sentence
 
     method = getattr(method, "value", method)
@@ -154,7 +155,8 @@ def keywords(
     set_threads(threads)
     model = load_lm(lm)
     rows = _generate(lambda i, cb: keywords_to_sentence(
-        words, steps, lm=model, method=method, seed=seed + i, on_step=cb), n, steps,
+        words, steps, lm=model, method=method,
+        seed=derive_seed(seed, "sentence", str(i)), on_step=cb), n, steps,
         "keywords")
     _print(rows, f"{' '.join(words)} · {method}, {steps} steps")
 
@@ -162,14 +164,16 @@ def keywords(
 def _edit(task: str, text: str, steps: int, n: int, seed: int, lm: Path | None, threads: int,
           title: str, **options: Any) -> None:
     """Run the sentence-editing task ``task`` of kexue.text.constrained ``n`` times."""
+    from kexue._seeds import derive_seed
     from kexue.text import constrained
 
     run = getattr(constrained, task)
     text = text_argument(text)
     set_threads(threads)
     model = load_lm(lm)
-    rows = _generate(lambda i, cb: run(text, *options.values(), steps, lm=model, seed=seed + i,
-                                       on_step=cb), n, steps, task)
+    rows = _generate(lambda i, cb: run(text, *options.values(), steps, lm=model,
+                                       seed=derive_seed(seed, "sentence", str(i)), on_step=cb),
+                     n, steps, task)
     _print(rows, f"{title} of {text}")
 
 
