@@ -33,6 +33,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from kexue._seeds import stream
 from kexue.estimators.reparam import gaussian_rsample, gumbel_max, gumbel_softmax
 from kexue.estimators.score import MovingAverageBaseline, leave_one_out, score_function_surrogate
 from kexue.experiments.base import Anchor, Context, Experiment, Result, Table
@@ -144,7 +145,7 @@ def _table(
 
 def _measure(config: Config, seed: int, shuffled: bool) -> Result:
     """Sample every estimator; ``shuffled`` feeds the control's shuffled data (see module)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = stream(seed, "gumbel")
 
     # 1. Gumbel-max against softmax on a real classifier's output
     logits = _digit_logits(seed)
@@ -156,14 +157,14 @@ def _measure(config: Config, seed: int, shuffled: bool) -> Result:
     # 2. Gaussian
     # The same draws at every offset (a fresh generator each), so offsets differ only by c.
     def fresh() -> torch.Generator:
-        return torch.Generator().manual_seed(seed + 2)
+        return stream(seed, "estimator draws")
 
     a = 0.5 if shuffled else -0.5  # the control estimates a shifted target's gradient
     gaussian = _table(lambda c: _gaussian(config, c, fresh(), a=a),
                       lambda c: torch.tensor([3.0], dtype=torch.float64))
 
     # 3. Categorical, with fixed costs
-    cgen = torch.Generator().manual_seed(seed + 1)
+    cgen = stream(seed, "categorical problem")
     theta = torch.randn(6, generator=cgen, dtype=torch.float64)
     base_cost = torch.randn(6, generator=cgen, dtype=torch.float64)
     p = torch.softmax(theta, 0)

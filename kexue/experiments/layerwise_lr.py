@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kexue._seeds import derive_seed
 from kexue.experiments._common import batches, digits, evaluate
 from kexue.experiments.base import Anchor, Context, Experiment, Result, Table
 from kexue.train import param_groups, scale_parametrize
@@ -153,10 +154,11 @@ def run(config: Config, ctx: Context) -> Result:
     old_tr, old_te = y_tr < 5, y_te < 5
     acc: dict[str, list[float]] = {s: [] for s in STRATEGIES}
     for s in range(config.seeds):
-        base = _pretrain(config, seed * 1000 + s, x_tr[old_tr], y_tr[old_tr])
-        shots = _shots(y_tr, config, seed * 1000 + s)
+        rep_seed = derive_seed(seed, "repetition", str(s))
+        base = _pretrain(config, rep_seed, x_tr[old_tr], y_tr[old_tr])
+        shots = _shots(y_tr, config, rep_seed)
         for strategy in STRATEGIES:
-            tuned = _finetune(base, strategy, config, x_tr[shots], y_tr[shots], seed * 1000 + s)
+            tuned = _finetune(base, strategy, config, x_tr[shots], y_tr[shots], rep_seed)
             acc[strategy].append(evaluate(tuned, x_te[~old_te], y_te[~old_te])[1])
     return _result(config, gaps, acc, "")
 
@@ -172,11 +174,12 @@ def control(config: Config, ctx: Context) -> Result:
     new_te = y_te >= 5
     acc: dict[str, list[float]] = {s: [] for s in STRATEGIES}
     for s in range(config.seeds):
-        torch.manual_seed(seed * 1000 + s)
+        rep_seed = derive_seed(seed, "repetition", str(s))
+        torch.manual_seed(rep_seed)
         base = Tower(config.width, config.depth)  # untrained
-        shots = _shots(y_tr, config, seed * 1000 + s)
+        shots = _shots(y_tr, config, rep_seed)
         for strategy in STRATEGIES:
-            tuned = _finetune(base, strategy, config, x_tr[shots], y_tr[shots], seed * 1000 + s)
+            tuned = _finetune(base, strategy, config, x_tr[shots], y_tr[shots], rep_seed)
             acc[strategy].append(evaluate(tuned, x_te[new_te], y_te[new_te])[1])
     return _result(config, gaps, acc, "control (untrained, no step): ")
 
