@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kexue.attention import sparse
+from kexue.attention import _fused, sparse
 from kexue.attention.base import MultiHeadAttention
 from kexue.attention.dense import DenseAttention, dense_attention, sdpa_attention
 from kexue.attention.masks import and_, causal, dense_mask, dilated, fixed, local, or_, strided
@@ -85,7 +85,9 @@ def kernel(request, monkeypatch):
     if request.param == "fused-sliced":
         monkeypatch.setattr(sparse, "_BACKWARD_SLICE", 1)
     if request.param == "portable":
-        monkeypatch.setattr(sparse, "_FLASH", None)
+        monkeypatch.setenv(_fused.ENV_VAR, "1")
+    else:
+        assert _fused.fused_available(), "the fused kernels failed their self-check"
     return request.param
 
 
@@ -285,7 +287,7 @@ def test_causal_passes_no_gradient_to_the_future(case, kernel):
 def test_local_and_atrous_sdpa_calls_take_the_fused_kernel(monkeypatch):
     # the portable path calls F.scaled_dot_product_attention; with only the flash backend
     # allowed it raises unless the masks are the 4-D kind the fused CPU kernel accepts
-    monkeypatch.setattr(sparse, "_FLASH", None)
+    monkeypatch.setenv(_fused.ENV_VAR, "1")
     q, k, v = _inputs(2, 37, dtype=torch.float32)
     keep = _padding(2, 37)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):

@@ -3,7 +3,7 @@
 Each pattern is the dense attention of :func:`kexue.attention.dense.dense_attention` under a
 mask from :mod:`kexue.attention.masks`, computed without the T x T score matrix:
 
-    local_attention(window)          local(window)                 chunks + one fused SDPA
+    local_attention(window)          local(window)                 chunks + fused SDPA
     atrous_attention(rate)           dilated(rate)                 regroup + one fused SDPA
     sparse_attention(window, stride) or_(local(window), strided(stride))
                                                                    both of the above, merged
@@ -16,6 +16,12 @@ ValueError, as for ``dense_attention`` under the same mask): the sequence is pad
 multiple of the block size internally and padded keys are masked out, padded queries dropped.
 ``window`` follows the convention of :mod:`kexue.attention.masks`: |q - k| <= window // 2.
 
+Each pattern is a layout (:class:`_LocalLayout`, :class:`_AtrousLayout`): a few *parts*, each
+one SDPA call of queries (N, W, L, Dh) against keys (N, W, S, Dh). On the CPU the calls go to
+the fused flash kernel through :mod:`kexue.attention._fused` (self-checked once against public
+SDPA; ``KEXUE_PORTABLE_ATTENTION=1`` or ``kexue.attention._fused.use_portable(True)`` forces
+public ops only), elsewhere to ``F.scaled_dot_product_attention`` and plain tensor ops.
+
 References:
     https://kexue.fm/archives/6853 (为节约而生:从标准Attention到稀疏Attention)
 
@@ -27,15 +33,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kexue._checks import check_int
+from kexue.attention import _fused
 from kexue.attention.base import (
     MultiHeadAttention,
-    check_int,
     check_padding_mask,
     check_qkv,
     check_scale,
@@ -50,214 +57,7 @@ __all__ = [
     "sparse_attention",
 ]
 
-# The fused CPU kernel F.scaled_dot_product_attention dispatches to, called directly on the
-# CPU: its log-sum-exp lets sparse_attention merge two softmaxes, and lets every backward go
-# head by head (a whole-tensor backward allocates 3x the keys at once for the local windows).
-# Absent, or off the CPU: F.scaled_dot_product_attention and plain tensor ops.
-_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_FLASH_BACKWARD = getattr(
-    torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """One pattern rearranged for SDPA: queries (X, Y, L, Dh) against keys (X, Y, S, Dh).
-
-    ``inputs(i)`` gives q, k, v for the slice ``i`` of dim 0 (X is H or B·H), built on demand
-    so that the backward can go slice by slice without holding whole rearranged copies.
-    ``mask`` (bool, True = visible) broadcasts to (X, Y, L, S); ``blind`` (B|1, H|1, T) marks
-    the real queries that see no key here (None: there are none). ``to_seq`` maps an
-    (X', Y, L, E) result back to (B, H', T, E) and ``from_seq`` the other way, for X' = X or a
-    slice of it. ``rows(x, i)`` is the part of a contiguous (B, H, T, E) tensor that slice
-    ``i`` maps to. Gradients: ``add_q_grad(g, out)`` adds a slice's query gradient (X', Y, L,
-    E) to its ``rows``; key gradients of windows ``j`` (a slice of dim 1) are summed by
-    ``add_key_grad(g, acc, j)`` into an accumulator ``key_grad_buffer(x')`` (X' rows), which
-    ``key_grad_to_seq(acc)`` shows as the slice's ``rows``.
-    """
-
-    inputs: Callable[[slice], tuple[Tensor, Tensor, Tensor]]
-    size: int
-    mask: Tensor | None
-    is_causal: bool
-    blind: Tensor | None
-    to_seq: Callable[[Tensor], Tensor]
-    from_seq: Callable[[Tensor], Tensor]
-    rows: Callable[[Tensor, slice], Tensor]
-    add_q_grad: Callable[[Tensor, Tensor], None]
-    key_grad_buffer: Callable[[Tensor], Tensor]
-    add_key_grad: Callable[[Tensor, Tensor, slice], None]
-    key_grad_to_seq: Callable[[Tensor], Tensor]
-
-
 _ALL = slice(None)
-
-
-def _local_layout(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    radius: int,
-    causal: bool,
-    key_padding_mask: Tensor | None,
-    skip_stride: int | None = None,
-) -> _Layout:
-    """Chunks of c = radius queries, each against the keys of its (prev, self[, next]) chunks.
-
-    All samples of a head are laid end to end, each with one empty chunk before it and
-    ``span - 2`` after, so the key windows are one overlapping ``unfold`` view (no copy) and a
-    window never spans two samples for a real query chunk. Window w = s * per + j serves chunk
-    j of sample s; the few windows with j >= n straddle two samples, have padding for
-    queries (so zero output gradient) and are dropped. ``skip_stride`` hides the keys a
-    multiple of it away (they are counted by the strided part of :func:`sparse_attention`).
-    """
-    b, h, t, _ = q.shape
-    c = max(radius, 1)
-    n = -(-t // c)  # query chunks per sample
-    span = 2 if causal else 3  # key chunks per query chunk
-    per = n + span - 1  # chunks per sample once padded
-    wins = b * per - span + 1  # = n when B = 1
-
-    def lay(x: Tensor) -> Tensor:  # (B, H, T, E) -> (H, B * per * c, E)
-        x = F.pad(x.transpose(0, 1), (0, 0, c, (per - 1) * c - t))  # (H, B, per * c, E)
-        return x.reshape(x.shape[0], b * per * c, x.shape[-1])
-
-    def from_seq(x: Tensor) -> Tensor:  # (B, H, T, E) -> (H, W, c, E)
-        if b == 1 and t == n * c:  # no shift, no padding: a view when x is contiguous
-            return x.reshape(x.shape[1], n, c, x.shape[-1])
-        x = lay(x).view(x.shape[1], b * per, c, x.shape[-1])  # (H, B * per, c, E)
-        return x[:, 1 : 1 + wins]
-
-    def to_seq(x: Tensor) -> Tensor:  # (H, W, c, E) -> (B, H, T, E)
-        if b > 1:
-            x = F.pad(x, (0, 0, 0, 0, 0, span - 1))  # (H, B * per, c, E)
-        x = x.reshape(x.shape[0], b, -1, x.shape[-1])[:, :, :t]  # (H, B, T, E)
-        return x.transpose(0, 1)
-
-    def inputs(i: slice) -> tuple[Tensor, Tensor, Tensor]:
-        # keys: overlapping windows, an unfold view of the padded layout: (H', W, span * c, Dh)
-        kw, vw = (lay(x[:, i]).unfold(1, span * c, c).transpose(-1, -2) for x in (k, v))
-        return from_seq(q[:, i]), kw, vw  # (H', W, c, Dh), (H', W, span * c, Dh) x 2
-
-    def rows(x: Tensor, i: slice) -> Tensor:  # (B, H, T, E) -> (B, H', T, E)
-        return x[:, i]
-
-    def add_q_grad(g: Tensor, out: Tensor) -> None:  # (H', W, c, E) into (B, H', T, E)
-        out += to_seq(g)
-
-    def key_grad_buffer(q_rows: Tensor) -> Tensor:  # (H', W, c, E) -> zeros (H', B * per, c, E)
-        return q_rows.new_zeros(q_rows.shape[0], b * per, c, q_rows.shape[-1])
-
-    def add_key_grad(g: Tensor, acc: Tensor, j: slice) -> None:  # (H', W', span * c, E)
-        for s in range(span):  # slot s of window w holds padded chunk w + s
-            acc[:, j.start + s : j.stop + s] += g[:, :, s * c : (s + 1) * c]
-
-    def key_grad_to_seq(acc: Tensor) -> Tensor:  # (H', B * per, c, E) -> (B, H', T, E)
-        acc = acc.view(acc.shape[0], b, per * c, acc.shape[-1])  # (H', B, per * c, E)
-        return acc[:, :, c : c + t].transpose(0, 1)
-
-    pos = torch.arange(span * c, device=q.device)
-    d = c + pos[:c, None] - pos  # (c, S): query position - key position, in every window
-    band = (d >= 0) & (d <= radius) if causal else d.abs() <= radius
-    if skip_stride is not None:
-        band &= d % skip_stride != 0
-    keep = key_padding_mask if key_padding_mask is not None else q.new_ones(b, t, dtype=torch.bool)
-    keep = F.pad(keep, (c, (per - 1) * c - t)).reshape(b * per * c)  # (B * per * c,)
-    keep = keep.unfold(0, span * c, c)  # (W, S)
-    mask = (band & keep[:, None, :]).unsqueeze(0)  # (1, W, c, S)
-    blind = None
-    if skip_stride is not None or key_padding_mask is not None:
-        seen = mask.any(dim=-1, keepdim=True)  # (1, W, c, 1)
-        blind = ~to_seq(seen).squeeze(-1)  # (B, 1, T)
-    return _Layout(
-        inputs=inputs,
-        size=h,
-        mask=mask,
-        is_causal=False,
-        blind=blind,
-        to_seq=to_seq,
-        from_seq=from_seq,
-        rows=rows,
-        add_q_grad=add_q_grad,
-        key_grad_buffer=key_grad_buffer,
-        add_key_grad=add_key_grad,
-        key_grad_to_seq=key_grad_to_seq,
-    )
-
-
-def _atrous_layout(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    rate: int,
-    causal: bool,
-    key_padding_mask: Tensor | None,
-) -> _Layout:
-    """The note's reshape: ``rate`` interleaved groups (positions ≡ g mod rate) of m keys.
-
-    (B, H, T, Dh) -> (B * H, rate, m, Dh) is a strided view (a copy only for padding or a
-    non-contiguous input). Causal within a group is causal in the sequence, and a padded key
-    comes after every real query of its group, so only key padding (or tail padding without
-    causal) needs a mask, of shape (B * H | 1, rate, 1, m).
-    """
-    b, h, t, _ = q.shape
-    m = -(-t // rate)  # group length
-    tp = m * rate
-
-    def from_seq(x: Tensor) -> Tensor:  # (B, H, T, E) -> (B * H, rate, m, E)
-        if tp > t:
-            x = F.pad(x, (0, 0, 0, tp - t))  # (B, H, Tp, E)
-        return x.reshape(-1, m, rate, x.shape[-1]).transpose(1, 2)
-
-    def to_seq(x: Tensor) -> Tensor:  # (B * H, rate, m, E) -> (B, H, T, E)
-        x = x.transpose(1, 2).reshape(b, -1, tp, x.shape[-1])  # (B, H, Tp, E)
-        return x[:, :, :t]
-
-    def rows(x: Tensor, i: slice) -> Tensor:  # (B, H, T, E) contiguous -> (BH', T, E)
-        return x.view(b * h, t, x.shape[-1])[i]
-
-    def ungroup(x: Tensor) -> Tensor:  # (BH', rate, m, E) -> (BH', T, E)
-        return x.transpose(1, 2).reshape(x.shape[0], tp, x.shape[-1])[:, :t]
-
-    def add_q_grad(g: Tensor, out: Tensor) -> None:
-        out += ungroup(g)
-
-    def add_key_grad(g: Tensor, acc: Tensor, j: slice) -> None:  # (BH', rate', m, E)
-        acc[:, j] += g
-
-    mask = blind = None
-    if key_padding_mask is not None or (tp > t and not causal):
-        keep = key_padding_mask
-        if keep is None:
-            keep = q.new_ones(1, t, dtype=torch.bool)
-        keep = F.pad(keep, (0, tp - t)).view(-1, m, rate).transpose(1, 2)  # (B|1, rate, m)
-        if key_padding_mask is None:
-            mask = keep.unsqueeze(-2)  # (1, rate, 1, m)
-        else:
-            mask = keep[:, None, :, None, :].expand(b, h, rate, 1, m).reshape(b * h, rate, 1, m)
-            # a query is blind when its group has no real key (up to itself, if causal)
-            seen = keep.cumsum(-1) > 0 if causal else keep.any(-1, keepdim=True).expand_as(keep)
-            blind = ~seen.transpose(1, 2).reshape(b, 1, tp)[:, :, :t]  # (B, 1, T)
-    grouped = [from_seq(x) for x in (q, k, v)]  # each (B * H, rate, m, Dh)
-    return _Layout(
-        inputs=lambda i: tuple(x[i] for x in grouped),
-        size=b * h,
-        mask=mask,
-        is_causal=causal,
-        blind=blind,
-        to_seq=to_seq,
-        from_seq=from_seq,
-        rows=rows,
-        add_q_grad=add_q_grad,
-        key_grad_buffer=torch.zeros_like,
-        add_key_grad=add_key_grad,
-        key_grad_to_seq=ungroup,
-    )
-
-
-Builder = Callable[[Tensor, Tensor, Tensor], _Layout]
 
 
 def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -266,6 +66,202 @@ def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         return None
     zero = torch.zeros((), dtype=dtype, device=mask.device)
     return torch.where(mask, zero, float("-inf"))
+
+
+@dataclasses.dataclass
+class _Part:
+    """One SDPA call of a layout: which queries, the visibility mask, and its additive form.
+
+    ``sample`` is the batch index (local parts; None: all of B·H), ``start:stop`` the range of
+    the layout's windows (query chunks for local, all groups for atrous). ``mask`` (bool, True
+    = visible) broadcasts to (N, W, L, S); ``blind`` (N|1, W, L) marks the queries that see no
+    key in this part (None: there are none); ``additive`` is the mask as 0 / -inf, made once.
+    """
+
+    sample: int | None
+    start: int
+    stop: int
+    mask: Tensor | None
+    blind: Tensor | None
+    additive: Tensor | None = None
+
+
+class _LocalLayout:
+    """Local window: query i sees key j iff |i - j| <= r (causal: 0 <= i - j <= r).
+
+    The sequence is cut into chunks of c = max(r, 1) queries. Query chunk j sees the key
+    chunks j - 1, j, j + 1 (j - 1 and j when causal; only j when r = 0): a window of
+    S = span · c keys that holds every key of its queries' bands, so one SDPA call over all
+    windows, with the band as mask, is the pattern. ``skip_stride`` also hides the keys whose
+    offset i - j is a multiple of it (they belong to the strided part of
+    :func:`sparse_attention`).
+
+    Per sample the windows come in three parts: the *interior* chunks, whose windows lie inside
+    the sequence, are an ``unfold`` view of the keys (no copy) and share one (1, 1, c, S) band
+    mask (per-window masks only with key padding); the first and the last chunks, whose windows
+    run past the sequence ends, are small zero-padded copies with their own mask. The parts'
+    dim 0 is the head: N = H, W = windows.
+    """
+
+    def __init__(
+        self,
+        q: Tensor,
+        radius: int,
+        causal: bool,
+        key_padding_mask: Tensor | None,
+        skip_stride: int | None = None,
+    ) -> None:
+        self.batch, self.heads, self.length, _ = q.shape
+        t = self.length
+        self.causal = False  # the band mask holds causality
+        self.chunk = c = max(radius, 1)
+        self.chunks = n = -(-t // c)  # query chunks per sample
+        self.before = 1 if radius > 0 else 0  # key chunks before a query chunk
+        self.after = 1 if radius > 0 and not causal else 0  # key chunks after it
+        self.window = (1 + self.before + self.after) * c  # S keys per window
+        self.size = self.heads
+        pos = torch.arange(self.window, device=q.device)
+        d = self.before * c + pos[:c, None] - pos  # (c, S): query position - key position
+        band = (d >= 0) & (d <= radius) if causal else d.abs() <= radius
+        if skip_stride is not None:
+            band &= d % skip_stride != 0
+        full = t // c  # chunks whose queries are all real
+        lo = min(self.before, n)
+        hi = max(min(full - self.after, n), lo)  # interior chunks: [lo, hi)
+        ranges = [(a, b) for a, b in ((0, lo), (lo, hi), (hi, n)) if b > a]
+        self.parts = []
+        for s in range(self.batch):
+            for a, b in ranges:
+                first = (a - self.before) * c  # position of the first key of window a
+                kpos = first + c * torch.arange(b - a, device=q.device)[:, None] + pos  # (W, S)
+                valid = (kpos >= 0) & (kpos < t)
+                if key_padding_mask is not None:
+                    valid &= key_padding_mask[s].index_select(0, kpos.clamp(0, t - 1).flatten()
+                                                              ).view(kpos.shape)
+                if bool(valid.all()):
+                    mask = None if bool(band.all()) else band[None, None]  # (1, 1, c, S)
+                else:
+                    mask = (band & valid[:, None, :])[None]  # (1, W, c, S)
+                blind = None
+                if mask is not None and (skip_stride is not None or key_padding_mask is not None):
+                    blind = ~mask.any(-1)  # (1, 1|W, c)
+                    blind = None if not bool(blind.any()) else blind
+                self.parts.append(_Part(s, a, b, mask, blind))
+
+    def queries(self, x: Tensor, part: _Part, heads: slice) -> Tensor:
+        """(B, H, T, E) -> (H', W, c, E): the part's query chunks (zero-padded past T)."""
+        c = self.chunk
+        a, b = part.start * c, part.stop * c
+        x = x[part.sample, heads, a:b]  # (H', <= W·c, E)
+        if x.shape[1] < b - a:
+            x = F.pad(x, (0, 0, 0, b - a - x.shape[1]))  # (H', W·c, E)
+        return x.unflatten(1, (part.stop - part.start, c))  # (H', W, c, E)
+
+    def keys(self, x: Tensor, part: _Part, heads: slice) -> Tensor:
+        """(B, H, T, E) -> (H', W, S, E): the part's key windows, a view inside the sequence."""
+        c, t = self.chunk, self.length
+        lo, hi = (part.start - self.before) * c, (part.stop + self.after) * c  # key positions
+        x = x[part.sample, heads, max(lo, 0) : min(hi, t)]  # (H', <= hi - lo, E)
+        if lo < 0 or hi > t:
+            x = F.pad(x, (0, 0, max(-lo, 0), max(hi - t, 0)))  # (H', hi - lo, E)
+        return x.unfold(1, self.window, c).transpose(-1, -2)  # (H', W, S, E)
+
+    def place(self, y: Tensor, part: _Part, heads: slice, out: Tensor, windows: slice = _ALL,
+              add: bool = False) -> None:
+        """Write (or add) (H', W', c, E), windows ``windows`` of ``part``, into (B, H, T, E)."""
+        c = self.chunk
+        first = part.start + (windows.start or 0)
+        a = first * c
+        b = min(a + y.shape[1] * c, self.length)
+        y = y.flatten(1, 2)[:, : b - a]  # (H', b - a, E)
+        target = out[part.sample, heads, a:b]
+        target.add_(y) if add else target.copy_(y)
+
+    def fold_keys(self, g: Tensor, part: _Part, heads: slice, out: Tensor,
+                  windows: slice = _ALL) -> None:
+        """Add key-window gradients (H', W', S, E) into (B, H, T, E): slot s of window w is
+        key chunk w - before + s."""
+        c, n = self.chunk, self.chunks
+        first = part.start + (windows.start or 0)  # the first window's query chunk
+        for s in range(self.window // c):
+            lo = first - self.before + s  # key chunk of slot s in the first window
+            a, b = max(lo, 0), min(lo + g.shape[1], n)
+            if b <= a:
+                continue
+            src = g[:, a - lo : b - lo, s * c : (s + 1) * c].flatten(1, 2)  # (H', (b - a)·c, E)
+            end = min(b * c, self.length)
+            out[part.sample, heads, a * c : end] += src[:, : end - a * c]
+
+
+class _AtrousLayout:
+    """Atrous (dilated): query i sees key j iff i ≡ j (mod rate) (causal: also j <= i).
+
+    The note's reshape: T is padded to m · rate and (B, H, T, Dh) viewed as (B·H, rate, m, Dh),
+    the ``rate`` interleaved groups of positions ≡ g (mod rate) side by side as heads, so one
+    dense SDPA call (``is_causal`` for the causal variant) is the pattern. Causal within a group
+    is causal in the sequence, and a padded key comes after every real query of its group, so
+    only key padding (or tail padding without causal) needs a mask, (B·H | 1, rate, 1, m).
+    One part: N = B·H, W = rate, L = S = m.
+    """
+
+    def __init__(
+        self, q: Tensor, rate: int, causal: bool, key_padding_mask: Tensor | None
+    ) -> None:
+        b, h, t, _ = q.shape
+        self.batch, self.heads, self.length, self.rate, self.causal = b, h, t, rate, causal
+        self.group = m = -(-t // rate)  # group length
+        self.padded = m * rate
+        self.size = b * h
+        mask = blind = None
+        if key_padding_mask is not None or (self.padded > t and not causal):
+            keep = key_padding_mask
+            if keep is None:
+                keep = q.new_ones(1, t, dtype=torch.bool)
+            keep = F.pad(keep, (0, self.padded - t)).view(-1, m, rate).transpose(1, 2)
+            # keep: (B|1, rate, m)
+            if key_padding_mask is None:
+                mask = keep.unsqueeze(-2)  # (1, rate, 1, m)
+            else:
+                mask = keep[:, None, :, None, :].expand(b, h, rate, 1, m).reshape(b * h, rate, 1, m)
+                # a query is blind when its group has no real key (up to itself, if causal):
+                # (B·H, rate, m)
+                seen = keep.cumsum(-1) > 0 if causal else keep.any(-1, keepdim=True).expand_as(keep)
+                blind = ~seen[:, None].expand(b, h, rate, m).reshape(b * h, rate, m)
+                blind = None if not bool(blind.any()) else blind
+        self.parts = [_Part(None, 0, rate, mask, blind)]
+
+    def _grouped(self, x: Tensor) -> Tensor:  # (B, H, T, E) -> (B·H, rate, m, E)
+        if self.padded > self.length:
+            x = F.pad(x, (0, 0, 0, self.padded - self.length))  # (B, H, m·rate, E)
+        return x.reshape(-1, self.group, self.rate, x.shape[-1]).transpose(1, 2)
+
+    def queries(self, x: Tensor, part: _Part, heads: slice) -> Tensor:
+        """(B, H, T, E) -> (BH', rate, m, E)."""
+        return self._grouped(x)[heads]
+
+    keys = queries
+
+    def place(self, y: Tensor, part: _Part, heads: slice, out: Tensor, windows: slice = _ALL,
+              add: bool = False) -> None:
+        """Write (or add) (BH', rate', m, E), groups ``windows``, into (B, H, T, E)."""
+        e = out.shape[-1]
+        if self.padded == self.length:  # a strided view of out: no copy
+            target = out.view(-1, self.group, self.rate, e).transpose(1, 2)[heads, windows]
+            target.add_(y) if add else target.copy_(y)
+            return
+        full = out.new_zeros(y.shape[0], self.rate, self.group, e)  # (BH', rate, m, E)
+        full[:, windows] = y
+        y = full.transpose(1, 2).reshape(y.shape[0], self.padded, e)[:, : self.length]
+        target = out.view(-1, self.length, e)[heads]  # (BH', T, E)
+        target.add_(y) if add else target.copy_(y)
+
+    def fold_keys(self, g: Tensor, part: _Part, heads: slice, out: Tensor,
+                  windows: slice = _ALL) -> None:
+        """Add key gradients (BH', rate', m, E) of groups ``windows`` into (B, H, T, E)."""
+        self.place(g, part, heads, out, windows, add=True)
+
+
+_Layout = _LocalLayout | _AtrousLayout
 
 
 def _merge(
@@ -279,7 +275,10 @@ def _merge(
     """
     lse = functools.reduce(torch.logaddexp, lses)  # (B, H, T)
     lse = torch.where(torch.isfinite(lse), lse, 0.0)
-    out = sum(torch.exp(part - lse).unsqueeze(-1) * o for o, part in zip(outs, lses, strict=True))
+    out = None
+    for o, part in zip(outs, lses, strict=True):
+        w = torch.exp(part - lse).unsqueeze(-1)  # (B, H, T, 1)
+        out = o * w if out is None else out.addcmul_(o, w)
     return out.to(dtype), lse
 
 
@@ -293,119 +292,127 @@ def _slices(size: int, step: int) -> list[slice]:
     return [slice(a, min(a + step, size)) for a in range(0, size, step)]
 
 
+def _mask_slice(mask: Tensor | None, i: slice, j: slice) -> Tensor | None:
+    """Rows ``i`` (dim 0) and windows ``j`` (dim 1) of a mask that may broadcast there."""
+    if mask is None:
+        return None
+    return mask[i if mask.shape[0] > 1 else _ALL, j if mask.shape[1] > 1 else _ALL]
+
+
 class _FlashAttention(torch.autograd.Function):
     """Attention over the union of disjoint key sets, each in its own layout, on the CPU kernel.
 
-    Forward builds the layouts from (B, H, T, Dh) q, k, v and runs the flash kernel once per
-    layout; with several layouts the results are merged by log-sum-exp. Backward runs the
-    flash backward per layout with the *merged* output and log-sum-exp: the kernel recomputes
-    P = exp(S - lse) and D = rowsum(dO ∘ out) from them, which are then exactly the rows of
-    the joint softmax, so each call returns that layout's share of the true gradient. It goes
-    one head at a time in blocks of windows, rebuilding each block's inputs, and adds the
-    gradients straight into (B, H, T, Dh) buffers.
+    Forward runs the flash kernel once per part of every layout and writes the outputs in
+    sequence order; with several layouts the results are merged by log-sum-exp. Backward runs
+    the flash backward per part with the *merged* output and log-sum-exp: the kernel recomputes
+    P = exp(S - lse) and D = rowsum(dO ∘ out) from them, which are then exactly the rows of the
+    joint softmax, so each call returns that part's share of the true gradient. It goes one
+    head at a time in blocks of windows and adds the gradients straight into (B, H, T, Dh)
+    buffers.
     """
 
     @staticmethod
-    def forward(
-        ctx, builders: Sequence[Builder], scale: float, q: Tensor, k: Tensor, v: Tensor
-    ) -> Tensor:
-        layouts = [build(q, k, v) for build in builders]
-        masks = [_additive(lay.mask, q.dtype) for lay in layouts]
+    def forward(ctx, layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor,
+                v: Tensor) -> Tensor:
+        merged = len(layouts) > 1
         outs, lses = [], []
-        for lay, mask in zip(layouts, masks, strict=True):
-            out, lse = _FLASH(
-                *lay.inputs(_ALL), 0.0, lay.is_causal, attn_mask=mask, scale=scale
-            )  # (X, Y, L, Dh), (X, Y, L)
+        for lay in layouts:
+            out = q.new_empty(q.shape)  # (B, H, T, Dh)
+            lse = q.new_empty(q.shape[:3] + (1,), dtype=torch.promote_types(q.dtype,
+                                                                             torch.float32))
+            for part in lay.parts:
+                part.additive = _additive(part.mask, q.dtype)
+                o, l = _fused.flash_forward(  # noqa: E741
+                    lay.queries(q, part, _ALL), lay.keys(k, part, _ALL), lay.keys(v, part, _ALL),
+                    mask=part.additive, causal=lay.causal, scale=scale,
+                )  # (N, W, L, Dh), (N, W, L)
+                if merged and part.blind is not None:  # the kernel reports 0, not -inf
+                    l = l.masked_fill(part.blind, float("-inf"))  # noqa: E741
+                lay.place(o, part, _ALL, out)
+                lay.place(l.unsqueeze(-1), part, _ALL, lse)
             outs.append(out)
-            lses.append(lse)
-        # the bool masks are not needed any more: their additive forms are saved
-        ctx.layouts = [dataclasses.replace(lay, mask=None) for lay in layouts]
-        ctx.has_mask, ctx.scale = [m is not None for m in masks], scale
-        if len(layouts) == 1:  # the kernel's own lse serves the backward
-            out = layouts[0].to_seq(outs[0])
-            # q, k, v ride along for autograd's in-place checks (the layouts hold views of them)
-            ctx.save_for_backward(q, k, v, out, lses[0], *[m for m in masks if m is not None])
-            return out
-        seq_outs, seq_lses = [], []
-        for lay, out, lse in zip(layouts, outs, lses, strict=True):
-            lse = lay.to_seq(lse.unsqueeze(-1)).squeeze(-1)  # (B, H, T)
-            if lay.blind is not None:  # the kernel reports 0, not -inf, for a blind row
-                lse = lse.masked_fill(lay.blind, float("-inf"))
-            seq_outs.append(lay.to_seq(out).to(lse.dtype))  # (B, H, T, Dh)
-            seq_lses.append(lse)
-        out, lse = _merge(seq_outs, seq_lses, q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse, *[m for m in masks if m is not None])
+            lses.append(lse.squeeze(-1))  # (B, H, T)
+        if merged:
+            out, lse = _merge([o.to(lses[0].dtype) for o in outs], lses, q.dtype)
+        else:
+            out, lse = outs[0], lses[0]
+        ctx.layouts, ctx.scale = layouts, scale
+        # q, k, v ride along for autograd's in-place checks (the parts read views of them)
+        ctx.save_for_backward(q, k, v, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        _, _, _, out, lse, *masks = ctx.saved_tensors
-        masks = iter(masks)
-        merged = len(ctx.layouts) > 1
+        q, k, v, out, lse = ctx.saved_tensors
+        lse = lse.unsqueeze(-1)  # (B, H, T, 1)
         grads = [grad.new_zeros(grad.shape) for _ in range(3)]  # dq, dk, dv: (B, H, T, Dh)
-        for lay, has_mask in zip(ctx.layouts, ctx.has_mask, strict=True):
-            mask = next(masks) if has_mask else None
-            g, o = lay.from_seq(grad), lay.from_seq(out)  # (X, Y, L, Dh)
-            lse_ = lay.from_seq(lse.unsqueeze(-1)).squeeze(-1) if merged else lse
-            for i in _slices(lay.size, 1):  # heads (or batch x heads) one at a time
-                q, kw, vw = lay.inputs(i)  # (X', Y, L, Dh), (X', Y, S, Dh) x 2
-                dq, dk, dv = torch.zeros_like(q), lay.key_grad_buffer(q), lay.key_grad_buffer(q)
-                for j in _slices(q.shape[1], max(1, _BACKWARD_SLICE // kw[0, 0].numel())):
-                    mask_ = None if mask is None else mask[
-                        i if mask.shape[0] > 1 else _ALL, j if mask.shape[1] > 1 else _ALL
-                    ]
-                    dq_, dk_, dv_ = _FLASH_BACKWARD(
-                        g[i, j], q[:, j], kw[:, j], vw[:, j], o[i, j], lse_[i, j], 0.0,
-                        lay.is_causal, attn_mask=mask_, scale=ctx.scale,
-                    )
-                    dq[:, j] = dq_
-                    lay.add_key_grad(dk_, dk, j)
-                    lay.add_key_grad(dv_, dv, j)
-                lay.add_q_grad(dq, lay.rows(grads[0], i))
-                lay.rows(grads[1], i).add_(lay.key_grad_to_seq(dk))
-                lay.rows(grads[2], i).add_(lay.key_grad_to_seq(dv))
+        for lay in ctx.layouts:
+            for part in lay.parts:
+                for i in _slices(lay.size, 1):  # heads (or batch x heads) one at a time
+                    qs = lay.queries(q, part, i)  # (1, W, L, Dh)
+                    ks, vs = lay.keys(k, part, i), lay.keys(v, part, i)  # (1, W, S, Dh) x 2
+                    gs, os = lay.queries(grad, part, i), lay.queries(out, part, i)
+                    ls = lay.queries(lse, part, i).squeeze(-1)  # (1, W, L)
+                    step = max(1, _BACKWARD_SLICE // ks[0, 0].numel())
+                    for j in _slices(qs.shape[1], step):
+                        dq, dk, dv = _fused.flash_backward(
+                            gs[:, j], qs[:, j], ks[:, j], vs[:, j], os[:, j], ls[:, j],
+                            mask=_mask_slice(part.additive, i, j), causal=lay.causal,
+                            scale=ctx.scale,
+                        )
+                        lay.place(dq, part, i, grads[0], j, add=True)
+                        lay.fold_keys(dk, part, i, grads[1], j)
+                        lay.fold_keys(dv, part, i, grads[2], j)
         return (None, None, *grads)
 
 
-def _attend_with_lse(lay: _Layout, scale: float) -> tuple[Tensor, Tensor]:
-    """Plain-tensor-op attention of one layout, with its log-sum-exp (-inf for a blind row)."""
-    q, k, v = lay.inputs(_ALL)
-    s = (q @ k.transpose(-1, -2)) * scale  # (X, Y, L, S)
-    visible = lay.mask
-    if lay.is_causal:
+def _attend_with_lse(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Plain-tensor-op attention of one part, with its log-sum-exp (-inf for a blind row)."""
+    s = (q @ k.transpose(-1, -2)) * scale  # (N, W, L, S)
+    visible = mask
+    if causal:
         length = q.shape[-2]
         tril = torch.ones(length, length, dtype=torch.bool, device=s.device).tril()
         visible = tril if visible is None else visible & tril
     if visible is not None:
         s = s.masked_fill(~visible, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1, keepdim=True)  # (X, Y, L, 1)
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)  # (N, W, L, 1)
     p = torch.exp(s - torch.where(torch.isfinite(lse), lse, 0.0))
-    return p @ v, lse  # (X, Y, L, Dh), (X, Y, L, 1)
+    return p @ v, lse  # (N, W, L, Dh), (N, W, L, 1)
 
 
-def _attend(
-    builders: Sequence[Builder], scale: float, q: Tensor, k: Tensor, v: Tensor
-) -> Tensor:
+def _attend(layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Attention over the union of the layouts' (disjoint) key sets, as (B, H, T, Dh).
 
-    On the CPU: the flash kernel through :class:`_FlashAttention`. Elsewhere: one layout goes
-    to ``F.scaled_dot_product_attention``, several to plain tensor ops merged by
+    Fused kernels available (:func:`kexue.attention._fused.fused_available`): through
+    :class:`_FlashAttention`. Otherwise: one layout's parts go to
+    ``F.scaled_dot_product_attention``, several layouts to plain tensor ops merged by
     log-sum-exp; autograd differentiates both.
     """
-    if q.device.type == "cpu" and _FLASH is not None and _FLASH_BACKWARD is not None:
-        return _FlashAttention.apply(builders, scale, q, k, v)
-    layouts = [build(q, k, v) for build in builders]
-    if len(layouts) == 1:
-        lay = layouts[0]
-        out = F.scaled_dot_product_attention(
-            *lay.inputs(_ALL), attn_mask=lay.mask, is_causal=lay.is_causal, scale=scale
-        )
-        return lay.to_seq(out)
+    if _fused.fused_available(q.device):
+        return _FlashAttention.apply(layouts, scale, q, k, v)
+    merged = len(layouts) > 1
     outs, lses = [], []
     for lay in layouts:
-        out, lse = _attend_with_lse(lay, scale)
-        outs.append(lay.to_seq(out))
-        lses.append(lay.to_seq(lse).squeeze(-1))
+        out = q.new_zeros(q.shape)  # (B, H, T, Dh)
+        lse = q.new_zeros(q.shape[:3] + (1,))  # (B, H, T, 1)
+        for part in lay.parts:
+            qs = lay.queries(q, part, _ALL)  # (N, W, L, Dh)
+            ks, vs = lay.keys(k, part, _ALL), lay.keys(v, part, _ALL)  # (N, W, S, Dh) x 2
+            if merged:
+                o, l = _attend_with_lse(qs, ks, vs, part.mask, lay.causal, scale)  # noqa: E741
+                lay.place(l, part, _ALL, lse)
+            else:
+                o = F.scaled_dot_product_attention(
+                    qs, ks, vs, attn_mask=part.mask, is_causal=lay.causal, scale=scale
+                )
+            lay.place(o, part, _ALL, out)
+        outs.append(out)
+        lses.append(lse.squeeze(-1))
+    if not merged:
+        return outs[0]
     return _merge(outs, lses, q.dtype)[0]
 
 
@@ -474,11 +481,8 @@ def local_attention(
         https://kexue.fm/archives/6853
     """
     key_padding_mask, scale = _prepare(q, k, v, key_padding_mask, scale)
-    radius = min(check_int("window", window) // 2, q.shape[2] - 1)
-    build = functools.partial(
-        _local_layout, radius=radius, causal=causal, key_padding_mask=key_padding_mask
-    )
-    return _attend([build], scale, q, k, v)
+    radius = min(check_int("window", window, low=1) // 2, q.shape[2] - 1)
+    return _attend([_LocalLayout(q, radius, causal, key_padding_mask)], scale, q, k, v)
 
 
 def atrous_attention(
@@ -519,11 +523,8 @@ def atrous_attention(
         https://kexue.fm/archives/6853
     """
     key_padding_mask, scale = _prepare(q, k, v, key_padding_mask, scale)
-    rate = min(check_int("rate", rate), q.shape[2])
-    build = functools.partial(
-        _atrous_layout, rate=rate, causal=causal, key_padding_mask=key_padding_mask
-    )
-    return _attend([build], scale, q, k, v)
+    rate = min(check_int("rate", rate, low=1), q.shape[2])
+    return _attend([_AtrousLayout(q, rate, causal, key_padding_mask)], scale, q, k, v)
 
 
 def sparse_attention(
@@ -574,15 +575,10 @@ def sparse_attention(
     """
     key_padding_mask, scale = _prepare(q, k, v, key_padding_mask, scale)
     t = q.shape[2]
-    radius = min(check_int("window", window) // 2, t - 1)
-    stride = min(check_int("stride", stride), t)
-    local = functools.partial(
-        _local_layout, radius=radius, causal=causal, key_padding_mask=key_padding_mask,
-        skip_stride=stride,
-    )
-    strided = functools.partial(
-        _atrous_layout, rate=stride, causal=causal, key_padding_mask=key_padding_mask
-    )
+    radius = min(check_int("window", window, low=1) // 2, t - 1)
+    stride = min(check_int("stride", stride, low=1), t)
+    local = _LocalLayout(q, radius, causal, key_padding_mask, skip_stride=stride)
+    strided = _AtrousLayout(q, stride, causal, key_padding_mask)
     return _attend([local, strided], scale, q, k, v)
 
 
@@ -603,7 +599,7 @@ class LocalAttention(MultiHeadAttention):
     def __init__(
         self, dim: int, heads: int, window: int, causal: bool = False, *, bias: bool = True
     ) -> None:
-        check_int("window", window)
+        check_int("window", window, low=1)
         attend = functools.partial(local_attention, window=window, causal=causal)
         super().__init__(dim, heads, attend, bias=bias)
         self.window, self.causal = window, causal
@@ -629,7 +625,7 @@ class AtrousAttention(MultiHeadAttention):
     def __init__(
         self, dim: int, heads: int, rate: int, causal: bool = False, *, bias: bool = True
     ) -> None:
-        check_int("rate", rate)
+        check_int("rate", rate, low=1)
         attend = functools.partial(atrous_attention, rate=rate, causal=causal)
         super().__init__(dim, heads, attend, bias=bias)
         self.rate, self.causal = rate, causal
@@ -663,8 +659,8 @@ class SparseAttention(MultiHeadAttention):
         *,
         bias: bool = True,
     ) -> None:
-        check_int("window", window)
-        check_int("stride", stride)
+        check_int("window", window, low=1)
+        check_int("stride", stride, low=1)
         attend = functools.partial(sparse_attention, window=window, stride=stride, causal=causal)
         super().__init__(dim, heads, attend, bias=bias)
         self.window, self.stride, self.causal = window, stride, causal
