@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import RESULTS, parser, run_jobs, setup  # noqa: E402
 
 from kexue._env import environment  # noqa: E402
+from kexue._seeds import stream  # noqa: E402
 from kexue.generative.data import binarize, load_images  # noqa: E402
-from kexue.generative.nvae import NVAEConfig, NVAETrainer  # noqa: E402
+from kexue.generative.nvae import NVAEConfig, NVAETrainConfig, NVAETrainer  # noqa: E402
 
 TARGET_NATS = 98.0
 TARGET_MARGIN = 3.0
@@ -56,13 +57,13 @@ def train_and_evaluate(model: str, epochs: int, samples: int, seed: int = 0) -> 
     data = load_images("mnist5k")
     test_bits = binarize(data.test_x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
     config = NVAEConfig(**{**ARCH, **MODELS[model]})
-    trainer = NVAETrainer(data, config, epochs=epochs, seed=seed, **TRAIN)
+    trainer = NVAETrainer(data, NVAETrainConfig(epochs=epochs, model=config, **TRAIN), seed=seed)
     start, curve = time.perf_counter(), []
     for _ in range(epochs):
         curve.append(trainer.fit_epoch()["neg_elbo"])
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    result = trainer.evaluate(test_bits, samples, torch.Generator().manual_seed(seed + 1))
+    result = trainer.log_likelihood(test_bits, samples, stream(seed, "evaluate"))
     return {"model": model, "config": asdict(config), "groups": trainer.model.num_groups,
             "epochs": epochs,
             "iw_samples": samples,

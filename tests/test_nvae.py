@@ -12,6 +12,7 @@ any encoder: the bounds are checked with the trained encoder and with a delibera
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import itertools
 import math
@@ -27,10 +28,11 @@ from kexue.generative.base import Trainer
 from kexue.generative.data import ImageData, load_images
 from kexue.generative.nvae import (
     NVAE,
+    TRAINER,
     NVAEConfig,
+    NVAETrainConfig,
     NVAETrainer,
     SpectralRegularizer,
-    _DepthwiseConv,
     kl_balance_coefficients,
     logistic_mixture_log_prob,
     normal_log_prob,
@@ -38,6 +40,7 @@ from kexue.generative.nvae import (
     residual_normal_kl,
     sample_logistic_mixture,
 )
+from kexue.generative.nvae.model import _DepthwiseConv
 
 torch.set_num_threads(1)
 
@@ -156,7 +159,8 @@ def _exact_log_px(model: NVAE, xs: torch.Tensor, nodes: int) -> torch.Tensor:
 
 def _train_tiny(config: NVAEConfig, epochs: int, lr: float) -> NVAE:
     """An NVAE trained on 128 tiny images, in float64 and eval mode."""
-    trainer = NVAETrainer(_tiny_data(128), config, epochs=epochs, batch_size=32, lr=lr, seed=0)
+    trainer = NVAETrainer(_tiny_data(128), NVAETrainConfig(epochs=epochs, batch_size=32, lr=lr,
+                                                           model=config), seed=0)
     for _ in range(trainer.epochs):
         trainer.fit_epoch()
     return trainer.model.double().eval()
@@ -345,8 +349,8 @@ def test_logistic_mixture_sampler_matches_probabilities():
 
 
 def test_logistic_mixture_model_trains_on_grey_images():
-    trainer = NVAETrainer(_digits_subset(48), NVAEConfig(channels=8, likelihood="logistic_mixture",
-                                                         mixtures=3), epochs=2, batch_size=16)
+    arch = NVAEConfig(channels=8, likelihood="logistic_mixture", mixtures=3)
+    trainer = NVAETrainer(_digits_subset(48), NVAETrainConfig(epochs=2, batch_size=16, model=arch))
     first = trainer.fit_epoch()["neg_elbo"]
     second = trainer.fit_epoch()["neg_elbo"]
     assert np.isfinite(first) and second < first
@@ -423,15 +427,18 @@ def test_reestimate_batchnorm_gives_the_average_batch_statistics():
 
 @pytest.mark.parametrize("groups, scales", [(1, 1), (2, 1), (1, 2)])
 def test_trainer_meets_the_contract(groups, scales):
-    trainer = NVAETrainer(_digits_subset(), NVAEConfig(channels=8, groups=groups, scales=scales),
-                          epochs=2, batch_size=32)
+    arch = NVAEConfig(channels=8, groups=groups, scales=scales)
+    trainer = NVAETrainer(_digits_subset(), NVAETrainConfig(epochs=2, batch_size=32, model=arch))
     assert isinstance(trainer, Trainer)
     calls = []
     losses = trainer.fit_epoch(lambda done, total: calls.append((done, total)))
     assert calls[-1] == (3, 3) and trainer.epoch == 1 and np.isfinite(losses["neg_elbo"])
     x = torch.bernoulli(_digits_subset().test_x, generator=torch.Generator().manual_seed(0))
-    result = trainer.evaluate(x, samples=8, generator=torch.Generator().manual_seed(0))
+    result = trainer.log_likelihood(x, samples=8, generator=torch.Generator().manual_seed(0))
     assert result["nll"] <= result["neg_elbo"]
+    scores = trainer.evaluate(_digits_subset())  # binarised by the stream (seed, "evaluate")
+    assert scores.keys() == {"neg_elbo", "nll"} and scores["nll"] <= scores["neg_elbo"]
+    assert scores == trainer.evaluate(_digits_subset())
     before = copy.deepcopy(trainer.state_dict())
     images = trainer.sample(5, torch.Generator().manual_seed(0))
     assert images.shape == (5, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
@@ -442,8 +449,8 @@ def test_trainer_meets_the_contract(groups, scales):
 
 def test_resume_equals_uninterrupted_training():
     def make() -> NVAETrainer:
-        return NVAETrainer(_digits_subset(), NVAEConfig(channels=8), epochs=3, batch_size=32,
-                           seed=3)
+        return NVAETrainer(_digits_subset(), NVAETrainConfig(epochs=3, batch_size=32,
+                                                             model=NVAEConfig(channels=8)), seed=3)
 
     straight = make()
     for _ in range(3):
@@ -462,7 +469,7 @@ def test_resume_equals_uninterrupted_training():
     for (k, a), b in zip(straight.model.state_dict().items(),
                          resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
-    assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+    assert torch.equal(straight.rng.get_state(), resumed.rng.get_state())
 
 
 def test_same_seed_same_model_and_global_rng_untouched():
@@ -481,10 +488,11 @@ def test_defaults_never_touch_the_global_rng():
     data = ImageData("digits", d.train_x[:64], d.train_y[:64], d.test_x[:8], d.test_y[:8])
     state = torch.get_rng_state()
     NVAE((1, 8, 8), NVAEConfig(channels=8))
-    trainer = NVAETrainer(data, NVAEConfig(channels=8, groups=1), epochs=1, batch_size=32)
+    trainer = NVAETrainer(data, NVAETrainConfig(epochs=1, batch_size=32,
+                                                model=NVAEConfig(channels=8, groups=1)))
     first, second = trainer.sample(4), trainer.sample(4)
     bits = (data.test_x > 0.5).float()
-    scores = trainer.evaluate(bits, samples=2), trainer.evaluate(bits, samples=2)
+    scores = trainer.log_likelihood(bits, samples=2), trainer.log_likelihood(bits, samples=2)
     assert torch.equal(state, torch.get_rng_state())
     assert torch.equal(first, second) and scores[0] == scores[1]
     assert trainer.model.training  # evaluate restores the mode
@@ -514,11 +522,109 @@ def test_empty_data_and_bad_arguments_are_clear_errors():
     model = NVAE((1, 8, 8), NVAEConfig(channels=8)).eval()
     with pytest.raises(ValueError, match="x is empty"):
         model.evaluate(empty)
-    with pytest.raises(ValueError, match="samples must be >= 1"):
+    with pytest.raises(ValueError, match="samples must be an int >= 1"):
         model.evaluate(torch.zeros(1, 1, 8, 8), samples=0)
     with pytest.raises(ValueError, match="likelihood must be one of"):
         NVAEConfig(likelihood="gaussian")
-    with pytest.raises(ValueError, match="groups must be >= 1"):
+    with pytest.raises(ValueError, match="groups must be an int >= 1"):
         NVAEConfig(groups=0)
-    with pytest.raises(ValueError, match="scales must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="scales must be an int >= 1, got 0"):
         NVAEConfig(scales=0)
+    with pytest.raises(ValueError, match="config must be an NVAETrainConfig"):
+        NVAETrainer(_digits_subset(), NVAEConfig(channels=8))
+    with pytest.raises(ValueError, match="variant"):
+        TRAINER.build(_digits_subset(), epochs=1, variant="sngan")
+    with pytest.raises(ValueError, match="autocast"):
+        NVAETrainer(_digits_subset(), autocast="fp16")  # fp16 needs CUDA
+
+
+@pytest.mark.parametrize("cls, name, bad", [
+    *[(NVAETrainConfig, "epochs", v) for v in (2.5, True, 0)],
+    *[(NVAETrainConfig, "batch_size", v) for v in (2.5, True, 1)],
+    *[(NVAETrainConfig, n, v) for n in ("lr", "lr_min", "kl_warmup", "kl_min", "spectral",
+                                        "weight_decay") for v in (math.nan, True, -0.1, math.inf)],
+    (NVAETrainConfig, "lr", 0.0), (NVAETrainConfig, "kl_warmup", 1.5),
+    (NVAETrainConfig, "kl_min", 1.5), (NVAETrainConfig, "kl_balance", 1),
+    (NVAETrainConfig, "model", "big"),
+    *[(NVAEConfig, n, v) for n in ("channels", "groups", "scales", "latent_channels", "expand",
+                                   "mixtures", "downsamples", "encoder_cells", "decoder_cells")
+      for v in (2.5, True, -1)],
+    *[(NVAEConfig, n, v) for n in ("residual_scale", "bn_momentum")
+      for v in (math.nan, True, -0.1, math.inf)],
+    (NVAEConfig, "residual_scale", 0.0), (NVAEConfig, "bn_momentum", 1.5),
+])
+def test_configs_reject_out_of_range_values(cls, name, bad):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        cls(**{name: bad})
+
+
+def test_old_state_format_is_one_clear_error():
+    trainer = NVAETrainer(_digits_subset(), NVAETrainConfig(epochs=1, model=NVAEConfig(channels=8)))
+    state = trainer.state_dict()
+    old = {"model": state["model"], "optimizer": state["optimizer"], "epochs": 1,
+           "generator": state["rng"], "epoch": 0, "step": 0,
+           "config": dataclasses.asdict(trainer.config.model)}  # the format-1 layout
+    with pytest.raises(ValueError, match="format 1.*format 2"):
+        trainer.load_state_dict(old)
+    other = NVAETrainer(_digits_subset(), NVAETrainConfig(epochs=2, model=NVAEConfig(channels=8)))
+    with pytest.raises(ValueError, match="config"):
+        trainer.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="seed"):
+        trainer.load_state_dict(NVAETrainer(_digits_subset(), trainer.config, seed=1).state_dict())
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation, registry, precision
+# --------------------------------------------------------------------------------------------
+
+def test_initialisation_is_lecun_uniform_with_zero_heads_from_the_init_stream():
+    """Every weight-normalised conv's direction v ~ U(±√(3/fan_in)) with g = ‖v‖ (so W = v),
+    zero biases, h_0 = 0 and zero posterior/prior gains; a trainer draws them from the stream
+    (seed, "init"), so its training generator starts at ``seed`` untouched."""
+    from kexue._seeds import stream
+
+    trainer = NVAETrainer(_digits_subset(), NVAETrainConfig(epochs=1, model=NVAEConfig(channels=8)),
+                          seed=7)
+    model = trainer.model
+    assert torch.equal(trainer.rng.get_state(), torch.Generator().manual_seed(7).get_state())
+    again = NVAE((1, 8, 8), trainer.config.model, generator=stream(7, "init"))
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    heads = {id(h[1]) for hs in (model.encoder["posterior"], model.decoder["prior"]) for h in hs}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) > 20 and len(heads) == 3
+    for conv in convs:
+        v = conv.parametrizations.weight.original1
+        g = conv.parametrizations.weight.original0
+        bound = math.sqrt(3.0 / v[0].numel())
+        assert v.abs().max() <= bound and v.abs().max() > 0.5 * bound
+        assert not conv.bias.any()
+        if id(conv) in heads:
+            assert not g.any() and not conv.weight.any()
+        else:
+            torch.testing.assert_close(conv.weight, v)  # g = ‖v‖
+    assert not model.h0.any()
+    for i in range(len(convs)):  # the spectral regulariser's vectors are unit
+        torch.testing.assert_close(getattr(model.spectral, f"u{i}").norm(), torch.tensor(1.0))
+
+
+def test_registry_entry_defaults():
+    assert TRAINER.epochs((1, 8, 8)) == 50 and TRAINER.epochs((1, 28, 28)) == 20
+    trainer = TRAINER.build(_digits_subset(), epochs=3, seed=4)
+    assert (trainer.epochs, trainer.seed, trainer.config.model.downsamples) == (3, 4, 1)
+    assert trainer.config == NVAETrainConfig(epochs=3, model=NVAEConfig(downsamples=1))
+    assert NVAETrainConfig(**dataclasses.asdict(trainer.config)) == trainer.config
+
+
+def test_bf16_autocast_on_cpu_trains_close_to_float32():
+    def make(autocast):
+        config = NVAETrainConfig(epochs=2, batch_size=32, model=NVAEConfig(channels=8))
+        return NVAETrainer(_digits_subset(), config, seed=1, autocast=autocast)
+
+    full, half = make(None), make("bf16")
+    for _ in range(2):
+        exact, approx = full.fit_epoch(), half.fit_epoch()
+        assert all(np.isfinite(v) for v in approx.values())
+        # the same batches, bits and noise; bf16 convs (8 mantissa bits) move the loss a little
+        assert approx["neg_elbo"] == pytest.approx(exact["neg_elbo"], rel=0.05)
+    assert half.sample(3).dtype == torch.float32

@@ -22,7 +22,7 @@ from torch import Tensor
 from kexue.experiments.base import Anchor, Context, Experiment, Result, Table
 from kexue.generative.base import image_grid
 from kexue.generative.data import binarize, load_images
-from kexue.generative.nvae import NVAEConfig, NVAETrainer
+from kexue.generative.nvae import NVAEConfig, NVAETrainConfig, NVAETrainer
 
 TARGET_NATS = 24.0
 TEST_BINARIZATION_SEED = 20200710  # fixed: the static test bits are the same on every run
@@ -55,39 +55,40 @@ class Config:
     samples_shown: int = 64
 
 
-def _trainer(config: Config, seed: int) -> tuple[NVAETrainer, Tensor]:
+def _trainer(config: Config, ctx: Context) -> tuple[NVAETrainer, Tensor]:
     """The (untrained) trainer on the digits and the static test bits."""
     data = load_images("digits")
     test_bits = binarize(data.test_x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
     arch = NVAEConfig(downsamples=1, **{k: getattr(config, k) for k in _ARCH})
-    trainer = NVAETrainer(data, arch, seed=seed, **{k: getattr(config, k) for k in _TRAIN})
-    return trainer, test_bits
+    train = NVAETrainConfig(model=arch, **{k: getattr(config, k) for k in _TRAIN})
+    return NVAETrainer(data, train, seed=ctx.seed, device=ctx.device), test_bits
 
 
 def run(config: Config, ctx: Context) -> Result:
     """Train the NVAE with seed ``ctx.seed`` and bound its likelihood on the test bits."""
-    trainer, test_bits = _trainer(config, ctx.seed)
+    trainer, test_bits = _trainer(config, ctx)
     curve = [trainer.fit_epoch()["neg_elbo"] for _ in range(trainer.epochs)]
-    return _result(config, ctx.seed, trainer, test_bits, curve,
+    return _result(config, ctx, trainer, test_bits, curve,
                    f"NVAE ({config.epochs} epochs)")
 
 
 def control(config: Config, ctx: Context) -> Result:
     """The same NVAE untrained (initial weights, no step taken), scored by the same bound and
     verdict on the first 64 static test digits: it must not reach the target."""
-    trainer, test_bits = _trainer(config, ctx.seed)
-    return _result(config, ctx.seed, trainer, test_bits[:CONTROL_IMAGES], [],
+    trainer, test_bits = _trainer(config, ctx)
+    return _result(config, ctx, trainer, test_bits[:CONTROL_IMAGES], [],
                    f"untrained NVAE (control, {CONTROL_IMAGES} test digits)")
 
 
-def _result(config: Config, seed: int, trainer: NVAETrainer, test_bits: Tensor,
+def _result(config: Config, ctx: Context, trainer: NVAETrainer, test_bits: Tensor,
             curve: list[float], label: str) -> Result:
     """Evaluate ``trainer``'s model on ``test_bits``; the verdict and the page."""
-    result = trainer.evaluate(test_bits, samples=config.iw_samples,
-                              generator=torch.Generator().manual_seed(seed + 1))
+    result = trainer.log_likelihood(test_bits, samples=config.iw_samples,
+                                    generator=ctx.stream("evaluate"))
     with torch.no_grad():  # analytic KL of each group on the test bits (one posterior sample)
-        kl_groups = trainer.model(test_bits, torch.Generator().manual_seed(seed + 2)).kl.mean(0)
-    images = trainer.sample(config.samples_shown, torch.Generator().manual_seed(seed + 3))
+        out = trainer.model(test_bits.to(trainer.device), ctx.stream("kl"))
+        kl_groups = out.kl.mean(0).cpu()
+    images = trainer.sample(config.samples_shown, ctx.stream("sample"))
 
     fig_samples, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(image_grid(images, nrow=8)[0].numpy(), cmap="gray", vmin=0, vmax=1)
