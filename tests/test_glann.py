@@ -232,7 +232,7 @@ def test_config_and_registry_defaults(small):
     config = GLANNTrainConfig()
     assert config.epochs == 60 and GLANNTrainConfig(glo_epochs=3, imle_epochs=0).epochs == 3
     assert TRAINER.epochs((1, 8, 8)) == TRAINER.epochs((1, 28, 28)) == 50
-    for epochs, glo in ((1, 1), (2, 1), (5, 3), (50, 30)):  # round(0.6 · epochs), at least 1
+    for epochs, glo in ((1, 1), (5, 3)):  # round(0.6 · epochs), at least 1
         trainer = TRAINER.build(small, epochs=epochs, seed=2)
         assert (trainer.glo_epochs, trainer.epochs, trainer.seed) == (glo, epochs, 2)
 
@@ -260,10 +260,11 @@ def test_streams_initialisation_and_evaluation(small):
 
 
 def test_bf16_autocast_on_cpu_trains_close_to_float32(small):
-    full = GLANNTrainer(small, SMALL, seed=0)
-    half = GLANNTrainer(small, SMALL, seed=0, autocast="bf16")
+    config = dataclasses.replace(SMALL, glo_epochs=1, imle_epochs=1)  # one epoch of each
+    full = GLANNTrainer(small, config, seed=0)
+    half = GLANNTrainer(small, config, seed=0, autocast="bf16")
     assert half.device == torch.device("cpu")
-    for _ in range(SMALL.epochs):
+    for _ in range(config.epochs):
         exact, approx = full.fit_epoch(), half.fit_epoch()
         assert exact.keys() == approx.keys()
         for k in exact:  # bf16 has 8 mantissa bits: the losses agree to a few per cent
