@@ -80,10 +80,12 @@ def _out_and_grads(fn, q, k, v, grad_out, **kwargs):
 
 @pytest.fixture(params=["fused", "fused-sliced", "portable"])
 def kernel(request, monkeypatch):
-    """Run each fast-path test on the CPU flash kernel (its backward in one call and in slices
-    of one head) and on the device-portable path."""
+    """Run each fast-path test on the fused CPU kernels (backward in blocks of windows; and, for
+    "fused-sliced", in blocks of one window with chunks of the whole radius) and on the
+    portable path, forced by the documented switch."""
     if request.param == "fused-sliced":
         monkeypatch.setattr(sparse, "_BACKWARD_SLICE", 1)
+        monkeypatch.setattr(sparse, "_CHUNKS_PER_RADIUS", 1)
     if request.param == "portable":
         monkeypatch.setenv(_fused.ENV_VAR, "1")
     else:
@@ -234,6 +236,88 @@ def test_fast_path_matches_float64_reference(case, is_causal, padded, kernel):
         assert f32.dtype == torch.float32 and f64.dtype == torch.float64
         torch.testing.assert_close(f64, r, atol=1e-12, rtol=1e-10, msg=f"{name} (float64)")
         torch.testing.assert_close(f32.double(), r, atol=2e-5, rtol=0, msg=f"{name} (float32)")
+
+
+# --- the private kernels: one self-checked switch --------------------------------------------
+
+_FLASH_OP = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+@pytest.fixture
+def fresh_verdict():
+    """Forget the self-check's verdict before and after the test (it is decided once)."""
+    _fused._reset()
+    yield
+    _fused._reset()
+    _fused.use_portable(False)
+
+
+def _local_case_against_reference():
+    """sparse_attention (local + strided, both layouts merged; float64, key padding, causal)
+    against the float64 dense reference, outputs and gradients."""
+    fn, mask_fn, t = CASES["sparse-w8-s5-T37"]
+    q, k, v = _inputs(2, t)
+    grad_out = _inputs(2, t)[0].flip(2)
+    keep = _padding(2, t)
+    ref = _out_and_grads(dense_attention, q, k, v, grad_out, mask=and_(causal(), mask_fn),
+                         key_padding_mask=keep)
+    got = _out_and_grads(fn, q, k, v, grad_out, causal=True, key_padding_mask=keep)
+    for r, g in zip(ref, got, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("switch", ["env", "function"])
+def test_switch_forces_the_portable_path(switch, monkeypatch, fresh_verdict):
+    assert _fused.fused_available()
+    calls = []
+    real = _fused.flash_forward
+    monkeypatch.setattr(_fused, "flash_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    _local_case_against_reference()
+    assert calls, "the fused path was not taken"
+    calls.clear()
+    if switch == "env":
+        monkeypatch.setenv(_fused.ENV_VAR, "1")
+    else:
+        _fused.use_portable(True)
+    assert not _fused.fused_available()
+    _local_case_against_reference()
+    assert not calls, "the portable path called the private kernel"
+
+
+def test_self_check_runs_under_no_grad_and_inference_mode(fresh_verdict):
+    with torch.inference_mode():
+        assert _fused.fused_available()
+    _fused._reset()
+    with torch.no_grad():
+        assert _fused.fused_available()
+
+
+@pytest.mark.parametrize("failure", ["raises", "wrong-values", "missing"])
+def test_a_failing_self_check_selects_the_portable_path(failure, monkeypatch, fresh_verdict):
+    real = getattr(torch.ops.aten, _FLASH_OP)
+    seen = []
+
+    def broken(*args, **kwargs):
+        seen.append(1)
+        if failure == "raises":
+            raise RuntimeError("signature changed")
+        out, lse = real(*args, **kwargs)
+        return out * 1.001, lse
+
+    if failure == "missing":
+        monkeypatch.delattr(torch.ops.aten, _FLASH_OP, raising=False)
+        monkeypatch.setattr(type(torch.ops.aten), "__getattr__", _no_such_op, raising=False)
+    else:
+        monkeypatch.setattr(torch.ops.aten, _FLASH_OP, broken)
+    assert not _fused.fused_available()
+    assert failure == "missing" or seen, "the self-check did not call the private op"
+    seen.clear()
+    _local_case_against_reference()  # the portable path, right
+    assert not seen, "after a failed self-check the private op was called again"
+
+
+def _no_such_op(self, name):
+    raise AttributeError(name)
 
 
 def test_sparse_gradcheck():

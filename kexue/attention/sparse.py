@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 _ALL = slice(None)
+_CHUNKS_PER_RADIUS = 2
 
 
 def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -114,10 +115,11 @@ class _LocalLayout:
         self.batch, self.heads, self.length, _ = q.shape
         t = self.length
         self.causal = False  # the band mask holds causality
-        self.chunk = c = max(radius, 1)
+        per = min(_CHUNKS_PER_RADIUS, max(radius, 1))
+        self.chunk = c = max(-(-radius // per), 1)
         self.chunks = n = -(-t // c)  # query chunks per sample
-        self.before = 1 if radius > 0 else 0  # key chunks before a query chunk
-        self.after = 1 if radius > 0 and not causal else 0  # key chunks after it
+        self.before = -(-radius // c)  # key chunks before a query chunk
+        self.after = 0 if causal else self.before  # key chunks after it
         self.window = (1 + self.before + self.after) * c  # S keys per window
         self.size = self.heads
         pos = torch.arange(self.window, device=q.device)
@@ -188,9 +190,14 @@ class _LocalLayout:
             a, b = max(lo, 0), min(lo + g.shape[1], n)
             if b <= a:
                 continue
-            src = g[:, a - lo : b - lo, s * c : (s + 1) * c].flatten(1, 2)  # (H', (b - a)·c, E)
+            src = g[:, a - lo : b - lo, s * c : (s + 1) * c]  # (H', b - a, c, E)
             end = min(b * c, self.length)
-            out[part.sample, heads, a * c : end] += src[:, : end - a * c]
+            whole = (end - a * c) // c  # chunks not cut at T
+            rows = out[part.sample, heads]  # (H', T, E)
+            if whole:  # (H', whole, c, E) view of the rows: no copy
+                rows[:, a * c : (a + whole) * c].unflatten(1, (whole, c)).add_(src[:, :whole])
+            if a + whole < b:  # the last chunk, cut at T
+                rows[:, (a + whole) * c : end].add_(src[:, whole, : end - (a + whole) * c])
 
 
 class _AtrousLayout:
