@@ -31,13 +31,12 @@ from kexue.generative.common import (
 )
 from kexue.generative.data import IMAGE_DATA, ImageData, binarize, load_images
 from kexue.generative.gan import RECIPES, GANTrainConfig, GANTrainer, make_trainer
+from kexue.generative.glann import GLANNTrainConfig, GLANNTrainer
 from kexue.generative.metrics import fit_classifier, score_samples
+from kexue.generative.nvae import NVAE, NVAEConfig, NVAETrainConfig, NVAETrainer
 
-TRAINERS: dict[str, TrainerEntry] = {
-    name: entry for name, entry in (("gan", gan.TRAINER),
-                                    ("glann", getattr(glann, "TRAINER", None)),
-                                    ("nvae", getattr(nvae, "TRAINER", None))) if entry
-}
+TRAINERS: dict[str, TrainerEntry] = {"gan": gan.TRAINER, "glann": glann.TRAINER,
+                                      "nvae": nvae.TRAINER}
 """The models ``kexue train`` offers: name → :class:`TrainerEntry` (builder, default schedule)."""
 
 __all__ = [
@@ -48,7 +47,13 @@ __all__ = [
     "EpochLoop",
     "GANTrainConfig",
     "GANTrainer",
+    "GLANNTrainConfig",
+    "GLANNTrainer",
     "ImageData",
+    "NVAE",
+    "NVAEConfig",
+    "NVAETrainConfig",
+    "NVAETrainer",
     "Trainer",
     "TrainerEntry",
     "binarize",
