@@ -150,34 +150,29 @@ class _LocalLayout:
                     blind = None if not bool(blind.any()) else blind
                 self.parts.append(_Part(s, a, b, mask, blind))
 
-    def queries(self, x: Tensor, part: _Part, heads: slice) -> Tensor:
-        """(B, H, T, E) -> (H', W, c, E): the part's query chunks (zero-padded past T)."""
+    def queries(self, x: Tensor, part: _Part) -> Tensor:
+        """(B, H, T, E) -> (H, W, c, E): the part's query chunks (zero-padded past T)."""
         c = self.chunk
         a, b = part.start * c, part.stop * c
-        x = x[part.sample, heads, a:b]  # (H', <= W·c, E)
+        x = x[part.sample, :, a:b]  # (H, <= W·c, E)
         if x.shape[1] < b - a:
-            x = F.pad(x, (0, 0, 0, b - a - x.shape[1]))  # (H', W·c, E)
-        return x.unflatten(1, (part.stop - part.start, c))  # (H', W, c, E)
+            x = F.pad(x, (0, 0, 0, b - a - x.shape[1]))  # (H, W·c, E)
+        return x.unflatten(1, (part.stop - part.start, c))  # (H, W, c, E)
 
-    def keys(self, x: Tensor, part: _Part, heads: slice) -> Tensor:
-        """(B, H, T, E) -> (H', W, S, E): the part's key windows, a view inside the sequence."""
+    def keys(self, x: Tensor, part: _Part) -> Tensor:
+        """(B, H, T, E) -> (H, W, S, E): the part's key windows, a view inside the sequence."""
         c, t = self.chunk, self.length
         lo, hi = (part.start - self.before) * c, (part.stop + self.after) * c  # key positions
-        x = x[part.sample, heads, max(lo, 0) : min(hi, t)]  # (H', <= hi - lo, E)
+        x = x[part.sample, :, max(lo, 0) : min(hi, t)]  # (H, <= hi - lo, E)
         if lo < 0 or hi > t:
-            x = F.pad(x, (0, 0, max(-lo, 0), max(hi - t, 0)))  # (H', hi - lo, E)
-        return x.unfold(1, self.window, c).transpose(-1, -2)  # (H', W, S, E)
+            x = F.pad(x, (0, 0, max(-lo, 0), max(hi - t, 0)))  # (H, hi - lo, E)
+        return x.unfold(1, self.window, c).transpose(-1, -2)  # (H, W, S, E)
 
     def place(self, y: Tensor, part: _Part, heads: slice, out: Tensor, windows: slice = _ALL,
               add: bool = False) -> None:
         """Write (or add) (H', W', c, E), windows ``windows`` of ``part``, into (B, H, T, E)."""
-        c = self.chunk
-        first = part.start + (windows.start or 0)
-        a = first * c
-        b = min(a + y.shape[1] * c, self.length)
-        y = y.flatten(1, 2)[:, : b - a]  # (H', b - a, E)
-        target = out[part.sample, heads, a:b]
-        target.add_(y) if add else target.copy_(y)
+        first = part.start + (windows.start or 0)  # query chunk of the first window
+        self._write_chunks(y, out[part.sample, heads], first, add)
 
     def fold_keys(self, g: Tensor, part: _Part, heads: slice, out: Tensor,
                   windows: slice = _ALL) -> None:
@@ -188,16 +183,32 @@ class _LocalLayout:
         for s in range(self.window // c):
             lo = first - self.before + s  # key chunk of slot s in the first window
             a, b = max(lo, 0), min(lo + g.shape[1], n)
-            if b <= a:
-                continue
-            src = g[:, a - lo : b - lo, s * c : (s + 1) * c]  # (H', b - a, c, E)
-            end = min(b * c, self.length)
-            whole = (end - a * c) // c  # chunks not cut at T
-            rows = out[part.sample, heads]  # (H', T, E)
-            if whole:  # (H', whole, c, E) view of the rows: no copy
-                rows[:, a * c : (a + whole) * c].unflatten(1, (whole, c)).add_(src[:, :whole])
-            if a + whole < b:  # the last chunk, cut at T
-                rows[:, (a + whole) * c : end].add_(src[:, whole, : end - (a + whole) * c])
+            if b > a:
+                src = g[:, a - lo : b - lo, s * c : (s + 1) * c]  # (H', b - a, c, E)
+                self._write_chunks(src, out[part.sample, heads], a, add=True)
+
+    def _write_chunks(self, src: Tensor, rows: Tensor, a: int, add: bool) -> None:
+        """Write (or add) chunks (H', W', c, E) at chunk a of rows (H', T, E), cut at T.
+
+        The target is an (H', W', c, E) view of the rows, so any layout of ``src`` (the kernel
+        returns (N, L, W, E) memory) is read once, with no intermediate copy."""
+        c = self.chunk
+        end = min((a + src.shape[1]) * c, self.length)
+        whole = (end - a * c) // c  # chunks not cut at T
+        if whole:
+            target = rows[:, a * c : (a + whole) * c].unflatten(1, (whole, c))  # (H', W, c, E)
+            target.add_(src[:, :whole]) if add else target.copy_(src[:, :whole])
+        if whole < src.shape[1] and end > (a + whole) * c:  # the last chunk, cut at T
+            target = rows[:, (a + whole) * c : end]  # (H', < c, E)
+            part = src[:, whole, : end - (a + whole) * c]
+            target.add_(part) if add else target.copy_(part)
+
+    def assemble(self, ys: Sequence[Tensor], like: Tensor) -> Tensor:
+        """The parts' outputs (H, W, c, E) as one (B, H, T, E) tensor (``like``: B, H, T)."""
+        out = ys[0].new_empty(like.shape[:3] + ys[0].shape[-1:])  # (B, H, T, E)
+        for y, part in zip(ys, self.parts, strict=True):
+            self.place(y, part, _ALL, out)
+        return out
 
 
 class _AtrousLayout:
@@ -242,9 +253,9 @@ class _AtrousLayout:
             x = F.pad(x, (0, 0, 0, self.padded - self.length))  # (B, H, m·rate, E)
         return x.reshape(-1, self.group, self.rate, x.shape[-1]).transpose(1, 2)
 
-    def queries(self, x: Tensor, part: _Part, heads: slice) -> Tensor:
-        """(B, H, T, E) -> (BH', rate, m, E)."""
-        return self._grouped(x)[heads]
+    def queries(self, x: Tensor, part: _Part) -> Tensor:
+        """(B, H, T, E) -> (B·H, rate, m, E): a view unless T is padded."""
+        return self._grouped(x)
 
     keys = queries
 
@@ -266,6 +277,13 @@ class _AtrousLayout:
                   windows: slice = _ALL) -> None:
         """Add key gradients (BH', rate', m, E) of groups ``windows`` into (B, H, T, E)."""
         self.place(g, part, heads, out, windows, add=True)
+
+    def assemble(self, ys: Sequence[Tensor], like: Tensor) -> Tensor:
+        """The one part's output (B·H, rate, m, E) as (B, H, T, E): a view when the kernel's
+        output memory is (B·H, m, rate, E), as the CPU kernel's is."""
+        (y,) = ys
+        y = y.transpose(1, 2).reshape(self.batch, self.heads, self.padded, y.shape[-1])
+        return y[:, :, : self.length]  # (B, H, T, E)
 
 
 _Layout = _LocalLayout | _AtrousLayout
@@ -322,28 +340,29 @@ class _FlashAttention(torch.autograd.Function):
     def forward(ctx, layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor,
                 v: Tensor) -> Tensor:
         merged = len(layouts) > 1
-        outs, lses = [], []
+        outs, lses, part_lses = [], [], []
         for lay in layouts:
-            out = q.new_empty(q.shape)  # (B, H, T, Dh)
-            lse = q.new_empty(q.shape[:3] + (1,), dtype=torch.promote_types(q.dtype,
-                                                                             torch.float32))
+            part_outs, part_lse = [], []
             for part in lay.parts:
                 part.additive = _additive(part.mask, q.dtype)
                 o, l = _fused.flash_forward(  # noqa: E741
-                    lay.queries(q, part, _ALL), lay.keys(k, part, _ALL), lay.keys(v, part, _ALL),
+                    lay.queries(q, part), lay.keys(k, part), lay.keys(v, part),
                     mask=part.additive, causal=lay.causal, scale=scale,
                 )  # (N, W, L, Dh), (N, W, L)
                 if merged and part.blind is not None:  # the kernel reports 0, not -inf
                     l = l.masked_fill(part.blind, float("-inf"))  # noqa: E741
-                lay.place(o, part, _ALL, out)
-                lay.place(l.unsqueeze(-1), part, _ALL, lse)
-            outs.append(out)
-            lses.append(lse.squeeze(-1))  # (B, H, T)
+                part_outs.append(o)
+                part_lse.append(l.unsqueeze(-1))
+            outs.append(lay.assemble(part_outs, q))  # (B, H, T, Dh)
+            if merged:
+                lses.append(lay.assemble(part_lse, q).squeeze(-1))  # (B, H, T)
+            else:  # the kernel's own lse serves the backward
+                part_lses = [x.squeeze(-1) for x in part_lse]
         if merged:
             out, lse = _merge([o.to(lses[0].dtype) for o in outs], lses, q.dtype)
         else:
-            out, lse = outs[0], lses[0]
-        ctx.layouts, ctx.scale = layouts, scale
+            out, lse = outs[0], None
+        ctx.layouts, ctx.scale, ctx.part_lses = layouts, scale, part_lses
         # q, k, v ride along for autograd's in-place checks (the parts read views of them)
         ctx.save_for_backward(q, k, v, out, lse)
         return out
@@ -351,22 +370,25 @@ class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        lse = lse.unsqueeze(-1)  # (B, H, T, 1)
+        part_lses = iter(ctx.part_lses)  # one layout: each part's lse from the kernel
         grads = [grad.new_zeros(grad.shape) for _ in range(3)]  # dq, dk, dv: (B, H, T, Dh)
         for lay in ctx.layouts:
             for part in lay.parts:
+                qs = lay.queries(q, part)  # (N, W, L, Dh)
+                ks, vs = lay.keys(k, part), lay.keys(v, part)  # (N, W, S, Dh) x 2
+                gs, os = lay.queries(grad, part), lay.queries(out, part)  # (N, W, L, Dh) x 2
+                if lse is None:
+                    ls = next(part_lses)  # (N, W, L)
+                else:  # the merged lse, in this layout
+                    ls = lay.queries(lse.unsqueeze(-1), part).squeeze(-1)  # (N, W, L)
+                step = max(1, _BACKWARD_SLICE // ks[0, 0].numel())
                 for i in _slices(lay.size, 1):  # heads (or batch x heads) one at a time
-                    qs = lay.queries(q, part, i)  # (1, W, L, Dh)
-                    ks, vs = lay.keys(k, part, i), lay.keys(v, part, i)  # (1, W, S, Dh) x 2
-                    gs, os = lay.queries(grad, part, i), lay.queries(out, part, i)
-                    ls = lay.queries(lse, part, i).squeeze(-1)  # (1, W, L)
-                    step = max(1, _BACKWARD_SLICE // ks[0, 0].numel())
                     for j in _slices(qs.shape[1], step):
                         dq, dk, dv = _fused.flash_backward(
-                            gs[:, j], qs[:, j], ks[:, j], vs[:, j], os[:, j], ls[:, j],
+                            gs[i, j], qs[i, j], ks[i, j], vs[i, j], os[i, j], ls[i, j],
                             mask=_mask_slice(part.additive, i, j), causal=lay.causal,
                             scale=ctx.scale,
-                        )
+                        )  # (1, W', L, Dh), (1, W', S, Dh) x 2
                         lay.place(dq, part, i, grads[0], j, add=True)
                         lay.fold_keys(dk, part, i, grads[1], j)
                         lay.fold_keys(dv, part, i, grads[2], j)
@@ -406,8 +428,8 @@ def _attend(layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor, v: T
         out = q.new_zeros(q.shape)  # (B, H, T, Dh)
         lse = q.new_zeros(q.shape[:3] + (1,))  # (B, H, T, 1)
         for part in lay.parts:
-            qs = lay.queries(q, part, _ALL)  # (N, W, L, Dh)
-            ks, vs = lay.keys(k, part, _ALL), lay.keys(v, part, _ALL)  # (N, W, S, Dh) x 2
+            qs = lay.queries(q, part)  # (N, W, L, Dh)
+            ks, vs = lay.keys(k, part), lay.keys(v, part)  # (N, W, S, Dh) x 2
             if merged:
                 o, l = _attend_with_lse(qs, ks, vs, part.mask, lay.causal, scale)  # noqa: E741
                 lay.place(l, part, _ALL, lse)
