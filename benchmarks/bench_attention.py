@@ -95,6 +95,7 @@ from _timing import (  # noqa: E402
 )
 
 import kexue.attention as ka  # noqa: E402
+from kexue.attention._fused import fused_available  # noqa: E402
 from kexue.experiments._common import rss_growth  # noqa: E402
 
 Row = dict[str, Any]
@@ -689,7 +690,10 @@ def main(argv: list[str] | None = None) -> None:
     checks = targets(rows)
     _, nystrom_note = load_nystrom_peer()
     _, mixer_note = load_mixer_peer()
+    fused = "fused CPU kernels (self-check passed)" if fused_available() else (
+        "portable path (public ops only: forced, or the self-check failed)")
     notes = [f"peers: {nystrom_note}; {mixer_note}",
+             f"kexue sparse paths: {fused} (kexue/attention/_fused.py)",
              f"mode: {'--quick' if args.quick else 'full'}, threads {torch.get_num_threads()}, "
              f"B={B}, H={H}, Dh={DH}, D={DIM}, window {WINDOW}, rate {RATE}, stride {STRIDE}, "
              f"{LANDMARKS} landmarks, {PINV_ITERS} pinv iterations, float32; memory measured at "
