@@ -359,7 +359,9 @@ def test_bad_shapes_and_dtypes():
         nystrom_attention(q, k.float(), v, 8)
     with pytest.raises(ValueError, match="floating"):
         nystrom_attention(q, k, v.long(), 8)
-    with pytest.raises(ValueError, match="a must be"):
-        iterative_pinv(torch.ones(3), 2)
-    with pytest.raises(ValueError, match="iters"):
-        iterative_pinv(torch.eye(3), -1)
+    for bad in (torch.ones(3), torch.ones(3, 3, dtype=torch.long), [[1.0]]):
+        with pytest.raises(ValueError, match="a must be"):
+            iterative_pinv(bad, 2)
+    for iters in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="iters"):
+            iterative_pinv(torch.eye(3), iters)

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from kexue._checks import check_float_tensor, check_int
 from kexue.attention.base import (
     MultiHeadAttention,
-    check_int,
     check_padding_mask,
     check_qkv,
     check_scale,
@@ -67,10 +67,10 @@ def iterative_pinv(a: Tensor, iters: int = 6) -> Tensor:
         Razavi et al., "A new iterative method for finding approximate inverses of complex
         matrices", Abstract and Applied Analysis, 2014.
     """
-    if not isinstance(a, Tensor) or a.ndim < 2 or not a.is_floating_point():
-        got = (tuple(a.shape), a.dtype) if isinstance(a, Tensor) else type(a).__name__
-        raise ValueError(f"a must be a floating-point (..., p, q) tensor, got {got}")
-    check_int("iters", iters, 0)
+    check_float_tensor("a", a)
+    if a.ndim < 2:
+        raise ValueError(f"a must be a (..., p, q) tensor of >= 2 dims, got shape {tuple(a.shape)}")
+    check_int("iters", iters, low=0)
     absolute = a.abs()
     norm_1 = absolute.sum(-2).amax(-1)  # (...,) largest column sum
     norm_inf = absolute.sum(-1).amax(-1)  # (...,) largest row sum
@@ -225,8 +225,8 @@ def nystrom_attention(
     check_qkv(q, k, v)
     b, _, t, dh = q.shape
     mask = check_padding_mask(key_padding_mask, b, t)
-    m = check_int("landmarks", landmarks, 1)
-    iters = check_int("pinv_iters", pinv_iters, 0)
+    m = check_int("landmarks", landmarks, low=1)
+    iters = check_int("pinv_iters", pinv_iters, low=0)
     if causal is not False:
         raise ValueError(
             f"causal={causal!r} is not supported: landmarks average whole segments, so every "
@@ -298,8 +298,8 @@ class NystromAttention(MultiHeadAttention):
     def __init__(
         self, dim: int, heads: int, landmarks: int = 64, pinv_iters: int = 6, *, bias: bool = True
     ) -> None:
-        check_int("landmarks", landmarks, 1)
-        check_int("pinv_iters", pinv_iters, 0)
+        check_int("landmarks", landmarks, low=1)
+        check_int("pinv_iters", pinv_iters, low=0)
         attend = functools.partial(nystrom_attention, landmarks=landmarks, pinv_iters=pinv_iters)
         super().__init__(dim, heads, attend, bias=bias)
         self.landmarks, self.pinv_iters = landmarks, pinv_iters
