@@ -58,6 +58,9 @@ __all__ = [
 ]
 
 _ALL = slice(None)
+# Local query chunks hold c = ceil(r / 2) queries, so a window of c + 2r keys (5 chunks) holds
+# the 2r + 1 keys of each query's band: 80% of the computed scores are used, where chunks of
+# c = r (3 chunks) use 67%; smaller chunks cost more in the backward's key-gradient folding.
 _CHUNKS_PER_RADIUS = 2
 
 
@@ -90,18 +93,23 @@ class _Part:
 class _LocalLayout:
     """Local window: query i sees key j iff |i - j| <= r (causal: 0 <= i - j <= r).
 
-    The sequence is cut into chunks of c = max(r, 1) queries. Query chunk j sees the key
-    chunks j - 1, j, j + 1 (j - 1 and j when causal; only j when r = 0): a window of
-    S = span · c keys that holds every key of its queries' bands, so one SDPA call over all
-    windows, with the band as mask, is the pattern. ``skip_stride`` also hides the keys whose
+    The sequence is cut into chunks of c = ceil(r / 2) queries (r = 1: 1; r = 0: 1), and
+    p = ceil(r / c) (2, or 1 for r <= 1, 0 for r = 0). Query chunk j sees the key chunks
+    j - p .. j + p (j - p .. j when causal): a window of S = (2p + 1) · c keys (causal
+    (p + 1) · c) that holds every key of its queries' bands, so one SDPA call over all
+    windows, with the band as mask, is the pattern:
+
+        window of chunk j = keys [(j - p)·c, (j + p + 1)·c),
+        band: key at window slot s is seen by query a of the chunk iff |p·c + a - s| <= r
+        (causal: 0 <= p·c + a - s <= r). ``skip_stride`` also hides the keys whose
     offset i - j is a multiple of it (they belong to the strided part of
     :func:`sparse_attention`).
 
     Per sample the windows come in three parts: the *interior* chunks, whose windows lie inside
     the sequence, are an ``unfold`` view of the keys (no copy) and share one (1, 1, c, S) band
-    mask (per-window masks only with key padding); the first and the last chunks, whose windows
-    run past the sequence ends, are small zero-padded copies with their own mask. The parts'
-    dim 0 is the head: N = H, W = windows.
+    mask (per-window masks (1, W, c, S) only with key padding); the first p and the last p (+1)
+    chunks, whose windows run past the sequence ends, are small zero-padded copies with their
+    own mask. The parts' dim 0 is the head: N = H, W = windows, L = c.
     """
 
     def __init__(
@@ -481,16 +489,16 @@ def local_attention(
         out_i = Σ_{|i-j| <= r} softmax_j(q_i·k_j · scale) v_j,   r = window // 2
         (causal: 0 <= i - j <= r)
 
-    The sequence is cut into chunks of c = r queries (half the window); a chunk's queries see
-    the 3c keys of the previous, own and next chunk (2c when causal: previous and own), an
-    overlapping ``unfold`` view of the padded keys, so every query's band lies inside its
-    window. All chunks go through ONE fused SDPA call on (H, W, c, Dh) x (H, W, 3c, Dh) with
-    a 4-D mask (1, W, c, 3c) holding the band, the sequence ends and the key padding (a 3-D
-    mask would make SDPA leave its fused CPU kernel for the unfused one). On the CPU the call
-    is the fused kernel itself and the backward runs head by head, folding the window
-    gradients straight into (B, H, T, Dh).
-    Cost: O(T · 3r · Dh) time (O(T · 2r · Dh) causal) and O(T · 3r) mask memory, vs
-    O(T² · Dh) dense; 2/3 of the computed scores are used (1/2 causal).
+    The sequence is cut into chunks of c = ceil(r / 2) queries; a chunk's queries see a window
+    of c + 2r keys (c + r when causal), an overlapping ``unfold`` view of the keys, so every
+    query's band lies inside its window. The interior chunks of a sample go through ONE fused
+    SDPA call on (H, W, c, Dh) x (H, W, c + 2r, Dh) with one 4-D band mask (1, 1, c, c + 2r)
+    shared by all windows (a 3-D mask would make SDPA leave its fused CPU kernel for the
+    unfused one); the few chunks at the sequence ends, and key padding, get their own masks.
+    On the CPU the calls go to the fused kernel itself and the backward runs head by head,
+    folding the window gradients straight into (B, H, T, Dh).
+    Cost: O(T · (2r + c) · Dh) time (O(T · (r + c) · Dh) causal), vs O(T² · Dh) dense;
+    4/5 of the computed scores are used (2/3 causal).
 
     Args:
         q, k, v: (B, H, T, Dh).
@@ -575,11 +583,12 @@ def sparse_attention(
     Two disjoint parts share one softmax: the local part (the chunk layout of
     :func:`local_attention`, with the keys a multiple of ``stride`` away masked out, so that no
     key is counted twice) and the strided part (the group layout of :func:`atrous_attention`
-    with ``rate = stride``). On the CPU each part is one call of the fused flash kernel,
-    which also returns its log-sum-exp; the outputs are merged by log-sum-exp, and the
-    backward hands each part's kernel the merged output and log-sum-exp, so no score matrix
-    is ever stored. Elsewhere the parts run as plain tensor ops (same maths, O(T · (3r +
-    T / stride)) memory). Cost: O(T · (3r + T / stride) · Dh) time, vs O(T² · Dh) dense.
+    with ``rate = stride``). On the CPU each part goes to the fused flash kernel, which also
+    returns its log-sum-exp; the outputs are merged by log-sum-exp, and the backward hands
+    each part's kernel the merged output and log-sum-exp, so no score matrix is ever stored.
+    On the portable path the parts run as plain tensor ops (same maths, O(T · (2r + c +
+    T / stride)) memory). Cost: O(T · (2r + c + T / stride) · Dh) time, c = ceil(r / 2),
+    vs O(T² · Dh) dense.
 
     Args:
         q, k, v: (B, H, T, Dh).
