@@ -66,7 +66,9 @@ class Trainer(Protocol):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` images, (n, C, H, W) in [0, 1], from the model used for evaluation (EMA if any)."""
+        """``n`` images, (n, C, H, W) float32 in [0, 1] on the CPU (wherever the model trains),
+        from the model used for evaluation (EMA if any); ``generator`` None: the trainer's
+        ``"sample"`` stream, so repeated calls give the same images."""
         ...
 
     def evaluate(self, data: ImageData, generator: torch.Generator | None = None
@@ -76,7 +78,10 @@ class Trainer(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict``; refuses another format (:func:`check_state_format`),
+        config or seed with a ValueError."""
+        ...
 
 
 @dataclass(frozen=True)

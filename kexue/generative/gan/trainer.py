@@ -245,7 +245,7 @@ class GANTrainer:
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, *,
                stat_batches: int = 8, stat_batch_size: int = 256) -> Tensor:
-        """``n`` images (n, C, H, W) in [0, 1], on the trainer's device, from the EMA of G.
+        """``n`` images (n, C, H, W) in [0, 1], float32 on the CPU, from the EMA of G.
 
         BN statistics are re-estimated for the EMA weights from ``stat_batches`` batches of
         fresh latents (BigGAN's standing statistics); the training weights and statistics are
@@ -273,11 +273,10 @@ class GANTrainer:
                 with standing:
                     self.G.eval()
                     z, y = self._latents(n, generator, balanced=True)
-                    out = ((self._g(z, y).float() + 1) / 2 if n else
-                           torch.empty(0, *self.data.shape, device=self.device))
+                    out = (self._g(z, y).float() + 1) / 2 if n else torch.empty(0, *self.data.shape)
         finally:
             self.G.train(was_training)
-        return out.clamp(0, 1)
+        return out.clamp(0, 1).cpu()
 
     def evaluate(self, data: ImageData, generator: torch.Generator | None = None
                  ) -> dict[str, float]:
@@ -288,7 +287,7 @@ class GANTrainer:
 
         if generator is None:
             generator = stream(self.seed, "evaluate")
-        samples = self.sample(len(data.test_x), generator).cpu()
+        samples = self.sample(len(data.test_x), generator)
         return score_samples(samples, data, generator=generator)
 
     def state_dict(self) -> dict[str, Any]:
@@ -304,7 +303,7 @@ class GANTrainer:
             "opt_d": self.opt_d.state_dict(),
             "ema": self.ema.state_dict(),
             "rng": self.rng.get_state(),
-            "seed": self.seed,
+            "seed": self.seed,  # of the sample and evaluate streams; a load must match it
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -318,12 +317,14 @@ class GANTrainer:
         if state["config"] != mine:
             raise ValueError(f"state was saved with config {state['config']}, this trainer has "
                              f"{mine}")
+        if state["seed"] != self.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this trainer has "
+                             f"{self.seed}")
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.ema.load_state_dict(state["ema"])
-        self.rng.set_state(state["rng"])
-        self.seed = int(state["seed"])
+        self.rng.set_state(state["rng"].cpu())
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
