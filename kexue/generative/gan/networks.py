@@ -55,16 +55,16 @@ class Generator(nn.Module):
 
     Args:
         image_shape: (C, H, W) of the images, H == W == base·2^stages, base ≥ 2.
-        z_dim: Size of z.
-        width: Channels of the last stage.
-        stages: Number of up-blocks (resolution doublings).
+        z_dim: Size of z, ≥ 1.
+        width: Channels of the last stage, ≥ 1.
+        stages: Number of up-blocks (resolution doublings), ≥ 1.
         block: Up-block class ``(in_ch, out_ch, norm, cond_dim)`` (:class:`DCGANUp`,
             :class:`ResUp`).
         norm: Norm factory ``(num_features, cond_dim)`` (:class:`BatchNorm`,
             :class:`ConditionalBatchNorm`, :class:`SelfModulatedBatchNorm`).
         attention: Resolution after which a :class:`SelfAttention` block is inserted, or None.
-        num_classes: > 0 for a class-conditional generator.
-        embed_dim: Size of the shared class embedding.
+        num_classes: > 0 for a class-conditional generator, 0 for an unconditional one.
+        embed_dim: Size of the shared class embedding, ≥ 1.
         split_latent: Feed z in chunks, one per block (BigGAN's hierarchical latent).
 
     Raises:
@@ -86,6 +86,8 @@ class Generator(nn.Module):
             raise ValueError(f"z_dim={z_dim} must be >= stages + 1 = {stages + 1} to split the "
                              f"latent into one chunk per block")
         resolutions = [base * 2 ** i for i in range(stages + 1)]
+        if attention is not None:
+            check_int("attention", attention, low=1)
         if attention is not None and attention not in resolutions:
             raise ValueError(f"attention must be one of the resolutions {resolutions}, "
                              f"got {attention}")
@@ -137,15 +139,15 @@ class Discriminator(nn.Module):
 
     Args:
         image_shape: (C, H, W), H == W == base·2^stages, base ≥ 2.
-        width: Channels of the first block.
-        stages: Number of down-blocks.
+        width: Channels of the first block, ≥ 1.
+        stages: Number of down-blocks, ≥ 1.
         block: Down-block class ``(in_ch, out_ch, first, norm)`` (:class:`DCGANDown`,
             :class:`ResDown`).
         norm: Norm factory ``(num_features) -> module`` inside the blocks (DCGAN:
             ``nn.BatchNorm2d``), or None (SNGAN, SAGAN, BigGAN, and any D under a gradient
             penalty).
         attention: Resolution after which a :class:`SelfAttention` block is inserted, or None.
-        num_classes: > 0 for a projection discriminator.
+        num_classes: > 0 for a projection discriminator, 0 for an unconditional one.
 
     Raises:
         ValueError: For an unsupported image size or attention resolution.
@@ -160,6 +162,8 @@ class Discriminator(nn.Module):
         check_int("width", width, low=1)
         check_int("num_classes", num_classes, low=0)
         resolutions = [size // 2 ** i for i in range(stages + 1)]
+        if attention is not None:
+            check_int("attention", attention, low=1)
         if attention is not None and attention not in resolutions:
             raise ValueError(f"attention must be one of the resolutions {resolutions}, "
                              f"got {attention}")

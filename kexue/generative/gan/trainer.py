@@ -111,7 +111,7 @@ class GANTrainer:
         discriminator: ``D(x, y) -> (B,)``.
         config: Schedule and optimisation settings (default :class:`GANTrainConfig`).
         seed: Seed of the trainer's generator (batches, z, labels, GP interpolation) and of the
-            named streams of :meth:`sample` and :meth:`evaluate`.
+            named streams of :meth:`sample` and :meth:`evaluate`, an int in [0, 2⁶⁴).
         device: Where G and D train (``"cpu"``, ``"cuda"``, ``"auto"``); they are moved there.
         autocast: None, ``"bf16"`` or ``"fp16"`` (CUDA): the precision of forward passes.
 
@@ -145,7 +145,7 @@ class GANTrainer:
             raise ValueError(f"gradient penalties (gp={config.gp_weight}, r1={config.r1}, "
                              f"r2={config.r2}) need a discriminator without BatchNorm (e.g. the "
                              "sngan or sagan recipe)")
-        self.seed = check_int("seed", seed, low=0)
+        self.seed = check_int("seed", seed, low=0, high=2**64 - 1)
         self.config, self.data = config, data
         self.loop = EpochLoop(device, autocast)
         self.device = self.loop.device

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kexue._checks import check_int, check_real
+
 __all__ = [
     "LIKELIHOODS",
     "kl_balance_coefficients",
@@ -72,7 +74,12 @@ def normal_log_prob(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
 
 
 def log_mean_exp(x: Tensor, dim: int) -> Tensor:
-    """log (1/K) Σ_k exp(x_k) along ``dim`` (K = x.shape[dim]), computed stably."""
+    """log (1/K) Σ_k exp(x_k) along ``dim`` (K = x.shape[dim]), computed stably.
+
+    Raises:
+        ValueError: If ``dim`` is not an int indexing a dimension of ``x``.
+    """
+    dim = check_int("dim", dim, low=-x.ndim, high=x.ndim - 1)
     return torch.logsumexp(x, dim) - math.log(x.shape[dim])
 
 
@@ -119,19 +126,18 @@ def logistic_mixture_log_prob(
         means: (B, K, C, H, W) μ in [−1, 1] units.
         log_scales: (B, K, C, H, W) log s.
         coeffs: (B, K, 3, H, W) the coupling (a, b, c), required when C = 3, else ignored.
-        bins: Levels per channel (256 for 8-bit images).
+        bins: Levels per channel, ≥ 2 (256 for 8-bit images).
 
     Returns:
         (B, H, W) log P(pixel) in nats (joint over channels).
 
     Raises:
-        ValueError: If ``bins`` < 2 or C = 3 without ``coeffs``.
+        ValueError: If ``bins`` is not an int ≥ 2, or C = 3 without ``coeffs``.
 
     References:
         https://kexue.fm/archives/7574; Salimans et al. 2017; Vahdat & Kautz 2020, §4.
     """
-    if bins < 2:
-        raise ValueError(f"bins must be >= 2, got {bins}")
+    bins = check_int("bins", bins, low=2)
     c = x.shape[1]
     if c == 3 and coeffs is None:
         raise ValueError("coeffs (B, K, 3, H, W) are required for C = 3 channels, got None")
@@ -162,7 +168,11 @@ def sample_logistic_mixture(
 
     Returns:
         (B, C, H, W) values on the grid k/(bins − 1) in [0, 1].
+
+    Raises:
+        ValueError: If ``bins`` is not an int ≥ 2, or C = 3 without ``coeffs``.
     """
+    bins = check_int("bins", bins, low=2)
     bsz, k, c, h, w = means.shape
     u = uniform(logit_pi, generator)
     gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
@@ -195,14 +205,18 @@ def kl_balance_coefficients(kl: Tensor, group_sizes: Tensor, floor: float = 0.01
     Args:
         kl: (B, G) KL of each group, summed over its dimensions.
         group_sizes: (G,) number of latent dimensions in each group.
-        floor: Added to the mean KL so a collapsed group keeps a small weight.
+        floor: Added to the mean KL so a collapsed group keeps a small weight, ≥ 0.
 
     Returns:
         (G,) coefficients, detached, mean 1.
 
+    Raises:
+        ValueError: If ``floor`` is not a finite number ≥ 0.
+
     References:
         https://kexue.fm/archives/7574; Vahdat & Kautz 2020, §3.2 / appendix A.
     """
+    floor = check_real("floor", floor, low=0)
     alpha = group_sizes.to(kl) / group_sizes.sum()
     gamma = (kl.detach().abs().mean(0) + floor) / alpha
     return gamma / gamma.mean()

@@ -455,7 +455,15 @@ class NVAE(nn.Module):
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None = None,
                  temperature: float = 1.0, mean: bool = True) -> Tensor:
-        """``n`` images (n, C, H, W) in [0, 1] from the prior (Bernoulli: means if ``mean``)."""
+        """``n`` images (n, C, H, W) in [0, 1] from the prior (Bernoulli: means if ``mean``).
+
+        ``temperature`` ≥ 0 scales the prior's standard deviations.
+
+        Raises:
+            ValueError: If ``n`` is not an int ≥ 0 or ``temperature`` not a finite number ≥ 0.
+        """
+        n = check_int("n", n, low=0)
+        temperature = check_real("temperature", temperature, low=0)
         s, *_ = self.top_down(None, n=n, generator=generator, temperature=temperature)
         out = self.decode(s)
         if self.config.likelihood == "bernoulli":
@@ -478,13 +486,14 @@ class NVAE(nn.Module):
             (elbo (N,), iw (N,)) in nats; −iw is the importance-weighted NLL.
 
         Raises:
-            ValueError: If ``samples`` < 1 or x is empty.
+            ValueError: If ``samples`` or ``max_batch`` is not an int ≥ 1, or x is empty.
         """
         samples = check_int("samples", samples, low=1)
         if len(x) == 0:
             raise ValueError("x is empty: need at least one image to evaluate")
         if max_batch is None:  # rows per pass: 4,096 images of 8×8, ~330 of 28×28
             max_batch = 2 ** 18 // (self.image_shape[1] * self.image_shape[2])
+        max_batch = check_int("max_batch", max_batch, low=1)
         per = max(1, max_batch // samples)
         elbo, iw = [], []
         for xb in x.split(per):

@@ -248,8 +248,13 @@ class NVAETrainer:
         ``generator``, default a fresh stream ``(seed, "sample")``) and put back afterwards
         (:func:`~kexue.generative.common.recalibrated_batchnorm`), so sampling leaves the
         trainer unchanged. Bernoulli models return pixel probabilities; on the CPU.
+        ``temperature`` ≥ 0 scales the prior's standard deviations; ``bn_steps`` and
+        ``bn_batch`` are ints ≥ 1.
         """
         n = check_int("n", n, low=0)
+        temperature = check_real("temperature", temperature, low=0)
+        check_int("bn_steps", bn_steps, low=1)
+        check_int("bn_batch", bn_batch, low=1)
         gen = self._generator(generator, "sample")
         model = self.model
         was_training = model.training
