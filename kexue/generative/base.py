@@ -14,6 +14,7 @@ training would.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -24,7 +25,8 @@ from torch import Tensor
 from kexue._checks import check_int
 from kexue.generative.data import ImageData
 
-__all__ = ["STATE_FORMAT", "Trainer", "TrainerEntry", "check_state_format", "image_grid"]
+__all__ = ["STATE_FORMAT", "Trainer", "TrainerEntry", "check_state", "check_state_format",
+           "image_grid"]
 
 STATE_FORMAT = 2
 """Version of the trainers' ``state_dict`` layout. 2: one RNG under ``rng``, frozen dataclass
@@ -45,6 +47,23 @@ def check_state_format(state: Mapping[str, Any]) -> None:
         raise ValueError(f"state is in trainer state format {found!r}; this kexue reads format "
                          f"{STATE_FORMAT} (saved by an older kexue: retrain, or load it with "
                          f"the kexue that wrote it)")
+
+
+def check_state(state: Mapping[str, Any], config: Any, seed: int) -> None:
+    """:func:`check_state_format`, then refuse a state saved with another config (a dataclass,
+    compared field by field) or seed: the trainer it would load into is a different run.
+
+    Raises:
+        ValueError: Naming what differs.
+    """
+    check_state_format(state)
+    mine = dataclasses.asdict(config)
+    if state.get("config") != mine:
+        raise ValueError(f"state was saved with config {state.get('config')}, this trainer has "
+                         f"{mine}")
+    if state.get("seed") != seed:
+        raise ValueError(f"state was saved with seed {state.get('seed')}, this trainer has "
+                         f"seed {seed}")
 
 
 @runtime_checkable

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from kexue._checks import check_generator, check_int, check_real
 from kexue._seeds import stream
-from kexue.generative.base import STATE_FORMAT, TrainerEntry, check_state_format
+from kexue.generative.base import STATE_FORMAT, TrainerEntry, check_state
 from kexue.generative.common import EpochLoop, init_module
 from kexue.generative.data import ImageData
 from kexue.generative.metrics import score_samples
@@ -534,14 +534,7 @@ class GLANNTrainer:
             ValueError: For a state of another format, or saved with a different configuration
                 or seed.
         """
-        check_state_format(state)
-        mine = dataclasses.asdict(self.config)
-        if state["config"] != mine:
-            raise ValueError(f"state was saved with config {state['config']}, this trainer has "
-                             f"{mine}")
-        if state["seed"] != self.seed:
-            raise ValueError(f"state was saved with seed {state['seed']}, this trainer has "
-                             f"seed {self.seed}")
+        check_state(state, self.config, self.seed)
         self.G.load_state_dict(state["G"])
         self.T.load_state_dict(state["T"])
         self.codes.load_state_dict(state["codes"])

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kexue._checks import check_int, check_real
 from kexue._seeds import stream
-from kexue.generative.base import STATE_FORMAT, check_state_format
+from kexue.generative.base import STATE_FORMAT, check_state
 from kexue.generative.common import EpochLoop, recalibrated_batchnorm
 from kexue.generative.data import ImageData
 from kexue.generative.gan.losses import LOSSES, orthogonal_penalty
@@ -312,14 +312,7 @@ class GANTrainer:
         Raises:
             ValueError: For a state of another format or saved with another config.
         """
-        check_state_format(state)
-        mine = dataclasses.asdict(self.config)
-        if state["config"] != mine:
-            raise ValueError(f"state was saved with config {state['config']}, this trainer has "
-                             f"{mine}")
-        if state["seed"] != self.seed:
-            raise ValueError(f"state was saved with seed {state['seed']}, this trainer has "
-                             f"{self.seed}")
+        check_state(state, self.config, self.seed)
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])

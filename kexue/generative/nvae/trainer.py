@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from kexue._checks import check_generator, check_int, check_real
 from kexue._seeds import stream
-from kexue.generative.base import STATE_FORMAT, TrainerEntry, check_state_format
+from kexue.generative.base import STATE_FORMAT, TrainerEntry, check_state
 from kexue.generative.common import EpochLoop, recalibrated_batchnorm
 from kexue.generative.data import ImageData
 from kexue.generative.nvae.likelihoods import kl_balance_coefficients, uniform
@@ -284,14 +284,7 @@ class NVAETrainer:
             ValueError: For a state of another format, or saved with a different configuration
                 or seed.
         """
-        check_state_format(state)
-        mine = dataclasses.asdict(self.config)
-        if state["config"] != mine:
-            raise ValueError(f"state was saved with config {state['config']}, this trainer has "
-                             f"{mine}")
-        if state["seed"] != self.seed:
-            raise ValueError(f"state was saved with seed {state['seed']}, this trainer has "
-                             f"seed {self.seed}")
+        check_state(state, self.config, self.seed)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.set_state(state["rng"].cpu())
