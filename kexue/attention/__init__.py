@@ -5,7 +5,8 @@
 - :mod:`~kexue.attention.masks`: mask functions ``(b, h, q, k) -> bool`` (causal, local,
   dilated, strided, fixed) combined with ``and_`` / ``or_``.
 - :mod:`~kexue.attention.dense`: the dense reference (any mask, float64-capable) and SDPA.
-- :mod:`~kexue.attention.sparse`: fast local, atrous and local+strided attention.
+- :mod:`~kexue.attention.sparse`: fast local, atrous and local+strided attention
+  (:func:`use_portable_attention` forces public ops only).
 - :mod:`~kexue.attention.flex`: any mask function through compiled FlexAttention (CUDA;
   CPU inference).
 - :mod:`~kexue.attention.nystrom`: Nyström attention.
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from torch import nn
 
 from kexue.attention import masks
+from kexue.attention._fused import use_portable as use_portable_attention
 from kexue.attention.base import (
     AttendFn,
     MultiHeadAttention,
@@ -105,4 +107,5 @@ __all__ = [
     "nystrom_attention",
     "sdpa_attention",
     "sparse_attention",
+    "use_portable_attention",
 ]

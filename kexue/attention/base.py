@@ -24,7 +24,6 @@ __all__ = [
     "AttendFn",
     "MultiHeadAttention",
     "check_heads",
-    "check_int",
     "check_padding_mask",
     "check_qkv",
     "check_scale",
@@ -75,18 +74,6 @@ def check_padding_mask(mask: Tensor | None, batch: int, length: int) -> Tensor |
             f"key_padding_mask must have shape (B, T) = {(batch, length)}, got {tuple(mask.shape)}"
         )
     return mask
-
-
-def check_int(name: str, value: object, low: int = 1) -> int:
-    """``value`` as an int if it is an int >= ``low`` (bools rejected).
-
-    Kept for the attention modules that import it from here; it is
-    :func:`kexue._checks.check_int` with a default lower bound of 1.
-
-    Raises:
-        ValueError: naming ``name``, the value and the allowed range.
-    """
-    return _check_int(name, value, low=low)
 
 
 def check_scale(scale: float | None, head_dim: int) -> float:
