@@ -235,7 +235,9 @@ REPORT_WRAPPER = textwrap.dedent("""
         return Result({"x": 0.0}, False, "does not hold", tables=(table,))
 
     def interrupt(c, ctx):
-        os.kill(os.getpid(), signal.SIGINT)
+        # raise(): to this (the main) thread. os.kill(getpid) is process-directed, and the
+        # kernel may hand it to another thread while this one is already asleep.
+        signal.raise_signal(signal.SIGINT)
         time.sleep(30)
 
     fns = {"ok": ok, "boom": boom, "fails": fails, "interrupt": interrupt, "slow": fails}
