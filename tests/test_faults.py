@@ -235,8 +235,9 @@ REPORT_WRAPPER = textwrap.dedent("""
         return Result({"x": 0.0}, False, "does not hold", tables=(table,))
 
     def interrupt(c, ctx):
-        # raise(): to this (the main) thread. os.kill(getpid) is process-directed, and the
-        # kernel may hand it to another thread while this one is already asleep.
+        # Python's own Ctrl-C handler, as in a terminal: a parent started in the background
+        # without job control hands SIGINT down ignored. raise() signals this (main) thread.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.raise_signal(signal.SIGINT)
         time.sleep(30)
 

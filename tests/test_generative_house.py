@@ -316,3 +316,7 @@ def test_kexue_train_runs_a_registered_model(tmp_path, capsys, monkeypatch):
 
     code, _, err = kexue("train", "dummy", "--recipe", "x", "--out", str(tmp_path))
     assert code == 2 and "dummy has no recipes" in err
+    if not torch.cuda.is_available():
+        code, _, err = kexue("train", "dummy", "--device", "cuda", "--out", str(tmp_path / "c"))
+        assert code == 2 and err.startswith("kexue: error: --device cuda") and "CUDA" in err
+        assert not (tmp_path / "c").exists()  # refused before anything was made

@@ -138,6 +138,7 @@ def train(
     continues exactly), a PNG grid of samples and the model's scores."""
 
     from kexue._io import remove_stale
+    from kexue.generative.common import resolve_device
     from kexue.generative.data import load_images
 
     data, device, precision = (getattr(v, "value", v) for v in (data, device, precision))
@@ -160,11 +161,14 @@ def train(
     if epochs is None:
         epochs = entry.schedule(images.shape, quick)
     try:
+        resolve_device(device)
+    except ValueError as error:
+        raise CliError(f"--device {device}: {first_line(error)}") from error
+    try:
         trainer = entry.build(images, epochs=epochs, seed=seed, device=device,
                               autocast=_AUTOCAST[precision], variant=variant)
     except ValueError as error:
-        option = "--device" if "CUDA" in str(error) else f"train {model}"
-        raise CliError(f"{option}: {first_line(error)}") from error
+        raise CliError(f"train {model}: {first_line(error)}") from error
     meta = {"format": CHECKPOINT_FORMAT, "model": model, "recipe": variant, "data": data,
             "seed": seed, "epochs": trainer.epochs}
     if resume and not ckpt.is_file():
