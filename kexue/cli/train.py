@@ -3,6 +3,7 @@ atomic checkpoint after every epoch, an exclusive lock on the run directory, and
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -241,4 +242,7 @@ def _finish(trainer: Any, images: Any, run_dir: Path, seed: int) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(train)
+    # the models in the command's own help, which every typer/rich version prints
+    doc = inspect.cleandoc(train.__doc__ or "")
+    app.command(help=f"{doc}\n\nMODEL: one of {', '.join(TRAINERS)} (kexue.generative.TRAINERS); "
+                     f"gan recipes: {', '.join(RECIPES)}.")(train)
