@@ -16,9 +16,7 @@ References:
     https://kexue.fm/archives/6583
 """
 
-import warnings
-from typing import Any
-
+from kexue._deprecation import old_names
 from kexue.dynamics.flow import flow_error, gd_iterates, gradient_flow, modified_loss
 from kexue.dynamics.games import (
     DIRAC_LOSSES,
@@ -62,11 +60,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from kexue.train import penalties
-
-        warnings.warn(f"kexue.dynamics.{name} moved to kexue.train.penalties.{name}; import "
-                      f"it from there (or from kexue.train)", DeprecationWarning, stacklevel=2)
-        return getattr(penalties, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = old_names(__name__, {name: f"kexue.train.penalties.{name}" for name in _MOVED},
+                        also="kexue.train")

@@ -38,7 +38,6 @@ References:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kexue._checks import check_float_tensor, check_int, check_real
+from kexue._deprecation import old_names
 from kexue.train import penalties as _penalties
 
 __all__ = [
@@ -69,13 +69,8 @@ Loss = Callable[[Tensor, Tensor], Tensor]
 _MOVED = ("Discriminator", "consensus_penalty", "gradient_penalty", "r1_penalty", "r2_penalty")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        warnings.warn(f"kexue.dynamics.games.{name} moved to kexue.train.penalties.{name}; "
-                      f"import it from there (or from kexue.train)", DeprecationWarning,
-                      stacklevel=2)
-        return getattr(_penalties, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = old_names(__name__, {name: f"kexue.train.penalties.{name}" for name in _MOVED},
+                        also="kexue.train")
 
 
 # -- validation --------------------------------------------------------------------------------

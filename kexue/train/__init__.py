@@ -8,9 +8,7 @@ and the GAN penalties R1, R2, WGAN-GP and consensus (https://kexue.fm/archives/6
 you add to a loss, in :mod:`kexue.train.penalties`.
 """
 
-import warnings
-from typing import Any
-
+from kexue._deprecation import old_names
 from kexue.train._naming import unwrap_model
 from kexue.train.capture import Captured, capture
 from kexue.train.data import ShardedIterable
@@ -85,9 +83,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "GradientPenalty":
-        warnings.warn("kexue.train.GradientPenalty was renamed RegularizedStep; use "
-                      "kexue.train.RegularizedStep", DeprecationWarning, stacklevel=2)
-        return RegularizedStep
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = old_names(__name__, {"GradientPenalty": "kexue.train.RegularizedStep"})

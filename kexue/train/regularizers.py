@@ -48,7 +48,6 @@ References:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +56,7 @@ import torch
 from torch import Tensor
 
 from kexue._checks import check_real
+from kexue._deprecation import old_names
 
 __all__ = [
     "BACKENDS",
@@ -102,13 +102,8 @@ class RegularizedStep:
         return self.loss + self.lam * self.grad_sq_norm
 
 
-def __getattr__(name: str) -> Any:
-    # GradientPenalty was renamed (issue 15): it collided with the WGAN-GP gradient_penalty.
-    if name == "GradientPenalty":
-        warnings.warn("kexue.train.regularizers.GradientPenalty was renamed RegularizedStep; "
-                      "use kexue.train.RegularizedStep", DeprecationWarning, stacklevel=2)
-        return RegularizedStep
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# GradientPenalty was renamed (issue 15): it collided with the WGAN-GP gradient_penalty.
+__getattr__ = old_names(__name__, {"GradientPenalty": "kexue.train.RegularizedStep"})
 
 
 # -- validation --------------------------------------------------------------------------------
