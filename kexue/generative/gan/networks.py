@@ -44,6 +44,16 @@ def _check_shape(image_shape: ImageShape, stages: int) -> tuple[int, int, int]:
     return c, size, size // scale
 
 
+def _check_attention(attention: int | None, resolutions: list[int]) -> None:
+    """``attention`` is None or one of the network's ``resolutions``."""
+    if attention is None:
+        return
+    check_int("attention", attention, low=1)
+    if attention not in resolutions:
+        raise ValueError(f"attention must be one of the resolutions {resolutions}, "
+                         f"got {attention}")
+
+
 class Generator(nn.Module):
     """z (and a class y) → image in [−1, 1]: stem, ``stages`` up-blocks, norm-ReLU-conv-tanh.
 
@@ -86,11 +96,7 @@ class Generator(nn.Module):
             raise ValueError(f"z_dim={z_dim} must be >= stages + 1 = {stages + 1} to split the "
                              f"latent into one chunk per block")
         resolutions = [base * 2 ** i for i in range(stages + 1)]
-        if attention is not None:
-            check_int("attention", attention, low=1)
-        if attention is not None and attention not in resolutions:
-            raise ValueError(f"attention must be one of the resolutions {resolutions}, "
-                             f"got {attention}")
+        _check_attention(attention, resolutions)
         self.image_shape = (channels, size, size)
         self.z_dim, self.num_classes, self.split_latent = z_dim, num_classes, split_latent
         self.base, self.stages = base, stages
@@ -162,11 +168,7 @@ class Discriminator(nn.Module):
         check_int("width", width, low=1)
         check_int("num_classes", num_classes, low=0)
         resolutions = [size // 2 ** i for i in range(stages + 1)]
-        if attention is not None:
-            check_int("attention", attention, low=1)
-        if attention is not None and attention not in resolutions:
-            raise ValueError(f"attention must be one of the resolutions {resolutions}, "
-                             f"got {attention}")
+        _check_attention(attention, resolutions)
         self.image_shape = (channels, size, size)
         self.num_classes = num_classes
         chs = [channels] + [width * 2 ** i for i in range(stages)]
