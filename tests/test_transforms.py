@@ -264,21 +264,95 @@ def test_accumulate_keeps_sums_of_params_missing_from_the_last_micro_batch():
     assert c.grad is None and torch.equal(c.detach(), torch.zeros(2))  # never had a gradient
 
 
-def test_closure_is_a_clear_error():
+def _quadratic_form(seed: int = 0):
+    """f(x) = ½ xᵀAx − bᵀx in float64 with A positive definite; a large b so clipping binds."""
+    gen = torch.Generator().manual_seed(seed)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = m @ m.T / 6 + torch.eye(6, dtype=torch.float64)
+    b = 20 * torch.randn(6, generator=gen, dtype=torch.float64)
+    return a, b
+
+
+def test_lbfgs_closure_matches_hand_clipped_reference():
+    # Every evaluation of the closure must see the clipped gradient g·min(1, c/‖g‖): the
+    # reference clips by hand inside its own closure, in float64, with no kexue code.
+    a, b = _quadratic_form()
+    c = 0.5
+
+    def run(transformed: bool):
+        x = nn.Parameter(torch.zeros(6, dtype=torch.float64))
+        opt = torch.optim.LBFGS([x], lr=0.5, max_iter=5, history_size=4)
+        if transformed:
+            handle = with_transforms(opt, clip_by_global_norm(c, eps=0.0))
+        evaluations = 0
+
+        def closure():
+            nonlocal evaluations
+            evaluations += 1
+            opt.zero_grad()
+            loss = 0.5 * x @ a @ x - b @ x
+            loss.backward()
+            if not transformed:
+                with torch.no_grad():
+                    x.grad.mul_(min(1.0, c / x.grad.norm().item()))
+            return loss
+
+        for _ in range(3):
+            opt.step(closure)
+        return x.detach(), evaluations, (handle if transformed else None)
+
+    ref, ref_evals, _ = run(False)
+    got, evals, handle = run(True)
+    assert evals == ref_evals > 3  # LBFGS evaluated the closure several times per step
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    assert handle.steps_taken == 3 and handle.steps_skipped == 0  # counted per step
+    assert not torch.equal(ref, torch.zeros(6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("positional", [True, False])
+def test_closure_step_equals_backward_then_step(positional):
+    # Adam stepped with a closure and with backward()-then-step() must agree exactly.
+    a, b = _quadratic_form(1)
+
+    def run(with_closure: bool):
+        x = nn.Parameter(torch.zeros(6, dtype=torch.float64))
+        opt = torch.optim.Adam([x], lr=0.1)
+        with_transforms(opt, chain(clip_by_norm(0.3), scale(0.5)))
+        losses = []
+        for _ in range(4):
+            def closure():
+                opt.zero_grad()
+                loss = 0.5 * x @ a @ x - b @ x
+                loss.backward()
+                return loss
+            if with_closure:
+                losses.append(opt.step(closure) if positional else opt.step(closure=closure))
+            else:
+                losses.append(closure())
+                opt.step()
+        return x.detach(), torch.stack(losses).detach()
+
+    x1, l1 = run(True)
+    x2, l2 = run(False)
+    assert torch.equal(x1, x2) and torch.equal(l1, l2)
+
+
+def test_closure_skip_returns_loss_and_moves_nothing():
     w = nn.Parameter(torch.ones(3))
-    opt = torch.optim.SGD([w], lr=1.0)
-    with_transforms(opt, scale(0.0))
+    opt = torch.optim.Adam([w], lr=1.0)
+    handle = with_transforms(opt, skip_nonfinite())
 
     def closure():
         opt.zero_grad()
-        loss = w.sum()
+        loss = (w * torch.tensor([1.0, float("nan"), 1.0])).sum()
         loss.backward()
         return loss
 
-    with pytest.raises(ValueError, match="closure"):
-        opt.step(closure)
-    with pytest.raises(ValueError, match="closure"):
-        opt.step(closure=closure)
+    loss = opt.step(closure)
+    assert torch.isnan(loss)  # the closure's own loss comes back
+    assert torch.equal(w.detach(), torch.ones(3)) and w.grad is None
+    assert not handle.last_stepped and handle.steps_skipped == 1
+    assert opt.state[w] == {}  # Adam never saw a gradient: no moments, no step count
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -519,20 +519,46 @@ class TransformHandle:
         self.state = extend_state(self.transform, self.state, self.params, added)
         self.params = current
 
-    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         # args holds (optimizer, *step_args): a closure is the first step argument.
-        if (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None:
-            raise ValueError(
-                "with_transforms cannot transform gradients computed inside step(closure) "
-                "(the hook runs before the closure); call backward() before step() instead"
-            )
+        if len(args) > 1 and args[1] is not None:
+            args = (args[0], self._wrap(args[1]), *args[2:])
+            return args, kwargs
+        if kwargs.get("closure") is not None:
+            return args, {**kwargs, "closure": self._wrap(kwargs["closure"])}
+        self._transform(count=True)
+        return None
+
+    def _transform(self, count: bool) -> None:
+        """Transform the gradients now; ``count`` the decision in the step counters."""
         self._follow_groups()
-        stepped, self.state = apply_transform(self.params, self.transform, self.state)
-        self.last_stepped = stepped
-        if stepped:
-            self.steps_taken += 1
-        else:
-            self.steps_skipped += 1
+        with torch.no_grad():
+            stepped, self.state = apply_transform(self.params, self.transform, self.state)
+        if count:
+            self.last_stepped = stepped
+            if stepped:
+                self.steps_taken += 1
+            else:
+                self.steps_skipped += 1
+
+    def _wrap(self, closure: Callable[[], Any]) -> Callable[[], Any]:
+        """A closure that passes the gradients of every evaluation through the transform.
+
+        The first evaluation of a step decides ``last_stepped`` and the counters; LBFGS
+        evaluates again during its line search, and those gradients are transformed too. On
+        a skip every ``.grad`` is None, so the optimizer leaves the parameters alone (LBFGS
+        sees a zero gradient and returns at once) and the loss is returned as it is.
+        """
+        evaluations = 0
+
+        def transformed() -> Any:
+            nonlocal evaluations
+            loss = closure()
+            self._transform(count=evaluations == 0)
+            evaluations += 1
+            return loss
+
+        return transformed
 
     def remove(self) -> None:
         """Detach the transform from the optimizer."""
@@ -581,13 +607,16 @@ def with_transforms(
 ) -> TransformHandle:
     """Transform the gradients of every parameter of ``optimizer`` before each ``step()``.
 
-    Works with any ``torch.optim.Optimizer`` (a step pre-hook; no subclass) stepped without a
-    closure. Parameter groups added later with ``optimizer.add_param_group`` are transformed
-    too, from their first step on (a transform with state needs an ``extend``; every built-in
-    one has it): an :func:`accumulate` window under way takes them in with nothing
-    accumulated, :func:`select` checks their names against its patterns. A skip (from
-    :func:`accumulate`, :func:`skip_nonfinite`, also inside :func:`select`) skips the whole
-    step, for every parameter.
+    Works with any ``torch.optim.Optimizer`` (a step pre-hook; no subclass). With
+    ``optimizer.step(closure)`` (LBFGS, Lightning's automatic optimisation) the closure is
+    wrapped so that the gradients of every evaluation pass the transform; a skip then returns
+    the closure's loss with every ``.grad`` set to None, so nothing moves. Parameter groups
+    added later with ``optimizer.add_param_group`` are transformed too, from their first
+    step on (a transform with state needs an ``extend``; every built-in one has it): an
+    :func:`accumulate` window under way takes them in with nothing accumulated, and
+    :func:`select` checks their names against its patterns. A skip (from :func:`accumulate`,
+    :func:`skip_nonfinite`, also inside :func:`select`) skips the whole step, for every
+    parameter.
 
     Raises:
         ValueError: if ``optimizer`` is not a torch optimizer or ``transform`` is not a
