@@ -462,3 +462,45 @@ def test_ema_warmup_needs_finite_positive_power_and_gamma(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=f"{name} must be a finite number > 0"):
         ema_warmup(0.99, **kwargs)
+
+
+@pytest.mark.parametrize("use_buffers", [False, True])
+def test_ema_is_bit_identical_to_torch_averaged_model(use_buffers):
+    # torch.optim.swa_utils.AveragedModel(multi_avg_fn=get_ema_multi_avg_fn(d)) is torch's own
+    # weight EMA. Aligned here: (1) its first update_parameters() copies the weights instead of
+    # averaging, so it is called once on θ_0, where EMA(model) takes θ_0 at construction, and
+    # from then on both average once per optimizer step; (2) the same constant decay d, which
+    # both turn into the weight 1 − d of one torch._foreach_lerp_ per (device, dtype) group;
+    # (3) buffers: use_buffers=False ↔ buffers="ignore", use_buffers=True ↔ buffers="average"
+    # for the floating buffers (BatchNorm statistics). Not aligned: AveragedModel also "averages"
+    # the int64 num_batches_tracked (ema·d + θ·(1 − d) cast back to int64), EMA copies it, so
+    # that buffer is left out of the comparison.
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    decay = 0.9
+    torch.manual_seed(0)
+    model = _net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ema = EMA(model, decay=decay, buffers="average" if use_buffers else "ignore")
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay),
+                             use_buffers=use_buffers)
+    averaged.update_parameters(model)  # copies θ_0
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(30):
+        loss = model(torch.randn(16, 4, generator=gen)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update()
+        averaged.update_parameters(model)
+    assert averaged.n_averaged.item() == 31 and ema.num_updates == 30
+    ours = ema.state_dict()["shadow"]
+    theirs = {k: v for k, v in averaged.module.state_dict().items() if v.is_floating_point()}
+    if not use_buffers:
+        theirs = {k: v for k, v in theirs.items() if k in dict(model.named_parameters())}
+    assert ours.keys() == theirs.keys()
+    assert len(ours) == (8 if use_buffers else 6)
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k
+    # Not a vacuous match: the average is not the current weights.
+    assert not torch.equal(ours["0.weight"], model[0].weight)
