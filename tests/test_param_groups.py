@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 
 import pytest
 import torch
@@ -310,3 +311,76 @@ def test_extra_cannot_override_group_keys(key):
         param_groups(Tower(), 0.1, extra={key: 1.0})
     groups = param_groups(Tower(), 0.1, extra={"momentum": 0.9})
     assert all(g["momentum"] == 0.9 and g["lr"] == pytest.approx(0.1) for g in groups)
+
+
+def _tiny_gpt2():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=2, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied by the config default
+    return model
+
+
+def _scale_of(groups: list[dict], tensor: torch.Tensor) -> float:
+    (scale,) = [g["lr_scale"] for g in groups for p in g["params"] if p is tensor]
+    return scale
+
+
+# GPT-2 with 2 blocks (transformer.h.0, transformer.h.1 at depths 1, 2): the embedding
+# transformer.wte.weight is at depth 0, lm_head.weight after the last block at L = 3, so with
+# layer_decay 0.5 the two names of the one tensor ask for 0.5^3 = 0.125 and 0.5^0 = 1.
+@pytest.mark.parametrize("tied, want", [("first", 0.125), ("max", 1.0)])
+def test_tied_gpt2_layer_decay(tied, want):
+    model = _tiny_gpt2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit choice is silent
+        groups = param_groups(model, 1.0, layer_decay=0.5, tied=tied)
+    assert _scale_of(groups, model.lm_head.weight) == want
+    # Each tensor once, under its first name; the other parameters keep their own depths.
+    names = [n for g in groups for n in g["names"]]
+    assert "transformer.wte.weight" in names and "lm_head.weight" not in names
+    assert len(names) == len(list(model.parameters()))
+    assert _scale_of(groups, model.transformer.wpe.weight) == 0.125
+    assert _scale_of(groups, model.transformer.h[0].attn.c_attn.weight) == 0.25
+    assert _scale_of(groups, model.transformer.ln_f.weight) == 1.0
+
+
+def test_tied_gpt2_error_names_both_and_their_multipliers():
+    model = _tiny_gpt2()
+    with pytest.raises(ValueError, match=r"'transformer\.wte\.weight' \(multiplier 0\.125.*"
+                                         r"'lm_head\.weight' \(multiplier 1\.0"):
+        param_groups(model, 1.0, layer_decay=0.5, tied="error")
+
+
+def test_tied_gpt2_default_warns_and_takes_the_first_name():
+    model = _tiny_gpt2()
+    with pytest.warns(UserWarning, match=r"'transformer\.wte\.weight'.*'lm_head\.weight'.*"
+                                         r"tied='first'"):
+        groups = param_groups(model, 1.0, layer_decay=0.5)
+    assert _scale_of(groups, model.lm_head.weight) == 0.125
+
+
+def test_tied_multiplier_on_the_second_name():
+    # A pattern that matches only the tied head is found (before, it "matched nothing") and,
+    # with layer decay 0.5, asks for 2 · 1 against the embedding's 0.125: max takes 2.
+    model = _tiny_gpt2()
+    groups = param_groups(model, 0.1, layer_decay=0.5, multipliers={"lm_head.*": 2.0},
+                          tied="max")
+    assert _scale_of(groups, model.lm_head.weight) == 2.0
+    assert _lr_of(groups)["transformer.wte.weight"] == pytest.approx(0.2)
+    # An explicit 0 on one name loses to the other name under max, wins under first.
+    groups = param_groups(model, 0.1, multipliers={"transformer.wte.*": 0.0}, tied="max")
+    assert _scale_of(groups, model.lm_head.weight) == 1.0
+    groups = param_groups(model, 0.1, multipliers={"transformer.wte.*": 0.0}, tied="first")
+    assert not any(p is model.lm_head.weight for g in groups for p in g["params"])
+
+
+def test_tied_names_that_agree_are_silent_and_tied_is_checked():
+    model = _tiny_gpt2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        groups = param_groups(model, 0.1, multipliers={"*.weight": 3.0}, tied="error")
+    assert _scale_of(groups, model.lm_head.weight) == 3.0
+    with pytest.raises(ValueError, match="tied must be"):
+        param_groups(Tower(), 0.1, tied="last")

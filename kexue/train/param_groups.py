@@ -13,6 +13,11 @@ Every group carries its own absolute ``lr`` (and its ``lr_scale``), so any ``tor
 scheduler, which rescales each group's ``lr`` by the same factor, keeps the ratios. Parameters
 with the same (lr, weight decay) share a group, so there are as few groups as possible.
 
+A tensor may have several names: GPT-2 ties ``lm_head.weight`` to ``transformer.wte.weight``, and
+``named_parameters()`` yields it once, under its first name. :func:`param_groups` reads every
+name (``named_parameters(remove_duplicate=False)``, grouped by tensor identity), works out each
+name's factor, and settles disagreements as ``tied=`` says.
+
 :func:`scale_parametrize` is the note's other route: write θ = λ·φ and train φ. With plain SGD
 the step on θ is then λ²·α·∇θ (effective learning rate λ²α); with Adam, which is invariant to the
 gradient's scale, it is λ·α (exactly, when ε is also divided by λ).
@@ -26,8 +31,9 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +43,7 @@ from kexue._checks import check_int, check_real
 from kexue.train._naming import Pattern, matches, show, unwrap_model
 
 __all__ = ["block_of", "is_bias_or_norm", "param_groups", "scale_parametrize"]
+
 
 _BLOCK = re.compile(r"(?:^|\.)(layers|blocks|block|layer|h|stages)\.(\d+)(?=\.)")
 
@@ -108,6 +115,44 @@ def _depths(names: list[str], depth: Callable[[str], int | None] | None) -> tupl
     return out, top
 
 
+Tied = Literal["error", "first", "max"]
+
+
+def _resolve_tied(
+    names: list[str], aliases: list[list[int]], scale: list[float], decays: list[float],
+    tied: Tied | None,
+) -> list[int]:
+    """For each tensor, the index (into ``names``) of the name whose factors it takes."""
+    chosen = []
+    for idx in aliases:
+        first = idx[0]
+        if all(scale[i] == scale[first] and decays[i] == decays[first] for i in idx):
+            chosen.append(first)
+            continue
+        listed = ", ".join(
+            f"{names[i]!r} (multiplier {scale[i]!r}, weight_decay {decays[i]!r})" for i in idx
+        )
+        if tied == "error":
+            raise ValueError(
+                f"tied parameters get different factors: {listed} are one tensor; pass "
+                "tied='first' (the first name's factors) or tied='max' (the largest multiplier)"
+            )
+        if tied == "max":
+            chosen.append(max(idx, key=lambda i: (scale[i], -i)))
+            continue
+        if tied is None:
+            warnings.warn(
+                f"tied parameters get different factors: {listed} are one tensor, which trains "
+                f"with the factors of its first name {names[first]!r}; pass tied='first' to "
+                "keep this without a warning, tied='max' for the largest multiplier, or "
+                "tied='error'",
+                UserWarning,
+                stacklevel=3,
+            )
+        chosen.append(first)
+    return chosen
+
+
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -118,6 +163,7 @@ def param_groups(
     depth: Callable[[str], int | None] | None = None,
     no_decay: Callable[[str, Tensor], bool] | Iterable[Pattern] | None = is_bias_or_norm,
     extra: Mapping[str, Any] | None = None,
+    tied: Tied | None = None,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups with per-pattern and layer-wise learning rates.
 
@@ -128,13 +174,32 @@ def param_groups(
     parameter is ever dropped: a learning rate that underflows to 0.0 (or overflows to inf)
     from nonzero factors is an error.
 
+    Tied parameters (one tensor under several names, such as GPT-2's ``lm_head.weight`` and
+    ``transformer.wte.weight``) are found with ``named_parameters(remove_duplicate=False)``,
+    grouped by tensor identity. Every name is matched against ``multipliers`` and
+    ``no_decay`` and gets its own depth, in the order the module registers it. When the names
+    give the tensor different factors (multiplier or weight decay), ``tied`` decides:
+
+    * ``"error"``: a ValueError naming every name with its multiplier and weight decay;
+    * ``"first"``: the factors of the first name (the one ``named_parameters()`` yields, which
+      is what any grouping built on it, timm's included, has always used);
+    * ``"max"``: the factors of the name with the largest multiplier (the first such name on
+      a tie; a name matched by an explicit multiplier 0 loses to any other);
+    * ``None`` (the default): as ``"first"``, with a warning naming the names.
+
+    The default keeps every existing result as it was, because the first name is what the
+    tensor has always trained as, and the warning says that the other names' factors were
+    not used; a model without disagreeing tied names sees no change at all. The group's
+    ``names`` lists each tensor once, under its first name.
+
     Args:
         model: any module (DDP / torch.compile wrappers are unwrapped for naming).
         lr: base learning rate, > 0.
         weight_decay: decay for parameters not selected by ``no_decay``.
         multipliers: name pattern -> multiplier. A ``str`` is a glob matched against the full
             parameter name (``"head.*"``, ``"*.bias"``); an ``re.Pattern`` is searched in it.
-            Several matching patterns multiply. Every pattern must match some parameter.
+            Several matching patterns multiply. Every pattern must match some parameter
+            (under any of its names).
         layer_decay: ratio between consecutive depths, in (0, 1]; None disables it.
         depth: name -> block index (0, 1, ...) or None, used with ``layer_decay``; by default
             blocks are found by :func:`block_of` and numbered in order of appearance.
@@ -143,6 +208,8 @@ def param_groups(
         extra: further keys copied into every group (``betas``, ``momentum``...); it may not
             hold the keys this function sets (``params``, ``names``, ``lr``, ``lr_scale``,
             ``weight_decay``).
+        tied: ``"error"``, ``"first"``, ``"max"`` or None, for a tensor whose names disagree
+            (see above).
 
     Returns:
         A list of dicts with ``params``, ``names``, ``lr``, ``lr_scale`` and ``weight_decay``,
@@ -152,13 +219,19 @@ def param_groups(
         ValueError: for a model without trainable parameters, a pattern that matches nothing,
             a multiplier or ``weight_decay`` that is negative, NaN or infinite, ``lr`` that is
             not a finite number > 0, ``layer_decay`` outside (0, 1], an ``extra`` key that
-            this function sets itself, or a learning rate that underflows to 0.0 or overflows
-            to inf although none of its factors is 0.
+            this function sets itself, an unknown ``tied``, tied names that disagree under
+            ``tied="error"``, or a learning rate that underflows to 0.0 or overflows to inf
+            although none of its factors is 0.
+
+    Warns:
+        UserWarning: when tied names disagree and ``tied`` is left at None.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     lr = check_real("lr", lr, low=0, low_open=True)
     weight_decay = check_real("weight_decay", weight_decay, low=0)
+    if tied not in (None, "error", "first", "max"):
+        raise ValueError(f"tied must be 'error', 'first', 'max' or None, got {tied!r}")
     if extra is not None:
         if not isinstance(extra, Mapping):
             raise ValueError(f"extra must be a mapping of group keys, got {type(extra).__name__}")
@@ -170,10 +243,19 @@ def param_groups(
             )
     if layer_decay is not None:
         layer_decay = check_real("layer_decay", layer_decay, low=0, high=1, low_open=True)
-    named = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
+    # Every name of every trainable tensor, tied names included, in registration order.
+    named = [(n, p) for n, p in unwrap_model(model).named_parameters(remove_duplicate=False)
+             if p.requires_grad]
     if not named:
         raise ValueError(f"model {type(model).__name__} has no trainable parameters")
     names = [n for n, _ in named]
+    slot: dict[int, int] = {}  # id(tensor) -> index into aliases
+    aliases: list[list[int]] = []  # per tensor, the indices of its names in ``names``
+    for i, (_, p) in enumerate(named):
+        if id(p) not in slot:
+            slot[id(p)] = len(aliases)
+            aliases.append([])
+        aliases[slot[id(p)]].append(i)
 
     scale = [1.0] * len(named)
     frozen = [False] * len(named)  # an explicit multiplier 0 matched it
@@ -193,16 +275,6 @@ def param_groups(
     if layer_decay is not None:
         depths, top = _depths(names, depth)
         scale = [s * layer_decay ** (top - d) for s, d in zip(scale, depths, strict=True)]
-    for i, s in enumerate(scale):
-        if frozen[i]:
-            continue
-        if not (s > 0 and math.isfinite(s) and lr * s > 0 and math.isfinite(lr * s)):
-            why = "underflows to 0.0" if s == 0 or lr * s == 0 else "overflows to inf"
-            raise ValueError(
-                f"the learning rate of {names[i]!r} (lr={lr!r} times a product of multipliers "
-                f"and layer_decay powers) {why} in float arithmetic, although no factor is 0; "
-                "use an explicit multiplier 0 to leave a parameter out"
-            )
 
     if no_decay is None:
         decays = [weight_decay] * len(named)
@@ -217,17 +289,33 @@ def param_groups(
             0.0 if any(matches(q, n) for q in patterns) else weight_decay for n in names
         ]
 
-    groups: dict[tuple[float, float], dict[str, Any]] = {}
-    for (name, p), s, wd, skip in zip(named, scale, decays, frozen, strict=True):
-        if skip:
+    # Frozen names count as multiplier 0 when tied names are compared.
+    effective = [0.0 if f else s for s, f in zip(scale, frozen, strict=True)]
+    chosen = _resolve_tied(names, aliases, effective, decays, tied)
+    for i in chosen:
+        s = scale[i]
+        if frozen[i]:
             continue
+        if not (s > 0 and math.isfinite(s) and lr * s > 0 and math.isfinite(lr * s)):
+            why = "underflows to 0.0" if s == 0 or lr * s == 0 else "overflows to inf"
+            raise ValueError(
+                f"the learning rate of {names[i]!r} (lr={lr!r} times a product of multipliers "
+                f"and layer_decay powers) {why} in float arithmetic, although no factor is 0; "
+                "use an explicit multiplier 0 to leave a parameter out"
+            )
+
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for idx, i in zip(aliases, chosen, strict=True):
+        if frozen[i]:
+            continue
+        s, wd = scale[i], decays[i]
         group = groups.setdefault(
             (s, wd),
             {"params": [], "names": [], "lr": lr * s, "lr_scale": s, "weight_decay": wd,
              **(extra or {})},
         )
-        group["params"].append(p)
-        group["names"].append(name)
+        group["params"].append(named[idx[0]][1])
+        group["names"].append(names[idx[0]])
     return sorted(groups.values(), key=lambda g: (-g["lr_scale"], g["weight_decay"]))
 
 
