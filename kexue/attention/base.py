@@ -6,13 +6,22 @@ optional key-padding mask (B, T), True = a real token (keep), False = padding.
 Functional attention form, like ``F.scaled_dot_product_attention``:
 ``attend(q, k, v, key_padding_mask=None) -> out`` with q, k, v, out of shape (B, H, T, Dh).
 
+Attention maps for observers: kexue's attention functions whose kernels never form the T x T
+map (sparse, Nyström) describe it to an observer installed with :func:`observe_attention`
+(``kexue.train.capture`` installs one) as :class:`AttentionRows`, a function of a block of
+query rows, so that the observer decides what to compute. With no observer the only cost is
+one :func:`attention_observed` check per call.
+
 References:
     https://kexue.fm/archives/6853 (为节约而生:从标准Attention到稀疏Attention)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +31,17 @@ from kexue._checks import check_real
 
 __all__ = [
     "AttendFn",
+    "AttentionRows",
     "MultiHeadAttention",
+    "attention_observed",
     "check_heads",
     "check_padding_mask",
     "check_qkv",
     "check_scale",
+    "masked_softmax_rows",
+    "observe_attention",
+    "report_attention",
+    "reporting_attention",
 ]
 
 AttendFn = Callable[..., Tensor]
@@ -139,3 +154,142 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         name = getattr(self.attend, "__name__", None) or repr(self.attend)
         return f"dim={self.dim}, heads={self.heads}, attend={name}"
+
+
+# -- attention maps for observers ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionRows:
+    """The attention matrix A of one attention call, given a block of query rows at a time.
+
+        out[..., i, :] = Σ_j A[..., i, j] · v[..., j, :],   A of shape (..., Tq, Tk)
+
+    For softmax attention A = softmax(Q Kᵀ · scale + log M): each row a distribution over the
+    keys the mask M shows (a row that sees no key is zeros). Nyström's implied matrix is not a
+    softmax (rows sum to about 1, entries can be negative): ``distribution`` is then False.
+
+    Attributes:
+        shape: (..., Tq, Tk), the shape of the whole matrix.
+        rows: ``rows(start, stop)`` -> A[..., start:stop, :], in float32 or wider; computing
+            a block costs O(block · Tk) memory, never O(Tq · Tk) unless asked for all rows.
+        kind: which attention made the call, e.g. ``"local"``, ``"nystrom"``.
+        distribution: whether every row is a probability distribution (or zeros).
+    """
+
+    shape: tuple[int, ...]
+    rows: Callable[[int, int], Tensor]
+    kind: str
+    distribution: bool = True
+
+
+class _Observers(threading.local):
+    """Per thread: the installed observers, and how deep we are inside reporting calls."""
+
+    active: tuple[Callable[[AttentionRows], None], ...] = ()
+    depth: int = 0
+
+
+_OBSERVERS = _Observers()
+
+
+def attention_observed() -> bool:
+    """Whether an observer is installed on this thread (kexue's attention functions check this
+    first and otherwise do nothing more)."""
+    return bool(_OBSERVERS.active)
+
+
+@contextlib.contextmanager
+def observe_attention(observer: Callable[[AttentionRows], None]) -> Iterator[None]:
+    """Install ``observer`` on this thread for the ``with`` block: every reported attention call
+    (:func:`report_attention`) is handed to it as :class:`AttentionRows`.
+
+    Raises:
+        ValueError: if ``observer`` is not callable.
+    """
+    if not callable(observer):
+        raise ValueError(f"observer must be callable (AttentionRows) -> None, got {observer!r}")
+    _OBSERVERS.active = (*_OBSERVERS.active, observer)
+    try:
+        yield
+    finally:
+        active = list(_OBSERVERS.active)
+        # the last occurrence: the same observer may be installed twice, nested
+        del active[len(active) - 1 - active[::-1].index(observer)]
+        _OBSERVERS.active = tuple(active)
+
+
+@contextlib.contextmanager
+def reporting_attention() -> Iterator[None]:
+    """Mark the block as the inside of one reported attention call: the SDPA calls it makes are
+    pieces of that call (landmark kernels, windows), not attention maps of their own, and an
+    observer that also watches SDPA skips them while :func:`inside_reported_attention`."""
+    _OBSERVERS.depth += 1
+    try:
+        yield
+    finally:
+        _OBSERVERS.depth -= 1
+
+
+def inside_reported_attention() -> bool:
+    """Whether this thread is inside :func:`reporting_attention`."""
+    return _OBSERVERS.depth > 0
+
+
+def report_attention(rows: AttentionRows) -> None:
+    """Hand one attention call's matrix to every observer installed on this thread."""
+    for observer in _OBSERVERS.active:
+        observer(rows)
+
+
+def masked_softmax_rows(
+    q: Tensor,
+    k: Tensor,
+    scale: float,
+    mask: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor] | None,
+    key_padding_mask: Tensor | None,
+    *,
+    kind: str,
+) -> AttentionRows:
+    """The softmax attention matrix of a masked pattern, for :func:`report_attention`.
+
+        A[b, h, i, j] = softmax_j(q_i·k_j · scale + log M[b, h, i, j]),
+        M = mask(b, h, i, j) ∧ key_padding_mask[b, j]     (log 0 = -inf)
+
+    in float32 or wider; a row with no visible key is zeros.
+
+    Args:
+        q, k: (B, H, T, Dh) queries and keys.
+        scale: logit scale.
+        mask: mask function ``(b, h, i, j) -> bool`` on broadcasting index tensors (as in
+            :mod:`kexue.attention.masks`), or None for all visible.
+        key_padding_mask: (B, T) bool, True = keep, or None.
+        kind: the name of the attention, for :attr:`AttentionRows.kind`.
+
+    Returns:
+        :class:`AttentionRows` of shape (B, H, T, T); nothing is computed until rows are asked.
+    """
+    b, h, t, _ = q.shape
+    work = torch.promote_types(q.dtype, torch.float32)
+
+    def rows(start: int, stop: int) -> Tensor:
+        logits = q[:, :, start:stop].to(work) @ k.to(work).mT * scale  # (B, H, L, T)
+        keep = None
+        if mask is not None:
+            dev = q.device
+            keep = mask(
+                torch.arange(b, device=dev).view(b, 1, 1, 1),
+                torch.arange(h, device=dev).view(1, h, 1, 1),
+                torch.arange(start, stop, device=dev).view(1, 1, -1, 1),
+                torch.arange(t, device=dev).view(1, 1, 1, t),
+            )  # broadcasts to (B, H, L, T)
+        if key_padding_mask is not None:
+            pad = key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+            keep = pad if keep is None else keep & pad
+        if keep is None:
+            return logits.softmax(-1)
+        logits = logits.masked_fill(~keep, float("-inf"))
+        blind = ~keep.any(-1, keepdim=True)  # (B|1, H|1, L, 1)
+        return logits.softmax(-1).masked_fill(blind, 0.0)
+
+    return AttentionRows((b, h, t, t), rows, kind)

@@ -11,6 +11,10 @@ attention so that the product is exact when the landmarks are the tokens themsel
 
 Shapes: B batch, H heads, T = n tokens, Dh head size, m landmarks.
 
+While an attention observer is installed (``kexue.train.capture(..., attention=True)``), a call
+reports the T × T matrix it implicitly applies to V (not the landmark kernels it computes),
+see :func:`kexue.attention.base.report_attention`.
+
 References:
     https://kexue.fm/archives/8180 (Nyströmformer:基于矩阵分解的线性化Attention方案)
     Xiong et al., "Nyströmformer: A Nyström-Based Algorithm for Approximating Self-Attention",
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +34,15 @@ from torch.autograd.function import once_differentiable
 
 from kexue._checks import check_float_tensor, check_int
 from kexue.attention.base import (
+    AttentionRows,
     MultiHeadAttention,
+    attention_observed,
     check_padding_mask,
     check_qkv,
     check_scale,
+    masked_softmax_rows,
+    report_attention,
+    reporting_attention,
 )
 
 __all__ = ["NystromAttention", "iterative_pinv", "nystrom_attention"]
@@ -233,19 +243,45 @@ def nystrom_attention(
             "query would attend to future tokens through them; use causal=False"
         )
     scale = check_scale(scale, dh)
+    if not attention_observed():
+        return _nystrom(q, k, v, m, mask, iters, scale)[0]
+    with reporting_attention():
+        out, pieces = _nystrom(q, k, v, m, mask, iters, scale)
+    report_attention(_implied_rows(q, k, scale, mask, pieces))
+    return out
+
+
+class _Pieces(NamedTuple):
+    """What the implied matrix of one call needs from it (see :func:`_implied_rows`)."""
+
+    q_l: Tensor  # (B, H, m, Dh) landmarks Q̃
+    k_l: Tensor  # (B, H, m, Dh) landmarks K̃
+    pinv: Tensor | None  # (B, H, m, m) pinv(softmax(s·Q̃K̃ᵀ)); None when every sample is exact
+    valid: Tensor | None  # (B, m) nonempty landmarks; None without padding
+    exact: Tensor | None  # (B,) samples whose landmarks are their tokens
+    seg: Tensor | None  # (B, T) landmark of every token
+    counts: Tensor | None  # (B, m) tokens per landmark
+
+
+def _nystrom(
+    q: Tensor, k: Tensor, v: Tensor, m: int, mask: Tensor | None, iters: int, scale: float
+) -> tuple[Tensor, _Pieces | None]:
+    """:func:`nystrom_attention` on checked arguments; also its pieces (None for m >= T)."""
+    t = q.shape[2]
     key_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T)
     if m >= t:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale), None
 
     if mask is None:
         (q, q_l), (k, k_l) = _RunMeans.apply(q, m), _RunMeans.apply(k, m)  # q_l, k_l (B, H, m, Dh)
-        valid = exact = None
+        valid = exact = seg = counts = None
     else:
         seg, counts = _segments(mask, m)  # (B, T), (B, m)
         q_l, k_l = _masked_means(q, seg, counts), _masked_means(k, seg, counts)
         valid = counts > 0  # (B, m)
         exact = (counts <= 1).all(1)  # (B,) at most m kept tokens: landmarks = tokens
 
+    z = None
     if exact is not None and bool(exact.all()):
         u = _masked_means(v, seg, counts)  # (B, H, m, Dv), the kept values themselves
     else:
@@ -262,13 +298,69 @@ def nystrom_attention(
             eye = torch.eye(m, dtype=work, device=q.device)
             kernel = torch.where(valid[:, None, :, None], kernel, eye)
         w = F.scaled_dot_product_attention(q_l, k, v, attn_mask=key_mask, scale=scale)
-        u = (iterative_pinv(kernel, iters) @ w.to(work)).to(v.dtype)  # (B, H, m, Dv)
+        z = iterative_pinv(kernel, iters)  # (B, H, m, m)
+        u = (z @ w.to(work)).to(v.dtype)  # (B, H, m, Dv)
         if exact is not None and bool(exact.any()):
             v_l = _masked_means(v, seg, counts)  # (B, H, m, Dv)
             u = torch.where(exact[:, None, None, None], v_l, u)
 
     landmark_mask = None if valid is None else valid[:, None, None, :]  # (B, 1, 1, m)
-    return F.scaled_dot_product_attention(q, k_l, u, attn_mask=landmark_mask, scale=scale)
+    out = F.scaled_dot_product_attention(q, k_l, u, attn_mask=landmark_mask, scale=scale)
+    return out, _Pieces(q_l, k_l, z, valid, exact, seg, counts)
+
+
+def _implied_rows(
+    q: Tensor, k: Tensor, scale: float, mask: Tensor | None, pieces: _Pieces | None
+) -> AttentionRows:
+    """The T × T matrix A that one :func:`nystrom_attention` call applies to V, out = A V.
+
+        A = softmax(s·QK̃ᵀ) · R,   R = pinv(softmax(s·Q̃K̃ᵀ)) · softmax(s·Q̃Kᵀ)     (m × T)
+
+    with the pinv the call used, so A V is its output up to rounding. A sample whose landmarks
+    are its kept tokens (n <= m) uses Ṽ = C V instead, C (m × T) averaging each segment's
+    tokens, so R = C there; for m >= T, A is plain softmax attention. Padded keys get 0 columns,
+    empty landmarks 0 weight. Not a softmax: rows sum to about 1 (exactly 1 for an exact pinv)
+    and entries can be negative. Computed in float32 or wider; R once (O(m·T)), A a block of
+    query rows at a time.
+    """
+    if pieces is None:  # m >= T: exact softmax attention
+        return masked_softmax_rows(q, k, scale, None, mask, kind="nystrom")
+    b, h, t, _ = q.shape
+    q_l, k_l, z, valid, exact, seg, counts = pieces
+    m = k_l.shape[2]
+    work = torch.promote_types(q.dtype, torch.float32)
+    right: list[Tensor] = []  # R, made on first use
+
+    def make_right() -> Tensor:
+        r = None
+        if z is not None:
+            logits = scale * q_l.to(work) @ k.to(work).mT  # (B, H, m, T)
+            if mask is not None:
+                logits = logits.masked_fill(~mask[:, None, None, :], -math.inf)
+            probs = logits.softmax(-1)
+            if mask is not None:  # a sample with no kept token: zeros, not NaN
+                probs = probs.masked_fill(~mask.any(-1)[:, None, None, None], 0.0)
+            r = z @ probs  # (B, H, m, T)
+        if exact is not None and bool(exact.any()):
+            c = F.one_hot(seg, m + 1)[..., :m].mT.to(work)  # (B, m, T) token j in segment l
+            c = (c / counts.clamp_min(1)[:, :, None].to(work))[:, None]  # (B, 1, m, T)
+            r = c.expand(b, h, m, t) if r is None else torch.where(
+                exact[:, None, None, None], c, r
+            )
+        return r
+
+    def rows(start: int, stop: int) -> Tensor:
+        if not right:
+            right.append(make_right())
+        logits = scale * q[:, :, start:stop].to(work) @ k_l.to(work).mT  # (B, H, L, m)
+        if valid is None:
+            return logits.softmax(-1) @ right[0]  # (B, H, L, T)
+        keep = valid[:, None, None, :]  # (B, 1, 1, m)
+        left = logits.masked_fill(~keep, -math.inf).softmax(-1)
+        left = left.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # a sample with no token
+        return left @ right[0]  # (B, H, L, T)
+
+    return AttentionRows((b, h, t, t), rows, "nystrom", distribution=z is None)
 
 
 class NystromAttention(MultiHeadAttention):

@@ -22,6 +22,11 @@ the fused flash kernel through :mod:`kexue.attention._fused` (self-checked once 
 SDPA; ``KEXUE_PORTABLE_ATTENTION=1`` or ``kexue.attention._fused.use_portable(True)`` forces
 public ops only), elsewhere to ``F.scaled_dot_product_attention`` and plain tensor ops.
 
+While an attention observer is installed (``kexue.train.capture(..., attention=True)``), each
+call also reports the T x T matrix its pattern implies, as the mask function of
+:mod:`kexue.attention.masks` it equals (:func:`kexue.attention.base.masked_softmax_rows`); the
+kernels' own pieces are not reported. With no observer, nothing more than one check runs.
+
 References:
     https://kexue.fm/archives/6853 (为节约而生:从标准Attention到稀疏Attention)
 
@@ -40,12 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kexue._checks import check_int
-from kexue.attention import _fused
+from kexue.attention import _fused, masks
 from kexue.attention.base import (
     MultiHeadAttention,
+    attention_observed,
     check_padding_mask,
     check_qkv,
     check_scale,
+    masked_softmax_rows,
+    report_attention,
+    reporting_attention,
 )
 
 __all__ = [
@@ -453,6 +462,23 @@ def _attend(layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor, v: T
     return _merge(outs, lses, q.dtype)[0]
 
 
+def _attend_observed(
+    layouts: Sequence[_Layout],
+    scale: float,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: masks.MaskFn,
+    key_padding_mask: Tensor | None,
+    kind: str,
+) -> Tensor:
+    """:func:`_attend`, then the pattern's (B, H, T, T) matrix reported to the observers."""
+    with reporting_attention():
+        out = _attend(layouts, scale, q, k, v)
+    report_attention(masked_softmax_rows(q, k, scale, mask, key_padding_mask, kind=kind))
+    return out
+
+
 def _prepare(
     q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, scale: float | None
 ) -> tuple[Tensor | None, float]:
@@ -519,7 +545,12 @@ def local_attention(
     """
     key_padding_mask, scale = _prepare(q, k, v, key_padding_mask, scale)
     radius = min(check_int("window", window, low=1) // 2, q.shape[2] - 1)
-    return _attend([_LocalLayout(q, radius, causal, key_padding_mask)], scale, q, k, v)
+    layouts = [_LocalLayout(q, radius, causal, key_padding_mask)]
+    if attention_observed():
+        pattern = masks.local(window)
+        pattern = masks.and_(masks.causal(), pattern) if causal else pattern
+        return _attend_observed(layouts, scale, q, k, v, pattern, key_padding_mask, "local")
+    return _attend(layouts, scale, q, k, v)
 
 
 def atrous_attention(
@@ -561,7 +592,12 @@ def atrous_attention(
     """
     key_padding_mask, scale = _prepare(q, k, v, key_padding_mask, scale)
     rate = min(check_int("rate", rate, low=1), q.shape[2])
-    return _attend([_AtrousLayout(q, rate, causal, key_padding_mask)], scale, q, k, v)
+    layouts = [_AtrousLayout(q, rate, causal, key_padding_mask)]
+    if attention_observed():
+        pattern = masks.dilated(rate)
+        pattern = masks.and_(masks.causal(), pattern) if causal else pattern
+        return _attend_observed(layouts, scale, q, k, v, pattern, key_padding_mask, "atrous")
+    return _attend(layouts, scale, q, k, v)
 
 
 def sparse_attention(
@@ -617,6 +653,12 @@ def sparse_attention(
     stride = min(check_int("stride", stride, low=1), t)
     local = _LocalLayout(q, radius, causal, key_padding_mask, skip_stride=stride)
     strided = _AtrousLayout(q, stride, causal, key_padding_mask)
+    if attention_observed():
+        pattern = masks.or_(masks.local(window), masks.strided(stride))
+        pattern = masks.and_(masks.causal(), pattern) if causal else pattern
+        return _attend_observed(
+            [local, strided], scale, q, k, v, pattern, key_padding_mask, "sparse"
+        )
     return _attend([local, strided], scale, q, k, v)
 
 
