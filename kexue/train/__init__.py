@@ -4,8 +4,9 @@ After the kexue.fm notes https://kexue.fm/archives/6418 and https://kexue.fm/arc
 learning rates per layer or name pattern, free gradient transforms, weight EMA, capture of
 intermediate tensors (attention maps included) and process-safe data loading; explicit
 gradient regularisation (https://kexue.fm/archives/7787) in :mod:`kexue.train.regularizers`;
-and the GAN penalties R1, R2, WGAN-GP and consensus (https://kexue.fm/archives/6583), terms
-you add to a loss, in :mod:`kexue.train.penalties`.
+one optimizer object routing parameters to several optimizers (Muon for matrices, AdamW for
+the rest) in :mod:`kexue.train.route`; and the GAN penalties R1, R2, WGAN-GP and consensus
+(https://kexue.fm/archives/6583), terms you add to a loss, in :mod:`kexue.train.penalties`.
 """
 
 from kexue._deprecation import old_names
@@ -23,6 +24,7 @@ from kexue.train.regularizers import (
     minibatch_regularized_backward,
     regularized_backward,
 )
+from kexue.train.route import RoutedOptimizer, route
 from kexue.train.transforms import (
     GradientTransform,
     TransformHandle,
@@ -48,6 +50,7 @@ __all__ = [
     "GradientPenalty",  # deprecated alias of RegularizedStep, kept for ``import *`` (0.1 name)
     "GradientTransform",
     "RegularizedStep",
+    "RoutedOptimizer",
     "ShardedIterable",
     "TransformHandle",
     "accumulate",
@@ -74,6 +77,7 @@ __all__ = [
     "r1_penalty",
     "r2_penalty",
     "regularized_backward",
+    "route",
     "scale",
     "scale_parametrize",
     "select",
