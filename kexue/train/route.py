@@ -111,8 +111,8 @@ class RoutedOptimizer(torch.optim.Optimizer):
     ``group["lr"]`` sets it in the child. ``step(closure)`` evaluates the closure once, under
     ``torch.enable_grad()``, then steps every child without it; the routed object's own step
     pre/post hooks (those of :func:`~kexue.train.with_transforms`) fire once per step, the
-    children's hooks once per child step. ``state`` is a view of the children's per-parameter
-    state. Build it with :func:`route`.
+    children's hooks once per child step (and torch's global optimizer hooks for both). ``state``
+    is a view of the children's per-parameter state. Build it with :func:`route`.
 
     Attributes:
         optimizers: the child optimizers, in route order.
@@ -391,7 +391,8 @@ def route(
     Each factory is called once with its parameters as a list of param-group dicts, each with
     ``params`` and ``names`` and the keys of the group it came from (none without ``groups``),
     and must return a ``torch.optim.Optimizer`` over exactly those parameters. Names come from
-    ``model`` with DDP / ``torch.compile`` wrappers stripped.
+    ``model`` with DDP / ``torch.compile`` wrappers stripped; a tied parameter (GPT-2's
+    ``lm_head.weight`` is ``transformer.wte.weight``) is routed once, by its first name.
 
     Args:
         model: the model; its names decide the routes.
