@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -10,7 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from kexue.train.capture import Captured, capture
+from kexue.train.capture import Captured, attention_entropy, attention_top_k, capture
+
+capture_module = importlib.import_module("kexue.train.capture")  # the module, not the function
 
 # -- models written for the tests ----------------------------------------------------------------
 
@@ -161,6 +164,60 @@ def test_sdpa_probabilities_match_float64_reference(case) -> None:
     assert_close(probs @ expand_heads(v, qs[-3]), out, atol=1e-5, rtol=1e-5)
 
 
+def reference_stats(probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Entropy −Σ p log p (0 log 0 = 0) and the k largest weights of float64 rows, by hand."""
+    logs = torch.where(probs > 0, probs.log(), torch.zeros(()))
+    return -(probs * logs).sum(-1), probs.sort(dim=-1, descending=True).values[..., :k]
+
+
+def assert_stats_match(stats: dict, ref: Tensor, k: int) -> None:
+    """Streamed entropy and top-k against float64 dense reductions of the reference map."""
+    ref_entropy, ref_top = reference_stats(ref, k)
+    assert_close(stats["entropy"].double(), ref_entropy, atol=1e-5, rtol=1e-5)
+    values, indices = stats["top"]
+    assert_close(values.double(), ref_top, atol=1e-6, rtol=1e-5)
+    # Ties (e.g. masked zeros) may come in any order: the chosen keys carry the values.
+    assert_close(ref.gather(-1, indices), ref_top, atol=1e-6, rtol=1e-5)
+
+
+STATS = {"entropy": attention_entropy, "top": attention_top_k(3)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_sdpa_streamed_stats_match_float64_reductions(case, monkeypatch) -> None:
+    _, qs, ks, vs, kwargs = case
+    # Blocks of 2 or 3 query rows: every case is streamed in several blocks, the last short.
+    lead = math.prod(qs[:-2])
+    monkeypatch.setattr(capture_module, "STREAM_BLOCK_ELEMENTS", 2 * lead * ks[-2] + 1)
+    q, k, v = torch.randn(*qs), torch.randn(*ks), torch.randn(*vs)
+    model = SDPACall()
+    with capture(model, "", attention_stats=STATS) as cap:
+        model(q, k, v, **kwargs)
+    assert cap.attention == {}  # no dense map asked for
+    (stats,) = cap.attention_stats[""]
+    ref = reference_probs(
+        q,
+        k,
+        mask=kwargs.get("attn_mask"),
+        causal=kwargs.get("is_causal", False),
+        scale=kwargs.get("scale"),
+        gqa=kwargs.get("enable_gqa", False),
+    )
+    assert stats["entropy"].shape == ref.shape[:-1]
+    assert_stats_match(stats, ref, 3)
+
+
+def test_entropy_and_top_k_closed_forms() -> None:
+    # A row on one key: entropy 0; spread over n keys: log n; all zeros (blind): 0.
+    rows = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.25] * 4, [0.0, 0.5, 0.5, 0.0], [0.0] * 4])
+    assert_close(attention_entropy(rows), torch.tensor([0.0, math.log(4), math.log(2), 0.0]))
+    values, indices = attention_top_k(2)(rows[:1])
+    assert values.tolist() == [[1.0, 0.0]] and indices[0, 0] == 1
+    assert attention_top_k(9)(rows)[0].shape == (4, 4)  # at most Tk keys
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        attention_top_k(0)
+
+
 def test_sdpa_fully_masked_rows_recorded_as_zeros() -> None:
     q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
     mask = torch.ones(3, 5, dtype=torch.bool)
@@ -218,8 +275,9 @@ def test_attention_goes_to_innermost_matched_module() -> None:
     # blocks.0's SDPA call is inside blocks.0 only; blocks.1's inside blocks.1.attn; the
     # call in TinyTransformer.forward is inside no matched module.
     assert sorted(cap.attention) == ["blocks.0", "blocks.1.attn"]
-    with capture(model, "head", attention=True) as cap:
-        model(x)
+    with pytest.warns(UserWarning, match=r"\['head'\] ran but made no attention call"):
+        with capture(model, "head", attention=True) as cap:
+            model(x)
     assert cap.attention == {}
     with capture(model, "", attention=True) as cap:
         model(x)
@@ -341,8 +399,10 @@ def test_outputs_bit_identical_with_and_without_capture() -> None:
     plain = model(x)
     after_plain = torch.rand(3)
     torch.manual_seed(1)
-    with capture(model, ["", "blocks.*", "blocks.*.attn"], attention=True) as cap:
-        captured = model(x)
+    # "blocks.*" also matches the blocks' norms and MLPs, which make no attention call.
+    with pytest.warns(UserWarning, match="blocks.0.ln1"):
+        with capture(model, ["", "blocks.*", "blocks.*.attn"], attention=True) as cap:
+            captured = model(x)
     after_captured = torch.rand(3)
     assert torch.equal(plain, captured)
     assert torch.equal(after_plain, after_captured)  # capture drew no random numbers
@@ -460,6 +520,39 @@ def test_transformer_encoder_layer_attention() -> None:
     assert_close(attn_out.double(), out, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mask_kind", ["causal_2d", "per_head_3d", "padding"])
+def test_multihead_attention_streamed_stats(mask_kind: str, monkeypatch) -> None:
+    dim, heads, t, b = 8, 2, 7, 2
+    mha = nn.MultiheadAttention(dim, heads, batch_first=True).eval()
+    model = nn.Sequential(mha)
+    x = torch.randn(b, t, dim)
+    kwargs: dict = {}
+    if mask_kind == "causal_2d":
+        kwargs["attn_mask"] = nn.Transformer.generate_square_subsequent_mask(t)  # (T, T)
+    elif mask_kind == "per_head_3d":
+        kwargs["attn_mask"] = torch.rand(b * heads, t, t) > 0.3  # True = masked out, for MHA
+        kwargs["attn_mask"][..., 0] = False
+    else:
+        kwargs["key_padding_mask"] = torch.tensor([[False] * t, [False] * 4 + [True] * 3])
+    monkeypatch.setattr(capture_module, "STREAM_BLOCK_ELEMENTS", 3 * b * heads * t)  # 3 rows
+    with capture(model, "0", attention=True, attention_stats=STATS) as cap:
+        mha(x, x, x, need_weights=False, **kwargs)
+    (probs,) = cap.attention["0"]
+    (stats,) = cap.attention_stats["0"]
+    # By hand: M from the mask (MHA's bool masks mean "masked out"), then softmax in float64.
+    w, bias = mha.in_proj_weight.detach().double(), mha.in_proj_bias.detach().double()
+    qkv = x.double() @ w.T + bias  # (B, T, 3D)
+    q, k, _ = (z.view(b, t, heads, dim // heads).transpose(1, 2) for z in qkv.chunk(3, -1))
+    if mask_kind == "causal_2d":
+        ref = reference_probs(q, k, mask=kwargs["attn_mask"])
+    elif mask_kind == "per_head_3d":
+        ref = reference_probs(q, k, mask=~kwargs["attn_mask"].view(b, heads, t, t))
+    else:
+        ref = reference_probs(q, k, mask=~kwargs["key_padding_mask"].view(b, 1, 1, t))
+    assert_close(probs.double(), ref, atol=1e-6, rtol=1e-5)
+    assert_stats_match(stats, ref, 3)
+
+
 def test_multihead_attention_dropout_draws_nothing_extra() -> None:
     mha = nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True).train()
     model = nn.Sequential(mha)
@@ -524,6 +617,14 @@ def test_bad_arguments() -> None:
         capture(lambda x: x, "0")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="strings"):
         capture(model, ["0", 1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="attention must be a bool, got 'yes'"):
+        capture(model, "0", attention="yes")  # type: ignore[arg-type]
+    for bad in ({}, [attention_entropy], {"h": 3}, {1: attention_entropy}):
+        with pytest.raises(ValueError, match="attention_stats must"):
+            capture(model, "0", attention_stats=bad)  # type: ignore[arg-type]
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="max_map_elements must be an int >= 1"):
+            capture(model, "0", attention=True, max_map_elements=bad)  # type: ignore[arg-type]
 
 
 def test_getitem_errors_list_names() -> None:

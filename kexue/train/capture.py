@@ -432,7 +432,7 @@ class _Recorder:
                 "F.scaled_dot_product_attention, nn.MultiheadAttention and kexue.attention's "
                 "functions. Narrow the patterns (e.g. 'blocks.*.attn', not 'blocks.*') to the "
                 "attention modules",
-                stacklevel=3,
+                stacklevel=4,  # the line of the user's ``with``
             )
 
 
