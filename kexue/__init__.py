@@ -14,6 +14,7 @@ from kexue.train import (
     capture,
     chain,
     param_groups,
+    route,
     with_transforms,
 )
 
@@ -22,4 +23,5 @@ try:
 except _metadata.PackageNotFoundError:  # a plain checkout on sys.path, not installed
     __version__ = "0.1.0"
 
-__all__ = ["EMA", "__version__", "capture", "chain", "param_groups", "train", "with_transforms"]
+__all__ = ["EMA", "__version__", "capture", "chain", "param_groups", "route", "train",
+           "with_transforms"]
