@@ -57,6 +57,7 @@ import contextlib
 import functools
 import hashlib
 import itertools
+import os
 import struct
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -134,7 +135,9 @@ class ShardedIterable(IterableDataset):
     Without ``transform`` the examples are yielded as they are.
 
     Rank and world size come from the arguments, else from ``torch.distributed`` if it is
-    initialised when iteration starts, else ``0`` and ``1``. Since nothing is padded or dropped,
+    initialised when iteration starts, else from the ``RANK`` and ``WORLD_SIZE`` environment
+    variables that ``torchrun`` sets (so a dataset built before ``init_process_group`` is
+    sharded too), else ``0`` and ``1``. Since nothing is padded or dropped,
     ranks may yield one example more than others: under DDP, handle the uneven last step (e.g.
     with ``torch.distributed.algorithms.Join``) or drop it.
 
@@ -148,7 +151,8 @@ class ShardedIterable(IterableDataset):
         transform: ``transform(example, generator) -> output``, or ``None`` for the identity.
         shuffle: permute a sequence source anew each epoch.
         seed: root of all randomness, an int in ``[0, 2**64)``.
-        rank: this process's rank in ``[0, world_size)``; give with ``world_size`` or not at all.
+        rank: this process's rank in ``[0, world_size)``; give with ``world_size`` or not at all
+            (then it comes from ``torch.distributed`` or ``torchrun``'s environment).
         world_size: number of ranks, >= 1.
         threads: size of the thread pool each worker runs loading and ``transform`` in; ``0``
             runs them in the iterating thread.
@@ -309,7 +313,7 @@ class ShardedIterable(IterableDataset):
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        return _rank_from_environment()
 
     def _jobs(
         self, shard: int, num_shards: int, epoch: int
@@ -341,6 +345,31 @@ class ShardedIterable(IterableDataset):
             return example
         generator = torch.Generator().manual_seed(self._example_seed(index, epoch))
         return self.transform(example, generator)
+
+
+def _rank_from_environment() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` as ``torchrun`` sets them, or ``(0, 1)`` when neither is set.
+
+    Raises:
+        ValueError: if only one is set, or either is not an integer in range.
+    """
+    rank, world_size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None and world_size is None:
+        return 0, 1
+    if rank is None or world_size is None:
+        raise ValueError(
+            f"the environment sets RANK={rank!r} and WORLD_SIZE={world_size!r}: torchrun sets "
+            "both; set both, or neither, or pass rank= and world_size= to ShardedIterable"
+        )
+    try:
+        rank_i, world_i = int(rank), int(world_size)
+    except ValueError:
+        raise ValueError(f"environment variables RANK={rank!r} and WORLD_SIZE={world_size!r} "
+                         "must be integers, as torchrun sets them") from None
+    if world_i < 1 or not 0 <= rank_i < world_i:
+        raise ValueError(f"environment variables RANK={rank!r} and WORLD_SIZE={world_size!r} "
+                         "need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    return rank_i, world_i
 
 
 def _run_serial(jobs: Generator[Callable[[], Any], None, None]) -> Iterator[Any]:

@@ -10,6 +10,12 @@ and d_t is the decay, constant or scheduled. The update is a single ``torch._for
 cached tensor lists; evaluation with the averaged weights swaps tensor storages in and out of the
 model (no copies when dtypes match), so the training weights come back bit for bit.
 
+Under FSDP2 (``fully_shard``) the parameters are DTensors and the average is kept shard by
+shard: each rank averages its own local shards (the same ``_foreach_lerp_``, no communication
+per update), :meth:`EMA.swapped` writes the averaged shards into the local shards in place,
+:meth:`EMA.state_dict` returns DTensors (for ``torch.distributed.checkpoint``) or, with
+``full=True``, whole tensors.
+
 Example::
 
     ema = EMA(model, decay=ema_warmup(0.999))
@@ -37,7 +43,13 @@ import torch
 from torch import Tensor, nn
 
 from kexue._checks import check_int, check_real
+from kexue.train._dtensor import Layout, full, local
 from kexue.train._naming import unwrap_model
+
+try:
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # pragma: no cover - a torch build without torch.distributed
+    FSDPModule = None
 
 __all__ = ["EMA", "ema_warmup"]
 
@@ -90,6 +102,16 @@ class EMA:
     Under DistributedDataParallel every rank holds the same parameters after each step, so
     every rank's EMA is the same as the single-process EMA; pass the DDP model or its
     ``.module`` — names are stored without the ``module.`` prefix either way.
+
+    Under FSDP2 (``torch.distributed.fsdp.fully_shard``; parameters are DTensors) the shadow
+    holds each rank's local shards only: :meth:`update` averages them with no communication,
+    and the average of the gathered shards is the single-process average. :meth:`swapped`
+    copies the averaged shards into the parameters' local shards in place (FSDP2 gathers the
+    parameters from that storage) and back on exit, resharding the FSDP modules on entry and
+    exit so that no gathered copy of the other weights survives. :meth:`state_dict` returns
+    DTensors (shard-local, for ``torch.distributed.checkpoint``), or whole tensors with
+    ``full=True`` (a collective); :meth:`load_state_dict` takes either. Call the EMA while the
+    parameters are sharded (after ``optimizer.step()``), not between forward and backward.
 
     Args:
         model: the model to average; must have at least one parameter.
@@ -150,9 +172,12 @@ class EMA:
                 (averaged if average else copied).append((n, b))
         self._names = [n for n, _ in averaged]
         self._copy_names = [n for n, _ in copied]
+        # DTensor layouts (FSDP2), None for plain tensors; the shadow holds local shards.
+        self._layouts = [Layout.of(t) for _, t in averaged + copied]
         with torch.no_grad():
-            self.shadow = [_shadow_like(t, dtype, device) for _, t in averaged]
-            self.shadow_copied = [t.detach().clone().to(device or t.device) for _, t in copied]
+            self.shadow = [_shadow_like(local(t), dtype, device) for _, t in averaged]
+            self.shadow_copied = [local(t).detach().clone().to(device or t.device)
+                                  for _, t in copied]
         self.refresh()
 
     # -- the hot path ---------------------------------------------------------------------------
@@ -165,50 +190,91 @@ class EMA:
         and ``model.to(...)`` change them all) and :meth:`swapped` checks every one. Replacing
         or converting only a submodule (``model.head = nn.Linear(...)``,
         ``model.head.double()``) is not noticed by :meth:`update`: call ``refresh()`` after it.
+        A model sharded with ``fully_shard`` after the EMA was made is noticed too: the
+        shadow keeps the local shards of its whole tensors.
 
         Raises:
-            ValueError: if the model no longer has a tensor the EMA averages.
+            ValueError: if the model no longer has a tensor the EMA averages, or an FSDP2
+                parameter is gathered (unsharded) where the EMA holds its shard.
         """
         tensors = {**dict(self.model.named_buffers()), **dict(self.model.named_parameters())}
-        missing = [n for n in self._names + self._copy_names if n not in tensors]
+        names = self._names + self._copy_names
+        missing = [n for n in names if n not in tensors]
         if missing:
             raise ValueError(f"model no longer has tensors {missing[:5]} that the EMA averages")
         self._live = [tensors[n] for n in self._names]
         self._live_copied = [tensors[n] for n in self._copy_names]
+        live = self._live + self._live_copied
+        self._relayout(names, live)
+        self._local = [local(t) for t in self._live]
+        self._local_copied = [local(t) for t in self._live_copied]
         self._follow()
         # Where each tensor lives: (the dict holding it, key), for cheap identity checks.
         self._slots = []
-        for name in self._names + self._copy_names:
+        for name in names:
             module_name, _, attr = name.rpartition(".")
             module = self.model.get_submodule(module_name)
             self._slots.append((module._parameters if attr in module._parameters
                                 else module._buffers, attr))
         same = [s.dtype == t.dtype and s.device == t.device
-                for s, t in zip(self.shadow, self._live, strict=True)]
+                for s, t in zip(self.shadow, self._local, strict=True)]
         self._fast = all(same)
-        # For swapped(): parameters share the shadow's storage where they can; buffers and
-        # mismatched dtypes/devices get copies.
-        self._swap_plan = [(t, s, ok and isinstance(t, nn.Parameter))
-                           for t, s, ok in zip(self._live, self.shadow, same, strict=True)]
-        self._swap_plan += [(t, s, False)
-                            for t, s in zip(self._live_copied, self.shadow_copied, strict=True)]
+        # For swapped(): plain parameters share the shadow's storage where they can
+        # ("share"); buffers and mismatched dtypes/devices get copies ("copy"); DTensor
+        # shards are overwritten in place ("inplace"), as FSDP2 gathers from their storage.
+        shareable = same + [False] * len(self._live_copied)
+        modes = ["inplace" if layout is not None
+                 else "share" if ok and isinstance(t, nn.Parameter) else "copy"
+                 for t, ok, layout in zip(live, shareable, self._layouts, strict=True)]
+        self._swap_plan = list(zip(live, self.shadow + self.shadow_copied,
+                                   self._local + self._local_copied, modes, strict=True))
+        self._sharded = any(layout is not None for layout in self._layouts)
+        self._fsdp = ([m for m in self.model.modules() if isinstance(m, FSDPModule)]
+                      if self._sharded and FSDPModule is not None else [])
         # What update() checks: the first parameter (``.to()`` changes its dtype/device in
-        # place) and the first buffer (``.to()`` replaces buffers with new tensors).
-        live = self._live + self._live_copied
+        # place) and the first buffer (``.to()`` replaces buffers with new tensors); for a
+        # DTensor also its local storage (FSDP2 may re-pad it at its lazy initialisation).
         buffer = next((i for i, t in enumerate(live) if not isinstance(t, nn.Parameter)), None)
         probes = [0] if buffer is None else [0, buffer]
-        self._probes = [(self._slots[i], live[i], live[i].dtype, live[i].device) for i in probes]
+        locs = self._local + self._local_copied
+        self._probes = [(self._slots[i], live[i], live[i].dtype, live[i].device,
+                         locs[i].data_ptr() if self._layouts[i] is not None else None)
+                        for i in probes]
+
+    def _relayout(self, names: list[str], live: list[Tensor]) -> None:
+        """Bring the shadow to the live tensors' DTensor layouts where these changed."""
+        shadows = self.shadow + self.shadow_copied
+        changed = False
+        for i, (name, t) in enumerate(zip(names, live, strict=True)):
+            old, new = self._layouts[i], Layout.of(t)
+            if old == new:
+                continue
+            if new is None:
+                raise ValueError(
+                    f"the EMA holds a shard of {name!r} (FSDP2), but the model's tensor is "
+                    f"now a plain tensor of shape {tuple(t.shape)}: FSDP2 parameters are "
+                    "gathered between forward and backward; call the EMA after "
+                    "optimizer.step(), or after model.reshard()"
+                )
+            with torch.no_grad():
+                value = shadows[i] if old is None else old.wrap(shadows[i])
+                shadows[i] = new.shard(value).clone()
+            self._layouts[i] = new
+            changed = True
+        if changed:
+            n = len(self.shadow)
+            self.shadow, self.shadow_copied = shadows[:n], shadows[n:]
 
     def _follow(self) -> None:
         """Cast the shadow tensors to the live tensors' dtype/device, where those are not fixed."""
         with torch.no_grad():
-            for i, t in enumerate(self._live):
+            for i, t in enumerate(self._local):
                 s = self.shadow[i]
                 dtype = self._dtype or torch.promote_types(t.dtype, torch.float32)
                 device = s.device if self._device is not None else t.device
                 if s.dtype != dtype or s.device != device:
                     self.shadow[i] = s.to(device=device, dtype=dtype).contiguous()
-            for i, t in enumerate(self._live_copied):
+            for i, t in enumerate(self._local_copied):
                 s = self.shadow_copied[i]
                 device = s.device if self._device is not None else t.device
                 if s.dtype != t.dtype or s.device != device:
@@ -225,10 +291,15 @@ class EMA:
             ) or any(
                 s.dtype != t.dtype or (self._device is None and s.device != t.device)
                 for s, t in zip(self.shadow_copied, self._live_copied, strict=True)
-            )
+            ) or (self._sharded and any(
+                layout is not None and local(t).data_ptr() != loc.data_ptr()
+                for t, loc, layout in zip(live, self._local + self._local_copied,
+                                          self._layouts, strict=True)
+            ))
         else:
             stale = any(d.get(k) is not t or t.dtype != dtype or t.device != device
-                        for (d, k), t, dtype, device in self._probes)
+                        or (ptr is not None and local(t).data_ptr() != ptr)
+                        for (d, k), t, dtype, device, ptr in self._probes)
         if stale:
             self.refresh()
 
@@ -250,15 +321,15 @@ class EMA:
         self._check_live()
         # Lerp needs matching dtype and device; otherwise the slower mul + add path.
         if self._fast:
-            torch._foreach_lerp_(self.shadow, self._live, weight)
+            torch._foreach_lerp_(self.shadow, self._local, weight)
         else:
             # A device-to-host copy may only be non-blocking if we synchronise before reading it,
             # so copies are asynchronous only towards an accelerator.
             live = [t.to(s.device, non_blocking=s.device.type != "cpu")
-                    for s, t in zip(self.shadow, self._live, strict=True)]
+                    for s, t in zip(self.shadow, self._local, strict=True)]
             torch._foreach_mul_(self.shadow, 1.0 - weight)
             torch._foreach_add_(self.shadow, live, alpha=weight)
-        for s, b in zip(self.shadow_copied, self._live_copied, strict=True):
+        for s, b in zip(self.shadow_copied, self._local_copied, strict=True):
             s.copy_(b, non_blocking=s.device.type != "cpu")
 
     # -- evaluation with the averaged weights ---------------------------------------------------
@@ -275,46 +346,101 @@ class EMA:
         raises. Do not modify parameters in place inside the block: with shared storage that
         would modify the average.
 
+        FSDP2 (DTensor) parameters are different: FSDP2 gathers them from their local shards'
+        storage, so the averaged shards are copied into that storage in place and the training
+        shards copied back on exit (one spare copy of the local shards); the FSDP modules are
+        resharded on entry and exit so that no gathered copy of the other weights is used.
+
         Yields:
             The model, now holding the averaged weights.
         """
         self._check_live(every=True)
-        plan = self._swap_plan
-        saved = [t.data for t, _, _ in plan]
+        self._reshard()
+        saved: list[Tensor] = []
         try:
-            for t, s, share in plan:
-                t.data = s if share else s.to(t, copy=True)
+            with torch.no_grad():
+                for t, s, loc, mode in self._swap_plan:
+                    if mode == "inplace":
+                        saved.append(loc.clone())
+                        loc.copy_(s)
+                    else:
+                        saved.append(t.data)
+                        t.data = s if mode == "share" else s.to(t, copy=True)
             yield self.model
         finally:
-            for (t, _, _), d in zip(plan, saved, strict=True):
-                t.data = d
+            with torch.no_grad():
+                for (t, _, loc, mode), d in zip(self._swap_plan, saved, strict=False):
+                    if mode == "inplace":
+                        loc.copy_(d)
+                    else:
+                        t.data = d
+            self._reshard()
+
+    def _reshard(self) -> None:
+        """Free FSDP2's gathered parameters (they may hold the other set of weights)."""
+        for module in self._fsdp:
+            module.reshard()
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> nn.Module:
-        """Copy the averaged weights into ``model`` (same architecture) and return it."""
+        """Copy the averaged weights into ``model`` (same architecture) and return it.
+
+        Under FSDP2 ``model`` may be sharded alike (each rank copies its shards) or a plain
+        model (the shards are gathered: a collective, every rank must call).
+        """
         target = unwrap_model(model)
         tensors = {**dict(target.named_buffers()), **dict(target.named_parameters())}
-        for name, s in zip(self._names + self._copy_names, self.shadow + self.shadow_copied,
-                           strict=True):
+        for name, s, layout in zip(self._names + self._copy_names,
+                                   self.shadow + self.shadow_copied, self._layouts, strict=True):
             if name not in tensors:
                 raise ValueError(f"model has no tensor named {name!r} to copy the average into")
-            tensors[name].copy_(s)
+            t = tensors[name]
+            value = s if layout is None else layout.wrap(s)
+            to = Layout.of(t)
+            local(t).copy_(full(value) if to is None else to.shard(value))
         return model
 
     def averaged_model(self) -> nn.Module:
-        """A deep copy of the model holding the averaged weights (for export or serving)."""
+        """A deep copy of the model holding the averaged weights (for export or serving).
+
+        Raises:
+            ValueError: for an FSDP2 model, which cannot be deep-copied; use
+                ``copy_to(plain_model)`` or ``state_dict(full=True)``.
+        """
+        if self._sharded:
+            raise ValueError(
+                "averaged_model() deep-copies the model, and an FSDP2 (fully_shard) model "
+                "cannot be deep-copied; use ema.copy_to(model) on a model sharded alike, "
+                "ema.copy_to(plain_model) or ema.state_dict(full=True)"
+            )
         return self.copy_to(copy.deepcopy(self.model))
 
     # -- checkpointing --------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """Shadow tensors by name plus the step counters (the decay itself is configuration)."""
+    def state_dict(self, full: bool = False) -> dict[str, Any]:
+        """Shadow tensors by name plus the step counters (the decay itself is configuration).
+
+        Args:
+            full: FSDP2 only: return whole tensors, gathered from the ranks' shards (a
+                collective: every rank must call, and every rank gets them). By default the
+                shards come as DTensors that share the shadow's storage, the form
+                ``torch.distributed.checkpoint.save`` / ``load`` expect (``load`` writes into
+                them in place; pass the result to :meth:`load_state_dict` after it).
+
+        Returns:
+            ``{"step": int, "num_updates": int, "shadow": {name: tensor}, "copied": {name:
+            tensor}}``.
+        """
         self._check_live(every=True)
+        values = [s if layout is None else _full_or_wrap(layout, s, full)
+                  for s, layout in zip(self.shadow + self.shadow_copied, self._layouts,
+                                       strict=True)]
+        n = len(self._names)
         return {
             "step": self.step,
             "num_updates": self.num_updates,
-            "shadow": dict(zip(self._names, self.shadow, strict=True)),
-            "copied": dict(zip(self._copy_names, self.shadow_copied, strict=True)),
+            "shadow": dict(zip(self._names, values[:n], strict=True)),
+            "copied": dict(zip(self._copy_names, values[n:], strict=True)),
         }
 
     @torch.no_grad()
@@ -322,7 +448,9 @@ class EMA:
         """Restore :meth:`state_dict` output in place (dtype/device of this EMA are kept).
 
         The state is checked in full before anything is changed, so a bad state leaves the
-        EMA as it was.
+        EMA as it was. Under FSDP2 the tensors may be DTensors (the sharded form, any
+        placement) or whole tensors (``state_dict(full=True)``, or a single-process EMA's);
+        each rank keeps its shard. Sharded values into an unsharded EMA are gathered.
 
         Args:
             state: a mapping with the keys ``"step"`` and ``"num_updates"`` (ints >= 0),
@@ -354,9 +482,10 @@ class EMA:
             counters[key] = check_int(f"state[{key!r}]", value, low=0)
         self._check_live(every=True)
         todo = []
-        for key, names, tensors in (
-            ("shadow", self._names, self.shadow),
-            ("copied", self._copy_names, self.shadow_copied),
+        n = len(self._names)
+        for key, names, tensors, layouts in (
+            ("shadow", self._names, self.shadow, self._layouts[:n]),
+            ("copied", self._copy_names, self.shadow_copied, self._layouts[n:]),
         ):
             saved = state[key]
             if not isinstance(saved, Mapping):
@@ -370,22 +499,29 @@ class EMA:
                     f"state[{key!r}] does not match this model: missing {missing}, "
                     f"unexpected {extra}"
                 )
-            for name, t in zip(names, tensors, strict=True):
-                if not isinstance(saved[name], Tensor):
+            for name, t, layout in zip(names, tensors, layouts, strict=True):
+                value = saved[name]
+                if not isinstance(value, Tensor):
                     raise ValueError(
-                        f"state[{key!r}][{name!r}] must be a tensor, got "
-                        f"{type(saved[name]).__name__}"
+                        f"state[{key!r}][{name!r}] must be a tensor, got {type(value).__name__}"
                     )
-                if saved[name].shape != t.shape:
+                shape = t.shape if layout is None else layout.shape
+                if value.shape != shape:
                     raise ValueError(
-                        f"state[{key!r}][{name!r}] has shape {tuple(saved[name].shape)}, "
-                        f"expected {tuple(t.shape)}"
+                        f"state[{key!r}][{name!r}] has shape {tuple(value.shape)}, "
+                        f"expected {tuple(shape)}"
                     )
-                todo.append((t, saved[name]))
+                # Gathering or slicing happens here, so a bad state changes nothing.
+                todo.append((t, full(value) if layout is None else layout.shard(value)))
         for t, value in todo:
             t.copy_(value)
         self.step = counters["step"]
         self.num_updates = counters["num_updates"]
+
+
+def _full_or_wrap(layout: Layout, shard: Tensor, gather: bool) -> Tensor:
+    value = layout.wrap(shard)
+    return value.full_tensor() if gather else value
 
 
 def _shadow_like(t: Tensor, dtype: torch.dtype | None, device: torch.device | str | None) -> Tensor:

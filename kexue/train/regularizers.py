@@ -38,6 +38,17 @@ L + (h/4m) Σ_k ‖∇L_k‖²; :func:`minibatch_regularized_backward` applies t
 :func:`midpoint_backward` gives the explicit-midpoint (RK2) gradient, whose SGD step follows
 the plain gradient flow to O(h²), i.e. without the implicit term.
 
+Data-parallel training. The penalty is on the gradient of the whole batch, g = mean over
+ranks of the ranks' gradients, not on each rank's own. With ``process_group`` every gradient
+is averaged over the group's ranks where the maths needs it (g before it is used as the
+Hessian-vector product's vector or the probe direction, then the result), so each rank writes
+the single-process result for the concatenated batch (same mean loss per rank, equal batch
+sizes). This replaces DDP's own averaging: the closure must call the unwrapped module
+(``ddp_model.module``), since DDP does not take part in ``torch.autograd.grad``. FSDP2
+(``fully_shard``) parameters are refused: FSDP2 computes gradients of the gathered
+parameters inside its own hooks, which ``torch.autograd.grad`` with respect to the sharded
+parameters does not reach.
+
 References:
     https://kexue.fm/archives/7787 (从动力学角度看优化算法（五）：为什么学习率不宜过小？)
     Barrett & Dherin, "Implicit Gradient Regularization", ICLR 2021.
@@ -57,6 +68,7 @@ from torch import Tensor
 
 from kexue._checks import check_real
 from kexue._deprecation import old_names
+from kexue.train._dtensor import is_dtensor
 
 __all__ = [
     "BACKENDS",
@@ -123,12 +135,59 @@ def _params(params: Iterable[Tensor]) -> list[Tensor]:
         if not isinstance(p, Tensor) or not p.is_floating_point():
             got = p.dtype if isinstance(p, Tensor) else type(p).__name__
             raise ValueError(f"params[{i}] must be a floating-point tensor, got {got}")
+        if is_dtensor(p):
+            raise ValueError(
+                f"params[{i}] is a DTensor (FSDP2 fully_shard): regularized gradients are "
+                "taken with torch.autograd.grad, which does not reach FSDP2's sharded "
+                "parameters; use DDP-style replicas with process_group=..., or no sharding"
+            )
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             out.append(p)
     if not out:
         raise ValueError("params must hold at least one tensor with requires_grad=True, got none")
     return out
+
+
+def _check_group(group: Any) -> Any:
+    if group is not None and not (torch.distributed.is_available()
+                                  and isinstance(group, torch.distributed.ProcessGroup)):
+        raise ValueError(f"process_group must be a torch.distributed.ProcessGroup (e.g. "
+                         f"torch.distributed.group.WORLD) or None, got {group!r}")
+    return group
+
+
+def _mean_over_ranks(grads: Grads, params: list[Tensor], group: Any,
+                     loss: Tensor | None = None) -> tuple[Grads, Tensor | None]:
+    """Average ``grads`` (and ``loss``) over the ranks of ``group``; None where every rank has
+    None. One all-reduce per parameter dtype/device (gradients flattened into one tensor)
+    and one for the used-flags and the loss."""
+    if group is None:
+        return grads, loss
+    dist = torch.distributed
+    world = dist.get_world_size(group)
+    device = params[0].device
+    extra = [torch.tensor([float(g is not None) for g in grads], dtype=torch.float64,
+                          device=device)]  # (n,)
+    if loss is not None:
+        extra.append(loss.detach().reshape(1).to(device, torch.float64))
+    extra = torch.cat(extra)  # (n,) or (n + 1,)
+    dist.all_reduce(extra, group=group)
+    used = (extra[:len(grads)] > 0).tolist()
+    by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        if used[i]:
+            by_kind.setdefault((p.device, p.dtype), []).append(i)
+    out: Grads = [None] * len(grads)
+    for idx in by_kind.values():
+        flat = torch.cat([(params[i].new_zeros(params[i].shape) if grads[i] is None
+                           else grads[i].to(params[i].dtype)).reshape(-1)
+                          for i in idx])  # (Σ numel,)
+        dist.all_reduce(flat, group=group)
+        flat.div_(world)
+        for i, v in zip(idx, flat.split([params[i].numel() for i in idx]), strict=True):
+            out[i] = v.view_as(params[i])
+    return out, None if loss is None else (extra[-1] / world).to(loss.dtype)
 
 
 def _backend(backend: Any) -> str:
@@ -231,30 +290,41 @@ def _combine(g: Grads, other: Grads, alpha: Tensor | float) -> Grads:
 
 
 def _regularized_grad(closure: Closure, params: list[Tensor], lam: float, backend: str,
-                      eps: float | None) -> tuple[Tensor, Grads, Grads]:
-    """(L, g, ∇(L + λ‖g‖²)) at the current parameters, g = ∇L (all detached)."""
+                      eps: float | None, group: Any = None) -> tuple[Tensor, Grads, Grads]:
+    """(L, g, ∇(L + λ‖g‖²)) at the current parameters, g = ∇L (all detached).
+
+    With ``group`` L and g are the means over its ranks, and so is the result: each rank's
+    local term (its Hessian times the mean g, or its gradient at the probe) is averaged.
+    """
     if backend == "double_backprop":
         with torch.enable_grad():
             loss = _check_loss(closure(), "returned by closure")
             g = _grad(loss, params, "returned by closure", create_graph=lam > 0)
+            mean_g, mean_loss = _mean_over_ranks(
+                [None if gi is None else gi.detach() for gi in g], params, group, loss)
             hg: Grads = [None] * len(params)
             # H g = ∇(½ g·g): one backward pass of the graph of g with g as the cotangent. An
             # entry of g without grad_fn (L linear in that parameter) contributes nothing.
             live = [i for i, gi in enumerate(g) if gi is not None and gi.requires_grad]
             if lam > 0 and live:
                 hg = list(torch.autograd.grad([g[i] for i in live], params,
-                                              grad_outputs=[g[i].detach() for i in live],
+                                              grad_outputs=[mean_g[i] for i in live],
                                               allow_unused=True))
-        g = [None if gi is None else gi.detach() for gi in g]
-        return loss.detach(), g, _combine(g, hg, 2 * lam)
+        if group is None:
+            return loss.detach(), mean_g, _combine(mean_g, hg, 2 * lam)
+        # mean over ranks of (ḡ + 2λ H_r ḡ) = ḡ + 2λ H ḡ
+        total, _ = _mean_over_ranks(_combine(mean_g, hg, 2 * lam), params, group)
+        return mean_loss, mean_g, total
 
     loss, g = _closure_grad(closure, params)
+    g, loss = _mean_over_ranks(g, params, group, loss)
     if lam == 0:
         return loss, g, g
     if backend == "extra_gradient":
         (shifted,) = _probing(closure, params, [(g, 2 * lam)])
         # keep None for parameters unused at θ, as backward() would
-        return loss, g, [None if a is None else b for a, b in zip(g, shifted, strict=True)]
+        shifted = [None if a is None else b for a, b in zip(g, shifted, strict=True)]
+        return loss, g, _mean_over_ranks(shifted, params, group)[0]
     # finite_difference: H g ≈ ‖g‖ (∇L(θ + εv) − ∇L(θ − εv)) / (2ε), v = g / ‖g‖
     if eps is None:
         eps = max(torch.finfo(p.dtype).eps for p in params) ** (1 / 3)
@@ -264,7 +334,8 @@ def _regularized_grad(closure: Closure, params: list[Tensor], lam: float, backen
     inv = 1.0 / norm
     plus, minus = _probing(closure, params, [(g, eps * inv), (g, -eps * inv)])
     # g + 2λ H g ≈ g + λ ‖g‖ (g₊ − g₋) / ε
-    return loss, g, _combine(g, _combine(plus, minus, -1.0), lam * norm / eps)
+    total = _combine(g, _combine(plus, minus, -1.0), lam * norm / eps)
+    return loss, g, _mean_over_ranks(total, params, group)[0]
 
 
 def _add(total: Grads, grads: Grads) -> Grads:
@@ -347,6 +418,7 @@ def regularized_backward(
     *,
     backend: str = "double_backprop",
     eps: float | None = None,
+    process_group: torch.distributed.ProcessGroup | None = None,
 ) -> RegularizedStep:
     """Add ∇(L + λ‖∇L‖²) = g + 2λHg into ``p.grad`` for any model; then ``optimizer.step()``.
 
@@ -372,13 +444,17 @@ def regularized_backward(
         eps: finite difference only: the probe distance ε > 0 in parameter space; default
             (machine epsilon of the least precise parameter dtype)^(1/3), e.g. 4.9e-3 in
             float32, 6.1e-6 in float64, which balances the O(ε²) truncation against rounding.
+        process_group: data-parallel replicas (DDP without its wrapper, see the module
+            docstring): L and g are averaged over the group's ranks and every rank writes
+            the same, single-process gradient; None: this process's batch only.
 
     Returns:
         A :class:`RegularizedStep` with L, ‖∇L‖² and λ (detached).
 
     Raises:
         ValueError: for λ < 0 or non-finite, an unknown backend, ε ≤ 0, no trainable params,
-            or a closure whose loss is not a scalar or does not depend on params.
+            FSDP2 (DTensor) params, a process_group that is not one, or a closure whose loss
+            is not a scalar or does not depend on params.
 
     References:
         https://kexue.fm/archives/7787
@@ -391,8 +467,9 @@ def regularized_backward(
         eps = check_real("eps", eps, low=0, low_open=True)
     if not callable(closure):
         raise ValueError(f"closure must be a callable returning the loss, got {closure!r}")
+    group = _check_group(process_group)
     params = _params(params)
-    loss, g, grads = _regularized_grad(closure, params, lam, backend, eps)
+    loss, g, grads = _regularized_grad(closure, params, lam, backend, eps, group)
     _accumulate(params, grads)
     return RegularizedStep(loss=loss, grad_sq_norm=_sq_norm(g, params[0]), lam=lam)
 
@@ -404,6 +481,7 @@ def minibatch_regularized_backward(
     *,
     backend: str = "double_backprop",
     eps: float | None = None,
+    process_group: torch.distributed.ProcessGroup | None = None,
 ) -> RegularizedStep:
     """The SGD penalty of Smith et al. (2021): add ∇[(1/m) Σ_k (L_k + λ‖∇L_k‖²)] into ``.grad``.
 
@@ -425,6 +503,8 @@ def minibatch_regularized_backward(
         lam: λ ≥ 0.
         backend: as for :func:`regularized_backward`.
         eps: as for :func:`regularized_backward`.
+        process_group: as for :func:`regularized_backward`: microbatch k is the
+            concatenation of the ranks' k-th microbatches.
 
     Returns:
         A :class:`RegularizedStep`: loss (1/m)Σ L_k, grad_sq_norm (1/m)Σ‖∇L_k‖² and variance
@@ -443,6 +523,7 @@ def minibatch_regularized_backward(
     backend = _backend(backend)
     if eps is not None:
         eps = check_real("eps", eps, low=0, low_open=True)
+    group = _check_group(process_group)
     params = _params(params)
     losses: list[Tensor] = []
     sqs: list[Tensor] = []
@@ -452,7 +533,7 @@ def minibatch_regularized_backward(
         if not callable(closure):
             raise ValueError(f"closures[{k}] must be a callable returning the loss, "
                              f"got {closure!r}")
-        loss, g, grads = _regularized_grad(closure, params, lam, backend, eps)
+        loss, g, grads = _regularized_grad(closure, params, lam, backend, eps, group)
         reg_sum = _add(reg_sum, grads)
         grad_sum = _add(grad_sum, g)
         losses.append(loss)
@@ -467,7 +548,10 @@ def minibatch_regularized_backward(
                            variance=mean_sq - full_sq)
 
 
-def midpoint_backward(closure: Closure, params: Iterable[Tensor], h: float) -> Tensor:
+def midpoint_backward(
+    closure: Closure, params: Iterable[Tensor], h: float, *,
+    process_group: torch.distributed.ProcessGroup | None = None,
+) -> Tensor:
     """Add the explicit-midpoint (RK2) gradient ∇L(θ − (h/2)∇L(θ)) into ``p.grad``.
 
     With ``torch.optim.SGD(lr=h)`` (no momentum, no weight decay) the step is
@@ -485,9 +569,10 @@ def midpoint_backward(closure: Closure, params: Iterable[Tensor], h: float) -> T
         closure: ``closure() -> loss`` as for :func:`regularized_backward` (called twice).
         params: parameters; probed in place and restored exactly.
         h: the step size the optimizer will take, > 0.
+        process_group: as for :func:`regularized_backward`.
 
     Returns:
-        L(θ) at the unshifted parameters (detached).
+        L(θ) at the unshifted parameters (detached; with ``process_group`` the ranks' mean).
 
     Raises:
         ValueError: for h ≤ 0 or non-finite, no trainable params, or a closure whose loss is
@@ -500,8 +585,11 @@ def midpoint_backward(closure: Closure, params: Iterable[Tensor], h: float) -> T
     h = check_real("h", h, low=0, low_open=True)
     if not callable(closure):
         raise ValueError(f"closure must be a callable returning the loss, got {closure!r}")
+    group = _check_group(process_group)
     params = _params(params)
     loss, g = _closure_grad(closure, params)
+    g, loss = _mean_over_ranks(g, params, group, loss)
     (mid,) = _probing(closure, params, [(g, -h / 2)])
-    _accumulate(params, [None if a is None else b for a, b in zip(g, mid, strict=True)])
+    mid = [None if a is None else b for a, b in zip(g, mid, strict=True)]
+    _accumulate(params, _mean_over_ranks(mid, params, group)[0])
     return loss

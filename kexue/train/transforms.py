@@ -16,6 +16,19 @@ pattern; :func:`with_transforms` plugs a transform into an optimizer through
 Implementations use ``torch._foreach_*`` and never synchronise with the host, except
 :func:`skip_nonfinite`, which must decide on the host whether to step (as ``GradScaler`` does).
 
+Distributed training. Under DistributedDataParallel the gradients are plain tensors, equal on
+every rank after ``backward()``, so every transform gives every rank the single-process result.
+Under FSDP2 (``torch.distributed.fsdp.fully_shard``) they are DTensors placed ``Shard(0)`` (or
+``Replicate()`` on an HSDP mesh dimension): the transforms work on the local shards and
+communicate only where the whole tensor matters, batched across tensors:
+:func:`clip_by_global_norm` and :func:`clip_by_norm` all-reduce the local squared norms once;
+:func:`adaptive_clip` and :func:`centralize` work on rows, which ``Shard(0)`` keeps whole on
+one rank (vectors' norms are all-reduced); :func:`skip_nonfinite` all-reduces its decision;
+:func:`add_noise` draws the noise of the whole tensor and keeps the local rows;
+:func:`accumulate` adds shards. The result equals the single-process result (up to the order
+of floating-point sums). Placements other than ``Shard``/``Replicate`` raise ``ValueError``
+naming FSDP2, as does ``Shard(d > 0)`` for the row-wise transforms.
+
 Example::
 
     tx = chain(clip_by_norm(1.0), centralize(), accumulate(4))
@@ -39,6 +52,16 @@ import torch
 from torch import Tensor, nn
 
 from kexue._checks import check_generator, check_int, check_real
+from kexue.train._dtensor import (
+    DTensor,
+    Layout,
+    all_reduce,
+    has_dtensor,
+    is_dtensor,
+    local,
+    mesh_keys,
+    shard_dims,
+)
 from kexue.train._naming import matches, show, unwrap_model
 
 __all__ = [
@@ -107,12 +130,50 @@ def extend_state(
     )
 
 
-def _groups(tensors: Sequence[Tensor]) -> list[list[int]]:
-    """Indices of ``tensors`` grouped by (device, dtype): foreach kernels need one of each."""
-    out: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+def _groups(tensors: Sequence[Tensor]) -> list[tuple[list[int], bool]]:
+    """Indices of ``tensors`` grouped by (device, dtype, DTensor or not): foreach kernels need
+    one device and dtype, and DTensors go through their local shards. Each group comes with a
+    flag: True for a group of DTensors."""
+    by_type: dict[tuple[torch.device, torch.dtype, type], list[int]] = {}
     for i, t in enumerate(tensors):
-        out.setdefault((t.device, t.dtype), []).append(i)
-    return list(out.values())
+        by_type.setdefault((t.device, t.dtype, type(t)), []).append(i)
+    if len(by_type) == 1:  # the common case: nothing to merge
+        ((_, _, cls), idx), = by_type.items()
+        return [(idx, DTensor is not None and issubclass(cls, DTensor))]
+    out: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+    for (device, dtype, cls), idx in by_type.items():
+        out.setdefault((device, dtype, DTensor is not None and issubclass(cls, DTensor)),
+                       []).extend(idx)
+    return [(sorted(idx), sharded) for (_, _, sharded), idx in out.items()]
+
+
+def _inplace(op: Callable[..., Any], grads: Grads, *args: Any, what: str, **kwargs: Any) -> None:
+    """``op(grads, *args)``, an in-place elementwise foreach op; DTensors through their shards.
+
+    Plain lists go straight to ``op``; a list with DTensors (Shard/Replicate placements, for
+    which an elementwise op on the shards is the op on the whole tensor) goes shard by shard.
+    """
+    if not grads or not is_dtensor(grads[0]):
+        try:
+            op(grads, *args, **kwargs)
+            return
+        except RuntimeError:  # "mixed torch.Tensor and DTensor": nothing has been applied
+            if not has_dtensor(grads):
+                raise
+    mesh_keys(grads, what)  # checks the placements
+    op([local(g) for g in grads], *args, **kwargs)
+
+
+def _sharded_sq_norms(grads: Grads, groups: list[list[int]], what: str) -> Tensor:
+    """Squared L2 norms of whole DTensors, ``(n,)`` over the indices of ``groups`` in order:
+    the local shards' squared norms, summed across ranks in one all-reduce per device mesh
+    (accumulated in float32 or wider, on the first group's device)."""
+    acc = functools.reduce(torch.promote_types, (grads[idx[0]].dtype for idx in groups),
+                           torch.float32)
+    device = grads[groups[0][0]].device
+    sq = torch.cat([_norms([local(grads[i]) for i in idx]).to(device, acc).square()
+                    for idx in groups])  # (n,)
+    return all_reduce(sq, mesh_keys([grads[i] for idx in groups for i in idx], what))
 
 
 def _norms(grads: Grads) -> Tensor:
@@ -130,7 +191,7 @@ def scale(factor: float) -> GradientTransform:
     factor = check_real("factor", factor)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
-        torch._foreach_mul_(grads, factor)
+        _inplace(torch._foreach_mul_, grads, factor, what="scale")
         return grads
 
     return _stateless(fn)
@@ -145,9 +206,20 @@ def clip_by_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
     eps = check_real("eps", eps, low=0)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
-        for idx in _groups(grads):
-            g = [grads[i] for i in idx]
-            coef = (max_norm / (_norms(g) + eps)).clamp_(max=1.0)  # (n,)
+        groups = _groups(grads)
+        sharded = [idx for idx, is_sharded in groups if is_sharded]
+        if sharded:  # whole-tensor norms of DTensors: one all-reduce for all of them
+            norms = _sharded_sq_norms(grads, sharded, "clip_by_norm").sqrt()
+            norms = dict(zip(map(id, sharded), norms.split([len(i) for i in sharded]),
+                             strict=True))
+        for idx, is_sharded in groups:
+            if is_sharded:
+                g = [local(grads[i]) for i in idx]
+                norm = norms[id(idx)].to(g[0].device)
+            else:
+                g = [grads[i] for i in idx]
+                norm = _norms(g)
+            coef = (max_norm / (norm + eps)).clamp_(max=1.0)  # (n,)
             torch._foreach_mul_(g, list(coef.to(g[0].dtype)))
         return grads
 
@@ -168,13 +240,20 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform
         device = grads[0].device
         groups = _groups(grads)
         # Accumulate in the widest dtype present (at least float32) so the bound holds exactly.
-        acc = functools.reduce(torch.promote_types, (grads[i[0]].dtype for i in groups),
+        acc = functools.reduce(torch.promote_types, (grads[i[0]].dtype for i, _ in groups),
                                torch.float32)
-        per_group = [_norms([grads[i] for i in idx]).to(device, acc) for idx in groups]
-        total = torch.linalg.vector_norm(torch.cat(per_group))
+        plain = [idx for idx, is_sharded in groups if not is_sharded]
+        sharded = [idx for idx, is_sharded in groups if is_sharded]
+        per_group = [_norms([grads[i] for i in idx]).to(device, acc) for idx in plain]
+        if not sharded:
+            total = torch.linalg.vector_norm(torch.cat(per_group))
+        else:  # ‖g‖² = Σ plain ‖g_i‖² + Σ over ranks of the shards' ‖·‖²: one all-reduce
+            sq = _sharded_sq_norms(grads, sharded, "clip_by_global_norm").to(device, acc)
+            total = (torch.cat(per_group).square().sum() if plain else 0) + sq.sum()
+            total = total.sqrt()
         coef = (max_norm / (total + eps)).clamp_(max=1.0)
-        for idx in groups:
-            g = [grads[i] for i in idx]
+        for idx, is_sharded in groups:
+            g = [local(grads[i]) for i in idx] if is_sharded else [grads[i] for i in idx]
             torch._foreach_mul_(g, coef.to(g[0].device, g[0].dtype))
         return grads
 
@@ -186,8 +265,8 @@ def clip_by_value(limit: float) -> GradientTransform:
     limit = check_real("limit", limit, low=0, low_open=True)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
-        torch._foreach_clamp_min_(grads, -limit)
-        torch._foreach_clamp_max_(grads, limit)
+        _inplace(torch._foreach_clamp_min_, grads, -limit, what="clip_by_value")
+        _inplace(torch._foreach_clamp_max_, grads, limit, what="clip_by_value")
         return grads
 
     return _stateless(fn)
@@ -215,6 +294,8 @@ def adaptive_clip(clipping: float = 0.01, eps: float = 1e-3) -> GradientTransfor
     eps = check_real("eps", eps, low=0, low_open=True)
 
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
+        if has_dtensor(grads):
+            return _adaptive_clip_sharded(grads, params, clipping, eps)
         for g, p in zip(grads, params, strict=True):
             w_norm = _unitwise_norm(p.detach()).clamp_min(eps)
             g_norm = _unitwise_norm(g).clamp_min(1e-6)
@@ -222,6 +303,37 @@ def adaptive_clip(clipping: float = 0.01, eps: float = 1e-3) -> GradientTransfor
         return grads
 
     return _stateless(fn)
+
+
+def _adaptive_clip_sharded(grads: Grads, params: list[Tensor], clipping: float,
+                           eps: float) -> Grads:
+    """:func:`adaptive_clip` on DTensors: the rows of a ``Shard(0)`` matrix are whole on one
+    rank, so their norms are local; a vector is one unit, so its norm (and its parameter's)
+    needs the ranks' squared norms summed, all vectors in one all-reduce."""
+    keys = mesh_keys(grads, "adaptive_clip", rowwise=True)
+    for i, (g, p) in enumerate(zip(grads, params, strict=True)):
+        if is_dtensor(g) and (not is_dtensor(p) or p.placements != g.placements):
+            got = p.placements if is_dtensor(p) else "a plain tensor"
+            raise ValueError(f"adaptive_clip: gradient {i} is a DTensor placed {g.placements} "
+                             f"but its parameter is {got}; FSDP2 gives both the same placement")
+    vectors = [i for i, g in enumerate(grads) if g.ndim <= 1]
+    norms: dict[int, tuple[Tensor, Tensor]] = {}
+    if vectors:
+        device = grads[vectors[0]].device
+        sq = torch.stack([  # (2k,): per vector, ‖g_i‖² then ‖W_i‖² of the local shard
+            local(t).detach().to(torch.promote_types(t.dtype, torch.float32)).square().sum()
+            .to(device) for i in vectors for t in (grads[i], params[i])])
+        sq = all_reduce(sq, [keys[i] for i in vectors for _ in range(2)]).sqrt()
+        norms = {i: (sq[2 * j], sq[2 * j + 1]) for j, i in enumerate(vectors)}
+    for i, (g, p) in enumerate(zip(grads, params, strict=True)):
+        gl, pl = local(g), local(p).detach()
+        if i in norms:
+            g_norm, w_norm = (n.to(gl.device, gl.dtype) for n in norms[i])
+        else:
+            g_norm, w_norm = _unitwise_norm(gl), _unitwise_norm(pl)
+        coef = (clipping * w_norm.clamp_min(eps) / g_norm.clamp_min(1e-6)).clamp_(max=1.0)
+        gl.mul_(coef)
+    return grads
 
 
 def centralize() -> GradientTransform:
@@ -236,6 +348,9 @@ def centralize() -> GradientTransform:
     def fn(grads: Grads, params: list[Tensor]) -> Grads:
         for g in grads:
             if g.ndim > 1:
+                if is_dtensor(g):  # Shard(0) keeps each row whole on one rank
+                    shard_dims(g, "centralize", rowwise=True)
+                    g = local(g)
                 g.sub_(g.mean(dim=tuple(range(1, g.ndim)), keepdim=True))
         return grads
 
@@ -248,7 +363,10 @@ def add_noise(
     """Annealed Gaussian gradient noise: g ← g + N(0, σ_t²), σ_t² = eta / (1 + t)^gamma.
 
     t counts calls (0, 1, ...). Noise is drawn from ``generator`` (which must live on the
-    gradients' device) or the global generator.
+    gradients' device) or the global generator. For FSDP2 (DTensor) gradients every rank
+    draws the noise of the whole tensor and keeps its shard, so that with a generator in the
+    same state on every rank the result is the single-process one (at the cost of drawing
+    the whole noise on each rank).
 
     References:
         Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep Networks",
@@ -262,7 +380,14 @@ def add_noise(
         std = math.sqrt(eta / (1 + step) ** gamma)
         noise = [torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
                  for g in grads]
-        torch._foreach_add_(grads, noise, alpha=std)
+        if has_dtensor(grads):  # the whole tensor's noise, each rank keeping its rows
+            mesh_keys(grads, "add_noise")
+            noise = [Layout.of(g).shard(n) if is_dtensor(g) else n
+                     for g, n in zip(grads, noise, strict=True)]
+            grads_ = [local(g) for g in grads]
+        else:
+            grads_ = grads
+        torch._foreach_add_(grads_, noise, alpha=std)
         return grads, step + 1
 
     return GradientTransform(lambda params: 0, update, _keep_state)
@@ -272,17 +397,22 @@ def skip_nonfinite() -> GradientTransform:
     """Skip the optimizer step when any gradient holds NaN or ±inf.
 
     The decision needs one host synchronisation per step (as in ``torch.amp.GradScaler``).
-    The state counts skipped steps.
+    The state counts skipped steps. With FSDP2 (DTensor) gradients each rank sees only its
+    shards, so the decision is all-reduced: every rank skips when any shard is not finite.
     """
 
     def update(grads: Grads, skipped: int, params: list[Tensor]) -> tuple[Grads | None, int]:
         if not grads:
             return grads, skipped
+        groups = _groups(grads)
         # The max-norm of a finite tensor is finite (an L2 norm can overflow); NaN propagates.
         finite = torch.stack(
-            [torch.isfinite(torch.stack(torch._foreach_norm([grads[i] for i in idx], math.inf)))
-             .all().to(grads[0].device) for idx in _groups(grads)]
+            [torch.isfinite(torch.stack(torch._foreach_norm(
+                [local(grads[i]) for i in idx] if sharded else [grads[i] for i in idx],
+                math.inf))).all().to(grads[0].device) for idx, sharded in groups]
         ).all()
+        if any(sharded for _, sharded in groups):  # every rank of every mesh decides alike
+            finite = _all_ranks_agree(finite, grads)
         if bool(finite):
             return grads, skipped
         return None, skipped + 1
@@ -290,7 +420,21 @@ def skip_nonfinite() -> GradientTransform:
     return GradientTransform(lambda params: 0, update, _keep_state)
 
 
-def accumulate(every: int, average: bool = True) -> GradientTransform:
+def _all_ranks_agree(finite: Tensor, grads: Grads) -> Tensor:
+    """``finite`` and-ed across every rank of the device meshes of the DTensors in ``grads``."""
+    dist = torch.distributed
+    meshes = {id(g.device_mesh): g.device_mesh for g in grads if is_dtensor(g)}
+    bad = (~finite).to(torch.int32).reshape(1)  # (1,)
+    for mesh in meshes.values():
+        for d in range(mesh.ndim):
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=mesh.get_group(d))
+    return bad[0] == 0
+
+
+def accumulate(
+    every: int, average: bool = True, *,
+    process_group: torch.distributed.ProcessGroup | None = None,
+) -> GradientTransform:
     """Gradient accumulation: step once every ``every`` calls with the mean (or sum) of the
     gradients since the last step; the other calls skip the optimizer step.
 
@@ -299,8 +443,35 @@ def accumulate(every: int, average: bool = True) -> GradientTransform:
     gradients in earlier micro-batches but none in the last one still receives its sum; one
     that got none in the whole window keeps ``grad=None``. The state is
     ``{"count": int, "seen": [bool, ...], "buffers": [Tensor, ...]}``.
+
+    Skipping the gradient synchronisation of the micro-batches that do not step:
+
+    - FSDP2: ``model.set_requires_gradient_sync(False)`` for those micro-batches. FSDP2 then
+      keeps their gradients inside and reduce-scatters the sum with the next synchronised
+      micro-batch, whose DTensor gradients this transform adds up and averages as usual.
+    - DDP: ``model.no_sync()`` leaves each rank's gradients its own, and this transform takes
+      them out of ``.grad`` at every micro-batch, so DDP never averages them: pass
+      ``process_group`` (e.g. ``torch.distributed.group.WORLD``) and the window's sum is
+      averaged over the group's ranks once, when the window closes (``x + y`` averaged is
+      the same whether or not DDP already averaged ``y``, so ``no_sync()`` may cover every
+      micro-batch or all but the last). Without ``process_group``, ``no_sync()`` leaves the
+      ranks with different gradients.
+
+    Args:
+        every: micro-batches per optimizer step, >= 1.
+        average: divide the sum by ``every``.
+        process_group: plain (non-DTensor) gradients are averaged over its ranks when the
+            window closes; None: no communication.
+
+    Raises:
+        ValueError: for ``every`` < 1 or a ``process_group`` that is not one.
     """
     every = check_int("every", every, low=1)
+    if process_group is not None and not (
+            torch.distributed.is_available()
+            and isinstance(process_group, torch.distributed.ProcessGroup)):
+        raise ValueError(f"process_group must be a torch.distributed.ProcessGroup (e.g. "
+                         f"torch.distributed.group.WORLD) or None, got {process_group!r}")
 
     def init(params: list[Tensor]) -> dict[str, Any]:
         buffers = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
@@ -310,14 +481,21 @@ def accumulate(every: int, average: bool = True) -> GradientTransform:
         grads: Grads, state: dict[str, Any], params: list[Tensor]
     ) -> tuple[Grads | None, dict[str, Any]]:
         buffers = state["buffers"]
-        torch._foreach_add_(buffers, grads)
+        sharded = has_dtensor(buffers)
+        shards = [local(b) for b in buffers] if sharded else buffers
+        torch._foreach_add_(shards, [local(g) for g in grads] if sharded else grads)
         seen = [s or not _is_stand_in(g) for s, g in zip(state["seen"], grads, strict=True)]
         count = state["count"] + 1
         if count < every:
             return None, {"count": count, "seen": seen, "buffers": buffers}
-        out = torch._foreach_div(buffers, every) if average else [b.clone() for b in buffers]
+        if process_group is not None:
+            seen = _average_over_ranks(buffers, seen, process_group)
+        out = torch._foreach_div(shards, every) if average else [b.clone() for b in shards]
+        if sharded:  # the new gradients must be DTensors like the parameters
+            out = [o if layout is None else layout.wrap(o)
+                   for o, layout in zip(out, map(Layout.of, buffers), strict=True)]
         out = [o if s else g for o, s, g in zip(out, seen, grads, strict=True)]
-        torch._foreach_zero_(buffers)
+        torch._foreach_zero_(shards)
         return out, {"count": 0, "seen": [False] * len(params), "buffers": buffers}
 
     def extend(state: dict[str, Any], params: list[Tensor], added: list[Tensor]) -> dict[str, Any]:
@@ -329,8 +507,38 @@ def accumulate(every: int, average: bool = True) -> GradientTransform:
     return GradientTransform(init, update, extend)
 
 
+def _average_over_ranks(buffers: list[Tensor], seen: list[bool],
+                        group: torch.distributed.ProcessGroup) -> list[bool]:
+    """Average the plain ``buffers`` over the ranks of ``group`` in place (one all-reduce per
+    device and dtype, of the buffers flattened into one); returns ``seen`` or-ed over the ranks.
+    DTensors (FSDP2) are left alone: FSDP2 has reduced them already."""
+    dist = torch.distributed
+    plain = [i for i, b in enumerate(buffers) if not is_dtensor(b)]
+    if not plain:
+        return seen
+    world = dist.get_world_size(group)
+    for idx, _ in _groups([buffers[i] for i in plain]):
+        tensors = [buffers[plain[j]] for j in idx]
+        flat = torch.cat([t.reshape(-1) for t in tensors])  # (Σ numel,)
+        dist.all_reduce(flat, group=group)
+        flat.div_(world)
+        torch._foreach_copy_(tensors, [v.view_as(t) for v, t in zip(
+            flat.split([t.numel() for t in tensors]), tensors, strict=True)])
+    flags = torch.tensor([seen[i] for i in plain], dtype=torch.uint8,
+                         device=buffers[plain[0]].device)  # (k,)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+    out = list(seen)
+    for i, f in zip(plain, flags.tolist(), strict=True):
+        out[i] = bool(f)
+    return out
+
+
 def map_grads(fn: Callable[[Tensor, Tensor], Tensor]) -> GradientTransform:
-    """A user function applied to each tensor: g ← fn(g, param)."""
+    """A user function applied to each tensor: g ← fn(g, param).
+
+    Under FSDP2 ``fn`` receives DTensors (gradient and parameter) and must return a DTensor
+    placed like the gradient; DTensor ops do that and communicate where they must.
+    """
     if not callable(fn):
         raise ValueError(f"fn must be callable (grad, param) -> grad, got {fn!r}")
 
@@ -340,6 +548,13 @@ def map_grads(fn: Callable[[Tensor, Tensor], Tensor]) -> GradientTransform:
             if not isinstance(o, Tensor) or o.shape != g.shape:
                 got = tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__
                 raise ValueError(f"fn must return a tensor of shape {tuple(g.shape)}, got {got}")
+            if is_dtensor(g) and (not is_dtensor(o) or o.placements != g.placements):
+                got = o.placements if is_dtensor(o) else "a plain tensor"
+                raise ValueError(
+                    f"fn got an FSDP2 (DTensor) gradient placed {g.placements} and returned "
+                    f"{got}; it must return a DTensor placed alike (DTensor ops on the "
+                    "arguments give one)"
+                )
         return out
 
     return _stateless(apply)

@@ -1,0 +1,167 @@
+"""DTensor helpers shared by :mod:`kexue.train.ema` and :mod:`kexue.train.transforms`.
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``) turns every parameter into a ``DTensor``: a
+local shard plus a layout (device mesh, placements, global shape). ``Shard(d)`` splits the
+tensor along dim d across one mesh dimension (``torch.chunk`` sizes: the last ranks may hold
+fewer rows, or none); ``Replicate()`` gives every rank the whole tensor. Gradients have the
+parameters' layout. Kexue works on the local shards with ``torch._foreach_*`` (no DTensor
+dispatch per tensor) and reduces across ranks only what needs the whole tensor (norms), in one
+all-reduce for all tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+try:  # a torch build without torch.distributed has no DTensor: nothing can be one
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+except ImportError:  # pragma: no cover - every build tested here has torch.distributed
+    DTensor = None
+    Shard = distribute_tensor = None
+
+__all__ = ["DTensor", "Layout", "all_reduce", "has_dtensor", "is_dtensor", "local",
+           "shard_dims"]
+
+
+def is_dtensor(t: Any) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def has_dtensor(tensors: Sequence[Any]) -> bool:
+    """Whether any of ``tensors`` is a DTensor (one cheap type check per tensor)."""
+    return DTensor is not None and any(isinstance(t, DTensor) for t in tensors)
+
+
+def local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (sharing its storage: in-place ops write through), else t."""
+    if DTensor is None or not isinstance(t, DTensor):
+        return t
+    with torch.no_grad():
+        return t.to_local()
+
+
+_SUPPORTED = ("FSDP2 (fully_shard) gives DTensor parameters and gradients placed Shard(0) on "
+              "each mesh dimension, or Replicate() (HSDP)")
+_dims_cache: dict[tuple[Any, ...], tuple[int, ...]] = {}
+_rowwise_cache: dict[tuple[Any, ...], bool] = {}
+
+
+def shard_dims(t: Tensor, what: str, *, rowwise: bool = False) -> tuple[int, ...]:
+    """The mesh dimensions along which DTensor ``t`` is split (its sum needs them reduced).
+
+    Args:
+        t: a DTensor.
+        what: what asks, for the error message.
+        rowwise: the caller works on rows (dim 0) independently and needs every row whole on
+            one rank: ``Shard(0)`` and ``Replicate()`` qualify, ``Shard(d > 0)`` does not.
+
+    Raises:
+        ValueError: for a placement other than ``Shard`` / ``Replicate`` (a ``Partial`` one,
+            i.e. not yet reduced), or ``Shard(d > 0)`` when ``rowwise``.
+    """
+    placements = t.placements
+    dims = _dims_cache.get(placements)
+    if dims is None:
+        bad = [p for p in placements if not (p.is_shard() or p.is_replicate())]
+        if bad:
+            raise ValueError(
+                f"{what} supports DTensors placed Shard or Replicate; got placements "
+                f"{placements} (a Partial placement is an unreduced sum). {_SUPPORTED}"
+            )
+        dims = tuple(i for i, p in enumerate(placements) if p.is_shard())
+        _dims_cache[placements] = dims
+    if rowwise:
+        ok = _rowwise_cache.get(placements)
+        if ok is None:
+            ok = all(not p.is_shard() or p.dim == 0 for p in placements)
+            _rowwise_cache[placements] = ok
+        if not ok:
+            raise ValueError(
+                f"{what} works on rows (dim 0) and needs each row whole on one rank, i.e. "
+                f"Shard(0) or Replicate() placements; got {placements} for a tensor of shape "
+                f"{tuple(t.shape)}. {_SUPPORTED}; do not pass a shard_placement_fn that shards "
+                "another dim"
+            )
+    return dims
+
+
+def all_reduce(values: Tensor, keys: Sequence[tuple[Any, tuple[int, ...]] | None],
+               op: Any = None) -> Tensor:
+    """Reduce ``values[i]`` across the ranks that share tensor i: one collective per distinct key.
+
+    Args:
+        values: shape ``(n,)``, one entry per tensor (e.g. local sums of squares).
+        keys: per entry, ``(device mesh, mesh dims to reduce over)`` or None (nothing to
+            reduce: a plain tensor, or a DTensor replicated on every mesh dim).
+        op: a ``torch.distributed.ReduceOp``; default SUM.
+
+    Returns:
+        ``values`` with the reduced entries filled in (a new tensor).
+    """
+    dist = torch.distributed
+    op = dist.ReduceOp.SUM if op is None else op
+    todo: dict[tuple[int, tuple[int, ...]], tuple[Any, list[int]]] = {}
+    for i, key in enumerate(keys):
+        if key is not None and key[1]:
+            mesh, dims = key
+            todo.setdefault((id(mesh), dims), (mesh, []))[1].append(i)
+    if not todo:
+        return values
+    values = values.clone()
+    for (_, dims), (mesh, idx) in todo.items():
+        everything = len(idx) == values.numel()
+        buf = values if everything else values[idx]  # (k,)
+        for d in dims:
+            dist.all_reduce(buf, op=op, group=mesh.get_group(d))
+        if not everything:
+            values[idx] = buf
+    return values
+
+
+def mesh_keys(tensors: Sequence[Tensor], what: str, *,
+              rowwise: bool = False) -> list[tuple[Any, tuple[int, ...]] | None]:
+    """Per tensor, the key :func:`all_reduce` needs: None for a plain tensor."""
+    return [(t.device_mesh, shard_dims(t, what, rowwise=rowwise)) if is_dtensor(t) else None
+            for t in tensors]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a DTensor lives: enough to wrap a local shard back into the same DTensor."""
+
+    mesh: Any
+    placements: tuple[Any, ...]
+    shape: torch.Size
+    stride: tuple[int, ...]
+
+    @classmethod
+    def of(cls, t: Tensor) -> Layout | None:
+        if not is_dtensor(t):
+            return None
+        return cls(t.device_mesh, tuple(t.placements), t.shape, t.stride())
+
+    def wrap(self, local_tensor: Tensor) -> Tensor:
+        """The DTensor whose local shard is ``local_tensor`` (shared storage, no communication)."""
+        return DTensor.from_local(local_tensor, self.mesh, self.placements, run_check=False,
+                                  shape=self.shape, stride=self.stride)
+
+    def shard(self, value: Tensor) -> Tensor:
+        """The local shard, in this layout, of ``value``: a DTensor of the same global shape
+        (redistributed if placed differently) or a full plain tensor (sliced locally; no
+        communication)."""
+        if is_dtensor(value):
+            if value.device_mesh != self.mesh or tuple(value.placements) != self.placements:
+                value = value.redistribute(self.mesh, self.placements)
+            return value.to_local()
+        return distribute_tensor(value, self.mesh, self.placements,
+                                 src_data_rank=None).to_local()
+
+
+def full(t: Tensor) -> Tensor:
+    """The whole tensor: a DTensor gathered (a collective: every rank must call), else t."""
+    return t.full_tensor() if is_dtensor(t) else t
