@@ -6,12 +6,15 @@ Application code (used by the CLI); the library never imports it. A record is a 
     {"name", "title", "note", "claim", "threshold", "anchor": {...}, "timed",
      "status": "holds" | "fails" | "error", "summary", "metrics", "tables", "figures",
      "error": None | {"type", "message", "traceback"},
-     "provenance": {"mode", "seed", "config", "torch", "python", "device", "threads",
-                    "git_sha", "kexue_version", "date", "seconds"}}
+     "provenance": {"mode", "seed", "config", "torch", "python", "device", "precision",
+                    "threads", "git_sha", "kexue_version", "date", "seconds"}}
 
 Records are upserted by name: ``kexue run NAME`` into an existing report replaces that one row
 and keeps the others; figures the replaced record had and the new one lacks are deleted, so
-none is orphaned.
+none is orphaned. Nothing is reused between runs: every record is measured afresh by the run
+that writes it, and its provenance names the device and precision it ran on (shown in the
+overview's "ran on" column), so rows from a CPU run and a CUDA run of the same report stay
+told apart.
 """
 
 from __future__ import annotations
@@ -171,9 +174,16 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-META = ("mode", "seed", "config", "torch", "device", "threads", "git_sha", "kexue_version",
-        "date")
+META = ("mode", "seed", "config", "torch", "device", "precision", "threads", "git_sha",
+        "kexue_version", "date")
 _VERDICT = {"holds": "holds", "fails": "does not hold", "error": "error"}
+
+
+def _ran_on(provenance: dict[str, Any]) -> str:
+    """Device type and precision of a record (``cpu fp32``); records older than the precision
+    field ran in fp32."""
+    device = str(provenance.get("device", "")).split(":", 1)[0]
+    return f"{device} {provenance.get('precision', 'fp32')}".strip()
 
 
 def _anchor(anchor: dict[str, Any]) -> str:
@@ -221,7 +231,7 @@ def render(records: list[dict[str, Any]]) -> str:
         f"{' (timed)' if r.get('timed') else ''}</td>"
         f"<td>{esc(r.get('claim', ''))}</td><td>{esc(r.get('threshold') or '—')}</td>"
         f"<td>{_anchor_short(r.get('anchor') or {})}</td><td>{esc(r.get('summary', ''))}</td>"
-        "</tr>"
+        f"<td class='meta'>{esc(_ran_on(r.get('provenance') or {}))}</td></tr>"
         for r in records)
     sections = []
     for r in records:
@@ -266,6 +276,6 @@ padding:.5em}}.meta{{color:#666;font-size:.85em}}</style></head><body>
 <h1>kexue report</h1><p>Each experiment reruns a claim of a kexue.fm note on embedded real data,
 beside the published number it should be read against.</p>
 <div class='wide'><table><tr><th>experiment</th><th>verdict</th><th>claim</th>
-<th>threshold</th><th>published</th><th>kexue</th></tr>{rows}</table></div>
+<th>threshold</th><th>published</th><th>kexue</th><th>ran on</th></tr>{rows}</table></div>
 {''.join(sections)}</body></html>
 """

@@ -44,6 +44,25 @@ Threads = Annotated[int, typer.Option("--threads", min=1, max=MAX_THREADS,
                                       help="torch threads to use.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout "
                                     "instead of the table.")]
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")  # kexue.experiments.base.PRECISIONS; the trainers' autocast
+Device = choices("Device", DEVICES)
+Precision = choices("Precision", PRECISIONS)
+
+
+def resolve_device_option(device: str, option: str = "--device") -> Any:
+    """The torch.device of ``--device`` (auto: CUDA when available), resolved before any work;
+    CUDA asked for where there is none is one line naming ``option``.
+
+    Raises:
+        CliError: naming ``option``.
+    """
+    from kexue.generative.common import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ValueError as error:
+        raise CliError(f"{option} {device}: {first_line(error)}") from error
 
 
 def set_threads(threads: int) -> None:

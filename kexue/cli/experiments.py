@@ -14,7 +14,9 @@ from rich.table import Table
 
 from kexue.cli._common import (
     CliError,
+    Device,
     Json,
+    Precision,
     RunFailed,
     Seed,
     Threads,
@@ -27,6 +29,7 @@ from kexue.cli._common import (
     make_dir,
     out,
     progress,
+    resolve_device_option,
     set_threads,
 )
 from kexue.experiments import NAMES
@@ -38,6 +41,14 @@ Out = Annotated[Path, typer.Option("--out", help="Report directory: index.html, 
 StrictTiming = Annotated[bool, typer.Option(
     "--strict-timing", help="Let a failed wall-clock (timed) claim set exit status 1; by "
     "default its verdict is shown only, since shared cores make it flaky.")]
+DeviceOption = Annotated[Device, typer.Option(  # type: ignore[valid-type]
+    "--device", help="Where the experiments run; auto: CUDA when available. Experiments that "
+    "cannot use CUDA (text, scipy, CPU timing) run on the CPU; each record says where it ran. "
+    "Default cpu, where the claims' lines and the README's figures were measured.")]
+PrecisionOption = Annotated[Precision, typer.Option(  # type: ignore[valid-type]
+    "--precision", help="bf16: training and evaluation forward passes under bfloat16 "
+    "autocast, in the experiments that honour it (the others run fp32; each record says "
+    "which).")]
 
 
 def _failed(record: dict[str, Any], strict_timing: bool) -> bool:
@@ -46,13 +57,16 @@ def _failed(record: dict[str, Any], strict_timing: bool) -> bool:
     return record["status"] == "fails" and (strict_timing or not record.get("timed"))
 
 
-def _stub(experiment: Any, full: bool, seed: int, start: float) -> dict[str, Any]:
+def _stub(experiment: Any, full: bool, seed: int, device: Any, precision: str,
+          start: float) -> dict[str, Any]:
     """The provenance of a run that raised (run_experiment made none)."""
     import dataclasses
 
     from kexue.experiments.base import provenance
 
-    return dataclasses.asdict(provenance(experiment, full=full, seed=seed, device="cpu",
+    ctx = experiment.context(seed, device, precision)
+    return dataclasses.asdict(provenance(experiment, full=full, seed=seed, device=ctx.device,
+                                         precision=ctx.precision,
                                          seconds=time.perf_counter() - start))
 
 
@@ -82,7 +96,8 @@ def _figure_style() -> None:
         *fonts, *(f for f in matplotlib.rcParams["font.sans-serif"] if f not in fonts)]
 
 
-def _run_one(ledger: Any, experiment: Any, full: bool, seed: int, out_dir: Path) -> dict:
+def _run_one(ledger: Any, experiment: Any, full: bool, seed: int, device: Any, precision: str,
+             out_dir: Path) -> dict:
     """Run one experiment into the ledger: its record, or its error row."""
     from kexue.experiments import run_experiment
 
@@ -91,11 +106,13 @@ def _run_one(ledger: Any, experiment: Any, full: bool, seed: int, out_dir: Path)
     def error_row(error: Exception) -> dict:
         err.print(f"kexue: {experiment.name} raised {type(error).__name__}: "
                   f"{first_line(error)}", markup=False)
-        return ledger.add_error(experiment, error, _stub(experiment, full, seed, start))
+        return ledger.add_error(experiment, error,
+                                _stub(experiment, full, seed, device, precision, start))
 
     try:
         try:
-            result, provenance = run_experiment(experiment, full=full, seed=seed)
+            result, provenance = run_experiment(experiment, full=full, seed=seed, device=device,
+                                                precision=precision)
         except KeyboardInterrupt:
             raise
         except Exception as error:  # one failing experiment keeps the others
@@ -112,13 +129,29 @@ def _run_one(ledger: Any, experiment: Any, full: bool, seed: int, out_dir: Path)
                         "there") from error
 
 
+def _fallbacks(names: list[str], device: Any, precision: str) -> None:
+    """One stderr line naming the experiments that will not run where or how asked."""
+    from kexue.experiments import EXPERIMENTS
+
+    for what, asked, declared in (("device", device.type, "devices"),
+                                  ("precision", precision, "precisions")):
+        off = [n for n in names if asked not in getattr(EXPERIMENTS[n], declared)]
+        if off:
+            where = "on the CPU" if what == "device" else "in fp32"
+            err.print(f"kexue: note: {', '.join(off)} run {where} (they cannot use --{what} "
+                      f"{asked}; their records say so)", markup=False)
+
+
 def run_many(names: list[str], *, full: bool, seed: int, out_dir: Path, threads: int,
-             as_json: bool, strict_timing: bool) -> int:
-    """Run ``names`` into the ledger of ``out_dir``; return the exit status (0 all hold, 1 a
-    claim failed or an experiment errored, 130 interrupted — the finished part saved)."""
+             as_json: bool, strict_timing: bool, device: str = "cpu",
+             precision: str = "fp32") -> int:
+    """Run ``names`` into the ledger of ``out_dir`` on ``device`` ("cpu", "cuda" or "auto")
+    in ``precision``; return the exit status (0 all hold, 1 a claim failed or an experiment
+    errored, 130 interrupted — the finished part saved)."""
     from kexue.experiments import EXPERIMENTS
     from kexue.report import Ledger
 
+    resolved = resolve_device_option(device)  # before anything is written
     check_output_dir(out_dir)
     for name in ("results.json", "index.html"):
         if (out_dir / name).exists() and not (out_dir / name).is_file():
@@ -136,13 +169,15 @@ def run_many(names: list[str], *, full: bool, seed: int, out_dir: Path, threads:
             raise CliError(f"--out: {error}") from error
         records: list[dict[str, Any]] = []
         interrupted = False
+        _fallbacks(names, resolved, precision)
         with progress() as bar:
             task = bar.add_task("experiments", total=len(names))
             try:
                 for name in names:
                     experiment = EXPERIMENTS[name]
                     bar.update(task, description=f"running {name}")
-                    records.append(_run_one(ledger, experiment, full, seed, out_dir))
+                    records.append(_run_one(ledger, experiment, full, seed, resolved,
+                                            precision, out_dir))
                     bar.advance(task)
             except KeyboardInterrupt:  # the ledger on disk holds every finished experiment
                 interrupted = True
@@ -168,16 +203,19 @@ def report(
     threads: Threads = 1,
     as_json: Json = False,
     strict_timing: StrictTiming = False,
+    device: DeviceOption = "cpu",
+    precision: PrecisionOption = "fp32",
 ) -> None:
     """Rerun every note's claim on embedded real data and write OUT/index.html with figures.
 
     Exit status: 0 every claim holds; 1 a claim does not hold or an experiment raised
-    (timed claims only with --strict-timing); 2 a usage error; 130 interrupted (the finished
-    experiments are saved)."""
+    (timed claims only with --strict-timing); 2 a usage error (--device cuda without CUDA
+    included); 130 interrupted (the finished experiments are saved)."""
     names = [n.value for n in only] if only else list(NAMES)
     raise typer.Exit(run_many(list(dict.fromkeys(names)), full=full, seed=seed,
                               out_dir=out_dir, threads=threads, as_json=as_json,
-                              strict_timing=strict_timing))
+                              strict_timing=strict_timing, device=_value(device),
+                              precision=_value(precision)))
 
 
 def run(
@@ -188,10 +226,18 @@ def run(
     threads: Threads = 1,
     as_json: Json = False,
     strict_timing: StrictTiming = False,
+    device: DeviceOption = "cpu",
+    precision: PrecisionOption = "fp32",
 ) -> None:
     """Run one experiment and upsert its row, figures and verdict into the report in OUT."""
     raise typer.Exit(run_many([name.value], full=full, seed=seed, out_dir=out_dir,
-                              threads=threads, as_json=as_json, strict_timing=strict_timing))
+                              threads=threads, as_json=as_json, strict_timing=strict_timing,
+                              device=_value(device), precision=_value(precision)))
+
+
+def _value(choice: Any) -> str:
+    """A choice option's string (typer hands over the Enum member, a default the string)."""
+    return getattr(choice, "value", choice)
 
 
 def list_(as_json: Json = False) -> None:
@@ -203,7 +249,8 @@ def list_(as_json: Json = False) -> None:
     if as_json:
         print(dumps([{"name": e.name, "title": e.title, "note": e.note, "claim": e.claim,
                       "threshold": e.threshold, "anchor": dataclasses.asdict(e.anchor),
-                      "timed": e.timed} for e in EXPERIMENTS.values()]))
+                      "timed": e.timed, "devices": list(e.devices),
+                      "precisions": list(e.precisions)} for e in EXPERIMENTS.values()]))
         return
     table = Table()
     table.add_column("name", no_wrap=True)

@@ -11,6 +11,8 @@ import typer
 
 from kexue.cli._common import (
     CliError,
+    Device,
+    Precision,
     RunFailed,
     Seed,
     Threads,
@@ -22,14 +24,13 @@ from kexue.cli._common import (
     missing_data,
     out,
     progress,
+    resolve_device_option,
     set_threads,
 )
 from kexue.generative import RECIPES, TRAINERS
 from kexue.generative.data import IMAGE_DATA
 
 Data = choices("Data", tuple(IMAGE_DATA))
-Device = choices("Device", ("auto", "cpu", "cuda"))
-Precision = choices("Precision", ("fp32", "bf16"))
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # meta["format"]; 1: before the generative trainers shared one contract
 _AUTOCAST = {"fp32": None, "bf16": "bf16"}
@@ -139,7 +140,6 @@ def train(
     continues exactly), a PNG grid of samples and the model's scores."""
 
     from kexue._io import remove_stale
-    from kexue.generative.common import resolve_device
     from kexue.generative.data import load_images
 
     data, device, precision = (getattr(v, "value", v) for v in (data, device, precision))
@@ -161,10 +161,7 @@ def train(
         epochs = _saved_epochs(ckpt)
     if epochs is None:
         epochs = entry.schedule(images.shape, quick)
-    try:
-        resolve_device(device)
-    except ValueError as error:
-        raise CliError(f"--device {device}: {first_line(error)}") from error
+    resolve_device_option(device)
     try:
         trainer = entry.build(images, epochs=epochs, seed=seed, device=device,
                               autocast=_AUTOCAST[precision], variant=variant)

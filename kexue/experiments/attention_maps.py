@@ -66,28 +66,34 @@ def _reference(attn: DenseAttention, x_in: torch.Tensor) -> torch.Tensor:
 
 
 def run(config: Config, ctx: Context) -> Result:
-    x_tr, y_tr, x_te, y_te = digits(ctx.seed)
+    x_tr, y_tr, x_te, y_te = map(ctx.put, digits(ctx.seed))
     torch.manual_seed(derive_seed(ctx.seed, "init"))
-    model = RowTransformer(config.width, config.heads, config.depth)
+    model = ctx.place(RowTransformer(config.width, config.heads, config.depth))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
     gen = ctx.stream("batches")
     for _ in range(config.epochs):
         for idx in batches(len(x_tr), 32, gen):
             opt.zero_grad()
-            F.cross_entropy(model(x_tr[idx]), y_tr[idx]).backward()
+            with ctx.autocast():
+                loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            loss.backward()
             opt.step()
     model.eval()
-    _, acc = evaluate(model, x_te, y_te)
+    with ctx.autocast():
+        _, acc = evaluate(model, x_te, y_te)
 
+    # the identity is checked in full precision, whatever the training's precision was
     sample = x_te[:64]
     with torch.no_grad():
         plain = model(sample)
-        with capture(model, ["blocks.*.mixer", "blocks.*.norm1"], attention=True) as cap:
+        # the mixers' maps, and apart (no attention asked of them) their inputs
+        with capture(model, "blocks.*.norm1") as inputs, \
+                capture(model, "blocks.*.mixer", attention=True) as cap:
             captured_out = model(sample)
     # Independent float64 reference from each block's captured mixer input.
     err = max(
         (cap.attention[f"blocks.{i}.mixer"][0].double()
-         - _reference(block.mixer, cap.outputs[f"blocks.{i}.norm1"][0])).abs().max().item()
+         - _reference(block.mixer, inputs.outputs[f"blocks.{i}.norm1"][0])).abs().max().item()
         for i, block in enumerate(model.blocks))
     unchanged = torch.equal(plain, captured_out)
 
@@ -95,14 +101,14 @@ def run(config: Config, ctx: Context) -> Result:
                              figsize=(2.4 * (config.heads + 1), 2.4 * config.depth),
                              squeeze=False)
     j = 0
-    image = (sample[j].view(8, 8) - sample[j].min()).numpy()
+    image = (sample[j].view(8, 8) - sample[j].min()).cpu().numpy()
     for i in range(config.depth):
         axes[i, 0].imshow(image, cmap="gray_r")
         axes[i, 0].set_title(f"digit {int(y_te[j])}" if i == 0 else "")
         axes[i, 0].set_ylabel(f"layer {i}")
         probs = cap.attention[f"blocks.{i}.mixer"][0][j]  # (H, T, T)
         for h in range(config.heads):
-            axes[i, h + 1].imshow(probs[h].numpy(), cmap="viridis", vmin=0, vmax=1)
+            axes[i, h + 1].imshow(probs[h].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
             axes[i, h + 1].set_title(f"head {h}: row → row")
     for ax in axes.flat:
         ax.set_xticks([])
@@ -136,4 +142,6 @@ EXPERIMENT = Experiment(
     quick=QUICK,
     full=replace(QUICK, epochs=60),
     run=run,
+    devices=("cpu", "cuda"),
+    precisions=("fp32", "bf16"),  # the training; the capture is checked in fp32
 )

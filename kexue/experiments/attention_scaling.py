@@ -233,4 +233,6 @@ EXPERIMENT = Experiment(
     run=run,
     control=control,
     timed=True,  # the claim is about wall-clock time: reported, never asserted by the tests
+    # CPU only: the claim is CPU wall-clock time and resident-set growth (one thread)
+    devices=("cpu",),
 )

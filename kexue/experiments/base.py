@@ -9,27 +9,50 @@ A thresholded claim (``threshold`` set) carries a training-free ``control``: the
 on data or a model that must fail the claim (blurred, shuffled or class-dropped data, an
 untrained model). The fast tests run every control and assert that it fails; a claim that its
 own control passes cannot fail and is a defect.
+
+Device and precision, one rule for every experiment:
+
+- An experiment declares the device types it can use (``Experiment.devices``, default CPU
+  only) and the precisions it honours (``Experiment.precisions``, default fp32 only). Asked
+  for another, it runs on the CPU, or in fp32, and the provenance records what it ran on
+  (:meth:`Experiment.context`). Pure CPU work (text mining, scipy integration, float64
+  statistics, CPU wall-clock claims) declares CPU only and says why beside ``devices``.
+- On its device an experiment builds its models on the CPU (from the seed), moves them and
+  its data there (:meth:`Context.place`, :meth:`Context.put`) and draws every random number
+  on a CPU generator (:meth:`Context.stream` or a seeded ``torch.Generator``), moving what it
+  draws, so a seed gives the same draws, batches and initial weights on every device.
+- Precision ``"bf16"`` runs the training and evaluation forward passes under bfloat16
+  autocast (:meth:`Context.autocast`); identities checked to float precision, float64 work
+  and the verdict's arithmetic stay outside it.
+- Metrics are CPU Python numbers (``.item()``, ``float``); figures get CPU tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 from kexue._seeds import stream
 
-__all__ = ["Anchor", "Context", "Experiment", "Provenance", "Result", "Table", "config_dict",
-           "kexue_version", "provenance", "run_experiment"]
+__all__ = ["DEVICE_TYPES", "PRECISIONS", "Anchor", "Context", "Experiment", "Provenance",
+           "Result", "Table", "config_dict", "kexue_version", "provenance", "run_experiment"]
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 MAX_METRICS = 12
 Scalar = float | int | str | bool
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+"""Precision name -> autocast dtype (None: no autocast, full precision)."""
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -92,14 +115,57 @@ class Anchor:
 
 @dataclass(frozen=True)
 class Context:
-    """What a run may depend on beside its config: the seed and the device."""
+    """What a run may depend on beside its config: the seed, the device and the precision.
+
+    Attributes:
+        seed: The run's seed; named streams derive from it (:meth:`stream`).
+        device: Where models and data live (a ``torch.device``; a string is converted).
+        precision: ``"fp32"`` or ``"bf16"`` (bfloat16 autocast of the forward passes that
+            :meth:`autocast` wraps), a key of :data:`PRECISIONS`.
+
+    Raises:
+        ValueError: For an unknown precision or a string torch cannot read as a device.
+    """
 
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "device", torch.device(self.device))
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must be a torch.device or its name, got "
+                             f"{self.device!r}") from error
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                             f"got {self.precision!r}")
 
     def stream(self, *names: str) -> torch.Generator:
         """A CPU generator for the named stream of ``seed`` (:func:`kexue._seeds.stream`)."""
         return stream(self.seed, *names)
+
+    def put(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the device (``x`` itself when it is there already)."""
+        return x.to(self.device)
+
+    def place(self, module: ModuleT) -> ModuleT:
+        """``module`` moved to the device, in place; returned for chaining."""
+        return module.to(self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast region of forward passes: bfloat16 autocast on the device for
+        ``"bf16"``, a no-op for ``"fp32"``."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @property
+    def autocast_name(self) -> str | None:
+        """The precision as the generative trainers' ``autocast`` argument takes it (None for
+        full precision)."""
+        return None if PRECISIONS[self.precision] is None else self.precision
 
 
 @dataclass(frozen=True)
@@ -177,6 +243,10 @@ class Experiment:
         control: for a thresholded claim, a training-free negative control with the same
             signature whose result must not hold.
         timed: the claim is about wall-clock time (shared cores make it flaky).
+        devices: the device types (of :data:`DEVICE_TYPES`) ``run`` and ``control`` use;
+            ``"cpu"`` always among them. Another is run on the CPU (see the module's rule).
+        precisions: the precisions (keys of :data:`PRECISIONS`) they honour; ``"fp32"``
+            always among them. Another is run in fp32.
     """
 
     name: str
@@ -190,6 +260,8 @@ class Experiment:
     run: Callable[[Any, Context], Result]
     control: Callable[[Any, Context], Result] | None = None
     timed: bool = False
+    devices: tuple[str, ...] = ("cpu",)
+    precisions: tuple[str, ...] = ("fp32",)
 
     def __post_init__(self) -> None:
         for mode in ("quick", "full"):
@@ -202,10 +274,32 @@ class Experiment:
                              f"got {self.note!r}")
         if self.threshold is not None and self.control is None:
             raise ValueError(f"Experiment {self.name!r} has a threshold but no negative control")
+        for attr, known, base in (("devices", DEVICE_TYPES, "cpu"),
+                                  ("precisions", tuple(PRECISIONS), "fp32")):
+            values = tuple(getattr(self, attr))
+            if base not in values or not set(values) <= set(known):
+                raise ValueError(f"Experiment {self.name!r}: {attr} must include {base!r} and "
+                                 f"name only {', '.join(map(repr, known))}, got {values!r}")
+            object.__setattr__(self, attr, values)
 
     def config(self, full: bool = False) -> Any:
         """The full or the quick config."""
         return self.full if full else self.quick
+
+    def context(self, seed: int = 0, device: torch.device | str = "cpu",
+                precision: str = "fp32") -> Context:
+        """The context this experiment runs in when ``device`` and ``precision`` are asked
+        for: a device type outside :attr:`devices` becomes the CPU, a precision outside
+        :attr:`precisions` becomes ``"fp32"``.
+
+        Raises:
+            ValueError: For an unknown precision or device name.
+        """
+        asked = Context(seed=seed, device=device, precision=precision)
+        return Context(
+            seed=seed,
+            device=asked.device if asked.device.type in self.devices else torch.device("cpu"),
+            precision=precision if precision in self.precisions else "fp32")
 
 
 @dataclass(frozen=True)
@@ -218,6 +312,7 @@ class Provenance:
     torch: str
     python: str
     device: str
+    precision: str
     threads: int
     git_sha: str
     kexue_version: str
@@ -250,14 +345,27 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def run_experiment(experiment: Experiment | str, *, full: bool = False, seed: int = 0,
-                   device: torch.device | str = "cpu") -> tuple[Result, Provenance]:
+                   device: torch.device | str = "cpu",
+                   precision: str = "fp32") -> tuple[Result, Provenance]:
     """Run ``experiment`` (or the registry's experiment of that name) in quick (default) or
     full mode; return its result and provenance.
 
+    Args:
+        experiment: The experiment or its registry name.
+        full: Full-size config instead of the quick one.
+        seed: The run's seed.
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` (CUDA when available) or a torch.device;
+            an experiment that cannot use it runs on the CPU (:meth:`Experiment.context`).
+        precision: ``"fp32"`` or ``"bf16"``; an experiment that does not honour it runs in
+            fp32. The provenance records the device and precision actually used.
+
     Raises:
-        ValueError: for an unknown name.
-        TypeError: when the experiment's run returns something other than a Result.
+        ValueError: For an unknown name, precision or device, or CUDA asked for where there
+            is none.
+        TypeError: When the experiment's run returns something other than a Result.
     """
+    from kexue.generative.common import resolve_device
+
     if isinstance(experiment, str):
         from kexue.experiments import EXPERIMENTS
 
@@ -265,18 +373,19 @@ def run_experiment(experiment: Experiment | str, *, full: bool = False, seed: in
             raise ValueError(f"unknown experiment {experiment!r}; known: "
                              f"{', '.join(EXPERIMENTS)}")
         experiment = EXPERIMENTS[experiment]
-    device = torch.device(device)
+    ctx = experiment.context(seed, resolve_device(device), precision)
     start = time.perf_counter()
-    result = experiment.run(experiment.config(full), Context(seed=seed, device=device))
+    result = experiment.run(experiment.config(full), ctx)
     if not isinstance(result, Result):
         raise TypeError(f"experiment {experiment.name!r} returned {type(result).__name__}, "
                         "expected a Result")
-    return result, provenance(experiment, full=full, seed=seed, device=device,
-                              seconds=time.perf_counter() - start)
+    return result, provenance(experiment, full=full, seed=seed, device=ctx.device,
+                              precision=ctx.precision, seconds=time.perf_counter() - start)
 
 
 def provenance(experiment: Experiment, *, full: bool, seed: int,
-               device: torch.device | str, seconds: float) -> Provenance:
+               device: torch.device | str, seconds: float,
+               precision: str = "fp32") -> Provenance:
     """The record of where and how ``experiment`` ran (also for a run that raised)."""
     from kexue._env import environment
 
@@ -284,8 +393,7 @@ def provenance(experiment: Experiment, *, full: bool, seed: int,
     return Provenance(
         mode="full" if full else "quick", seed=seed, config=config_dict(experiment.config(full)),
         torch=str(env["torch"]), python=str(env["python"]), device=str(env["device"]),
-        threads=int(env["threads"]), git_sha=str(env["git_sha"]),
+        precision=precision, threads=int(env["threads"]), git_sha=str(env["git_sha"]),
         kexue_version=kexue_version(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         seconds=seconds)
-

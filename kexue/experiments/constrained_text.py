@@ -133,4 +133,5 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, steps=1000),
     run=run,
     control=control,
+    devices=("cpu",),  # CPU only: MCMC over an n-gram model in Python, no tensors
 )

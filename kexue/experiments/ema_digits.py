@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kexue.experiments._common import batches, digits, evaluate, tail_mean
 from kexue.experiments.base import Anchor, Context, Experiment, Result
@@ -34,11 +34,27 @@ def _model(config: Config) -> nn.Module:
     return nn.Sequential(nn.Linear(64, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 10))
 
 
+def _evaluate_both(model: nn.Module, ema: EMA, ctx: Context, x: Tensor,
+                   y: Tensor) -> tuple[float, float, float, float]:
+    """Test loss and accuracy of the raw weights, then of the EMA weights.
+
+    One autocast region per set of weights, entered after the swap: autocast caches its
+    low-precision copy of each weight for the length of a region, and ``swapped()`` changes
+    the weights' storage, not the tensors, so a region around both would score the raw
+    weights' cached copies twice.
+    """
+    with ctx.autocast():
+        loss_raw, acc_raw = evaluate(model, x, y)
+    with ema.swapped(), ctx.autocast():
+        loss_ema, acc_ema = evaluate(model, x, y)
+    return loss_raw, acc_raw, loss_ema, acc_ema
+
+
 def run(config: Config, ctx: Context) -> Result:
     seed = ctx.seed
-    torch.manual_seed(seed)
-    x_tr, y_tr, x_te, y_te = digits(seed)
-    model = _model(config)
+    torch.manual_seed(seed)  # the weights are drawn on the CPU, then moved
+    x_tr, y_tr, x_te, y_te = map(ctx.put, digits(seed))
+    model = ctx.place(_model(config))
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = EMA(model, decay=ema_warmup(config.decay, power=1.0))
     gen = torch.Generator().manual_seed(seed)
@@ -47,17 +63,17 @@ def run(config: Config, ctx: Context) -> Result:
     for _ in range(config.epochs):
         epoch = batches(len(x_tr), config.batch_size, gen)
         every = max(1, len(epoch) // config.evals_per_epoch)
-        for i, idx in enumerate(epoch):
-            loss = nn.functional.cross_entropy(model(x_tr[idx]), y_tr[idx])
+        for i, idx in enumerate(epoch):  # idx: CPU indices of the CPU generator's order
+            with ctx.autocast():
+                loss = nn.functional.cross_entropy(model(x_tr[idx]), y_tr[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             ema.update()
             step += 1
             if (i + 1) % every == 0:
-                loss_raw, acc_raw = evaluate(model, x_te, y_te)
-                with ema.swapped():
-                    loss_ema, acc_ema = evaluate(model, x_te, y_te)
+                loss_raw, acc_raw, loss_ema, acc_ema = _evaluate_both(model, ema, ctx, x_te,
+                                                                      y_te)
                 steps.append(step)
                 raw_curve.append(loss_raw)
                 ema_curve.append(loss_ema)
@@ -71,12 +87,10 @@ def control(config: Config, ctx: Context) -> Result:
     """An untrained model whose EMA is its own weights (never updated): the same scorer must
     find no gain."""
     torch.manual_seed(ctx.seed)
-    _, _, x_te, y_te = digits(ctx.seed)
-    model = _model(config)
+    _, _, x_te, y_te = map(ctx.put, digits(ctx.seed))
+    model = ctx.place(_model(config))
     ema = EMA(model, decay=config.decay)  # shadows = the weights; no update() is ever taken
-    loss_raw, acc_raw = evaluate(model, x_te, y_te)
-    with ema.swapped():
-        loss_ema, acc_ema = evaluate(model, x_te, y_te)
+    loss_raw, acc_raw, loss_ema, acc_ema = _evaluate_both(model, ema, ctx, x_te, y_te)
     return _result(config, [0], [loss_raw], [loss_ema], [acc_raw], [acc_ema])
 
 
@@ -126,4 +140,6 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, epochs=30),
     run=run,
     control=control,
+    devices=("cpu", "cuda"),
+    precisions=("fp32", "bf16"),
 )

@@ -290,4 +290,7 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, draws=1_000_000, replicates=40_000),
     run=run,
     control=control,
+    # CPU only: the measurement is float64 statistics of draws from CPU generators (a few
+    # million scalars); a device would only hold the reductions
+    devices=("cpu",),
 )

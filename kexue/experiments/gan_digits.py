@@ -88,7 +88,8 @@ def run(config: Config, ctx: Context) -> Result:
             start = time.perf_counter()
             trainer = make_trainer(variant, data, epochs=config.epochs, seed=s,
                                    z_dim=config.z_dim, width=config.width,
-                                   batch_size=config.batch_size)
+                                   batch_size=config.batch_size, device=ctx.device,
+                                   autocast=ctx.autocast_name)
             while trainer.epoch < trainer.epochs:
                 trainer.fit_epoch()
             samples = trainer.sample(n, torch.Generator().manual_seed(s))
@@ -195,4 +196,8 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, variants=("dcgan", "selfmod"), epochs=30),
     run=run,
     control=control,
+    # the trainer runs on the device (kexue.generative.common.EpochLoop: draws on CPU
+    # generators, moved); samples come back on the CPU, where the metrics score them
+    devices=("cpu", "cuda"),
+    precisions=("fp32", "bf16"),
 )

@@ -152,4 +152,5 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, steps=2000),
     run=run,
     control=control,
+    devices=("cpu",),  # CPU only: two float64 parameters, no randomness
 )

@@ -87,7 +87,7 @@ def run(config: Config, ctx: Context) -> Result:
             glo_epochs=config.glo_epochs, imle_epochs=config.imle_epochs,
             code_dim=config.code_dim, noise_dim=config.noise_dim, width=config.width,
             batch_size=config.batch_size, imle_pool=config.imle_pool), seed=s,
-            device=ctx.device)
+            device=ctx.device, autocast=ctx.autocast_name)
         while trainer.epoch < trainer.epochs:
             trainer.fit_epoch()
         glann = _mean_scores(trainer.sample, data, clf, config.draws, seed)
@@ -203,4 +203,8 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, seeds=5),
     run=run,
     control=control,
+    # the trainer runs on the device (kexue.generative.common.EpochLoop: draws on CPU
+    # generators, moved); samples come back on the CPU, where the metrics score them
+    devices=("cpu", "cuda"),
+    precisions=("fp32", "bf16"),
 )

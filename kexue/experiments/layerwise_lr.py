@@ -68,12 +68,15 @@ class Tower(nn.Module):
         return self.head(self.norm(h))
 
 
-def _identity_gap(config: Config, seed: int, optimizer: str) -> float:
-    """Max |θ_plain − θ_reparam| after training both ways in float64."""
+def _identity_gap(config: Config, ctx: Context, optimizer: str) -> float:
+    """Max |θ_plain − θ_reparam| after training both ways in float64 (never autocast: an
+    identity checked to float64 precision)."""
+    seed = ctx.seed
     torch.manual_seed(seed)
     x, y, _, _ = digits(seed)
-    x, lam, alpha = x.double(), config.lam, 0.05 if optimizer == "sgd" else 1e-3
-    plain = Tower(32, 2).double()
+    x, y = ctx.put(x.double()), ctx.put(y)
+    lam, alpha = config.lam, 0.05 if optimizer == "sgd" else 1e-3
+    plain = ctx.place(Tower(32, 2).double())
     reparam = scale_parametrize(copy.deepcopy(plain), {"blocks.*": lam})
     if optimizer == "sgd":
         opt_plain = torch.optim.SGD(param_groups(plain, alpha, multipliers={"blocks.*": lam**2}))
@@ -102,20 +105,22 @@ def _effective(model: nn.Module, name: str) -> torch.Tensor:
     return getattr(model.get_submodule(module_name), attr)
 
 
-def _pretrain(config: Config, seed: int, x: Tensor, y: Tensor) -> Tower:
+def _pretrain(config: Config, ctx: Context, seed: int, x: Tensor, y: Tensor) -> Tower:
     torch.manual_seed(seed)
-    model = Tower(config.width, config.depth)
+    model = ctx.place(Tower(config.width, config.depth))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(config.pretrain_epochs):
         for idx in batches(len(x), 32, gen):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            with ctx.autocast():
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
             opt.step()
     return model
 
 
-def _finetune(model: Tower, strategy: str, config: Config, x: Tensor, y: Tensor,
+def _finetune(model: Tower, strategy: str, config: Config, ctx: Context, x: Tensor, y: Tensor,
               seed: int) -> Tower:
     model = copy.deepcopy(model)
     lr = config.lr
@@ -131,7 +136,9 @@ def _finetune(model: Tower, strategy: str, config: Config, x: Tensor, y: Tensor,
     for _ in range(config.finetune_steps):
         idx = torch.randint(len(x), (16,), generator=gen)
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        with ctx.autocast():
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
         opt.step()
     return model
 
@@ -148,18 +155,21 @@ def _shots(y_tr: Tensor, config: Config, seed: int) -> Tensor:
 
 def run(config: Config, ctx: Context) -> Result:
     seed = ctx.seed
-    gaps = {opt: _identity_gap(config, seed, opt) for opt in ("sgd", "adam")}
+    gaps = {opt: _identity_gap(config, ctx, opt) for opt in ("sgd", "adam")}
 
-    x_tr, y_tr, x_te, y_te = digits(seed)
+    x_tr, y_tr, x_te, y_te = digits(seed)  # CPU: the selections are made here, then moved
     old_tr, old_te = y_tr < 5, y_te < 5
+    x_new, y_new = ctx.put(x_te[~old_te]), ctx.put(y_te[~old_te])
     acc: dict[str, list[float]] = {s: [] for s in STRATEGIES}
     for s in range(config.seeds):
         rep_seed = derive_seed(seed, "repetition", str(s))
-        base = _pretrain(config, rep_seed, x_tr[old_tr], y_tr[old_tr])
+        base = _pretrain(config, ctx, rep_seed, ctx.put(x_tr[old_tr]), ctx.put(y_tr[old_tr]))
         shots = _shots(y_tr, config, rep_seed)
         for strategy in STRATEGIES:
-            tuned = _finetune(base, strategy, config, x_tr[shots], y_tr[shots], rep_seed)
-            acc[strategy].append(evaluate(tuned, x_te[~old_te], y_te[~old_te])[1])
+            tuned = _finetune(base, strategy, config, ctx, ctx.put(x_tr[shots]),
+                              ctx.put(y_tr[shots]), rep_seed)
+            with ctx.autocast():
+                acc[strategy].append(evaluate(tuned, x_new, y_new)[1])
     return _result(config, gaps, acc, "")
 
 
@@ -169,18 +179,21 @@ def control(config: Config, ctx: Context) -> Result:
     gain is 0 and the claim must fail."""
     config = replace(config, identity_steps=0, finetune_steps=0)
     seed = ctx.seed
-    gaps = {opt: _identity_gap(config, seed, opt) for opt in ("sgd", "adam")}
+    gaps = {opt: _identity_gap(config, ctx, opt) for opt in ("sgd", "adam")}
     x_tr, y_tr, x_te, y_te = digits(seed)
     new_te = y_te >= 5
+    x_new, y_new = ctx.put(x_te[new_te]), ctx.put(y_te[new_te])
     acc: dict[str, list[float]] = {s: [] for s in STRATEGIES}
     for s in range(config.seeds):
         rep_seed = derive_seed(seed, "repetition", str(s))
         torch.manual_seed(rep_seed)
-        base = Tower(config.width, config.depth)  # untrained
+        base = ctx.place(Tower(config.width, config.depth))  # untrained
         shots = _shots(y_tr, config, rep_seed)
         for strategy in STRATEGIES:
-            tuned = _finetune(base, strategy, config, x_tr[shots], y_tr[shots], rep_seed)
-            acc[strategy].append(evaluate(tuned, x_te[new_te], y_te[new_te])[1])
+            tuned = _finetune(base, strategy, config, ctx, ctx.put(x_tr[shots]),
+                              ctx.put(y_tr[shots]), rep_seed)
+            with ctx.autocast():
+                acc[strategy].append(evaluate(tuned, x_new, y_new)[1])
     return _result(config, gaps, acc, "control (untrained, no step): ")
 
 
@@ -259,4 +272,6 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, seeds=10, pretrain_epochs=20),
     run=run,
     control=control,
+    devices=("cpu", "cuda"),
+    precisions=("fp32", "bf16"),  # the fine-tuning; the θ = λ·φ identity stays in float64
 )

@@ -74,17 +74,24 @@ class PixelSequenceModel(nn.Module):
         return self.head(self.norm(h).mean(1))
 
 
-def _train(name: str, config: Config, seed: int, x_tr: Tensor, y_tr: Tensor) -> nn.Module:
-    torch.manual_seed(seed)
-    model = PixelSequenceModel(name, config.width, config.heads, config.depth)
+def _train(name: str, config: Config, ctx: Context, x_tr: Tensor, y_tr: Tensor) -> nn.Module:
+    torch.manual_seed(ctx.seed)
+    model = ctx.place(PixelSequenceModel(name, config.width, config.heads, config.depth))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(ctx.seed)
     for _ in range(config.epochs):
         for idx in batches(len(x_tr), config.batch_size, gen):
             opt.zero_grad()
-            F.cross_entropy(model(x_tr[idx]), y_tr[idx]).backward()
+            with ctx.autocast():
+                loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            loss.backward()
             opt.step()
     return model
+
+
+def _accuracy(model: nn.Module, ctx: Context, x: Tensor, y: Tensor) -> float:
+    with ctx.autocast():
+        return evaluate(model, x, y)[1]
 
 
 def _logistic(x_tr: Tensor, y_tr: Tensor, x_te: Tensor, y_te: Tensor) -> float:
@@ -95,13 +102,13 @@ def _logistic(x_tr: Tensor, y_tr: Tensor, x_te: Tensor, y_te: Tensor) -> float:
 
 
 def run(config: Config, ctx: Context) -> Result:
-    seed = ctx.seed
-    x_tr, y_tr, x_te, y_te = digits(seed)
-    accuracy = {name: evaluate(_train(name, config, seed, x_tr, y_tr), x_te, y_te)[1]
+    cpu = digits(ctx.seed)
+    x_tr, y_tr, x_te, y_te = map(ctx.put, cpu)
+    accuracy = {name: _accuracy(_train(name, config, ctx, x_tr, y_tr), ctx, x_te, y_te)
                 for name in MIXERS}
     references = {
-        NO_MIXING: evaluate(_train(NO_MIXING, config, seed, x_tr, y_tr), x_te, y_te)[1],
-        LOGISTIC: _logistic(x_tr, y_tr, x_te, y_te),
+        NO_MIXING: _accuracy(_train(NO_MIXING, config, ctx, x_tr, y_tr), ctx, x_te, y_te),
+        LOGISTIC: _logistic(*cpu),  # scikit-learn, on the CPU copies
     }
     return _result(config, accuracy, references, "")
 
@@ -109,12 +116,12 @@ def run(config: Config, ctx: Context) -> Result:
 def control(config: Config, ctx: Context) -> Result:
     """Every mixer's model untrained (initialised with the run's seed, no step): the same
     scorer must find them at chance."""
-    _, _, x_te, y_te = digits(ctx.seed)
+    _, _, x_te, y_te = map(ctx.put, digits(ctx.seed))
     accuracy = {}
     for name in MIXERS:
         torch.manual_seed(ctx.seed)
-        model = PixelSequenceModel(name, config.width, config.heads, config.depth)
-        accuracy[name] = evaluate(model, x_te, y_te)[1]
+        model = ctx.place(PixelSequenceModel(name, config.width, config.heads, config.depth))
+        accuracy[name] = _accuracy(model, ctx, x_te, y_te)
     return _result(config, accuracy, {}, "control (untrained): ")
 
 
@@ -184,4 +191,6 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, epochs=30),
     run=run,
     control=control,
+    devices=("cpu", "cuda"),
+    precisions=("fp32", "bf16"),
 )

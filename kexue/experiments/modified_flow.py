@@ -165,4 +165,5 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, steps=(0.4, 0.2, 0.1, 0.05, 0.025, 0.0125)),
     run=run,
     control=control,
+    devices=("cpu",),  # CPU only: scipy integrates the flows (float64, 31 parameters)
 )

@@ -61,7 +61,8 @@ def _trainer(config: Config, ctx: Context) -> tuple[NVAETrainer, Tensor]:
     test_bits = binarize(data.test_x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
     arch = NVAEConfig(downsamples=1, **{k: getattr(config, k) for k in _ARCH})
     train = NVAETrainConfig(model=arch, **{k: getattr(config, k) for k in _TRAIN})
-    return NVAETrainer(data, train, seed=ctx.seed, device=ctx.device), test_bits
+    return NVAETrainer(data, train, seed=ctx.seed, device=ctx.device,
+                       autocast=ctx.autocast_name), test_bits
 
 
 def run(config: Config, ctx: Context) -> Result:
@@ -156,4 +157,8 @@ EXPERIMENT = Experiment(
     full=replace(QUICK, epochs=50),
     run=run,
     control=control,
+    # the trainer runs on the device (kexue.generative.common.EpochLoop: draws on CPU
+    # generators, moved); samples come back on the CPU, where the metrics score them
+    devices=("cpu", "cuda"),
+    precisions=("fp32", "bf16"),
 )

@@ -50,11 +50,11 @@ def run(config: Config, ctx: Context) -> Result:
     y = torch.tensor(y_np)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     train, test = order[: config.train], order[config.train:]
-    x_tr, y_tr, x_te, y_te = x[train], y[train], x[test], y[test]
+    x_tr, y_tr, x_te, y_te = map(ctx.put, (x[train], y[train], x[test], y[test]))
 
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(64, config.hidden), nn.Tanh(),
-                          nn.Linear(config.hidden, 10)).double()
+    torch.manual_seed(seed)  # float64 throughout, never autocast: the claim is an identity
+    model = ctx.place(nn.Sequential(nn.Linear(64, config.hidden), nn.Tanh(),
+                                    nn.Linear(config.hidden, 10)).double())
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
 
     def per_example(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -81,6 +81,8 @@ def run(config: Config, ctx: Context) -> Result:
     support = contrib[torch.arange(n), :, pred]  # (n, N_train) on the predicted logit
     values, top = support.topk(config.top, dim=1)  # (n, top)
     same_label = (y_tr[top] == pred[:, None]).double().mean().item()
+    x_tr, y_tr, x_te = x_tr.cpu(), y_tr.cpu(), x_te.cpu()  # for the figure
+    pred, values, top = pred.cpu(), values.cpu(), top.cpu()
 
     k = config.top
     fig, axes = plt.subplots(n, k + 1, figsize=(1.4 * (k + 1), 1.5 * n))
@@ -129,4 +131,5 @@ EXPERIMENT = Experiment(
     quick=QUICK,
     full=replace(QUICK, train=600, steps=300, explain=12),
     run=run,
+    devices=("cpu", "cuda"),
 )
