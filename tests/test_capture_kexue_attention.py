@@ -382,3 +382,43 @@ def test_idle_hooks_do_no_work(monkeypatch) -> None:
     with capture(model, "0", attention=True):
         assert attention_base.attention_observed()
     assert not attention_base.attention_observed()  # removed on exit
+
+
+def test_low_precision_inputs_are_recorded_in_float32() -> None:
+    q, k, v = (torch.randn(1, 2, 10, 8).bfloat16() for _ in range(3))
+    model = Attend(sparse_attention, window=3, stride=4, causal=True)
+    with capture(model, "", attention=True) as cap:
+        model(q, k, v)
+    (probs,) = cap.attention[""]
+    assert probs.dtype == torch.float32
+    # Exact bf16 inputs, float32 maths: float32-level agreement, far below bf16's eps.
+    keep = allowed("sparse", 10, window=3, stride=4, causal=True)
+    assert_close(probs.double(), masked_softmax64(q, k, keep), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", PATTERNS, ids=[c[0] for c in PATTERNS])
+def test_cuda_sparse_patterns_and_nystrom_against_cpu_float64(case) -> None:
+    _, fn, kwargs, causal, t = case
+    q, k, v = (torch.randn(2, 3, t, 8) for _ in range(3))
+    padding = torch.ones(2, t, dtype=torch.bool)
+    padding[1, -2:] = False
+    cuda = [x.cuda() for x in (q, k, v)]
+    model = Attend(fn, causal=causal, **kwargs)
+    with capture(model, "", attention=True, attention_stats=STATS) as cap:
+        out = model(*cuda, key_padding_mask=padding.cuda())
+    (probs,) = cap.attention[""]
+    assert probs.device.type == "cuda"
+    keep = pattern_reference(fn, kwargs, causal, t) & padding[:, None, None, :]
+    ref = masked_softmax64(q, k, keep)
+    assert_close(probs.cpu().double(), ref, atol=1e-5, rtol=1e-4)  # TF32-free float32 maths
+    assert_close((probs @ cuda[2]).cpu(), out.cpu(), atol=1e-5, rtol=1e-4)
+    values, indices = cap.attention_stats[""][0]["top"]
+    assert_close(ref.gather(-1, indices.cpu()), values.cpu().double(), atol=1e-5, rtol=1e-4)
+
+    nystrom = Attend(nystrom_attention, landmarks=3)
+    with capture(nystrom, "", attention=True) as cap:
+        out = nystrom(*cuda, key_padding_mask=padding.cuda())
+    (probs,) = cap.attention[""]
+    assert_close(probs.cpu().double(), nystrom64(q, k, 3, 6, padding), atol=1e-4, rtol=1e-3)
+    assert_close((probs @ cuda[2]).cpu(), out.cpu(), atol=1e-5, rtol=1e-4)
