@@ -24,8 +24,8 @@ except ImportError:  # pragma: no cover - every build tested here has torch.dist
     DTensor = None
     Shard = distribute_tensor = None
 
-__all__ = ["DTensor", "Layout", "all_reduce", "has_dtensor", "is_dtensor", "local",
-           "shard_dims"]
+__all__ = ["DTensor", "Layout", "all_groups", "all_reduce", "full", "has_dtensor",
+           "is_dtensor", "local", "mesh_keys", "shard_dims"]
 
 
 def is_dtensor(t: Any) -> bool:
@@ -90,14 +90,30 @@ def shard_dims(t: Tensor, what: str, *, rowwise: bool = False) -> tuple[int, ...
     return dims
 
 
-def all_reduce(values: Tensor, keys: Sequence[tuple[Any, tuple[int, ...]] | None],
-               op: Any = None) -> Tensor:
-    """Reduce ``values[i]`` across the ranks that share tensor i: one collective per distinct key.
+Groups = tuple[Any, ...]  # process groups to reduce over, one after the other
+_groups_cache: dict[tuple[int, tuple[int, ...]], tuple[Any, Groups]] = {}
+
+
+def _mesh_groups(mesh: Any, dims: tuple[int, ...]) -> Groups:
+    """The process groups of ``dims`` of ``mesh``. Each ``fully_shard`` call may make its own
+    mesh object over the same ranks; their groups are the same objects, so keying reductions
+    by groups lets the tensors of all of them share one all-reduce."""
+    key = (id(mesh), dims)
+    hit = _groups_cache.get(key)
+    if hit is None or hit[0] is not mesh:  # the mesh is kept, so its id is not reused
+        hit = (mesh, tuple(mesh.get_group(d) for d in dims))
+        _groups_cache[key] = hit
+    return hit[1]
+
+
+def all_reduce(values: Tensor, keys: Sequence[Groups | None], op: Any = None) -> Tensor:
+    """Reduce ``values[i]`` across the ranks that share tensor i: one collective per distinct
+    set of process groups (one, for FSDP2 on one mesh), for all tensors at once.
 
     Args:
         values: shape ``(n,)``, one entry per tensor (e.g. local sums of squares).
-        keys: per entry, ``(device mesh, mesh dims to reduce over)`` or None (nothing to
-            reduce: a plain tensor, or a DTensor replicated on every mesh dim).
+        keys: per entry, the process groups to reduce over (:func:`mesh_keys`); None or
+            ``()`` for nothing to reduce (a plain tensor, a replicated DTensor).
         op: a ``torch.distributed.ReduceOp``; default SUM.
 
     Returns:
@@ -105,29 +121,40 @@ def all_reduce(values: Tensor, keys: Sequence[tuple[Any, tuple[int, ...]] | None
     """
     dist = torch.distributed
     op = dist.ReduceOp.SUM if op is None else op
-    todo: dict[tuple[int, tuple[int, ...]], tuple[Any, list[int]]] = {}
+    todo: dict[Groups, list[int]] = {}
     for i, key in enumerate(keys):
-        if key is not None and key[1]:
-            mesh, dims = key
-            todo.setdefault((id(mesh), dims), (mesh, []))[1].append(i)
+        if key:
+            todo.setdefault(key, []).append(i)
     if not todo:
         return values
     values = values.clone()
-    for (_, dims), (mesh, idx) in todo.items():
+    for groups, idx in todo.items():
         everything = len(idx) == values.numel()
         buf = values if everything else values[idx]  # (k,)
-        for d in dims:
-            dist.all_reduce(buf, op=op, group=mesh.get_group(d))
+        for group in groups:
+            dist.all_reduce(buf, op=op, group=group)
         if not everything:
             values[idx] = buf
     return values
 
 
 def mesh_keys(tensors: Sequence[Tensor], what: str, *,
-              rowwise: bool = False) -> list[tuple[Any, tuple[int, ...]] | None]:
-    """Per tensor, the key :func:`all_reduce` needs: None for a plain tensor."""
-    return [(t.device_mesh, shard_dims(t, what, rowwise=rowwise)) if is_dtensor(t) else None
-            for t in tensors]
+              rowwise: bool = False) -> list[Groups | None]:
+    """Per tensor, the process groups :func:`all_reduce` needs: None for a plain tensor."""
+    return [_mesh_groups(t.device_mesh, shard_dims(t, what, rowwise=rowwise))
+            if is_dtensor(t) else None for t in tensors]
+
+
+def all_groups(tensors: Sequence[Tensor]) -> list[Any]:
+    """Every process group of the device meshes of the DTensors among ``tensors``, once each:
+    reducing over all of them reaches every rank that holds part of any of them."""
+    out: dict[int, Any] = {}
+    for t in tensors:
+        if is_dtensor(t):
+            mesh = t.device_mesh
+            for group in _mesh_groups(mesh, tuple(range(mesh.ndim))):
+                out.setdefault(id(group), group)
+    return list(out.values())
 
 
 @dataclass(frozen=True)

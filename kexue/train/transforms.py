@@ -55,6 +55,7 @@ from kexue._checks import check_generator, check_int, check_real
 from kexue.train._dtensor import (
     DTensor,
     Layout,
+    all_groups,
     all_reduce,
     has_dtensor,
     is_dtensor,
@@ -406,10 +407,13 @@ def skip_nonfinite() -> GradientTransform:
             return grads, skipped
         groups = _groups(grads)
         # The max-norm of a finite tensor is finite (an L2 norm can overflow); NaN propagates.
+        # A rank's shard may be empty (more ranks than rows), and an empty max-norm an error.
+        lists = [[s for s in (local(grads[i]) for i in idx) if s.numel()] if sharded
+                 else [grads[i] for i in idx] for idx, sharded in groups]
         finite = torch.stack(
-            [torch.isfinite(torch.stack(torch._foreach_norm(
-                [local(grads[i]) for i in idx] if sharded else [grads[i] for i in idx],
-                math.inf))).all().to(grads[0].device) for idx, sharded in groups]
+            [torch.isfinite(torch.stack(torch._foreach_norm(ts, math.inf))).all()
+             .to(grads[0].device) for ts in lists if ts]
+            or [torch.ones((), dtype=torch.bool, device=grads[0].device)]
         ).all()
         if any(sharded for _, sharded in groups):  # every rank of every mesh decides alike
             finite = _all_ranks_agree(finite, grads)
@@ -423,11 +427,9 @@ def skip_nonfinite() -> GradientTransform:
 def _all_ranks_agree(finite: Tensor, grads: Grads) -> Tensor:
     """``finite`` and-ed across every rank of the device meshes of the DTensors in ``grads``."""
     dist = torch.distributed
-    meshes = {id(g.device_mesh): g.device_mesh for g in grads if is_dtensor(g)}
     bad = (~finite).to(torch.int32).reshape(1)  # (1,)
-    for mesh in meshes.values():
-        for d in range(mesh.ndim):
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=mesh.get_group(d))
+    for group in all_groups(grads):
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=group)
     return bad[0] == 0
 
 
