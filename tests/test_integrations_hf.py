@@ -323,6 +323,34 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_gpt2_run(tmp_path):
     assert opts.handle.steps_taken == opts2.handle.steps_taken == 4
 
 
+@pytest.mark.gpu
+def test_gpu_trainer_ema_clip_and_transform_state_on_cuda(tmp_path):
+    import io
+
+    model = _model(_gpt2).cuda()
+    args = _args(tmp_path, max_steps=3, use_cpu=False)
+    opts = trainer_optimizers(model, args, tied="first",
+                              transform=chain(accumulate(1), clip_by_global_norm(0.05)))
+    ema_cb, rec = EMACallback(0.8), Recorder()
+    transformers.Trainer(model=model, args=args, train_dataset=Tokens(12, seed=6),
+                         optimizers=opts, callbacks=[ema_cb, rec]).train()
+    assert all(norm <= 0.05 * (1 + 1e-5) for norm in rec.step_grads)
+    cpu = [{n: w.cpu() for n, w in weights.items()} for weights in rec.weights]
+    want = _closed_form(cpu, 0.8)[-1]
+    shadow = ema_cb.ema.state_dict()["shadow"]
+    for n in want:
+        assert shadow[n].is_cuda
+        torch.testing.assert_close(shadow[n].cpu().double(), want[n], rtol=1e-5, atol=1e-6)
+    # Transform state saved, read back on the CPU (as a checkpoint may be), lands on the GPU.
+    buffer = io.BytesIO()
+    torch.save(opts.optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = trainer_optimizers(model, lr=0.1, transform=chain(accumulate(1),
+                                                              clip_by_global_norm(0.05)))
+    fresh.optimizer.load_state_dict(torch.load(buffer, map_location="cpu", weights_only=True))
+    assert all(b.is_cuda for b in fresh.handle.state[0]["buffers"])
+
+
 # -- fast checks without a Trainer -------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ import os
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -210,7 +210,7 @@ def trainer_optimizers(
     multipliers: Mapping[Pattern, float] | None = None,
     layer_decay: float | None = None,
     depth: Callable[[str], int | None] | None = None,
-    no_decay: Callable[[str, Tensor], bool] | None = is_bias_or_norm,
+    no_decay: Callable[[str, Tensor], bool] | Iterable[Pattern] | None = is_bias_or_norm,
     tied: Tied | None = None,
     transform: GradientTransform | None = None,
     clips: bool | None = None,
@@ -224,12 +224,16 @@ def trainer_optimizers(
 
     The Trainer clips ``g`` to ``args.max_grad_norm`` (1.0 by default) before
     ``optimizer.step()``, so before the transform; when the transform clips as well (kexue's
-    clipping transforms are recognised by :func:`clips`, or say ``clips=True``), the builder
-    sets ``args.max_grad_norm = 0`` so that the transform sees the raw gradient and clips once.
+    clipping transforms are recognised by :func:`transform_clips`, or say ``clips=True``), the
+    builder sets ``args.max_grad_norm = 0`` so that the transform sees the raw gradient and
+    clips once.
     Without ``args`` it cannot, and warns. The first optimizer group has multiplier 1 (an
     empty group when no parameter has it), so the Trainer's logged ``learning_rate`` is the
     scheduled base rate. The transform's state (accumulated gradients, counters) rides in
-    ``optimizer.state_dict()``, hence in the Trainer's checkpoints.
+    ``optimizer.state_dict()``, hence in the Trainer's checkpoints. A step the transform skips
+    (:func:`kexue.train.skip_nonfinite`) leaves the weights and the optimizer state alone, but
+    the Trainer still counts it in ``global_step`` and advances its scheduler (it only knows
+    of ``GradScaler``'s skips); :class:`EMACallback` does not fold it in.
 
     Args:
         model: the model the Trainer trains.
