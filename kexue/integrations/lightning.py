@@ -38,7 +38,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
 
 try:
     import lightning.pytorch as pl
@@ -156,7 +155,7 @@ class EMACallback(Callback):
         self._stepped = False  # an optimizer stepped since the last update
         self._hooks: list[Any] = []
         self._swap: contextlib.AbstractContextManager | None = None
-        self._training: dict[str, Tensor] = {}  # training tensors set aside while swapped
+        self._swap_stage = ""
 
     @property
     def state_key(self) -> str:
@@ -172,8 +171,8 @@ class EMACallback(Callback):
     # -- the average --------------------------------------------------------------------------
 
     def _ensure(self, pl_module: pl.LightningModule) -> EMA:
-        # Lightning runs evaluation under inference_mode; tensors made there could not be
-        # updated in place later.
+        # A hook may run under inference_mode (Lightning 2.6 calls them outside it, but a
+        # loop or a user may not): tensors made there could not be updated in place later.
         with torch.inference_mode(False):
             if self._ema is None or self._ema.model is not pl_module:
                 self._ema = EMA(pl_module, self.decay, update_every=self.update_every,
@@ -216,18 +215,15 @@ class EMACallback(Callback):
         if stage not in self.swap_during or self._swap is not None:
             return
         ema = self._ensure(pl_module)
-        self._training = {k: v.data for k, v in pl_module.state_dict(keep_vars=True).items()
-                          if isinstance(v, Tensor)}
         with torch.inference_mode(False):
             swap = ema.swapped()
             swap.__enter__()
-        self._swap = swap
+        self._swap, self._swap_stage = swap, stage
 
     def _swap_out(self) -> None:
         if self._swap is None:
             return
         swap, self._swap = self._swap, None
-        self._training = {}
         with torch.inference_mode(False):
             swap.__exit__(None, None, None)
 
@@ -278,13 +274,18 @@ class EMACallback(Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         # Saved while the average is swapped in (trainer.save_checkpoint during validation):
-        # the model's entries must still be the training weights.
+        # the model's entries must be the training weights. Swapping out and in again leaves
+        # the training tensors untouched, so the entries taken in between stay valid.
         if self._swap is None or "state_dict" not in checkpoint:
             return
+        stage = self._swap_stage
+        self._swap_out()
+        training = pl_module.state_dict()
         saved = checkpoint["state_dict"]
         for key in saved:
-            if key in self._training:
-                saved[key] = self._training[key]
+            if key in training:
+                saved[key] = training[key]
+        self._swap_in(stage, pl_module)
 
 
 class GradientTransformCallback(Callback):
