@@ -500,3 +500,38 @@ def test_epoch_round_trips_all_64_bits_and_survives_pickling():
     ds.set_epoch(7)
     for clone in (pickle.loads(pickle.dumps(ds)), copy.deepcopy(ds)):
         assert clone.epoch == 7 and list(clone) == list(ds)
+
+
+# ------------------------------------------------------------------- torchrun's environment
+
+
+@pytest.fixture
+def torchrun_rank_1_of_3(monkeypatch):
+    """The environment torchrun gives rank 1 of 3, with no process group initialised."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+
+
+def test_rank_from_torchrun_environment(torchrun_rank_1_of_3):
+    assert not torch.distributed.is_initialized()
+    ds = ShardedIterable(list(range(10)))
+    assert list(ds) == [1, 4, 7] and len(ds) == 3
+    # workers inherit it, and the arguments still win
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=CONTEXT)
+    assert sorted(int(x) for x in loader) == [1, 4, 7]
+    assert list(ShardedIterable(list(range(4)), rank=0, world_size=1)) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"RANK": "1"}, "set both"),
+    ({"WORLD_SIZE": "2"}, "set both"),
+    ({"RANK": "one", "WORLD_SIZE": "2"}, "must be integers"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "0 <= RANK < WORLD_SIZE"),
+])
+def test_bad_torchrun_environment_is_a_clear_error(monkeypatch, env, match):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=match):
+        list(ShardedIterable(list(range(4))))

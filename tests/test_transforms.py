@@ -517,3 +517,9 @@ def test_removed_param_group_and_bad_state_dict_are_clear_errors():
         fresh.load_state_dict(saved)
     with pytest.raises(ValueError, match=r"missing \['steps_taken', 'steps_skipped'\]"):
         fresh.load_state_dict({"state": saved["state"]})
+
+
+def test_accumulate_process_group_must_be_a_process_group():
+    with pytest.raises(ValueError, match="process_group must be a torch.distributed"):
+        accumulate(2, process_group="WORLD")
+    accumulate(2, process_group=None)  # the default: no communication
