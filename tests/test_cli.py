@@ -246,7 +246,8 @@ def test_version(capsys, monkeypatch):
 @pytest.mark.parametrize("command, listed", [
     (["train"], ["mnist5k", "biggan", "nvae"]),
     (["vocab", "contrast"], ["llr", "blog_filled", "jsonl", "skip"]),
-    (["report"], ["ema_digits", "nvae_digits"]),
+    (["report"], ["ema_digits", "nvae_digits", "--device", "cuda", "--precision", "bf16"]),
+    (["run"], ["--device", "auto", "--precision", "bf16"]),
     (["generate", "keywords"], ["anneal", "cgmh"]),
 ])
 def test_help_lists_the_choices(command, listed):
@@ -286,6 +287,24 @@ def test_recipe_outside_the_choices_creates_no_directory(tmp_path, capsys, monke
                          "--out", "a/b/runs")
     assert code == 2 and "--recipe" in one_line(err)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+@pytest.mark.parametrize("command", [["run", "ema_digits"], ["report", "--only", "ema_digits"]])
+def test_device_cuda_without_cuda_is_one_line_before_any_work(command, tmp_path, capsys,
+                                                              monkeypatch):
+    out = tmp_path / "report"
+    code, _, err = kexue(capsys, monkeypatch, *command, "--device", "cuda", "--out", out)
+    line = one_line(err)
+    assert code == 2 and "--device cuda" in line and "CUDA is not available" in line, line
+    assert not out.exists()
+
+
+def test_an_unknown_precision_is_one_line(tmp_path, capsys, monkeypatch):
+    code, _, err = kexue(capsys, monkeypatch, "run", "ema_digits", "--precision", "fp16",
+                         "--out", tmp_path / "report")
+    assert code == 2 and "--precision" in one_line(err)
+    assert not (tmp_path / "report").exists()
 
 
 @pytest.mark.parametrize("seed", ["-5", str(10**20)])

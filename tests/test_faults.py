@@ -241,10 +241,16 @@ REPORT_WRAPPER = textwrap.dedent("""
         signal.raise_signal(signal.SIGINT)
         time.sleep(30)
 
-    fns = {"ok": ok, "boom": boom, "fails": fails, "interrupt": interrupt, "slow": fails}
+    def lowp(c, ctx):  # declares bf16: says what it was handed
+        return Result({"precision": ctx.precision, "device": ctx.device.type}, True, "bf16")
+
+    fns = {"ok": ok, "boom": boom, "fails": fails, "interrupt": interrupt, "slow": fails,
+           "lowp": lowp}
     exps = {n: Experiment(name=n, title=n, note="https://kexue.fm/archives/1", claim=n,
                           threshold=None, anchor=Anchor(None, "a test"), quick=C(),
-                          full=C(2), run=f, timed=n == "slow") for n, f in fns.items()}
+                          full=C(2), run=f, timed=n == "slow",
+                          precisions=("fp32", "bf16") if n == "lowp" else ("fp32",))
+            for n, f in fns.items()}
     ex.NAMES = tuple(exps)
     ex.EXPERIMENTS = exps
     from kexue.cli import main
@@ -287,6 +293,22 @@ def test_exit_status_says_whether_every_claim_holds(tmp_path):
     assert timed.returncode == 0 and _ledger(tmp_path / "c")["slow"]["status"] == "fails"
     assert _report(tmp_path, "run", "slow", "--out", str(tmp_path / "c"),
                    "--strict-timing").returncode == 1
+
+
+def test_records_say_where_and_in_what_precision_they_ran(tmp_path):
+    out = tmp_path / "report"
+    proc = _report(tmp_path, "report", "--out", str(out), "--only", "ok", "--only", "lowp",
+                   "--only", "boom", "--precision", "bf16", "--device", "auto")
+    assert proc.returncode == 1, proc.stderr  # boom raises
+    ledger = _ledger(out)
+    assert ledger["lowp"]["metrics"] == {"precision": "bf16", "device": "cpu"}  # CPU only
+    assert ledger["lowp"]["provenance"]["precision"] == "bf16"
+    for name in ("ok", "boom"):  # fp32 only: run (or failed) in fp32, and the record says so
+        assert ledger[name]["provenance"]["precision"] == "fp32", name
+        assert ledger[name]["provenance"]["device"].startswith("cpu:"), name
+    assert "kexue: note: ok, boom run in fp32" in proc.stderr
+    page = (out / "index.html").read_text("utf-8")
+    assert "cpu bf16" in page and "cpu fp32" in page  # the overview's "ran on" column
 
 
 def test_ctrl_c_keeps_the_finished_part(tmp_path):

@@ -5,7 +5,12 @@ threshold, the published number it is read against (:class:`~kexue.experiments.b
 quick and full configs (frozen dataclasses), ``run(config, context) -> Result`` and, for a
 thresholded claim, a training-free negative control that must fail it.
 :func:`~kexue.experiments.base.run_experiment` adds the provenance (seed, config, versions,
-device, git SHA, date, seconds) in a record of its own.
+device, precision, git SHA, date, seconds) in a record of its own.
+
+Each experiment runs on the device and in the precision of its
+:class:`~kexue.experiments.base.Context` where it declares it can (``Experiment.devices``,
+``Experiment.precisions``), on the CPU in fp32 otherwise; the rule is in
+:mod:`kexue.experiments.base`.
 """
 
 from __future__ import annotations
