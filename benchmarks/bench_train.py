@@ -1,9 +1,11 @@
 """kexue.train side by side with its peers: EMA update and swap, per-tensor clipping, layer decay.
 
     python benchmarks/bench_train.py [--quick] [--device cpu|cuda] [--threads N]
+    python benchmarks/bench_train.py --fsdp2 [--quick]     # e. only: 2 gloo processes
 
-Writes results/train.json and results/train.md. Every figure is a median over timed runs after
-warm-up; the candidates of one comparison run in the same process, interleaved in rounds.
+Writes results/train.json and results/train.md (``--fsdp2``: results/train-fsdp2.*). Every
+figure is a median over timed runs after warm-up; the candidates of one comparison run in the
+same process, interleaved in rounds.
 
 a. EMA update, 420 tensors (48M parameters, and tiny): ``kexue.train.EMA.update`` against the
    floor, one cached ``torch._foreach_lerp_`` over the same tensors, and the peers
@@ -13,15 +15,27 @@ c. Per-tensor gradient clipping, 200 tensors: ``clip_by_norm(1.0)`` against
    ``torch.nn.utils.clip_grad_norm_(foreach=True)``; directly and inside an optimizer step.
 d. AdamW step with the 40 layer-decay groups of ``param_groups(layer_decay=0.9)`` against one
    group, foreach and fused.
+e. FSDP2 (``fully_shard`` on each of 210 ``Linear(478, 478)``, 48M parameters, 2 gloo ranks on
+   CPU, ``Shard(0)``): ``EMA.update`` against the per-shard floor, a bare ``_foreach_lerp_``
+   over the local shards (and the same lerp dispatched on the DTensors);
+   ``clip_by_global_norm(1.0)`` on the DTensor gradients against the floor, a bare
+   ``_foreach_norm`` of the local shards + one ``all_reduce`` + ``_foreach_mul_``, beside
+   ``torch.nn.utils.clip_grad_norm_(foreach=True)`` on the same DTensor gradients. Both ranks
+   time the same calls in the same order (one call per run, so that their collectives pair
+   up); rank 0's figures are reported.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import gc
 import importlib.metadata
 import importlib.util
+import json
+import multiprocessing
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -279,9 +293,129 @@ def bench_layer_decay(device: torch.device, dim: int, hidden: int,
     return _rows("AdamW step, layer decay", label, measure_interleaved(fns, **timing), **extra)
 
 
+# -- e. FSDP2, 2 gloo ranks ----------------------------------------------------------------------
+
+
+def _sharded_stack(width: int, layers: int) -> tuple[nn.Module, list[nn.Parameter]]:
+    """:func:`linear_stack` with ``fully_shard`` on every layer, and DTensor gradients."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    torch.manual_seed(0)
+    model = linear_stack(width, layers, torch.device("cpu"))
+    for layer in model:
+        fully_shard(layer)
+    params = list(model.parameters())
+    gen = torch.Generator().manual_seed(1 + torch.distributed.get_rank())
+    for p in params:
+        local = 10 * torch.randn(p.to_local().shape, generator=gen)  # norms ≫ 1: clipped
+        p.grad = DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
+                                    shape=p.shape, stride=p.stride())
+    return model, params
+
+
+def bench_fsdp2(width: int, layers: int, timing: dict[str, Any]) -> list[Row]:
+    """Run in every rank of an initialised gloo group; every rank must call it alike."""
+    dist = torch.distributed
+    model, params = _sharded_stack(width, layers)
+    decay = 0.999
+    label = f"{_count(model)}; FSDP2, {dist.get_world_size()} gloo ranks"
+    with torch.no_grad():
+        live = [p.to_local() for p in params]
+        floor_shadow = [t.clone() for t in live]
+        dtensor_shadow = [p.detach().clone() for p in params]
+        dtensors = [p.detach() for p in params]
+    ema = kt.EMA(model, decay=decay)
+    ema_fns = {
+        "foreach_lerp_ floor (local shards)":
+            lambda: torch._foreach_lerp_(floor_shadow, live, 1 - decay),
+        "kexue EMA": ema.update,
+        "foreach_lerp_ on the DTensors": lambda: torch._foreach_lerp_(dtensor_shadow, dtensors,
+                                                                      1 - decay),
+    }
+    floor = "foreach_lerp_ floor (local shards)"
+    rows = _rows("EMA update, sharded", label, measure_interleaved(ema_fns, **timing), **{
+        "kexue EMA": {"baseline": floor, "target_ratio": 1.05},
+        "foreach_lerp_ on the DTensors": {"baseline": floor}})
+
+    grads = [p.grad for p in params]
+    local_grads = [g.to_local() for g in grads]
+    tx = kt.clip_by_global_norm(1.0)
+    state = tx.init(params)
+
+    def clip_floor() -> None:
+        sq = torch.stack(torch._foreach_norm(local_grads)).square().sum()
+        dist.all_reduce(sq)
+        coef = (1.0 / (sq.sqrt() + 1e-6)).clamp_(max=1.0)
+        torch._foreach_mul_(local_grads, coef)
+
+    floor = "foreach_norm + all_reduce + foreach_mul_ floor"
+    clip_fns = {
+        floor: clip_floor,
+        "kexue clip_by_global_norm update": lambda: tx.update(grads, state, params),
+        "clip_grad_norm_(foreach=True) on DTensors":
+            lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True),
+    }
+    rows += _rows("global-norm clip, sharded", label, measure_interleaved(clip_fns, **timing), **{
+        "kexue clip_by_global_norm update": {"baseline": floor, "target_ratio": 1.05},
+        "clip_grad_norm_(foreach=True) on DTensors": {"baseline": floor}})
+    return rows
+
+
+def _fsdp2_rank(rank: int, world: int, tmp: str, width: int, layers: int,
+                timing: dict[str, Any], threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world,
+        timeout=datetime.timedelta(minutes=10))
+    try:
+        rows = bench_fsdp2(width, layers, timing)
+        if rank == 0:
+            Path(tmp, "rows.json").write_text(json.dumps(rows), encoding="utf-8")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_fsdp2(width: int, layers: int, timing: dict[str, Any], threads: int,
+              world: int = 2) -> list[Row]:
+    """:func:`bench_fsdp2` in ``world`` fresh processes (forked where possible); rank 0's rows."""
+    import torch.multiprocessing as mp
+
+    # Every rank runs each candidate once per run: the same number of collectives everywhere.
+    timing = {**timing, "min_time": 0.0}
+    start = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(_fsdp2_rank, args=(world, tmp, width, layers, timing, threads),
+                           nprocs=world, join=True, start_method=start)
+        return json.loads(Path(tmp, "rows.json").read_text(encoding="utf-8"))
+
+
+def main_fsdp2(args: Any) -> None:
+    if args.device != "cpu":
+        raise SystemExit("--fsdp2 runs on CPU with gloo; leave --device at cpu")
+    timing = (dict(warmup=2, repeats=11) if args.quick else dict(warmup=3, repeats=41))
+    width, layers = (240, 210) if args.quick else (478, 210)  # 12.1M / 48.1M params
+    start = time.perf_counter()
+    rows = run_fsdp2(width, layers, timing, args.threads)
+    print(f"bench_fsdp2({width}, {layers}): {time.perf_counter() - start:.0f} s",
+          file=sys.stderr)
+    notes = [f"mode: {'--quick' if args.quick else 'full'}, 2 processes × "
+             f"{args.threads} thread(s), gloo on CPU, one call per timed run",
+             "both ranks share the machine's cores (and its other tenants): the paired ratio "
+             "and the fastest run (min) are the steadier figures"]
+    md = write_results("train-fsdp2", rows, device=torch.device("cpu"), notes=notes)
+    print(md.read_text(encoding="utf-8"))
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--fsdp2", action="store_true",
+                     help="run only e.: EMA and global clip under FSDP2 on 2 gloo processes")
+    args = cli.parse_args(argv)
     device = setup(args)
+    if args.fsdp2:
+        main_fsdp2(args)
+        return
     timing = (dict(warmup=2, repeats=15, min_time=0.01) if args.quick
               else dict(warmup=3, repeats=61, min_time=0.05))
     _, ema_note = load_ema_pytorch()
