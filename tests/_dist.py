@@ -27,9 +27,12 @@ WORLD = 2
 START = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _entry(rank: int, fn: Callable[[int, int, str], Any], world: int, tmp: str) -> None:
+def _entry(rank: int, fn: Callable[[int, int, str], Any], world: int, tmp: str,
+           backend: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank,
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{tmp}/rendezvous", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         scratch = os.path.join(tmp, "scratch")  # shared by the ranks (checkpoints)
@@ -41,15 +44,18 @@ def _entry(rank: int, fn: Callable[[int, int, str], Any], world: int, tmp: str) 
         dist.destroy_process_group()
 
 
-def run(fn: Callable[[int, int, str], Any], world: int = WORLD) -> list[Any]:
-    """``[fn(0, world, scratch), ...]``, each rank in its own process of one gloo group.
+def run(fn: Callable[[int, int, str], Any], world: int = WORLD, *, backend: str = "gloo",
+        start_method: str = START) -> list[Any]:
+    """``[fn(0, world, scratch), ...]``, each rank in its own process of one process group.
 
     ``scratch`` is a directory every rank sees (for checkpoints). ``fn`` must be a
-    module-level function (spawn pickles it by name where fork is missing).
+    module-level function (or a ``functools.partial`` of one: spawn pickles it by name).
+    With ``backend="nccl"`` rank r uses GPU r; pass ``start_method="spawn"``, since a fork
+    of a process that has used CUDA cannot use it.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_entry, args=(fn, world, tmp), nprocs=world, join=True,
-                           start_method=START)
+        mp.start_processes(_entry, args=(fn, world, tmp, backend), nprocs=world, join=True,
+                           start_method=start_method)
         return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False)
                 for r in range(world)]
 

@@ -223,3 +223,57 @@ def test_ddp_every_rank_equals_the_single_process_ema(ranks, reference):
         assert set(out["ddp"]) == set(reference["shadow"])  # no "module." prefix
         for n, value in reference["shadow"].items():
             torch.testing.assert_close(out["ddp"][n], value, **TOL)
+
+
+# -- CUDA: FSDP2 with NCCL on one GPU, against a float64 CPU reference --------------------------
+
+
+def _one_gpu(rank: int, world: int, scratch: str, device: str = "cuda") -> dict:
+    from kexue.train import apply_transform, clip_by_global_norm
+
+    model = _shard(_model().to(device))
+    ema = EMA(model, decay=DECAY)
+    _train(model, rank, world, [ema])
+    out = {"shadow": {k: v.cpu() for k, v in ema.state_dict(full=True)["shadow"].items()}}
+    with ema.swapped():
+        out["swapped_out"] = model(PROBE.to(device)).detach().cpu()
+    x, y = _data()[0]
+    model.zero_grad()
+    (model(x.to(device)) - y.to(device)).pow(2).mean().backward()
+    params = list(model.parameters())
+    apply_transform(params, clip_by_global_norm(0.1), None)
+    out["clipped"] = {n: p.grad.full_tensor().cpu() for n, p in model.named_parameters()}
+    return out
+
+
+@pytest.mark.gpu
+def test_fsdp2_nccl_one_gpu_against_float64_cpu():
+    import functools
+
+    got = run(functools.partial(_one_gpu, device="cuda"), world=1, backend="nccl",
+              start_method="spawn")[0]
+    model = _model().double()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for x, y in _data():
+        opt.zero_grad()
+        (model(x.double()) - y.double()).pow(2).mean().backward()
+        opt.step()
+        shadow = {n: torch.lerp(shadow[n], p.detach(), 1 - DECAY)
+                  for n, p in model.named_parameters()}
+    for n, value in shadow.items():
+        torch.testing.assert_close(got["shadow"][n].double(), value, rtol=0.0, atol=1e-5)
+    ema_model = _model().double()
+    ema_model.load_state_dict(shadow)
+    with torch.no_grad():
+        torch.testing.assert_close(got["swapped_out"].double(), ema_model(PROBE.double()),
+                                   rtol=0.0, atol=1e-5)
+    x, y = _data()[0]
+    model.zero_grad()
+    (model(x.double()) - y.double()).pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+    assert norm > 0.1  # the clip is active
+    for n, g in grads.items():
+        torch.testing.assert_close(got["clipped"][n].double(), g * 0.1 / (norm + 1e-6),
+                                   rtol=0.0, atol=1e-6)
