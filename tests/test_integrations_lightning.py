@@ -246,6 +246,28 @@ def test_ema_equals_lightning_ema_weight_averaging(multi):
             torch.testing.assert_close(got[k], v, rtol=1e-6, atol=1e-7, msg=k)
 
 
+def test_ema_of_a_bf16_model_is_float32_and_swaps_only_where_asked():
+    # precision="bf16-true" trains a bf16 model; the average stays float32 (a bf16 average
+    # would round away most of each (1 − d)·(θ − ema) increment). Validation is not swapped
+    # here, test is.
+    model, rec = Regression("sgd", lr=0.5, bn=False), Recorder()
+    ema_cb = EMACallback(decay=0.9, swap_during=("test",))
+    trainer = _trainer([ema_cb, rec], max_steps=4, precision="bf16-true", val_check_interval=4,
+                       limit_val_batches=1)
+    trainer.fit(model, _batches(4), _batches(1, seed=1))
+    shadow = ema_cb.ema.state_dict()["shadow"]
+    assert all(v.dtype == torch.float32 for v in shadow.values())
+    assert all(v.dtype == torch.bfloat16 for v in rec.after[-1].values())
+    expected = _closed_form(rec.start, rec.after, [0.9] * 4)[-1]
+    _assert_close_dicts(shadow, expected, rtol=1e-6, atol=1e-7)
+    (_, _, validated), = model.seen
+    assert all(torch.equal(validated[k], rec.after[-1][k]) for k in validated)
+    trainer.test(model, _batches(1, seed=2), verbose=False)
+    _, _, tested = model.seen[-1]
+    for k, v in shadow.items():  # swapped in as bf16 copies of the float32 average
+        assert torch.equal(tested[k], v.bfloat16()), k
+
+
 def test_checkpoint_saved_during_validation_holds_training_weights(tmp_path):
     path = tmp_path / "mid.ckpt"
 
