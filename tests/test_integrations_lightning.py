@@ -290,6 +290,20 @@ def test_checkpoint_saved_during_validation_holds_training_weights(tmp_path):
         assert torch.equal(model.after_save[k], v), k
 
 
+def test_training_weights_come_back_when_validation_raises():
+    class Fails(Regression):
+        def validation_step(self, batch, batch_idx):
+            raise RuntimeError("validation failed")
+
+    model, ema_cb, rec = Fails(), EMACallback(decay=0.5), Recorder()
+    trainer = _trainer([ema_cb, rec], max_steps=2, val_check_interval=2, limit_val_batches=1)
+    with pytest.raises(RuntimeError, match="validation failed"):
+        trainer.fit(model, _batches(2), _batches(1, seed=1))
+    assert ema_cb.ema.num_updates == 2
+    for k, v in _weights(model).items():
+        assert torch.equal(v, rec.after[-1][k]), k
+
+
 def _resume_run(tmp_path, epochs: int, ckpt: Path | None = None, save: Path | None = None):
     model = Regression("adamw", lr=0.05, seed=1 if ckpt else 0)  # a resumed run restores
     ema_cb = EMACallback(decay=ema_warmup(0.99, power=1.0))
