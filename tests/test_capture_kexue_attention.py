@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import threading
 import warnings
 
 import pytest
@@ -422,3 +423,46 @@ def test_cuda_sparse_patterns_and_nystrom_against_cpu_float64(case) -> None:
     (probs,) = cap.attention[""]
     assert_close(probs.cpu().double(), nystrom64(q, k, 3, 6, padding), atol=1e-4, rtol=1e-3)
     assert_close((probs @ cuda[2]).cpu(), out.cpu(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow  # about 4 s of dynamo tracing
+def test_compiled_kexue_attention_runs_and_is_captured() -> None:
+    # The fused CPU path runs eagerly inside a compiled model (a graph break), and the hook
+    # sees calls from compiled code: dynamo guards on the observers and retraces under capture.
+    module = AtrousAttention(8, 2, rate=3, causal=True)
+    compiled = torch.compile(module, backend="eager")
+    x = torch.randn(2, 9, 8, requires_grad=True)
+    y = compiled(x)
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    y_eager = module(x)
+    (grad_eager,) = torch.autograd.grad(y_eager.square().sum(), x)
+    assert torch.equal(y, y_eager) and torch.equal(grad, grad_eager)
+    with capture(compiled, "", attention=True) as cap:
+        compiled(x)
+    with capture(module, "", attention=True) as ref:
+        module(x)
+    assert torch.equal(cap.attention[""][0], ref.attention[""][0])
+    # Nyström is traced whole by dynamo (no graph break). On a fresh thread, whose observer
+    # state capture has never touched: the guards on it must hold from the first trace.
+    nystrom = NystromAttention(8, 2, landmarks=3)
+    compiled = torch.compile(nystrom, backend="eager")
+    got: dict = {}
+
+    def run() -> None:
+        try:
+            with torch.no_grad():
+                compiled(x)  # compiled while idle
+                with capture(compiled, "", attention=True) as cap:
+                    compiled(x)
+            got["map"] = cap.attention[""]
+        except Exception as error:  # reported in the test's thread
+            got["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert "error" not in got, got.get("error")
+    with torch.no_grad(), capture(nystrom, "", attention=True) as ref:
+        nystrom(x)
+    (probs,) = got["map"]  # the implied matrix, not the landmark kernels
+    assert torch.equal(probs, ref.attention[""][0])

@@ -186,8 +186,9 @@ class AttentionRows:
 class _Observers(threading.local):
     """Per thread: the installed observers, and how deep we are inside reporting calls."""
 
-    active: tuple[Callable[[AttentionRows], None], ...] = ()
-    depth: int = 0
+    def __init__(self) -> None:  # runs once per thread: instance attributes, not class ones
+        self.active: tuple[Callable[[AttentionRows], None], ...] = ()
+        self.depth = 0
 
 
 _OBSERVERS = _Observers()

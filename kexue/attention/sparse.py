@@ -20,7 +20,8 @@ Each pattern is a layout (:class:`_LocalLayout`, :class:`_AtrousLayout`): a few 
 one SDPA call of queries (N, W, L, Dh) against keys (N, W, S, Dh). On the CPU the calls go to
 the fused flash kernel through :mod:`kexue.attention._fused` (self-checked once against public
 SDPA; ``KEXUE_PORTABLE_ATTENTION=1`` or ``kexue.attention._fused.use_portable(True)`` forces
-public ops only), elsewhere to ``F.scaled_dot_product_attention`` and plain tensor ops.
+public ops only), elsewhere to ``F.scaled_dot_product_attention`` and plain tensor ops. Under
+``torch.compile`` the fused CPU path runs eagerly, as one graph break per call.
 
 While an attention observer is installed (``kexue.train.capture(..., attention=True)``), each
 call also reports the T x T matrix its pattern implies, as the mask function of
@@ -412,6 +413,15 @@ class _FlashAttention(torch.autograd.Function):
         return (None, None, *grads)
 
 
+@torch.compiler.disable
+def _flash_eagerly(
+    layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor, v: Tensor
+) -> Tensor:
+    """:class:`_FlashAttention` run eagerly under ``torch.compile`` (a graph break): dynamo cannot
+    trace its backward, which reads the kernel's log-sum-exp through views of saved tensors."""
+    return _FlashAttention.apply(layouts, scale, q, k, v)
+
+
 def _attend_with_lse(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float
 ) -> tuple[Tensor, Tensor]:
@@ -438,6 +448,8 @@ def _attend(layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor, v: T
     log-sum-exp; autograd differentiates both.
     """
     if _fused.fused_available(q.device):
+        if torch.compiler.is_compiling():
+            return _flash_eagerly(layouts, scale, q, k, v)
         return _FlashAttention.apply(layouts, scale, q, k, v)
     merged = len(layouts) > 1
     outs, lses = [], []
