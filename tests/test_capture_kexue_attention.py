@@ -466,3 +466,27 @@ def test_compiled_kexue_attention_runs_and_is_captured() -> None:
         nystrom(x)
     (probs,) = got["map"]  # the implied matrix, not the landmark kernels
     assert torch.equal(probs, ref.attention[""][0])
+
+
+@pytest.mark.parametrize("which", ["dense", "flex"])
+def test_dense_reference_and_flex_record_the_masked_softmax(which: str) -> None:
+    # dense_attention (plain ops, no SDPA call) and flex_sparse_attention (FlexAttention's
+    # kernel) report the pattern's softmax too; reference: the float64 masked softmax.
+    from kexue.attention import dense_attention, flex_sparse_attention, masks
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 12, 4, generator=gen) for _ in range(3))
+    pad = torch.ones(2, 12, dtype=torch.bool)
+    pad[1, 9:] = False
+    pattern = masks.local(5)
+    if which == "dense":
+        model = Attend(dense_attention, mask=pattern)
+    else:
+        model = Attend(flex_sparse_attention, mask=pattern, compiled=False)
+    with torch.no_grad(), capture(model, "", attention=True) as cap:
+        out = model(q, k, v, key_padding_mask=pad)
+    (got,) = cap.attention[""]
+    keep = allowed("local", 12, window=5)[None, None] & pad[:, None, None, :]  # (B, 1, T, T)
+    want = masked_softmax64(q, k, keep)
+    assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    assert_close(out.double(), want @ v.double(), rtol=1e-5, atol=1e-5)

@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kexue.attention.base import MultiHeadAttention, check_padding_mask, check_qkv, check_scale
+from kexue.attention.base import (
+    AttentionRows,
+    MultiHeadAttention,
+    attention_observed,
+    check_padding_mask,
+    check_qkv,
+    check_scale,
+    report_attention,
+)
 from kexue.attention.masks import MaskFn, dense_mask
 
 __all__ = ["DenseAttention", "dense_attention", "sdpa_attention"]
@@ -96,11 +104,17 @@ def dense_attention(
     visible = _visible(mask, q, key_padding_mask)
     scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, T)
     if visible is None:
-        return torch.softmax(scores, dim=-1) @ v  # (B, H, T, Dh)
-    scores = scores.masked_fill(~visible, float("-inf"))
-    seen = visible.any(dim=-1, keepdim=True)  # (B|1, H|1, T, 1)
-    scores = torch.where(seen, scores, 0.0)  # a blind row: no -inf - -inf
-    attn = torch.where(seen, torch.softmax(scores, dim=-1), 0.0)  # (B, H, T, T)
+        attn = torch.softmax(scores, dim=-1)  # (B, H, T, T)
+    else:
+        scores = scores.masked_fill(~visible, float("-inf"))
+        seen = visible.any(dim=-1, keepdim=True)  # (B|1, H|1, T, 1)
+        scores = torch.where(seen, scores, 0.0)  # a blind row: no -inf - -inf
+        attn = torch.where(seen, torch.softmax(scores, dim=-1), 0.0)  # (B, H, T, T)
+    if attention_observed():  # capture(attention=True): the matrix is already here
+        work = torch.promote_types(attn.dtype, torch.float32)
+        report_attention(AttentionRows(tuple(attn.shape),
+                                       lambda start, stop: attn[:, :, start:stop].to(work),
+                                       "dense"))
     return attn @ v  # (B, H, T, Dh)
 
 

@@ -36,7 +36,14 @@ from torch import Tensor
 from torch.nn.attention import flex_attention as _flex
 
 from kexue._checks import check_int
-from kexue.attention.base import check_padding_mask, check_qkv, check_scale
+from kexue.attention.base import (
+    attention_observed,
+    check_padding_mask,
+    check_qkv,
+    check_scale,
+    masked_softmax_rows,
+    report_attention,
+)
 from kexue.attention.masks import MaskFn
 
 __all__ = ["block_mask", "flex_sparse_attention"]
@@ -168,6 +175,8 @@ def flex_sparse_attention(
             return mask(b, h, qi, ki) & keep[b, ki]
 
         blocks = _create(padded, batch, heads, length, q.device)
+    if attention_observed():  # capture(attention=True): the pattern's softmax, rows on demand
+        report_attention(masked_softmax_rows(q, k, scale, mask, key_padding_mask, kind="flex"))
     if compiled:
         # Each new (mask function, shape) compiles anew. Past dynamo's default limit of 8,
         # torch would silently run FlexAttention eagerly, materialising (B, H, T, T) scores

@@ -11,7 +11,7 @@ the rest) in :mod:`kexue.train.route`; and the GAN penalties R1, R2, WGAN-GP and
 
 from kexue._deprecation import old_names
 from kexue.train._naming import unwrap_model
-from kexue.train.capture import Captured, capture
+from kexue.train.capture import Captured, attention_entropy, attention_top_k, capture
 from kexue.train.data import ShardedIterable
 from kexue.train.ema import EMA, ema_warmup
 from kexue.train.param_groups import block_of, is_bias_or_norm, param_groups, scale_parametrize
@@ -57,6 +57,8 @@ __all__ = [
     "adaptive_clip",
     "add_noise",
     "apply_transform",
+    "attention_entropy",
+    "attention_top_k",
     "block_of",
     "capture",
     "centralize",
