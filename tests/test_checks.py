@@ -12,6 +12,7 @@ commented exemption.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import math
 import re
@@ -59,6 +60,10 @@ MODULES = (
     "kexue.generative.gan",
     "kexue.generative.glann",
     "kexue.generative.nvae",
+    # the integrations, when their framework is installed (the test extra installs them)
+    *(name for name, needs in (("kexue.integrations.lightning", "lightning"),
+                               ("kexue.integrations.hf", "transformers"))
+      if importlib.util.find_spec(needs) is not None),
 )
 
 # Parameters with no row, each with the reason. Records that the library fills in and hands back
@@ -147,6 +152,25 @@ rows(T.ema_warmup, {"decay": 0.9}, decay=(*REAL, 0.0, 1.0, INF), power=pos(), ga
 rows(T.param_groups, {"model": LIN, "lr": 0.1}, lr=pos(), weight_decay=nonneg(),
      layer_decay=(*REAL, 0.0, 1.5, INF))
 rows(T.scale, {"factor": 0.5}, factor=finite())
+rows(T.capture, {"model": LIN, "patterns": ""}, max_map_elements=count(1))
+rows(T.attention_top_k, {"k": 2}, k=count(1))
+
+
+def _integration_rows() -> None:
+    """Rows for kexue.integrations, where the framework is installed."""
+    if importlib.util.find_spec("lightning") is not None:
+        from kexue.integrations import lightning as IL
+
+        rows(IL.EMACallback, {}, decay=(*REAL, 0.0, 1.0, INF), update_every=count(1))
+    if importlib.util.find_spec("transformers") is not None:
+        from kexue.integrations import hf as IH
+
+        rows(IH.EMACallback, {}, decay=(*REAL, 0.0, 1.0, INF), update_every=count(1))
+        rows(IH.trainer_optimizers, {"model": LIN, "lr": 0.1}, lr=pos(),
+             weight_decay=nonneg(), layer_decay=(*REAL, 0.0, 1.5, INF))
+
+
+_integration_rows()
 
 # -- kexue.estimators ----------------------------------------------------------------------------
 
