@@ -393,7 +393,7 @@ def run_fsdp2(width: int, layers: int, timing: dict[str, Any], threads: int,
 def main_fsdp2(args: Any) -> None:
     if args.device != "cpu":
         raise SystemExit("--fsdp2 runs on CPU with gloo; leave --device at cpu")
-    timing = (dict(warmup=2, repeats=11) if args.quick else dict(warmup=3, repeats=41))
+    timing = (dict(warmup=2, repeats=11) if args.quick else dict(warmup=3, repeats=101))
     width, layers = (240, 210) if args.quick else (478, 210)  # 12.1M / 48.1M params
     start = time.perf_counter()
     rows = run_fsdp2(width, layers, timing, args.threads)
