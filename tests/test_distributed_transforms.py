@@ -150,6 +150,22 @@ def _worker(rank: int, world: int, scratch: str) -> dict:
         out["ddp_accumulate"][label] = {n: p.detach().clone()
                                         for n, p in ddp.module.named_parameters()}
 
+    # Mixed: only the first layer sharded, the rest plain tensors averaged by hand (as DDP).
+    model = _model()
+    fully_shard(model[0])
+    params = list(model.parameters())
+    out["mixed"] = {}
+    for name in ("global", "per_tensor", "chain"):
+        model.zero_grad()
+        _loss(model, batch, rank, world).backward()
+        for p in params[2:]:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+        tx = _cases()[name]
+        apply_transform(params, tx, tx.init(params))
+        out["mixed"][name] = {n: p.grad.full_tensor() if n.startswith("0.") else p.grad
+                              for n, p in model.named_parameters()}
+
     # Shard(1) weights: norms still work, row-wise transforms refuse.
     model = _shard(_model(), shard_placement_fn=lambda p: Shard(1) if p.ndim == 2
                    and p.shape[1] % world == 0 else None)
@@ -224,6 +240,14 @@ def test_fsdp2_transform_equals_single_process(ranks, name):
         assert set(got) == set(expected)
         for n, value in expected.items():
             torch.testing.assert_close(got[n].double(), value, **TOL, msg=f"{name}: {n}")
+
+
+@pytest.mark.parametrize("name", ["global", "per_tensor", "chain"])
+def test_mixed_dtensor_and_plain_gradients(ranks, name):
+    expected = _expected()[name]
+    for out in ranks:
+        for n, value in expected.items():
+            torch.testing.assert_close(out["mixed"][name][n].double(), value, **TOL, msg=n)
 
 
 def test_norms_take_one_all_reduce_for_all_tensors(ranks):
