@@ -504,3 +504,25 @@ def test_ema_is_bit_identical_to_torch_averaged_model(use_buffers):
         assert torch.equal(ours[k], theirs[k]), k
     # Not a vacuous match: the average is not the current weights.
     assert not torch.equal(ours["0.weight"], model[0].weight)
+
+
+def test_swapped_inside_an_autocast_region_uses_the_average():
+    # Autocast caches each weight's bf16 copy for the whole region (keyed by the parameter):
+    # without clearing it, the swapped-in average would be scored with the training weights.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the training weights now differ from the average
+    averaged = ema.averaged_model()
+    x = torch.randn(4, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        raw_before = model(x)  # fills the cache with the training weights' copies
+        with ema.swapped():
+            inside = model(x)
+        raw_after = model(x)
+        want = averaged(x)
+    assert torch.equal(inside, want)
+    assert torch.equal(raw_after, raw_before)
+    assert not torch.equal(inside, raw_before)

@@ -523,3 +523,26 @@ def test_accumulate_process_group_must_be_a_process_group():
     with pytest.raises(ValueError, match="process_group must be a torch.distributed"):
         accumulate(2, process_group="WORLD")
     accumulate(2, process_group=None)  # the default: no communication
+
+
+def test_clips_marks_the_bounding_transforms_through_chain_and_select():
+    model = nn.Linear(2, 2)
+    bounding = [clip_by_norm(1.0), clip_by_global_norm(1.0), clip_by_value(1.0), adaptive_clip()]
+    others = [scale(0.5), centralize(), accumulate(2), skip_nonfinite(), add_noise(),
+              map_grads(lambda g, p: g.clamp(-1, 1))]  # a hand-written clip does not say so
+    assert all(t.clips for t in bounding) and not any(t.clips for t in others)
+    assert chain(scale(0.5), select(model, "weight", clip_by_value(1.0))).clips
+    assert not chain(scale(0.5), select(model, "weight", centralize())).clips
+
+
+def test_transform_handles_lists_the_attached_handles_in_order():
+    from kexue.train import transform_handles
+
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    a = with_transforms(opt, scale(1.0))
+    b = with_transforms(opt, skip_nonfinite())
+    assert transform_handles(opt) == [a, b]
+    a.remove()
+    assert transform_handles(opt) == [b]
+    b.remove()
+    assert transform_handles(opt) == []

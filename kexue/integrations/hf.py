@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import types
 import warnings
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -59,12 +57,7 @@ from kexue.train.param_groups import Tied, is_bias_or_norm, param_groups
 from kexue.train.transforms import (
     GradientTransform,
     TransformHandle,
-    adaptive_clip,
-    centralize,
-    clip_by_global_norm,
-    clip_by_norm,
-    clip_by_value,
-    scale,
+    transform_handles,
     with_transforms,
 )
 
@@ -74,53 +67,18 @@ __all__ = ["EMACallback", "TrainerOptimizers", "trainer_optimizers", "transform_
 EMA_FILE = "kexue_ema.pt"
 # The key under which a transform's state rides in the optimizer's state_dict.
 _TRANSFORM_KEY = "kexue_transform"
-# The handle of every optimizer built here, for EMACallback to see skipped steps.
-_HANDLES: weakref.WeakKeyDictionary[torch.optim.Optimizer, TransformHandle] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-# -- does a chain clip? ----------------------------------------------------------------------
-
-
-def _codes(obj: Any, seen: set[int] | None = None) -> set[types.CodeType]:
-    """Code objects of every function reachable from ``obj`` through closures."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return set()
-    seen.add(id(obj))
-    out: set[types.CodeType] = set()
-    if isinstance(obj, (tuple, list)):  # GradientTransform, chain's transforms
-        for item in obj:
-            out |= _codes(item, seen)
-    elif isinstance(obj, types.FunctionType):
-        out.add(obj.__code__)
-        for cell in obj.__closure__ or ():
-            with contextlib.suppress(ValueError):  # an empty cell
-                out |= _codes(cell.cell_contents, seen)
-    return out
-
-
-# The functions only kexue's clipping transforms hold (their shared wrapper code removed).
-_CLIP_CODES = frozenset(
-    set().union(*(_codes(t) for t in (clip_by_norm(1.0), clip_by_global_norm(1.0),
-                                      clip_by_value(1.0), adaptive_clip(1.0))))
-    - _codes(scale(1.0)) - _codes(centralize())
-)
 
 
 def transform_clips(transform: GradientTransform) -> bool:
-    """Whether ``transform`` holds one of kexue's clipping transforms.
-
-    Looks through :func:`kexue.train.chain` and :func:`kexue.train.select` for
+    """Whether ``transform`` clips: :attr:`kexue.train.GradientTransform.clips`, set by
     :func:`kexue.train.clip_by_norm`, :func:`~kexue.train.clip_by_global_norm`,
-    :func:`~kexue.train.clip_by_value` and :func:`~kexue.train.adaptive_clip`. A clipping
-    written by hand (``map_grads``) is not recognised: tell :func:`trainer_optimizers` with
-    ``clips=True``.
+    :func:`~kexue.train.clip_by_value` and :func:`~kexue.train.adaptive_clip` and carried
+    through :func:`~kexue.train.chain` and :func:`~kexue.train.select`. A clipping written by
+    hand (``map_grads``) does not say so: tell :func:`trainer_optimizers` with ``clips=True``.
     """
     if not isinstance(transform, GradientTransform):
         raise ValueError(f"transform must be a GradientTransform, got {transform!r}")
-    return bool(_codes(transform) & _CLIP_CODES)
+    return transform.clips
 
 
 # -- the optimizer builder -------------------------------------------------------------------
@@ -296,7 +254,6 @@ def trainer_optimizers(
     if transform is not None:
         handle = with_transforms(opt, transform)
         _carry_transform_state(opt, handle)
-        _HANDLES[opt] = handle
         clipping = transform_clips(transform) if clips is None else clips
         if clipping and args is None:
             warnings.warn(
@@ -351,7 +308,8 @@ class EMACallback(TrainerCallback):
             (:func:`kexue.train.ema_warmup`).
         update_every, buffers, dtype, device: as in :class:`kexue.train.EMA`.
         handle: the :class:`kexue.train.TransformHandle` whose skipped steps the EMA skips;
-            found by itself for an optimizer from :func:`trainer_optimizers`.
+            by default every :func:`kexue.train.with_transforms` handle on the Trainer's
+            optimizer (:func:`kexue.train.transform_handles`).
         resume_from: the checkpoint directory a resumed run starts from, when it is not
             ``<output_dir>/checkpoint-<step>`` (where ``resume_from_checkpoint=True`` looks).
 
@@ -381,7 +339,7 @@ class EMACallback(TrainerCallback):
         self._options = {"decay": decay, "update_every": update_every, "buffers": buffers,
                          "dtype": dtype, "device": device}
         self._given_handle = handle
-        self.handle = handle
+        self.handles: list[TransformHandle] = [] if handle is None else [handle]
         self.resume_from = None if resume_from is None else os.fspath(resume_from)
         self.ema: EMA | None = None
         self._swap: contextlib.ExitStack | None = None
@@ -428,13 +386,17 @@ class EMACallback(TrainerCallback):
         model = unwrap_model(kwargs["model"])
         self.ema = EMA(model, **self._options)
         optimizer = _torch_optimizer(kwargs.get("optimizer"))
-        found = _HANDLES.get(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else None
-        self.handle = self._given_handle or found
+        if self._given_handle is not None:
+            self.handles = [self._given_handle]
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            self.handles = transform_handles(optimizer)
+        else:
+            self.handles = []
         if state.global_step > 0:
             self._resume(args, state)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.ema is not None and (self.handle is None or self.handle.last_stepped):
+        if self.ema is not None and all(h.last_stepped for h in self.handles):
             self.ema.update()
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -50,23 +50,16 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides li
 
 from kexue._checks import check_int, check_real
 from kexue.train.ema import EMA, Decay
-from kexue.train.transforms import GradientTransform, TransformHandle, with_transforms
+from kexue.train.transforms import (
+    GradientTransform,
+    TransformHandle,
+    transform_handles,
+    with_transforms,
+)
 
 __all__ = ["EMACallback", "GradientTransformCallback", "transform_handles"]
 
 _STAGES = ("validate", "test", "predict")
-
-
-def transform_handles(optimizer: torch.optim.Optimizer) -> list[TransformHandle]:
-    """The :func:`~kexue.train.with_transforms` handles attached to ``optimizer``, in order.
-
-    Found among the optimizer's step pre-hooks, so handles made anywhere (a
-    :class:`GradientTransformCallback`, or ``with_transforms`` in ``configure_optimizers``)
-    are seen.
-    """
-    hooks = getattr(optimizer, "_optimizer_step_pre_hooks", {})
-    return [h.__self__ for h in hooks.values()
-            if isinstance(getattr(h, "__self__", None), TransformHandle)]
 
 
 class EMACallback(Callback):

@@ -41,6 +41,7 @@ from kexue.train.transforms import (
     scale,
     select,
     skip_nonfinite,
+    transform_handles,
     with_transforms,
 )
 
@@ -84,6 +85,7 @@ __all__ = [
     "scale_parametrize",
     "select",
     "skip_nonfinite",
+    "transform_handles",
     "unwrap_model",
     "with_transforms",
 ]

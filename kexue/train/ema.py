@@ -351,11 +351,17 @@ class EMA:
         shards copied back on exit (one spare copy of the local shards); the FSDP modules are
         resharded on entry and exit so that no gathered copy of the other weights is used.
 
+        Inside an autocast region torch caches each weight's low-precision copy for the whole
+        region, keyed by the parameter object, which the swap keeps: the cache is cleared on
+        entry and exit, so the block sees the averaged weights and the code after it the
+        training ones.
+
         Yields:
             The model, now holding the averaged weights.
         """
         self._check_live(every=True)
         self._reshard()
+        torch.clear_autocast_cache()
         saved: list[Tensor] = []
         try:
             with torch.no_grad():
@@ -375,6 +381,7 @@ class EMA:
                     else:
                         t.data = d
             self._reshard()
+            torch.clear_autocast_cache()
 
     def _reshard(self) -> None:
         """Free FSDP2's gathered parameters (they may hold the other set of weights)."""

@@ -84,6 +84,7 @@ __all__ = [
     "scale",
     "select",
     "skip_nonfinite",
+    "transform_handles",
     "with_transforms",
 ]
 
@@ -97,11 +98,16 @@ class GradientTransform(NamedTuple):
     the state for ``params + added`` without losing what it holds (accumulated gradients,
     counters); :func:`with_transforms` calls it when parameter groups are added to the
     optimizer. Without it, a transform whose ``init`` returns None is taken to be stateless.
+
+    ``clips`` says that the transform bounds the gradients (the clipping transforms, and
+    :func:`chain` / :func:`select` holding one), so that a training stack that clips on its
+    own (the HF Trainer's ``max_grad_norm``) can be told not to clip twice.
     """
 
     init: Callable[[list[Tensor]], Any]
     update: Callable[[Grads, Any, list[Tensor]], tuple[Grads | None, Any]]
     extend: Callable[[Any, list[Tensor], list[Tensor]], Any] | None = None
+    clips: bool = False
 
 
 def _keep_state(state: Any, params: list[Tensor], added: list[Tensor]) -> Any:
@@ -109,8 +115,10 @@ def _keep_state(state: Any, params: list[Tensor], added: list[Tensor]) -> Any:
     return state
 
 
-def _stateless(fn: Callable[[Grads, list[Tensor]], Grads]) -> GradientTransform:
-    return GradientTransform(lambda params: None, lambda g, s, p: (fn(g, p), s), _keep_state)
+def _stateless(fn: Callable[[Grads, list[Tensor]], Grads],
+               clips: bool = False) -> GradientTransform:
+    return GradientTransform(lambda params: None, lambda g, s, p: (fn(g, p), s), _keep_state,
+                             clips)
 
 
 def extend_state(
@@ -277,7 +285,7 @@ def clip_by_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
             torch._foreach_mul_(g, list(coef.to(g[0].dtype)))
         return grads
 
-    return _stateless(fn)
+    return _stateless(fn, clips=True)
 
 
 def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform:
@@ -320,7 +328,7 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> GradientTransform
             torch._foreach_mul_(g, coef.to(g[0].device, g[0].dtype))
         return grads
 
-    return _stateless(fn)
+    return _stateless(fn, clips=True)
 
 
 def clip_by_value(limit: float) -> GradientTransform:
@@ -332,7 +340,7 @@ def clip_by_value(limit: float) -> GradientTransform:
         _inplace(torch._foreach_clamp_max_, grads, limit, what="clip_by_value")
         return grads
 
-    return _stateless(fn)
+    return _stateless(fn, clips=True)
 
 
 def _unitwise_norm(t: Tensor) -> Tensor:
@@ -365,7 +373,7 @@ def adaptive_clip(clipping: float = 0.01, eps: float = 1e-3) -> GradientTransfor
             g.mul_((clipping * w_norm / g_norm).clamp_(max=1.0))
         return grads
 
-    return _stateless(fn)
+    return _stateless(fn, clips=True)
 
 
 def _adaptive_clip_sharded(grads: Grads, params: list[Tensor], clipping: float,
@@ -651,7 +659,7 @@ def chain(*transforms: GradientTransform) -> GradientTransform:
                 break
         return out, tuple(new)
 
-    return GradientTransform(init, update, extend)
+    return GradientTransform(init, update, extend, any(t.clips for t in transforms))
 
 
 def select(
@@ -707,7 +715,7 @@ def select(
             out[i] = g
         return out, (idx, inner_state)
 
-    return GradientTransform(init, update, extend)
+    return GradientTransform(init, update, extend, inner.clips)
 
 
 # -- plugging into an optimizer --------------------------------------------------------------
@@ -779,6 +787,8 @@ class TransformHandle:
         self.steps_skipped = 0
         self.last_stepped = False
         self._hook = optimizer.register_step_pre_hook(self._pre_step)
+        attached = optimizer.__dict__.setdefault(_HANDLES, [])
+        attached.append(self)
 
     def _follow_groups(self) -> None:
         """Take in parameters added to the optimizer since the last step."""
@@ -842,6 +852,9 @@ class TransformHandle:
     def remove(self) -> None:
         """Detach the transform from the optimizer."""
         self._hook.remove()
+        attached = self.optimizer.__dict__.get(_HANDLES, [])
+        if self in attached:
+            attached.remove(self)
 
     def state_dict(self) -> dict[str, Any]:
         """Transform state and counters, for ``torch.save`` beside the optimizer's."""
@@ -875,6 +888,20 @@ class TransformHandle:
         self.state = state["state"]
         self.steps_taken = state["steps_taken"]
         self.steps_skipped = state["steps_skipped"]
+
+
+# The attribute of an optimizer that lists its handles (not pickled: torch's Optimizer keeps
+# only its defaults, state and groups).
+_HANDLES = "_kexue_transform_handles"
+
+
+def transform_handles(optimizer: torch.optim.Optimizer) -> list[TransformHandle]:
+    """The :func:`with_transforms` handles attached to ``optimizer``, oldest first.
+
+    Integrations use it to see whether the latest step really stepped
+    (``all(h.last_stepped for h in transform_handles(opt))``) wherever the handle was made.
+    """
+    return list(optimizer.__dict__.get(_HANDLES, ()))
 
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
