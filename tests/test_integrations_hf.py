@@ -174,8 +174,9 @@ def test_ema_callback_gpt2_closed_form_evaluate_save_and_restore(tmp_path):
     for n, p in saved.named_parameters():
         torch.testing.assert_close(p.double(), want[2][n], rtol=1e-5, atol=1e-7)
     beside = torch.load(folder / EMA_FILE, weights_only=True)
-    for n, w in beside["training"].items():
-        assert torch.equal(w, rec.weights[2][n]), n
+    assert set(rec.weights[2]) <= set(beside["training"])
+    for n, w in rec.weights[2].items():  # (older transformers also keep GPT-2's mask buffer)
+        assert torch.equal(beside["training"][n], w), n
 
     # The swaps changed nothing in training: the weights match a run without the callback.
     plain_rec = Recorder()
@@ -237,12 +238,14 @@ def test_builder_bert_clips_once_bounds_every_step_and_logs_the_base_lr(tmp_path
     assert len(raw) == len(seen[0])
     for got, want in zip(seen[0], raw):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
-    logged = [entry for entry in rec.logs if "grad_norm" in entry]
+    logged = [entry for entry in rec.logs if "learning_rate" in entry]
     assert len(seen) == len(logged) == len(rec.step_grads) == steps
     for t in range(steps):
-        # Unclipped by the Trainer (it measured the same norm, above its old bound 0.05) ...
-        assert _global_norm(seen[t]) == pytest.approx(logged[t]["grad_norm"], rel=1e-5)
+        # Unclipped by the Trainer (the transform saw a norm above its old bound 0.05; the
+        # Trainer logs the norm it measured since transformers 5.x, when it does: the same) ...
         assert _global_norm(seen[t]) > 0.05
+        if "grad_norm" in logged[t]:
+            assert _global_norm(seen[t]) == pytest.approx(logged[t]["grad_norm"], rel=1e-5)
         # ... and the optimizer stepped with gradients inside the chain's bound.
         assert rec.step_grads[t] <= bound * (1 + 1e-6)
         # The logged rate is the base rate of the Trainer's linear schedule, lr·(1 − (t−1)/T).
