@@ -141,6 +141,27 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def run_cases(
+    topic: str, cases: Sequence[tuple[Callable[..., list[dict[str, Any]]], tuple[Any, ...]]],
+    device: torch.device, timing: Mapping[str, Any], notes: Sequence[str] = (),
+) -> Path:
+    """Run each ``bench(device, *case, timing)`` in turn (garbage-collected in between, its
+    time on stderr) and write the rows as ``<topic>`` (``<topic>-<device>`` off the CPU);
+    prints and returns the Markdown."""
+    import gc
+
+    rows: list[dict[str, Any]] = []
+    for bench, case in cases:
+        start = time.perf_counter()
+        rows += bench(device, *case, timing)
+        gc.collect()
+        print(f"{bench.__name__}{case}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    name = topic if device.type == "cpu" else f"{topic}-{device.type}"
+    md = write_results(name, rows, device=device, notes=notes)
+    print(md.read_text(encoding="utf-8"))
+    return md
+
+
 def write_results(
     topic: str, rows: Sequence[Mapping[str, Any]], *, device: torch.device | str | None = None,
     notes: Sequence[str] = (),

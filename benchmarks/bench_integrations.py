@@ -26,9 +26,7 @@ read (``global_step``, ``optimizers``), so that Trainer overhead, equal for all,
 
 from __future__ import annotations
 
-import gc
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -41,8 +39,8 @@ from _timing import (  # noqa: E402
     measure_interleaved,
     parser,
     peer_version,
+    run_cases,
     setup,
-    write_results,
 )
 
 Row = dict[str, Any]
@@ -164,16 +162,9 @@ def main(argv: list[str] | None = None) -> None:
              "optimizers); the optimizer step itself is not timed",
              "on shared CPU cores the medians move with other tenants' load; the paired ratio "
              "and the fastest run (min) are the steadier figures"]
-    rows: list[Row] = []
-    for bench, case in ((bench_update, (478, 210)), (bench_update, (8, 210)),
-                        (bench_swap, (478, 210)), (bench_swap, (8, 210))):
-        start = time.perf_counter()
-        rows += bench(device, *case, timing)
-        gc.collect()
-        print(f"{bench.__name__}{case}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    topic = "integrations" if device.type == "cpu" else f"integrations-{device.type}"
-    md = write_results(topic, rows, device=device, notes=notes)
-    print(md.read_text(encoding="utf-8"))
+    cases = [(bench_update, (478, 210)), (bench_update, (8, 210)),  # 48.1M and 15.1k params
+             (bench_swap, (478, 210)), (bench_swap, (8, 210))]
+    run_cases("integrations", cases, device, timing, notes)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -49,6 +48,7 @@ from _timing import (  # noqa: E402
     measure_interleaved,
     parser,
     peer_version,
+    run_cases,
     setup,
     write_results,
 )
@@ -434,15 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         (bench_layer_decay, (192, 768)),  # 11.6M params
         (bench_layer_decay, (16, 64)),  # 115k params
     ]
-    rows: list[Row] = []
-    for bench, case in cases:
-        start = time.perf_counter()
-        rows += bench(device, *case, timing)
-        gc.collect()
-        print(f"{bench.__name__}{case}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    topic = "train" if device.type == "cpu" else f"train-{device.type}"
-    md = write_results(topic, rows, device=device, notes=notes)
-    print(md.read_text(encoding="utf-8"))
+    run_cases("train", cases, device, timing, notes)
 
 
 if __name__ == "__main__":
