@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -342,7 +343,7 @@ class EMACallback(TrainerCallback):
         self.handles: list[TransformHandle] = [] if handle is None else [handle]
         self.resume_from = None if resume_from is None else os.fspath(resume_from)
         self.ema: EMA | None = None
-        self._swap: contextlib.ExitStack | None = None
+        self._swap: weakref.finalize | None = None  # closes the held EMA.swapped()
         self._training: dict[str, Tensor] = {}  # the training tensors while swapped
         self._hold = "none"  # while swapped: until "evaluate", "save" or "restore"
 
@@ -360,14 +361,17 @@ class EMACallback(TrainerCallback):
         tensors = self._tensors()
         # Detached now, these keep pointing at the training storage after the swap.
         self._training = {n: tensors[n].detach() for n in self._ema_names()}
-        self._swap = contextlib.ExitStack()
-        self._swap.enter_context(self.ema.swapped())
+        swap = contextlib.ExitStack()
+        swap.enter_context(self.ema.swapped())
+        # The swap may be held past training (the model keeps the EMA weights): close it at
+        # exit while torch is still there, not from a generator collected during shutdown.
+        self._swap = weakref.finalize(self, swap.close)
         self._hold = hold
 
     def restore(self) -> None:
         """Put the training weights back into the model (a no-op when they are there)."""
         if self._swap is not None:
-            self._swap.close()
+            self._swap()  # runs the close once
         self._swap, self._training, self._hold = None, {}, "none"
 
     @contextlib.contextmanager
