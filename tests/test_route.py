@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
+import pickle
 import re
 
 import pytest
@@ -392,3 +394,35 @@ def test_route_on_cuda_with_fused_adamw_is_bit_equal_to_hand_built():
         opt.step()
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         assert p.is_cuda and torch.equal(p, q)
+
+
+def _state_tensors(state) -> list[torch.Tensor]:
+    """Every tensor of a (nested) state dict, in a fixed order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for k in sorted(state, key=str) for t in _state_tensors(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in _state_tensors(v)]
+    return []
+
+
+def test_deepcopy_and_pickle_give_a_working_routed_optimizer():
+    # The copy's parameter maps must follow the copied parameters (they are keyed by id), and
+    # a with_transforms handle stays with the original (as for any torch optimizer).
+    model = _net(0)
+    opt = route(model, [(2, _muon), ("*", _adamw)])
+    with_transforms(opt, clip_by_global_norm(1.0))
+    _backward(model, opt, 0)
+    opt.step()
+    for copied_model, copied in (copy.deepcopy((model, opt)),
+                                 pickle.loads(pickle.dumps((model, opt)))):
+        a, b = opt.state_dict(), copied.state_dict()
+        assert a["routes"] == b["routes"]
+        ta, tb = _state_tensors(a), _state_tensors(b)
+        assert len(ta) == len(tb) > 0 and all(torch.equal(x, y) for x, y in zip(ta, tb))
+        p = next(copied_model.parameters())
+        assert p in copied.state and next(model.parameters()) not in copied.state
+        _backward(copied_model, copied, 1)
+        copied.step()  # steps the copied parameters, not the original ones
+        assert not torch.equal(p, next(model.parameters()))

@@ -293,10 +293,22 @@ class RoutedOptimizer(torch.optim.Optimizer):
             hook(self)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
+        # Hooks and with_transforms handles stay with the original (as for torch optimizers);
+        # the id()-keyed maps become positions, rebuilt on the copied parameters.
+        state = {k: v for k, v in self.__dict__.items()
+                 if not k.startswith(("_optimizer_", "_kexue_")) and k not in ("_names", "_owner")}
+        state["_child_names"] = [self._child_names(i) for i in range(len(self.optimizers))]
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        names = state.pop("_child_names")
         torch.optim.Optimizer.__setstate__(self, state)
+        self._names, self._owner = {}, {}
+        for i, (opt, child) in enumerate(zip(self.optimizers, names, strict=True)):
+            params = [p for g in opt.param_groups for p in g["params"]]
+            self._names.update({id(p): n for p, n in zip(params, child, strict=True)})
+            self._owner.update({id(p): i for p in params})
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
