@@ -438,3 +438,23 @@ def test_ema_callback_refuses_a_resume_without_its_file(tmp_path):
             args, state, transformers.TrainerControl(), model=model)
     with pytest.raises(ValueError, match="decay"):
         EMACallback(1.5)
+
+
+def test_ema_skips_a_step_that_grad_scaler_skipped():
+    # Under fp16 the Trainer calls on_optimizer_step also after a step GradScaler skipped
+    # (accelerate's optimizer wrapper then says step_was_skipped); the average must not move.
+    import types
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    callback = EMACallback(0.5)
+    state = types.SimpleNamespace(global_step=0)
+    callback.on_train_begin(None, state, None, model=model, optimizer=opt)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    skipped = types.SimpleNamespace(step_was_skipped=True, optimizer=opt)
+    callback.on_optimizer_step(None, state, None, optimizer=skipped)
+    assert callback.ema.num_updates == 0
+    stepped = types.SimpleNamespace(step_was_skipped=False, optimizer=opt)
+    callback.on_optimizer_step(None, state, None, optimizer=stepped)
+    assert callback.ema.num_updates == 1

@@ -389,6 +389,12 @@ class EMACallback(TrainerCallback):
         self.restore()
         model = unwrap_model(kwargs["model"])
         self.ema = EMA(model, **self._options)
+        if self.ema._sharded:
+            raise ValueError(
+                "kexue.integrations.hf.EMACallback does not support FSDP2 (fully_shard) models: "
+                "its checkpoint file holds one process's tensors; use kexue.train.EMA with "
+                "state_dict() and torch.distributed.checkpoint in your own loop"
+            )
         optimizer = _torch_optimizer(kwargs.get("optimizer"))
         if self._given_handle is not None:
             self.handles = [self._given_handle]
@@ -400,7 +406,10 @@ class EMACallback(TrainerCallback):
             self._resume(args, state)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.ema is not None and all(h.last_stepped for h in self.handles):
+        # The Trainer calls this after every optimizer.step(), also one that GradScaler
+        # skipped (fp16 overflow: accelerate's wrapper says so, and no kexue hook ran).
+        skipped = bool(getattr(kwargs.get("optimizer"), "step_was_skipped", False))
+        if self.ema is not None and not skipped and all(h.last_stepped for h in self.handles):
             self.ema.update()
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -461,8 +470,7 @@ class EMACallback(TrainerCallback):
 
     def _ema_names(self) -> list[str]:
         assert self.ema is not None
-        state = self.ema.state_dict()
-        return [*state["shadow"], *state["copied"]]
+        return [*self.ema._names, *self.ema._copy_names]
 
     def _resume(self, args: Any, state: Any) -> None:
         folder = self.resume_from or os.path.join(args.output_dir,

@@ -432,7 +432,10 @@ class EMA:
                 collective: every rank must call, and every rank gets them). By default the
                 shards come as DTensors that share the shadow's storage, the form
                 ``torch.distributed.checkpoint.save`` / ``load`` expect (``load`` writes into
-                them in place; pass the result to :meth:`load_state_dict` after it).
+                them in place; pass the result to :meth:`load_state_dict` after it). A shadow
+                offloaded to another device type than the mesh's (``device="cpu"`` on a CUDA
+                mesh) is copied onto the mesh's device for them (DTensor's rule), costing one
+                GPU copy of the local shards per call.
 
         Returns:
             ``{"step": int, "num_updates": int, "shadow": {name: tensor}, "copied": {name:

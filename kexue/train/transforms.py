@@ -533,7 +533,8 @@ def accumulate(
         every: micro-batches per optimizer step, >= 1.
         average: divide the sum by ``every``.
         process_group: plain (non-DTensor) gradients are averaged over its ranks when the
-            window closes; None: no communication.
+            window closes; None: no communication. Build the transform after
+            ``init_process_group``: before it ``torch.distributed.group.WORLD`` is None.
 
     Raises:
         ValueError: for ``every`` < 1 or a ``process_group`` that is not one.
@@ -836,7 +837,10 @@ class TransformHandle:
         The first evaluation of a step decides ``last_stepped`` and the counters; LBFGS
         evaluates again during its line search, and those gradients are transformed too. On
         a skip every ``.grad`` is None, so the optimizer leaves the parameters alone (LBFGS
-        sees a zero gradient and returns at once) and the loss is returned as it is.
+        sees a zero gradient and returns at once) and the loss is returned as it is. A skip
+        in a later evaluation stops LBFGS where it is, after the moves it already made, and
+        is not counted; :func:`accumulate` counts evaluations, so pair it only with
+        optimizers that evaluate the closure once per step.
         """
         evaluations = 0
 
