@@ -152,3 +152,18 @@ def test_the_checker_catches_planted_imports_at_any_depth():
 def test_the_rules_by_module(module, source, bad):
     is_package = module in ("kexue", "kexue.experiments")
     assert bool(violations(source, module, "x.py", is_package)) == bad
+
+
+def test_importing_the_library_leaves_the_heavy_torch_subsystems_alone():
+    # torch.distributed.tensor (DTensor) and torch._dynamo take about a second to import, paid
+    # by every process (each CLI call, each report subprocess): kexue imports them only when
+    # a DTensor exists or a compiled call runs.
+    import subprocess
+    import sys
+
+    code = ("import sys, kexue, kexue.train, kexue.attention, kexue.integrations; "
+            "print(sorted(m for m in ('torch._dynamo', 'torch.distributed.tensor', "
+            "'torch.distributed.fsdp') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout

@@ -413,7 +413,6 @@ class _FlashAttention(torch.autograd.Function):
         return (None, None, *grads)
 
 
-@torch.compiler.disable
 def _flash_eagerly(
     layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor, v: Tensor
 ) -> Tensor:
@@ -449,7 +448,9 @@ def _attend(layouts: Sequence[_Layout], scale: float, q: Tensor, k: Tensor, v: T
     """
     if _fused.fused_available(q.device):
         if torch.compiler.is_compiling():
-            return _flash_eagerly(layouts, scale, q, k, v)
+            # wrapped here, not at import: torch.compiler.disable imports dynamo (over a
+            # second), which only a compiled call needs
+            return torch.compiler.disable(_flash_eagerly)(layouts, scale, q, k, v)
         return _FlashAttention.apply(layouts, scale, q, k, v)
     merged = len(layouts) > 1
     outs, lses = [], []

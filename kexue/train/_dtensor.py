@@ -11,6 +11,7 @@ all-reduce for all tensors.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,25 +19,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-try:  # a torch build without torch.distributed has no DTensor: nothing can be one
-    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
-except ImportError:  # pragma: no cover - every build tested here has torch.distributed
-    DTensor = None
-    Shard = distribute_tensor = None
+__all__ = ["Layout", "all_groups", "all_reduce", "all_reduce_total", "dtensor_type", "full",
+           "has_dtensor", "is_dtensor", "local", "mesh_keys", "shard_dims"]
 
-__all__ = ["DTensor", "Layout", "all_groups", "all_reduce", "all_reduce_total", "full",
-           "has_dtensor",
-           "is_dtensor", "local", "mesh_keys", "shard_dims"]
+
+def dtensor_type() -> type | None:
+    """The DTensor class once ``torch.distributed.tensor`` is imported, else None.
+
+    No tensor can be a DTensor before that module is imported (FSDP2 and DTensor users import
+    it), so kexue never imports it itself: the import takes about a second (it loads dynamo),
+    which every ``import kexue`` would otherwise pay.
+    """
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
 
 
 def is_dtensor(t: Any) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    cls = dtensor_type()
+    return cls is not None and isinstance(t, cls)
 
 
 def has_dtensor(tensors: Sequence[Any]) -> bool:
     """Whether any of ``tensors`` is a DTensor (one cheap type check per tensor)."""
+    cls = dtensor_type()
     # The set of types is one C-level pass (~25 ns a tensor; isinstance costs ~200 ns).
-    return DTensor is not None and any(issubclass(c, DTensor) for c in set(map(type, tensors)))
+    return cls is not None and any(issubclass(c, cls) for c in set(map(type, tensors)))
 
 
 def local(t: Tensor) -> Tensor:
@@ -46,7 +52,8 @@ def local(t: Tensor) -> Tensor:
     autograd on, ``to_local()`` runs an autograd function (~20 µs a tensor), and on a
     parameter it makes a fresh view (~5 µs), costs paid per tensor per step otherwise.
     """
-    if DTensor is None or not isinstance(t, DTensor):
+    cls = dtensor_type()
+    if cls is None or not isinstance(t, cls):
         return t
     return t._local_tensor
 
@@ -239,6 +246,8 @@ class Layout:
 
     def wrap(self, local_tensor: Tensor) -> Tensor:
         """The DTensor whose local shard is ``local_tensor`` (shared storage, no communication)."""
+        from torch.distributed.tensor import DTensor  # imported: a DTensor made this layout
+
         return DTensor.from_local(local_tensor, self.mesh, self.placements, run_check=False,
                                   shape=self.shape, stride=self.stride)
 
@@ -250,6 +259,8 @@ class Layout:
             if value.device_mesh != self.mesh or tuple(value.placements) != self.placements:
                 value = value.redistribute(self.mesh, self.placements)
             return value.to_local()
+        from torch.distributed.tensor import distribute_tensor
+
         return distribute_tensor(value, self.mesh, self.placements,
                                  src_data_rank=None).to_local()
 

@@ -46,11 +46,6 @@ from kexue._checks import check_int, check_real
 from kexue.train._dtensor import Layout, full, local
 from kexue.train._naming import unwrap_model
 
-try:
-    from torch.distributed.fsdp import FSDPModule
-except ImportError:  # pragma: no cover - a torch build without torch.distributed
-    FSDPModule = None
-
 __all__ = ["EMA", "ema_warmup"]
 
 Decay = float | Callable[[int], float]
@@ -229,8 +224,7 @@ class EMA:
         self._swap_plan = list(zip(live, self.shadow + self.shadow_copied,
                                    self._local + self._local_copied, modes, strict=True))
         self._sharded = any(layout is not None for layout in self._layouts)
-        self._fsdp = ([m for m in self.model.modules() if isinstance(m, FSDPModule)]
-                      if self._sharded and FSDPModule is not None else [])
+        self._fsdp = _fsdp_modules(self.model) if self._sharded else []
         # What update() checks: the first parameter (``.to()`` changes its dtype/device in
         # place) and the first buffer (``.to()`` replaces buffers with new tensors); for a
         # DTensor also its local storage (FSDP2 may re-pad it at its lazy initialisation).
@@ -532,6 +526,14 @@ class EMA:
 def _full_or_wrap(layout: Layout, shard: Tensor, gather: bool) -> Tensor:
     value = layout.wrap(shard)
     return value.full_tensor() if gather else value
+
+
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    """The FSDP2 modules of a model with DTensor parameters (imported only then: the import
+    takes about a second)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def _shadow_like(t: Tensor, dtype: torch.dtype | None, device: torch.device | str | None) -> Tensor:

@@ -54,11 +54,11 @@ from torch import Tensor, nn
 
 from kexue._checks import check_generator, check_int, check_real
 from kexue.train._dtensor import (
-    DTensor,
     Layout,
     all_groups,
     all_reduce,
     all_reduce_total,
+    dtensor_type,
     has_dtensor,
     is_dtensor,
     local,
@@ -148,12 +148,13 @@ def _groups(tensors: Sequence[Tensor]) -> list[tuple[list[int], bool]]:
     by_type: dict[tuple[torch.device, torch.dtype, type], list[int]] = {}
     for i, t in enumerate(tensors):
         by_type.setdefault((t.device, t.dtype, type(t)), []).append(i)
+    dtensor = dtensor_type()
     if len(by_type) == 1:  # the common case: nothing to merge
         ((_, _, cls), idx), = by_type.items()
-        return [(idx, DTensor is not None and issubclass(cls, DTensor))]
+        return [(idx, dtensor is not None and issubclass(cls, dtensor))]
     out: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
     for (device, dtype, cls), idx in by_type.items():
-        out.setdefault((device, dtype, DTensor is not None and issubclass(cls, DTensor)),
+        out.setdefault((device, dtype, dtensor is not None and issubclass(cls, dtensor)),
                        []).extend(idx)
     return [(sorted(idx), sharded) for (_, _, sharded), idx in out.items()]
 
@@ -188,7 +189,8 @@ class _ShardedPlan:
 
     def __call__(self, grads: Grads) -> tuple[list[list[int]], list[Any]] | None:
         """``(groups, keys)`` when every gradient is a DTensor, else None."""
-        if DTensor is None or not grads or type(grads[0]) is not DTensor:
+        dtensor = dtensor_type()
+        if dtensor is None or not grads or type(grads[0]) is not dtensor:
             return None
         try:
             specs = tuple(map(_SPEC, grads))
