@@ -141,6 +141,21 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def model_label(model: torch.nn.Module) -> str:
+    """``"48.1M params, 420 tensors"``: the size of a benchmark's model, for its case column."""
+    params = list(model.parameters())
+    n = sum(p.numel() for p in params)
+    size = f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+    return f"{size} params, {len(params)} tensors"
+
+
+def table_rows(benchmark: str, case: str, timings: Mapping[str, Mapping[str, Any]],
+               **extra: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per timed candidate; ``extra[name]`` adds baseline/target/note to that row."""
+    return [{"benchmark": benchmark, "case": case, "impl": name, **extra.get(name, {}), **t}
+            for name, t in timings.items()]
+
+
 def run_cases(
     topic: str, cases: Sequence[tuple[Callable[..., list[dict[str, Any]]], tuple[Any, ...]]],
     device: torch.device, timing: Mapping[str, Any], notes: Sequence[str] = (),

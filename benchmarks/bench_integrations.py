@@ -37,10 +37,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
     measure_interleaved,
+    model_label,
     parser,
     peer_version,
     run_cases,
     setup,
+    table_rows,
 )
 
 Row = dict[str, Any]
@@ -57,19 +59,6 @@ def _stack(width: int, layers: int, device: torch.device) -> Any:
 
     torch.manual_seed(0)
     return Stack().to(device)
-
-
-def _label(module: nn.Module) -> str:
-    params = list(module.parameters())
-    n = sum(p.numel() for p in params)
-    size = f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-    return f"{size} params, {len(params)} tensors"
-
-
-def _rows(benchmark: str, case: str, timings: dict[str, dict[str, Any]],
-          extra: dict[str, dict[str, Any]]) -> list[Row]:
-    return [{"benchmark": benchmark, "case": case, "impl": name, **extra.get(name, {}), **t}
-            for name, t in timings.items()]
 
 
 def bench_update(device: torch.device, width: int, layers: int,
@@ -109,8 +98,8 @@ def bench_update(device: torch.device, width: int, layers: int,
     }
     extra = {name: {"baseline": "foreach_lerp_ floor"} for name in fns if "floor" not in name}
     extra["kexue EMACallback"]["target_ratio"] = 1.10
-    rows = _rows("EMA per optimizer step", _label(module), measure_interleaved(fns, **timing),
-                 extra)
+    rows = table_rows("EMA per optimizer step", model_label(module),
+                      measure_interleaved(fns, **timing), **extra)
     ours.on_train_end(trainer, module)
     return rows
 
@@ -145,8 +134,8 @@ def bench_swap(device: torch.device, width: int, layers: int,
            "lightning EMAWeightAveraging": lightning_swap}
     extra = {name: {"baseline": base} for name in fns if name != base}
     extra["kexue EMACallback"]["target_ratio"] = 1.10
-    return _rows("validation swap (in + out)", _label(module),
-                 measure_interleaved(fns, **timing), extra)
+    return table_rows("validation swap (in + out)", model_label(module),
+                      measure_interleaved(fns, **timing), **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,10 +46,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
     measure_interleaved,
+    model_label,
     parser,
     peer_version,
     run_cases,
     setup,
+    table_rows,
     write_results,
 )
 
@@ -125,20 +127,6 @@ class Tower(nn.Module):
         self.head = nn.Linear(dim, vocab)
 
 
-def _count(model: nn.Module) -> str:
-    params = list(model.parameters())
-    n = sum(p.numel() for p in params)
-    size = f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-    return f"{size} params, {len(params)} tensors"
-
-
-def _rows(benchmark: str, case: str, timings: dict[str, dict[str, Any]],
-          **extra: dict[str, Any]) -> list[Row]:
-    """One row per timed candidate; ``extra[name]`` adds baseline/target/note to that row."""
-    return [{"benchmark": benchmark, "case": case, "impl": name, **extra.get(name, {}), **t}
-            for name, t in timings.items()]
-
-
 # -- a. EMA update -------------------------------------------------------------------------------
 
 
@@ -163,10 +151,10 @@ def bench_ema_update(device: torch.device, width: int, layers: int,
     if timm_cls is not None:
         timm_ema = timm_cls(model, decay=decay)
         fns["timm ModelEmaV3"] = lambda: timm_ema.update(model)
-    label = _count(model)
+    label = model_label(model)
     extra = {name: {"baseline": "foreach_lerp_ floor"} for name in fns if "floor" not in name}
     extra["kexue EMA"]["target_ratio"] = 1.10
-    rows = _rows("EMA update", label, measure_interleaved(fns, **timing), **extra)
+    rows = table_rows("EMA update", label, measure_interleaved(fns, **timing), **extra)
     for cls, impl, note in ((ema_pytorch_cls, "ema_pytorch.EMA", ema_pytorch_note),
                             (timm_cls, "timm ModelEmaV3", timm_note)):
         if cls is None:
@@ -208,7 +196,7 @@ def bench_ema_swap(device: torch.device, width: int, layers: int,
     copy = "copy swap (3× _foreach_copy_)"
     timings = measure_interleaved({copy: copy_swap, "kexue EMA.swapped()": kexue_swap,
                                    ".data swap floor (plan cached)": data_swap_floor}, **timing)
-    return _rows("EMA swap (enter + exit)", _count(model), timings, **{
+    return table_rows("EMA swap (enter + exit)", model_label(model), timings, **{
         "kexue EMA.swapped()": {"baseline": copy, "target_s": 1e-3},
         ".data swap floor (plan cached)": {"baseline": copy}})
 
@@ -244,7 +232,7 @@ def bench_clip(device: torch.device, shape: tuple[int, ...], timing: dict[str, A
     }, **timing)
     handle.remove()
     case = f"200 × {tuple(shape)} float32"
-    return _rows("clip per tensor", case, timings, **{
+    return table_rows("clip per tensor", case, timings, **{
         "kexue clip_by_norm update": {"baseline": "clip_grad_norm_(foreach=True)",
                                       "target_ratio": 1.0},
         "kexue with_transforms SGD.step": {"baseline": "clip_grad_norm_ + SGD.step"},
@@ -289,8 +277,8 @@ def bench_layer_decay(device: torch.device, dim: int, hidden: int,
                                                                      True)
         extra[f"AdamW {kind}, layer decay"] = {"baseline": f"AdamW {kind}, 1 group",
                                                "target_ratio": 1.0}
-    label = f"{_count(model)}; {n_groups} groups vs 1"
-    return _rows("AdamW step, layer decay", label, measure_interleaved(fns, **timing), **extra)
+    label = f"{model_label(model)}; {n_groups} groups vs 1"
+    return table_rows("AdamW step, layer decay", label, measure_interleaved(fns, **timing), **extra)
 
 
 # -- e. FSDP2, 2 gloo ranks ----------------------------------------------------------------------
@@ -319,7 +307,7 @@ def bench_fsdp2(width: int, layers: int, timing: dict[str, Any]) -> list[Row]:
     dist = torch.distributed
     model, params = _sharded_stack(width, layers)
     decay = 0.999
-    label = f"{_count(model)}; FSDP2, {dist.get_world_size()} gloo ranks"
+    label = f"{model_label(model)}; FSDP2, {dist.get_world_size()} gloo ranks"
     with torch.no_grad():
         live = [p.to_local() for p in params]
         floor_shadow = [t.clone() for t in live]
@@ -334,7 +322,7 @@ def bench_fsdp2(width: int, layers: int, timing: dict[str, Any]) -> list[Row]:
                                                                       1 - decay),
     }
     floor = "foreach_lerp_ floor (local shards)"
-    rows = _rows("EMA update, sharded", label, measure_interleaved(ema_fns, **timing), **{
+    rows = table_rows("EMA update, sharded", label, measure_interleaved(ema_fns, **timing), **{
         "kexue EMA": {"baseline": floor, "target_ratio": 1.05},
         "foreach_lerp_ on the DTensors": {"baseline": floor}})
 
@@ -356,7 +344,8 @@ def bench_fsdp2(width: int, layers: int, timing: dict[str, Any]) -> list[Row]:
         "clip_grad_norm_(foreach=True) on DTensors":
             lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True),
     }
-    rows += _rows("global-norm clip, sharded", label, measure_interleaved(clip_fns, **timing), **{
+    timings = measure_interleaved(clip_fns, **timing)
+    rows += table_rows("global-norm clip, sharded", label, timings, **{
         "kexue clip_by_global_norm update": {"baseline": floor, "target_ratio": 1.05},
         "clip_grad_norm_(foreach=True) on DTensors": {"baseline": floor}})
     return rows
