@@ -62,6 +62,18 @@ def _hand_built(model: nn.Module):
     return torch.optim.Muon(mats, **MUON), torch.optim.AdamW(rest, **ADAMW)
 
 
+def _step_both(ref: nn.Module, hand_built: tuple[torch.optim.Optimizer, ...],
+               model: nn.Module, opt: torch.optim.Optimizer, t: int) -> None:
+    """Step t of the hand-built optimizers on ``ref`` and of the routed one on ``model``."""
+    for o in hand_built:
+        o.zero_grad()
+    _loss(ref, t).backward()
+    for o in hand_built:
+        o.step()
+    _backward(model, opt, t)
+    opt.step()
+
+
 def test_route_is_bit_equal_to_muon_plus_adamw_with_scheduler_and_resume():
     steps, cut = 20, 10
     ref = _net(0)
@@ -151,13 +163,7 @@ def test_param_groups_are_split_by_the_rules_layer_decay_and_muon():
     assert all(g["weight_decay"] == (0.1 if isinstance(o, torch.optim.Muon) else 0.0)
                for o in opt.optimizers for g in o.param_groups)
     for t in range(5):
-        for o in (muon, adamw):
-            o.zero_grad()
-        _loss(ref, t).backward()
-        muon.step()
-        adamw.step()
-        _backward(model, opt, t)
-        opt.step()
+        _step_both(ref, (muon, adamw), model, opt, t)
         for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
             assert torch.equal(p, q), (t, n)
 
@@ -385,13 +391,7 @@ def test_route_on_cuda_with_fused_adamw_is_bit_equal_to_hand_built():
     adamw = torch.optim.AdamW([p for p in ref.parameters() if p.ndim != 2], fused=True, **ADAMW)
     opt = route(model, [(2, _muon), ("*", lambda gs: torch.optim.AdamW(gs, fused=True, **ADAMW))])
     for t in range(5):
-        for o in (muon, adamw):
-            o.zero_grad()
-        _loss(ref, t).backward()
-        muon.step()
-        adamw.step()
-        _backward(model, opt, t)
-        opt.step()
+        _step_both(ref, (muon, adamw), model, opt, t)
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         assert p.is_cuda and torch.equal(p, q)
 
