@@ -52,6 +52,7 @@ except ImportError as error:  # pragma: no cover - exercised with transformers h
     ) from error
 
 from kexue._checks import check_int, check_real
+from kexue._io import atomic_save
 from kexue.train._naming import Pattern, unwrap_model
 from kexue.train.ema import EMA, Decay
 from kexue.train.param_groups import Tied, is_bias_or_norm, param_groups
@@ -452,9 +453,8 @@ class EMACallback(TrainerCallback):
             training = self._training or {n: tensors[n].detach() for n in self._ema_names()}
             payload = {"global_step": state.global_step, "ema": self.ema.state_dict(),
                        "training": training}
-            path = os.path.join(folder, EMA_FILE)
-            torch.save(payload, path + ".tmp")
-            os.replace(path + ".tmp", path)  # a reader sees the old file or the new one
+            # temp file, fsync, os.replace: a reader sees the old file or the new one
+            atomic_save(os.path.join(folder, EMA_FILE), lambda f: torch.save(payload, f))
         if self._hold == "save":
             self.restore()
 
