@@ -12,7 +12,9 @@ Inputs, each a path (``str`` or :class:`os.PathLike`) or ``"-"`` for stdin:
 - **jsonl**: one JSON object per line; the document is the string under ``field``;
 - either of them compressed with gzip (``.gz``, detected by its magic bytes);
 - a directory: every file below it (recursively, hidden entries excluded) whose name ends in one
-  of ``extensions``, in sorted order of relative path.
+  of ``extensions``, in sorted order of relative path;
+- a glob pattern (``*``, ``?``, ``[...]``; ``**`` spans directories) that is not itself an
+  existing path: its matches in sorted order, each read as if named.
 
 Problems and the ``errors`` policy. A line that is not valid UTF-8 (or a JSON string holding a
 lone surrogate such as ``"\\ud800"``, which has no UTF-8 form), a binary file (a NUL byte in its
@@ -44,6 +46,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import io
 import json
@@ -265,44 +268,54 @@ class Corpus:
             yield from self._read_lines(lines, "<stdin>", fmt)
         self._note_if_fruitless("<stdin>", documents, skipped)
 
-    def _read_file(self, path: Path) -> Iterator[str]:
-        self.summary.files += 1
+    def _open(self, path: Path) -> tuple[IO[bytes], bool, str] | None:
+        """Opens a file: ``(raw file, gzip?, format)``, or None after reporting why not."""
         try:
-            raw = open(path, "rb")  # noqa: SIM115 - closed by the with block below
+            raw = open(path, "rb")  # noqa: SIM115 - the caller closes it
         except OSError as exc:
             self._problem("unreadable_file", f"{path}: cannot open ({exc.strerror or exc})")
-            return
-        with raw:
-            try:
-                compressed = raw.read(2) == _GZIP_MAGIC
-            except OSError as exc:
-                self._problem("unreadable_file", f"{path}: cannot read ({exc.strerror or exc})")
-                return
+            return None
+        try:
+            compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
-            name = path.name.lower()
-            if compressed and name.endswith(".gz"):
-                name = name[:-3]
-            fmt = self.fmt
-            if fmt == "auto":
-                fmt = "jsonl" if name.endswith(_JSONL_SUFFIXES) else "lines"
+        except OSError as exc:
+            raw.close()
+            self._problem("unreadable_file", f"{path}: cannot read ({exc.strerror or exc})")
+            return None
+        name = path.name.lower()
+        if compressed and name.endswith(".gz"):
+            name = name[:-3]
+        fmt = self.fmt
+        if fmt == "auto":
+            fmt = "jsonl" if name.endswith(_JSONL_SUFFIXES) else "lines"
+        return raw, compressed, fmt
+
+    def _read_file(self, path: Path) -> Iterator[str]:
+        self.summary.files += 1
+        opened = self._open(path)
+        if opened is None:
+            return
+        raw, compressed, fmt = opened
+        with raw:
             stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
             documents, skipped = self.summary.documents, dict(self.summary.skipped)
             yield from self._read_stream(stream, str(path), fmt)
             self._note_if_fruitless(str(path), documents, skipped)
 
-    def _read_stream(self, stream: IO[bytes], name: str, fmt: str) -> Iterator[str]:
-        # The sniff reads the first _SNIFF_BYTES in full (a single peek() gives only what one
-        # buffer fill brought, 4 KiB on many systems), then the lines are read from those bytes
-        # followed by the rest of the stream.
+    def _sniff(self, stream: IO[bytes], name: str) -> bytes | None:
+        """The first bytes of a stream, or None after reporting it as corrupt, empty or binary.
+
+        The sniff reads the first _SNIFF_BYTES in full (a single peek() gives only what one
+        buffer fill brought, 4 KiB on many systems).
+        """
         try:
             head = _read_up_to(stream, _SNIFF_BYTES)
         except (OSError, EOFError, zlib.error) as exc:
             self._problem("corrupt_file", f"{name}: cannot read ({exc})")
-            return
-        buffered = io.BufferedReader(_Raw(stream, head), buffer_size=1 << 16)
+            return None
         if not head:
             self._problem("empty_file", f"{name}: empty file (no lines)")
-            return
+            return None
         nul = head.find(b"\0")
         if nul >= 0:
             line = head.count(b"\n", 0, nul) + 1
@@ -310,12 +323,28 @@ class Corpus:
                 "binary_file",
                 f"{name}:{line}: binary file (NUL byte at offset {nul}; UTF-16 or not text)",
             )
+            return None
+        return head
+
+    def _read_stream(self, stream: IO[bytes], name: str, fmt: str) -> Iterator[str]:
+        # the lines are read from the sniffed head followed by the rest of the stream
+        head = self._sniff(stream, name)
+        if head is None:
             return
+        buffered = io.BufferedReader(_Raw(stream, head), buffer_size=1 << 16)
         yield from self._read_lines(_guarded(buffered, name, self), name, fmt)
 
     # -- lines -----------------------------------------------------------------------------
 
-    def _read_lines(self, lines: Iterable[bytes], name: str, fmt: str) -> Iterator[str]:
+    def _where(self, name: str, lineno: int) -> str:
+        """``file:line`` of a message (a shard of a file overrides it: it knows only its own
+        line numbers, see :mod:`kexue.text.shards`)."""
+        return f"{name}:{lineno}"
+
+    def _read_lines(
+        self, lines: Iterable[bytes], name: str, fmt: str, *, file_start: bool = True
+    ) -> Iterator[str]:
+        # file_start: the first line is the file's first line (where a BOM may stand)
         summary = self.summary
         for lineno, raw in enumerate(lines, 1):
             summary.lines += 1
@@ -324,11 +353,11 @@ class Corpus:
             except UnicodeDecodeError as exc:
                 self._problem(
                     "invalid_utf8",
-                    f"{name}:{lineno}: invalid UTF-8 at byte {exc.start} of the line "
+                    f"{self._where(name, lineno)}: invalid UTF-8 at byte {exc.start} of the line "
                     f"({raw[exc.start : exc.start + 4]!r})",
                 )
                 continue
-            if lineno == 1 and text.startswith("\ufeff"):
+            if lineno == 1 and file_start and text.startswith("\ufeff"):
                 text = text[1:]
             text = text.strip()
             if not text:
@@ -350,10 +379,12 @@ class Corpus:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
-            self._problem("invalid_json", f"{name}:{lineno}: invalid JSON ({exc.msg})")
+            self._problem("invalid_json", f"{self._where(name, lineno)}: invalid JSON ({exc.msg})")
             return None
         except RecursionError:
-            self._problem("invalid_json", f"{name}:{lineno}: invalid JSON (nested too deeply)")
+            self._problem(
+                "invalid_json", f"{self._where(name, lineno)}: invalid JSON (nested too deeply)"
+            )
             return None
         value = obj.get(self.field) if isinstance(obj, dict) else None
         if not isinstance(value, str):
@@ -364,7 +395,7 @@ class Corpus:
             )
             self._problem(
                 "missing_field",
-                f"{name}:{lineno}: expected a JSON object with a string field "
+                f"{self._where(name, lineno)}: expected a JSON object with a string field "
                 f"{self.field!r} ({found})",
             )
             return None
@@ -373,7 +404,7 @@ class Corpus:
         except UnicodeEncodeError as exc:
             self._problem(
                 "invalid_utf8",
-                f"{name}:{lineno}: field {self.field!r} holds a lone surrogate "
+                f"{self._where(name, lineno)}: field {self.field!r} holds a lone surrogate "
                 f"{value[exc.start]!r} at character {exc.start} (not encodable as UTF-8)",
             )
             return None
@@ -428,7 +459,9 @@ def _guarded(stream: IO[bytes], name: str, corpus: Corpus) -> Iterator[bytes]:
         try:
             line = stream.readline()
         except (OSError, EOFError, zlib.error) as exc:
-            corpus._problem("corrupt_file", f"{name}:{lineno + 1}: cannot read further ({exc})")
+            corpus._problem(
+                "corrupt_file", f"{corpus._where(name, lineno + 1)}: cannot read further ({exc})"
+            )
             return
         if not line:
             return
@@ -461,8 +494,10 @@ def read_documents(
     """Opens files, directories or stdin as a lazily read stream of documents.
 
     Args:
-        paths: One input or several; each a file, a directory (read recursively, sorted) or
-            ``"-"`` for stdin. Gzip is detected from the content.
+        paths: One input or several; each a file, a directory (read recursively, sorted),
+            ``"-"`` for stdin, or a glob pattern (``"news/*.txt.gz"``, ``"data/**/*.jsonl"``)
+            that is not itself an existing path, read as its sorted matches. Gzip is detected
+            from the content.
         fmt: ``"lines"`` (one document per line), ``"jsonl"`` (one JSON object per line, the
             document under ``field``) or ``"auto"``: jsonl for names ending in ``.jsonl`` or
             ``.ndjson`` (before ``.gz``), lines otherwise (stdin included).
@@ -477,22 +512,57 @@ def read_documents(
     Raises:
         ValueError: If ``fmt``, ``errors``, ``field`` or ``extensions`` is invalid, or ``paths``
             is empty.
-        FileNotFoundError: If a path does not exist (checked here, before any reading).
+        FileNotFoundError: If a path does not exist or a pattern matches nothing (checked here,
+            before any reading).
     """
+    exts = _check_options(fmt, errors, field, extensions)
+    sources = _sources(paths)
+    return Corpus(sources, fmt=fmt, field=field, errors=errors, extensions=exts)
+
+
+def _check_options(
+    fmt: object, errors: object, field: object, extensions: object
+) -> tuple[str, ...]:
+    """Checks the reading options (see :func:`read_documents`); returns the lower-cased
+    extensions."""
     if fmt not in ("auto", "lines", "jsonl"):
         raise ValueError(f"fmt must be 'auto', 'lines' or 'jsonl', got {fmt!r}")
     if errors not in ("stop", "skip"):
         raise ValueError(f"errors must be 'stop' or 'skip', got {errors!r}")
     if not isinstance(field, str) or not field:
         raise ValueError(f"field must be a non-empty string, got {field!r}")
-    exts = tuple(e.lower() for e in ([extensions] if isinstance(extensions, str) else extensions))
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    try:
+        exts = tuple(e.lower() for e in extensions)  # type: ignore[union-attr]
+    except (TypeError, AttributeError):
+        exts = ()
     if not exts or not all(isinstance(e, str) and e for e in exts):
         raise ValueError(f"extensions must be non-empty strings, got {extensions!r}")
+    return exts
+
+
+def _sources(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *, stdin: bool = True
+) -> list[str | Path]:
+    """The inputs of ``paths`` in order: ``"-"``, existing paths, and the sorted matches of a
+    glob pattern (``*``, ``?``, ``[...]``, ``**`` across directories) that is not itself an
+    existing path.
+
+    Raises:
+        ValueError: if ``paths`` is empty or names stdin twice (or at all, with ``stdin=False``).
+        FileNotFoundError: if a path does not exist or a pattern matches nothing.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     sources: list[str | Path] = []
     for p in paths:
         if isinstance(p, (str, os.PathLike)) and os.fspath(p) == _STDIN:
+            if not stdin:
+                raise ValueError(
+                    "paths: - (stdin) cannot be split into shards that workers read; save it "
+                    "to a file"
+                )
             if _STDIN in sources:
                 raise ValueError(
                     "paths: - (stdin) given twice; stdin can be read only once (save it to a "
@@ -503,12 +573,20 @@ def read_documents(
             sources.append(_STDIN)
             continue
         path = Path(p)
-        if not path.exists():
-            raise FileNotFoundError(f"paths: {str(path)!r} does not exist")
-        sources.append(path)
+        if path.exists():
+            sources.append(path)
+            continue
+        text = os.fspath(path)
+        if any(c in text for c in "*?["):  # a glob pattern
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"paths: the pattern {text!r} matches no file")
+            sources.extend(Path(m) for m in matches)
+            continue
+        raise FileNotFoundError(f"paths: {text!r} does not exist")
     if not sources:
         raise ValueError("paths must name at least one file, directory or '-', got none")
-    return Corpus(sources, fmt=fmt, field=field, errors=errors, extensions=exts)
+    return sources
 
 
 def chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
