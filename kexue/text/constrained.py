@@ -23,17 +23,19 @@ References:
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
 from kexue._checks import check_int, check_real
-from kexue.text.lm import BiLM, NgramLM, default_lm
+from kexue.text.lm import BOS, BiLM, NgramLM, default_lm
 from kexue.text.sampling import (
+    Context,
     EditProposal,
+    MCMCChains,
     MCMCResult,
     State,
     TokenProposal,
@@ -45,6 +47,8 @@ from kexue.text.sampling import (
 
 __all__ = [
     "Generation",
+    "Generations",
+    "LMTokens",
     "TextTarget",
     "TokenSpace",
     "compress",
@@ -116,8 +120,8 @@ class TextTarget:
     terms: dict[str, Term]
 
     def log_prob(self, batch: Sequence[tuple[int, ...]]) -> np.ndarray:
-        texts = [self.space.decode(x) for x in batch]
-        return self.score_texts(texts)
+        strings = self.space.strings
+        return self.score_texts(["".join(map(strings.__getitem__, x)) for x in batch])
 
     def score_texts(self, texts: Sequence[str]) -> np.ndarray:
         total = np.zeros(len(texts))
@@ -127,7 +131,13 @@ class TextTarget:
 
     def breakdown(self, text: str) -> dict[str, float]:
         """Each term's value on one text (for reports)."""
-        return {name: float(np.asarray(term([text]))[0]) for name, term in self.terms.items()}
+        return self.breakdowns([text])[0]
+
+    def breakdowns(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Each term's value on every text, one call per term."""
+        values = {name: np.asarray(term(list(texts)), np.float64)
+                  for name, term in self.terms.items()}
+        return [{name: float(v[i]) for name, v in values.items()} for i in range(len(texts))]
 
 
 def fluency(lm: NgramLM, weight: float = 1.0) -> Term:
@@ -175,8 +185,22 @@ def keyword_multiplicity(keywords: Sequence[str]) -> Term:
     """
     def term(texts: Sequence[str]) -> np.ndarray:
         with np.errstate(divide="ignore"):
-            return -np.log(np.array([placements(t, keywords) for t in texts], np.float64))
+            return -np.log(np.array([_placements(t, keywords) for t in texts], np.float64))
     return term
+
+
+def _placements(text: str, keywords: Sequence[str]) -> int:
+    """:func:`placements`, without the table when every keyword occurs exactly once (then
+    m = 1 if those occurrences are in order without overlap, else 0)."""
+    at = []
+    for k in keywords:
+        i = text.find(k)
+        if i < 0:
+            return 0
+        if text.find(k, i + 1) >= 0:  # a second (possibly overlapping) occurrence: count
+            return placements(text, keywords)
+        at.append(i)
+    return int(all(at[j] + len(keywords[j]) <= at[j + 1] for j in range(len(at) - 1)))
 
 
 def soft_keywords(keywords: Sequence[str], weight: float = 5.0) -> Term:
@@ -233,12 +257,14 @@ def repetition_penalty(weight: float = 2.0, n: int = 2) -> Term:
 
 
 # ----------------------------------------------------------------------------- proposal
-def lm_tokens(lm: BiLM, space: TokenSpace, candidates: Sequence[int] | None = None,
-              uniform_mix: float = 0.02) -> TokenProposal:
+class LMTokens:
     """q(v | left, right) ∝ p→(v | left)·p←(v | right), mixed with a uniform floor.
 
-    q = (1 − ε)·normalise(p→ p←) + ε·uniform over ``candidates``; the floor keeps every
-    candidate reachable, so the chain stays irreducible. Results are cached per n-gram context.
+    q = (1 − ε)·normalise(p→ p←) + ε·uniform over the candidates; the floor keeps every
+    candidate reachable, so the chain stays irreducible. Only the ``order − 1`` characters on
+    each side of the slot matter. :meth:`probs` answers a batch of contexts with one
+    :meth:`~kexue.text.lm.NgramLM.next_probs` call per direction (a
+    :class:`~kexue.text.sampling.BatchTokenProposal`).
 
     Args:
         lm: Forward and backward models.
@@ -246,25 +272,74 @@ def lm_tokens(lm: BiLM, space: TokenSpace, candidates: Sequence[int] | None = No
         candidates: Proposable ids (default: every character of the LM).
         uniform_mix: ε in [0, 1].
     """
-    uniform_mix = check_real("uniform_mix", uniform_mix, low=0, high=1)
-    cands = np.asarray(space.char_ids if candidates is None else candidates, np.int64)
-    n = lm.forward.order - 1
-    size = len(space)
 
-    @functools.lru_cache(maxsize=4096)
-    def from_context(left: str, right: str) -> np.ndarray:
-        logits = (lm.forward.next_log_probs(lm.forward.encode(left))[cands]
-                  + lm.backward.next_log_probs(lm.backward.encode(right))[cands])
-        p = np.exp(logits - logits.max())
-        p = (1 - uniform_mix) * p / p.sum() + uniform_mix / len(cands)
-        out = np.full(size, -np.inf)
-        out[cands] = np.log(p)
+    def __init__(self, lm: BiLM, space: TokenSpace, candidates: Sequence[int] | None = None,
+                 uniform_mix: float = 0.02) -> None:
+        self.uniform_mix = check_real("uniform_mix", uniform_mix, low=0, high=1)
+        self.lm, self.space = lm, space
+        self.cands = np.asarray(space.char_ids if candidates is None else candidates, np.int64)
+        if self.cands.size == 0 or self.cands.min() < 0 or \
+                self.cands.max() >= lm.forward.vocab_size:
+            raise ValueError(f"candidates must be a non-empty set of character ids in [0, "
+                             f"{lm.forward.vocab_size}), got {self.cands[:10].tolist()}")
+        self.n = lm.forward.order - 1
+        lo = int(self.cands[0])
+        contiguous = np.array_equal(self.cands, np.arange(lo, lo + self.cands.size))
+        self._columns = slice(lo, lo + self.cands.size) if contiguous else self.cands
+        others = np.setdiff1d(np.arange(lm.forward.vocab_size), self.cands)
+        self._others = others if len(others) else None
+
+    def _side(self, tokens: tuple[int, ...], last: bool) -> str:
+        """The ``n`` characters next to the slot: the end of the left side or the start of the
+        right one (tokens may be multi-character phrases, or specials that decode to "")."""
+        n = self.n
+        if not n:
+            return ""
+        text = self.space.decode(tokens[-n:] if last else tokens[:n])
+        if len(text) < n and len(tokens) > n:
+            text = self.space.decode(tokens)
+        return text[-n:] if last else text[:n]
+
+    def probs(self, contexts: Sequence[Context]) -> np.ndarray:
+        """q(· | left, right) of every context, (len(contexts), len(space)); rows sum to 1."""
+        n, fwd, bwd = self.n, self.lm.forward, self.lm.backward
+        left = np.full((len(contexts), n), BOS, np.int64)  # (K, order − 1), <s>-padded
+        right = np.full((len(contexts), n), BOS, np.int64)
+        for j, (before, after) in enumerate(contexts):
+            ids = fwd.encode(self._side(before, True))
+            left[j, n - len(ids):] = ids
+            ids = bwd.encode(self._side(after, False))  # read right to left: nearest last
+            right[j, n - len(ids):] = ids
+        q = fwd.next_probs(left)  # (K, V)
+        q *= bwd.next_probs(right)
+        if self._others is not None:
+            q[:, self._others] = 0.0  # ids outside the candidates are never proposed
+        q *= ((1.0 - self.uniform_mix) / q.sum(axis=1))[:, None]
+        q[:, self._columns] += self.uniform_mix / self.cands.size
+        v, size = fwd.vocab_size, len(self.space)
+        if size == v:
+            return q
+        out = np.zeros((len(contexts), size))  # (K, len(space)): phrases are never proposed
+        out[:, :v] = q
         return out
 
-    def proposal(left: tuple[int, ...], right: tuple[int, ...]) -> np.ndarray:
-        return from_context(space.decode(left)[-n:] if n else "",
-                            space.decode(right)[:n] if n else "")
-    return proposal
+    def __call__(self, left: tuple[int, ...], right: tuple[int, ...]) -> np.ndarray:
+        """log q(· | left, right), (len(space),) (−inf outside the candidates)."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.probs([(left, right)])[0])
+
+
+def lm_tokens(lm: BiLM, space: TokenSpace, candidates: Sequence[int] | None = None,
+              uniform_mix: float = 0.02) -> LMTokens:
+    """The forward×backward token proposal over ``space`` (see :class:`LMTokens`).
+
+    Args:
+        lm: Forward and backward models.
+        space: The token space (phrase tokens are never proposed).
+        candidates: Proposable ids (default: every character of the LM).
+        uniform_mix: ε in [0, 1].
+    """
+    return LMTokens(lm, space, candidates, uniform_mix)
 
 
 # ----------------------------------------------------------------------------- applications
@@ -286,57 +361,136 @@ class Generation:
     chain: MCMCResult
 
 
-def generate(target: TextTarget, x0: State, steps: int, *, lm: BiLM, method: str = "anneal",
-             weights: dict[str, float] | None = None, max_len: int = 40, min_len: int = 1,
-             t0: float = 3.0, t1: float = 0.05, per_token: bool = False,
-             tokens: TokenProposal | None = None,
-             seed: int | np.random.Generator | None = None,
-             on_step: Callable[[int, State], None] | None = None) -> Generation:
-    """Run a chain on ``target`` from ``x0`` with the forward×backward proposal.
+@dataclass
+class Generations:
+    """K sentences from K chains run as one batch (``chains=K``), and the chains' record.
+
+    Iterating gives the :class:`Generation` of every chain, in chain order.
+
+    Attributes:
+        items: One :class:`Generation` per chain.
+        chains: The batch's record: (K, steps) energy traces, acceptance, best-energy traces.
+        method: ``"mh"``, ``"anneal"`` or ``"cgmh"``.
+    """
+
+    items: list[Generation]
+    chains: MCMCChains
+    method: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Generation]:
+        return iter(self.items)
+
+    def __getitem__(self, k: int) -> Generation:
+        return self.items[k]
+
+    @property
+    def texts(self) -> list[str]:
+        return [g.text for g in self.items]
+
+    def rhat(self, warmup: float = 0.5) -> float:
+        """Split R̂ (rank-normalised) of the energy −log π across the chains, after
+        ``warmup``; ValueError for ``"anneal"``, whose target changes with the temperature."""
+        return self.chains.rhat(warmup)
+
+    def ess(self, warmup: float = 0.5) -> float:
+        """Bulk ESS of the energy across the chains, after ``warmup``; ValueError for
+        ``"anneal"``."""
+        return self.chains.ess(warmup)
+
+
+METHODS = ("anneal", "mh", "cgmh")
+
+
+@overload
+def generate(target: TextTarget, x0: State | Sequence[State], steps: int, *, lm: BiLM,
+             method: str = ..., weights: dict[str, float] | None = ..., max_len: int = ...,
+             min_len: int = ..., t0: float = ..., t1: float = ..., per_token: bool = ...,
+             tokens: TokenProposal | None = ..., chains: None = None,
+             stop_rhat: float | None = ..., check_every: int = ...,
+             seed: int | np.random.Generator | None = ...,
+             on_step: Callable[[int, State], None] | None = ...) -> Generation: ...
+
+
+@overload
+def generate(target: TextTarget, x0: State | Sequence[State], steps: int, *, lm: BiLM,
+             method: str = ..., weights: dict[str, float] | None = ..., max_len: int = ...,
+             min_len: int = ..., t0: float = ..., t1: float = ..., per_token: bool = ...,
+             tokens: TokenProposal | None = ..., chains: int,
+             stop_rhat: float | None = ..., check_every: int = ...,
+             seed: int | np.random.Generator | None = ...,
+             on_step: Callable[[int, list[State]], None] | None = ...) -> Generations: ...
+
+
+def generate(target, x0, steps, *, lm, method="anneal", weights=None, max_len=40, min_len=1,
+             t0=3.0, t1=0.05, per_token=False, tokens=None, chains=None, stop_rhat=None,
+             check_every=50, seed=None, on_step=None):
+    """Run a chain (or K chains as one batch) on ``target`` with the forward×backward proposal.
 
     Args:
         target: The target π.
-        x0: Start state (π(x0) > 0).
-        steps: Number of proposals.
+        x0: Start state (π(x0) > 0), or one per chain.
+        steps: Number of proposals per chain.
         lm: The models of the proposal.
         method: ``"mh"`` (sample π), ``"anneal"`` (maximise π, exponential cooling t0 → t1)
             or ``"cgmh"`` (CGMH's heuristics).
         weights: Move-kind probabilities (default: equal).
         max_len, min_len: Length bounds of the chain (in tokens).
         t0, t1: Start and end temperatures of ``"anneal"``.
-        tokens: The token proposal (default: :func:`lm_tokens` of ``lm``).
         per_token: ``"anneal"`` on the per-token energy −log π(x)/|x| (favours longer
             sentences than the total energy does).
-        seed: Seed or ``np.random.Generator``.
-        on_step: Progress callback ``on_step(step, state)``.
+        tokens: The token proposal (default: :func:`lm_tokens` of ``lm``).
+        chains: ``None``: one chain, a :class:`Generation`. K: K chains as one batch (one
+            proposal call and one target call per step), a :class:`Generations`.
+        stop_rhat: ``"mh"`` and ``"cgmh"`` only: stop once the split R̂ of the energy is
+            below this, checked every ``check_every`` steps (see
+            :func:`~kexue.text.sampling.metropolis_hastings`).
+        check_every: Steps between R̂ checks.
+        seed: Seed or ``np.random.Generator`` (chain k's stream: see
+            :mod:`kexue.text.sampling`).
+        on_step: Progress callback ``on_step(step, state)`` (``states``, a list, for K chains).
 
     Raises:
-        ValueError: For an unknown ``method`` or bad arguments.
+        ValueError: For an unknown ``method``, ``stop_rhat`` with ``"anneal"`` (its target
+            changes with the temperature: there is no R̂), or bad arguments.
     """
     steps = check_int("steps", steps, low=0)
     t0 = check_real("t0", t0, low=0, low_open=True)
     t1 = check_real("t1", t1, low=0, low_open=True)
     _check_seed(seed)
+    if method not in METHODS:
+        raise ValueError(f"method must be 'mh', 'anneal' or 'cgmh', got {method!r}")
+    if method == "anneal" and stop_rhat is not None:
+        raise ValueError(f"stop_rhat={stop_rhat!r} needs a fixed target: method='anneal' "
+                         "changes its target with the temperature, so it has no R-hat (read "
+                         "its best-energy trace); use method='mh' or drop stop_rhat")
     if method == "anneal" and not 0 < t1 < t0:
         raise ValueError(f"annealing needs temperatures 0 < t1 < t0, got t0={t0!r}, t1={t1!r}")
+    if chains is not None:
+        chains = check_int("chains", chains, low=1)
     proposal = EditProposal(tokens or lm_tokens(lm, target.space),
                             weights or {"replace": 1, "insert": 1, "delete": 1},
                             min_len=min_len, max_len=max_len)
     if method == "anneal":
         rate = (t1 / t0) ** (1 / max(steps - 1, 1))
-        chain = simulated_annealing(target, proposal, x0, steps, exponential_cooling(t0, rate),
-                                    per_token=per_token, seed=seed, on_step=on_step)
-    elif method in ("mh", "cgmh"):
-        chain = metropolis_hastings(target, proposal, x0, steps, seed=seed, on_step=on_step,
-                                    mode="exact" if method == "mh" else "cgmh")
+        run = simulated_annealing(target, proposal, x0, steps, exponential_cooling(t0, rate),
+                                  per_token=per_token, chains=chains, seed=seed,
+                                  on_step=on_step)
     else:
-        raise ValueError(f"method must be 'mh', 'anneal' or 'cgmh', got {method!r}")
-    if method == "mh":  # a draw from π: the chain's final state
-        text = target.space.decode(chain.state.tokens)
-        return Generation(text, float(target.score_texts([text])[0]), target.breakdown(text),
-                          chain)
-    text = target.space.decode(chain.best.tokens)
-    return Generation(text, chain.best_log_prob, target.breakdown(text), chain)
+        run = metropolis_hastings(target, proposal, x0, steps, chains=chains, seed=seed,
+                                  on_step=on_step, mode="exact" if method == "mh" else "cgmh",
+                                  stop_rhat=stop_rhat, check_every=check_every)
+    runs = [run] if chains is None else [run.chain(k) for k in range(chains)]
+    # "mh": a draw from π, the chain's final state; "anneal" and "cgmh": the best state seen
+    outputs = [r.state if method == "mh" else r.best for r in runs]
+    texts = [target.space.decode(x.tokens) for x in outputs]
+    log_probs = target.score_texts(texts) if method == "mh" else \
+        np.array([r.best_log_prob for r in runs])
+    items = [Generation(text, float(lp), terms, r) for text, lp, terms, r in zip(
+        texts, log_probs, target.breakdowns(texts), runs, strict=True)]
+    return items[0] if chains is None else Generations(items, run, method)
 
 
 def _check_keywords(keywords: Sequence[str], lm: BiLM) -> list[str]:
@@ -358,9 +512,12 @@ def _check_keywords(keywords: Sequence[str], lm: BiLM) -> list[str]:
 
 def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM | None = None,
                          method: str = "anneal", length: tuple[float, float] | None = None,
-                         repetition: float = 2.0, seed: int | np.random.Generator | None = None,
-                         on_step: Callable[[int, State], None] | None = None) -> Generation:
-    """A fluent sentence containing every keyword, in the order given.
+                         repetition: float = 2.0, chains: int | None = None,
+                         stop_rhat: float | None = None, check_every: int = 50,
+                         seed: int | np.random.Generator | None = None,
+                         on_step: Callable[..., None] | None = None
+                         ) -> Generation | Generations:
+    """A fluent sentence containing every keyword, in the order given (or K of them).
 
     Target: log p(x) + log χ(x ⊇ keywords) + length prior + repetition penalty. The keywords
     start as locked tokens; replace, insert and delete build the sentence around them.
@@ -373,8 +530,11 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
         length: (mean, std) of the length prior in characters; default (keyword characters
             + 10, 1): without a tight prior the most probable sentence is the shortest one.
         repetition: Weight of the repeated-bigram penalty (0 switches it off).
+        chains: ``None``: one sentence, a :class:`Generation`; K: K chains run as one batch,
+            a :class:`Generations` (with R̂ and ESS for ``"mh"``).
+        stop_rhat, check_every: Stop ``"mh"`` once R̂ < ``stop_rhat`` (see :func:`generate`).
         seed: Seed or ``np.random.Generator``.
-        on_step: Progress callback.
+        on_step: Progress callback (see :func:`generate`).
 
     Raises:
         ValueError: For an empty keyword list or keywords the model has never seen.
@@ -395,7 +555,8 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
     x0 = State(tuple(space.phrase_ids[w] for w in words), tuple(range(1, len(words) + 1)))
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method=method,
                     max_len=max(int(mean + 3 * std), len(words) + 1), min_len=len(words),
-                    seed=seed, on_step=on_step)
+                    chains=chains, stop_rhat=stop_rhat, check_every=check_every, seed=seed,
+                    on_step=on_step)
 
 
 def _check_seed(seed: object) -> None:
@@ -412,10 +573,11 @@ def _source(text: str, lm: BiLM) -> tuple[TokenSpace, State]:
 
 
 def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
-               closeness: float = 8.0, method: str = "anneal",
+               closeness: float = 8.0, method: str = "anneal", chains: int | None = None,
                seed: int | np.random.Generator | None = None,
-               on_step: Callable[[int, State], None] | None = None) -> Generation:
-    """A fluent sentence close to, but not equal to, ``source``.
+               on_step: Callable[..., None] | None = None) -> Generation | Generations:
+    """A fluent sentence close to, but not equal to, ``source`` (``chains=K``: K of them, as in
+    :func:`keywords_to_sentence`).
 
     Target: log p(x) + closeness·F1_bigram(x, source) − closeness·[x = source] (the copy is
     excluded so the chain has to rephrase).
@@ -433,13 +595,15 @@ def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
              "not_copy": lambda texts: np.array([-closeness if t == clean else 0.0
                                                  for t in texts])}
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method=method,
-                    max_len=len(x0) + 8, seed=seed, on_step=on_step)
+                    max_len=len(x0) + 8, chains=chains, seed=seed, on_step=on_step)
 
 
 def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | None = None,
-             closeness: float = 6.0, seed: int | np.random.Generator | None = None,
-             on_step: Callable[[int, State], None] | None = None) -> Generation:
-    """A shorter sentence that keeps the gist of ``source``: deletions of whole words only.
+             closeness: float = 6.0, chains: int | None = None,
+             seed: int | np.random.Generator | None = None,
+             on_step: Callable[..., None] | None = None) -> Generation | Generations:
+    """A shorter sentence that keeps the gist of ``source``: deletions of whole words only
+    (``chains=K``: K of them, as in :func:`keywords_to_sentence`).
 
     The source is segmented into words (jieba), each word one token, so a deletion removes a
     word rather than breaking one; insertions put back one of the source's words, which keeps
@@ -465,8 +629,8 @@ def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | No
     # deleting a word is reversed by inserting one of the source's words anywhere
     words_only = uniform_tokens(sorted(space.phrase_ids.values()), len(space))
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method="anneal",
-                    weights={"delete": 0.7, "insert": 0.3}, max_len=len(x0), seed=seed,
-                    tokens=words_only, on_step=on_step)
+                    weights={"delete": 0.7, "insert": 0.3}, max_len=len(x0), chains=chains,
+                    seed=seed, tokens=words_only, on_step=on_step)
 
 
 def _words(text: str) -> list[str]:
@@ -480,9 +644,10 @@ def _words(text: str) -> list[str]:
 
 
 def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness: float = 20.0,
-            seed: int | np.random.Generator | None = None,
-            on_step: Callable[[int, State], None] | None = None) -> Generation:
-    """Fix likely errors of ``source`` with few edits: a fluent sentence very close to it.
+            chains: int | None = None, seed: int | np.random.Generator | None = None,
+            on_step: Callable[..., None] | None = None) -> Generation | Generations:
+    """Fix likely errors of ``source`` with few edits: a fluent sentence very close to it
+    (``chains=K``: K of them, as in :func:`keywords_to_sentence`).
 
     Target: log p(x) + closeness·F1_bigram(x, source); a large closeness allows only the edits
     that buy much fluency.
@@ -498,4 +663,4 @@ def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness:
     terms = {"fluency": fluency(lm.forward),
              "similarity": similarity(space.decode(x0.tokens), closeness)}
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method="anneal",
-                    max_len=len(x0) + 4, seed=seed, on_step=on_step)
+                    max_len=len(x0) + 4, chains=chains, seed=seed, on_step=on_step)

@@ -150,6 +150,10 @@ class NgramLM:
         self.reverse = reverse
         self._orders = orders
         self._ids = {c: i + len(_SPECIALS) for i, c in enumerate(self.chars)}
+        self._codes: tuple[np.ndarray, np.ndarray] | None = None  # sorted code points → ids
+        self._unigram: np.ndarray | None = None  # p_1(w), (vocab_size,), built on first use
+        self._memo: dict[int, float] = {}  # log p(w | h) of top-order keys already scored
+        self._follow: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # see _followers
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -199,17 +203,52 @@ class NgramLM:
 
     def _ngram_keys(self, encoded: Sequence[np.ndarray]) -> np.ndarray:
         """Top-order keys of every predicted position (each id after the padding)."""
-        n, v = self.order, self.vocab_size
-        parts = []
-        for ids in encoded:
-            padded = np.concatenate([np.full(n - 1, BOS), ids, [EOS]]).astype(np.int64)
-            windows = np.lib.stride_tricks.sliding_window_view(padded, n)  # (len+1, n)
-            parts.append(windows)
-        if not parts:
+        if not len(encoded):
             return np.zeros(0, np.int64)
-        windows = np.concatenate(parts)  # (positions, n)
-        weights = v ** np.arange(n - 1, -1, -1, dtype=np.int64)  # (n,)
-        return windows @ weights
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        return self._keys(np.concatenate([np.asarray(ids, np.int64) for ids in encoded]),
+                          lengths)
+
+    def _keys(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Top-order keys of sentences given as one flat id array and their lengths.
+
+        Each sentence of length L becomes ``order − 1`` ``<s>``, its ids, ``</s>`` (L + order
+        slots) and yields L + 1 keys, one per predicted id, all in one vectorised pass.
+        """
+        n, v = self.order, self.vocab_size
+        if not len(lengths):
+            return np.zeros(0, np.int64)
+        slots = lengths + n  # (S,) padded lengths
+        starts = np.r_[0, np.cumsum(slots)[:-1]]  # (S,) where each padded sentence begins
+        flat = np.full(int(slots.sum()), BOS, np.int64)  # (Σ(L + n),)
+        first = np.repeat(starts + n - 1 - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        flat[first + np.arange(len(ids))] = ids
+        flat[starts + n - 1 + lengths] = EOS
+        windows = np.lib.stride_tricks.sliding_window_view(flat, n)  # (Σ(L + n) − n + 1, n)
+        offsets = np.arange(int((lengths + 1).sum())) - np.repeat(
+            np.r_[0, np.cumsum(lengths + 1)[:-1]], lengths + 1)  # window within its sentence
+        picked = windows[np.repeat(starts, lengths + 1) + offsets]  # (Σ(L + 1), n)
+        return picked @ (v ** np.arange(n - 1, -1, -1, dtype=np.int64))
+
+    def _encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All ``texts`` as one flat id array (each in this model's reading order) and their
+        lengths, by one lookup of the code points (unknown characters become ``<unk>``)."""
+        if self._codes is None:
+            points = np.array([ord(c) for c in self.chars], np.int64)
+            order = np.argsort(points)
+            self._codes = (points[order], order + len(_SPECIALS))
+        points, ids_of = self._codes
+        lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+        cps = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"),
+                            dtype="<u4").astype(np.int64)
+        pos = np.minimum(np.searchsorted(points, cps), max(len(points) - 1, 0))
+        ids = np.where(points[pos] == cps, ids_of[pos], UNK) if len(points) else \
+            np.full(len(cps), UNK, np.int64)
+        if self.reverse and len(ids):  # reverse each sentence in place
+            ends = np.repeat(np.cumsum(lengths), lengths)
+            starts = np.repeat(np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+            ids = ids[starts + ends - 1 - np.arange(len(ids))]
+        return ids, lengths
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -235,20 +274,29 @@ class NgramLM:
 
     # ------------------------------------------------------------------ probabilities
     def _prob(self, keys: np.ndarray) -> np.ndarray:
-        """p(w | h) for top-order keys ``hw`` (any shape), by recursion from the unigram."""
+        """p(w | h) for top-order keys ``hw`` (any shape), by recursion from the unigram.
+
+        A context unseen at order k is unseen at every higher order (its suffix would have been
+        counted), so p stays p_{k−1} from there on and the key leaves the lookups; the keys
+        still active are looked up in sorted order, which keeps the binary searches in cache.
+        """
         v = self.vocab_size
         flat = keys.reshape(-1)
         p = np.full(flat.shape, 1.0 / (v - 1))  # uniform base over every id except <s>
+        active = np.arange(len(flat))
         for k, level in enumerate(self._orders, start=1):
-            key_k = flat % v ** k
-            ctx = key_k // v
-            cpos, cfound = _lookup(level.ctx_keys, ctx)
-            total = np.where(cfound, level.ctx_total[cpos], 1.0)
-            gamma = np.where(cfound, level.ctx_gamma[cpos], 0.0)
+            key_k = flat[active] % v ** k
+            order = np.argsort(key_k, kind="stable")
+            active, key_k = active[order], key_k[order]
+            cpos, cfound = _lookup(level.ctx_keys, key_k // v)
+            active, key_k, cpos = active[cfound], key_k[cfound], cpos[cfound]
+            if not len(active):
+                break
             gpos, gfound = _lookup(level.keys, key_k)
             c = np.where(gfound, level.counts[gpos], 0.0)
             d = level.discounts[np.minimum(c, 3).astype(np.int64)]
-            p = np.where(cfound, (np.maximum(c - d, 0.0) + gamma * p) / total, p)
+            p[active] = (np.maximum(c - d, 0.0) + level.ctx_gamma[cpos] * p[active]) \
+                / level.ctx_total[cpos]
         return p.reshape(keys.shape)
 
     def log_prob(self, texts: Sequence[str] | str) -> np.ndarray | float:
@@ -261,38 +309,117 @@ class NgramLM:
             A float for one sentence, else an (N,) array.
         """
         if isinstance(texts, str):
-            return float(self.log_prob_ids([self.encode(texts)])[0])
-        return self.log_prob_ids([self.encode(t) for t in texts])
+            return float(self.log_prob([texts])[0])
+        ids, lengths = self._encode_texts(texts)
+        return self._sum_per_sentence(self._keys(ids, lengths), lengths)
 
     def log_prob_ids(self, encoded: Sequence[np.ndarray]) -> np.ndarray:
         """Log-probabilities of id sequences (already in this model's reading order)."""
-        keys = self._ngram_keys(encoded)
-        logp = np.log(self._prob(keys))  # (positions,)
-        lengths = np.array([len(ids) + 1 for ids in encoded], np.int64)
-        return np.add.reduceat(logp, np.r_[0, np.cumsum(lengths)[:-1]]) if len(encoded) else logp
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        return self._sum_per_sentence(self._ngram_keys(encoded), lengths)
 
-    def _next_probs(self, context: np.ndarray) -> np.ndarray:
-        """p(w | context) for every id w: (vocab_size,), ``context`` the last order−1 ids.
+    def _sum_per_sentence(self, keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        logp = self._log_prob_keys(keys)  # (Σ(L + 1),)
+        return np.add.reduceat(logp, np.r_[0, np.cumsum(lengths + 1)[:-1]]) if len(lengths) \
+            else logp
 
-        For a fixed context the k-grams h·V + w of every w form one contiguous key range,
-        so each order costs two binary searches and a scatter instead of V lookups.
+    _MEMO_SIZE = 1 << 19
+
+    def _log_prob_keys(self, keys: np.ndarray) -> np.ndarray:
+        """log p(w | h) of top-order keys, remembered across calls.
+
+        A chain's proposal shares most of its n-grams with the current state, so most keys of a
+        step were scored before; only the new ones go through :meth:`_prob`. The memo is
+        cleared when it reaches ``_MEMO_SIZE`` keys.
         """
-        v = self.vocab_size
-        p = np.full(v, 1.0 / (v - 1))
-        c = np.zeros(v)
-        for k, level in enumerate(self._orders, start=1):
-            h = int(context[len(context) - (k - 1):] @ (v ** np.arange(k - 2, -1, -1,
-                                                                        dtype=np.int64))) \
-                if k > 1 else 0
-            i = int(np.searchsorted(level.ctx_keys, h))
-            if i == len(level.ctx_keys) or level.ctx_keys[i] != h:
-                continue  # unseen context: p_k = p_{k−1}
-            lo, hi = np.searchsorted(level.keys, [h * v, h * v + v])
-            c[:] = 0.0
-            c[level.keys[lo:hi] - h * v] = level.counts[lo:hi]
-            d = level.discounts[np.minimum(c, 3).astype(np.int64)]
-            p = (np.maximum(c - d, 0.0) + level.ctx_gamma[i] * p) / level.ctx_total[i]
-        return p
+        memo = self._memo
+        got = [memo.get(k) for k in keys.tolist()]
+        missing = [i for i, value in enumerate(got) if value is None]
+        if missing:
+            fresh, inverse = np.unique(keys[missing], return_inverse=True)
+            values = np.log(self._prob(fresh))
+            if len(memo) + len(fresh) > self._MEMO_SIZE:
+                memo.clear()
+            memo.update(zip(fresh.tolist(), values.tolist(), strict=True))
+            for i, value in zip(missing, values[inverse].tolist(), strict=True):
+                got[i] = value
+        return np.array(got, np.float64)
+
+    def _unigram_probs(self) -> np.ndarray:
+        """p_1(w) for every id: the order-1 level over the uniform base, (vocab_size,)."""
+        if self._unigram is None:
+            v = self.vocab_size
+            p = np.full(v, 1.0 / (v - 1))  # uniform base over every id except <s>
+            level = self._orders[0]
+            if len(level.ctx_keys):  # the empty context, seen whenever anything was counted
+                c = np.zeros(v)
+                c[level.keys] = level.counts
+                d = level.discounts[np.minimum(c, 3).astype(np.int64)]
+                p = (np.maximum(c - d, 0.0) + level.ctx_gamma[0] * p) / level.ctx_total[0]
+            self._unigram = p
+        return self._unigram
+
+    def _followers(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per k-gram of order k: its last id and max(c − D(c), 0), the discounted count
+        (computed once per order, on first use)."""
+        if k not in self._follow:
+            level = self._orders[k - 1]
+            d = level.discounts[np.minimum(level.counts, 3).astype(np.int64)]
+            self._follow[k] = ((level.keys % self.vocab_size).astype(np.int64),
+                               np.maximum(level.counts - d, 0.0))
+        return self._follow[k]
+
+    def next_probs(self, contexts: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+        """p(w | h) for every id w and a batch of contexts: (..., T) ids -> (..., vocab_size).
+
+        Unrolling the recursion of the module docstring from the top order down,
+
+            p_n(w | h) = Σ_k β_k(h) · max(c_k(h_k w) − D_k, 0) / c_k(h_k•) + β_1(h) · p_1(w),
+            β_k(h)     = Π_{j > k, h_j seen} γ_j(h_j),
+
+        with h_k the last k − 1 ids of h: every order above 1 adds only the characters seen
+        after its context (a sparse scatter), and the dense part is one multiple of the
+        unigram level p_1, so a batch costs one (B, vocab_size) pass instead of one per order.
+        Contexts are read as in :meth:`next_log_probs` (only the last ``order − 1`` ids count;
+        shorter ones are padded with ``<s>``); ``p[<s>]`` is left as the recursion gives it.
+
+        Args:
+            contexts: Ids in this model's reading order, (..., T).
+        """
+        v, n = self.vocab_size, self.order
+        ctx = np.asarray(contexts, np.int64)
+        if ctx.ndim == 0:
+            raise ValueError(f"contexts must have a last axis of ids, got shape {ctx.shape}")
+        lead = ctx.shape[:-1]
+        ctx = ctx.reshape(int(np.prod(lead)), ctx.shape[-1])  # (B, T)
+        width = ctx.shape[1]
+        if width < n - 1:
+            ctx = np.concatenate([np.full((len(ctx), n - 1 - width), BOS, np.int64), ctx], 1)
+        ctx = ctx[:, ctx.shape[1] - (n - 1):]  # (B, order − 1)
+        beta = np.ones(len(ctx))  # (B,)
+        scatter = []  # per order: rows, ids, β_k·max(c − D, 0)/c(h•)
+        for k in range(n, 1, -1):
+            level = self._orders[k - 1]
+            h = ctx[:, n - k:] @ (v ** np.arange(k - 2, -1, -1, dtype=np.int64))  # (B,)
+            cpos, seen = _lookup(level.ctx_keys, h)
+            rows = np.flatnonzero(seen)
+            if not len(rows):
+                continue
+            lo = np.searchsorted(level.keys, h[rows] * v)
+            hi = np.searchsorted(level.keys, h[rows] * v + v)
+            sizes = hi - lo  # followers of each seen context
+            total = level.ctx_total[cpos[rows]]
+            at = np.repeat(lo - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(sizes.sum())
+            ids, mass = self._followers(k)
+            scatter.append((np.repeat(rows * v, sizes) + ids[at],
+                            np.repeat(beta[rows] / total, sizes) * mass[at]))
+            beta[rows] *= level.ctx_gamma[cpos[rows]] / total
+        out = np.empty((len(ctx), v))
+        np.multiply(beta[:, None], self._unigram_probs()[None, :], out=out)  # (B, V)
+        flat = out.reshape(-1)  # a view: out is C-contiguous
+        for at, values in scatter:  # (row, id) pairs are distinct within one order
+            flat[at] += values
+        return out.reshape(*lead, v)
 
     def next_log_probs(self, context: np.ndarray | Sequence[int]) -> np.ndarray:
         """log p(w | context) for every id w, as a (vocab_size,) array (−inf for ``<s>``).
@@ -301,11 +428,8 @@ class NgramLM:
             context: Ids before the predicted position, in this model's reading order (only the
                 last ``order − 1`` matter; shorter contexts are padded with ``<s>``).
         """
-        n = self.order
-        ctx = np.concatenate([np.full(n - 1, BOS), np.asarray(context, np.int64)])
-        ctx = ctx[len(ctx) - (n - 1):]  # (order − 1,)
         with np.errstate(divide="ignore"):
-            out = np.log(self._next_probs(ctx))
+            out = np.log(self.next_probs(np.asarray(context, np.int64).reshape(-1)))
         out[BOS] = -np.inf
         return out
 
@@ -327,7 +451,7 @@ class NgramLM:
         for _ in range(n):
             ids = [BOS] * (order - 1)
             for _ in range(max_len):
-                p = self._next_probs(np.asarray(ids[len(ids) - (order - 1):], np.int64))
+                p = self.next_probs(np.asarray(ids[len(ids) - (order - 1):], np.int64))
                 p[[UNK, BOS]] = 0.0
                 cum = np.cumsum(p)
                 w = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
