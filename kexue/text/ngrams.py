@@ -1,47 +1,44 @@
-"""Exact character n-gram counting over Han text, vectorised, streaming and multi-process.
+"""Exact n-gram counting over Chinese text (Han and mixed-script units), on one core or many.
 
-Text is read as runs of Han characters: every character outside the CJK Unified Ideographs block
-U+4E00–U+9FFF (punctuation, digits, Latin letters, whitespace, full-width forms, rarer CJK
-extensions) ends a run, and no n-gram crosses a run boundary. Each Han character gets the fixed
-code ``ord(c) − 0x4E00 + 1`` in [1, 20992] (15 bits); 0 marks a boundary. Because the code does not
-depend on the corpus, partial counts from different chunks, processes or machines agree on it.
+Units. Text is read as runs of units: a Han character of U+4E00–U+9FFF has the fixed code
+``ord(c) − 0x4E00 + 1`` in [1, 20992]; with ``script="mixed"`` a run of Latin letters and digits
+(ASCII or full-width, with inner joiners: "PM2.5", "COVID-19", "5G") is one unit too, NFKC-
+normalised, with a corpus-specific code above the Han codes (:mod:`kexue.text._script`). Every
+other character (punctuation, whitespace, other scripts) ends a run, and no n-gram crosses a
+run boundary. Every code is < 2^16; 0 marks a boundary.
 
 An n-gram w = c_1 … c_n (n ≥ 2) is stored as the 64-bit key
 
-    key(w) = id(c_1 … c_{n−1}) · 2^15 + code(c_n),
+    key(w) = id(c_1 … c_{n−1}) · 2^16 + code(c_n),
 
 where id(·) is the rank of the (n−1)-prefix among the sorted (n−1)-grams of the same table, so
 each level is one sorted ``uint64`` array whatever n is, sorting keys sorts n-grams
 lexicographically, and a string is found with n ``searchsorted`` steps. Counting level n is one
-sort of the keys of all positions (the position is packed into the low bits of the sort key, so a
-plain ``np.sort`` yields the grouping permutation), no hashing, so counts are exact.
+sort of the keys of all candidate positions (the position is packed into the low bits of the
+sort key, so a plain ``np.sort`` yields the grouping permutation), no hashing, so counts are
+exact. The packed sort needs ``bits(#kept (n−1)-grams) + 16 + bits(#candidates in a chunk) ≤
+64``: with 4 M-character chunks (22 bits) up to 2^26 (67 M) kept (n−1)-grams per level, with
+2^24-character chunks 2^24 (16.7 M); beyond, a chunk's level falls back to a stable
+``argsort`` (exact, about three times slower).
 
 Pruning (Apriori). An n-gram is kept iff count ≥ ``min_count`` and both its (n−1)-prefix and
 (n−1)-suffix are kept. Since count(w) ≤ count(prefix) and count(w) ≤ count(suffix), this discards
 no n-gram whose count reaches ``min_count``: the kept counts are exactly the true counts.
 
-* :class:`NgramCounter` (streaming): ``update`` counts *all* n-grams n ≤ ``max_n`` of a chunk
-  with no pruning, ``merge``/``+`` adds two counters exactly, ``finalize(min_count)`` prunes once,
-  after the merge.
-* :func:`count_ngrams`: map/reduce over chunks of about ``chunk_chars`` characters. The map stage
-  :func:`count_chunk` is a pure function of one chunk returning a picklable :class:`NgramCounter`
-  and the reduce stage is the associative, commutative :meth:`NgramCounter.merge`, so the same two
-  functions can run on a distributed engine (Spark/Ray/Dask) unchanged. When the whole input fits
-  in one chunk, the chunk *is* the corpus and pruning is applied at count time, level by level
-  (only positions whose prefix and suffix survived are sorted at the next level): the same exact
-  result, several times faster. When the input spans several chunks and one process counts,
-  :func:`count_ngrams` instead reads the input once, spools its codes to a temporary file and
-  makes one pass over the spool per level with Apriori candidates only (see there), so memory
-  does not grow with the length of the stream or the number of distinct rare n-grams.
+* :func:`count_ngrams`: one chunk is counted in memory with pruning at count time; a bigger
+  corpus is counted level by level as map/reduce over shards through a driver (this process, a
+  process pool, any ``concurrent.futures.Executor``, a Dask cluster), bit-identical whatever
+  runs it (:mod:`kexue.text._ngram_engine`, :mod:`kexue.text._drivers`).
+* :class:`NgramCounter` (streaming, Han only): ``update`` counts *all* n-grams n ≤ ``max_n`` of
+  a chunk with no pruning, ``merge``/``+`` adds two counters exactly, ``finalize(min_count)``
+  prunes once, after the merge. :func:`count_chunk` is its map stage. Its memory grows with the
+  number of distinct n-grams; :func:`count_ngrams` prunes level by level instead.
 
 Memory model. A chunk of L characters costs O(L) int64 working arrays per level (positions, keys,
-ids) plus its own tables, at most L entries per level before pruning: roughly 40·L·max_n bytes at
-peak. The level-wise path adds the kept n-grams of the levels done so far and the distinct
-candidates of the current level (16 bytes each), which depend on ``min_count`` and the corpus's
-vocabulary, not on the stream's length; per-position data lives in the temporary spool. The
-map/reduce path's reduce side holds the distinct n-grams seen so far (unpruned, ≤ total
-characters per level) as key/count pairs, 16 bytes each; the finalized table keeps only the
-survivors.
+ids) plus its own tables: roughly 40·L bytes at peak per level, per worker. The driver holds the
+kept n-grams of the levels done so far and the merged distinct candidates of the current level
+(16 bytes each), which depend on ``min_count`` and the corpus's vocabulary, not on the stream's
+length; per-position state lives in the workers' spill (≤ about 4 bytes per character).
 
 References:
     https://kexue.fm/archives/6540 (分享一次专业领域词汇的无监督挖掘)
@@ -51,29 +48,37 @@ References:
 
 from __future__ import annotations
 
-import multiprocessing
+import collections
+import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from kexue._checks import check_int
+from kexue.text._drivers import MemoryShard, Shard, resolve_driver
 from kexue.text._ngram_engine import (
-    _CHAR_BITS,
-    _CHAR_MASK,
+    _CODE_MASK,
     _MAX_CHUNK,
     ALPHABET_SIZE,
+    CODE_BITS,
     HAN_FIRST,
     HAN_LAST,
+    _chunks,
     _count_codes,
-    _count_levelwise,
     _encode,
     _find,
     _Level,
     _sorted_union,
+    _spill_dir,
     _suffix_ids,
     _translate,
+    count_shards,
+    new_run,
 )
+from kexue.text._script import Alphabet, atom_counts, check_script, scan, units
 
 __all__ = [
     "HAN_FIRST",
@@ -87,6 +92,9 @@ __all__ = [
     "NgramTable",
     "Neighbours",
 ]
+
+
+_HAN_ONLY = re.compile(f"[{chr(HAN_FIRST)}-{chr(HAN_LAST)}]+")
 
 
 def _check_texts(texts: object) -> list[str]:
@@ -138,7 +146,10 @@ def decode(codes: np.ndarray) -> list[str]:
 
 
 class NgramCounter:
-    """Exact, unpruned n-gram counts for n = 1..max_n; add chunks with :meth:`update`.
+    """Exact, unpruned Han n-gram counts for n = 1..max_n; add chunks with :meth:`update`.
+
+    Han characters only (as ``script="han"``); for mixed-script units and bounded memory use
+    :func:`count_ngrams`.
 
     Counters are plain numpy arrays, so they pickle cheaply and merge exactly::
 
@@ -214,7 +225,7 @@ class NgramCounter:
         for n, lev in enumerate(self.levels):
             keep = lev.counts >= min_count
             if n > 0:
-                prefix = (lev.keys >> np.uint64(_CHAR_BITS)).astype(np.int64)
+                prefix = (lev.keys >> np.uint64(CODE_BITS)).astype(np.int64)
                 suffix = _suffix_ids(self.levels, n, memo)
                 keep &= (newid[prefix] >= 0) & (newid[np.maximum(suffix, 0)] >= 0) & (suffix >= 0)
                 keys = _translate(lev.keys[keep], newid)
@@ -222,7 +233,8 @@ class NgramCounter:
                 keys = lev.keys[keep]
             levels.append(_Level(keys, lev.counts[keep]))
             newid = np.where(keep, np.cumsum(keep) - 1, -1)
-        return NgramTable(levels, total_chars=self.total_chars, min_count=min_count)
+        return NgramTable(levels, total_chars=self.total_chars, min_count=min_count,
+                          alphabet=Alphabet("han"))
 
     def __repr__(self) -> str:
         sizes = [lev.keys.shape[0] for lev in self.levels]
@@ -245,100 +257,138 @@ def count_chunk(texts: str | Sequence[str], max_n: int) -> NgramCounter:
     return _from_levels(max_n, _count_codes(_encode(_check_texts(texts)), max_n, 1))
 
 
-def _chunks(texts: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
-    buf: list[str] = []
-    size = 0
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"texts[{i}] must be str, got {type(t).__name__}")
-        buf.append(t)
-        size += len(t) + 1
-        if size >= chunk_chars:
-            yield buf
-            buf, size = [], 0
-    if buf:
-        yield buf
+def _as_shards(texts: object) -> list[Shard] | None:
+    """``texts`` as a list of shards when it is a sequence of them, else ``None``."""
+    if not isinstance(texts, (list, tuple)) or not texts or not isinstance(texts[0], Shard):
+        return None
+    for i, s in enumerate(texts):
+        if not isinstance(s, Shard) or isinstance(s, str):
+            raise ValueError(
+                f"texts[{i}] must be a Shard like texts[0] (a sequence of shards), got "
+                f"{type(s).__name__}"
+            )
+    keys = collections.Counter(s.key for s in texts)
+    dup = [k for k, c in keys.items() if c > 1]
+    if dup:
+        raise ValueError(f"texts must be shards with unique keys, got {dup[0]!r} twice")
+    return list(texts)
 
 
-def _count_chunk_args(args: tuple[list[str], int]) -> NgramCounter:
-    return count_chunk(*args)
+def _batches(
+    chunks: Iterable[list[str]], size: int | None
+) -> Iterator[list[MemoryShard]]:
+    """In-memory shards of the chunks, ``size`` at a time (all at once for ``None``)."""
+    batch: list[MemoryShard] = []
+    for i, chunk in enumerate(chunks):
+        batch.append(MemoryShard(f"texts:{i}", chunk))
+        if size is not None and len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _count_one(texts: list[str], max_n: int, min_count: int, script: str) -> NgramTable:
+    """The whole corpus as one chunk: Apriori pruning while counting, in this process."""
+    s = scan(texts, script)
+    alphabet = Alphabet.build(script, *atom_counts(s), min_count)
+    levels = _count_codes(alphabet.resolve(s), max_n, min_count)
+    return NgramTable(levels, total_chars=int(np.count_nonzero(s.precodes)),
+                      min_count=min_count, alphabet=alphabet, stats={"shards": 1})
 
 
 def count_ngrams(
-    texts: str | Iterable[str] | Callable[[], Iterable[str]],
+    texts: str | Iterable[str] | Callable[[], Iterable[str]] | Sequence[Shard],
     max_n: int,
     min_count: int = 1,
     *,
     processes: int = 1,
     chunk_chars: int = 4_000_000,
+    script: str = "mixed",
+    scheduler: object = None,
 ) -> NgramTable:
-    """Count all Han n-grams n = 1..max_n of a corpus exactly and keep those with count ≥ min_count.
+    """Count all n-grams n = 1..max_n of a corpus exactly and keep those with count ≥ min_count.
 
-    The corpus is cut into chunks of about ``chunk_chars`` characters (whole texts).
+    Units are Han characters and, with ``script="mixed"``, runs of Latin letters and digits
+    ("PM2.5", "5G": one unit each, see :mod:`kexue.text._script`). The result is the same, to
+    the bit, whatever runs the counting and however the corpus is cut.
 
-    * One chunk: counted in this process with Apriori pruning at count time (exact).
-    * Several chunks, ``processes == 1``: level-wise Apriori passes. The input is read once
-      (any iterable: a list, a generator, a stdin :class:`~kexue.text.corpus.Corpus`); pass 1
-      counts unigrams and bigrams and spools the chunks' character codes and per-position
-      bigram groups to an anonymous temporary file (≤ 10 bytes per character, deleted at the end);
-      pass n ≥ 3 reads the spool back and counts only the n-grams whose (n−1)-prefix and
-      (n−1)-suffix survived ``min_count`` (exact: a frequent n-gram's sub-grams are at least as
-      frequent). Memory stays bounded by one chunk plus the candidate n-grams of one level,
-      whatever the length of the stream, instead of every distinct n-gram of the corpus.
-    * ``processes > 1``: map/reduce. :func:`count_chunk` counts each chunk unpruned in
-      ``processes`` spawned worker processes, the partial counters are merged exactly with
-      :meth:`NgramCounter.merge`, and :meth:`NgramCounter.finalize` prunes once; memory grows
-      with the number of distinct n-grams (the layout a distributed engine would use).
+    * The corpus fits one chunk of ``chunk_chars`` characters: counted in this process, with
+      Apriori pruning at count time.
+    * Otherwise: level-wise Apriori as map/reduce over shards (in-memory shards of about
+      ``chunk_chars`` characters, or the ``texts`` given as shards) through a driver: this
+      process (``processes=1``), a pool of ``processes`` spawned processes, or ``scheduler``
+      (a ``concurrent.futures.Executor``, ``"local:N"`` / ``"tcp://HOST:PORT"`` / a
+      ``distributed.Client`` for Dask). Level 1 counts units and builds the corpus's
+      alphabet; level n counts only the n-grams whose (n−1)-prefix and (n−1)-suffix survived
+      (exact: a frequent n-gram's sub-grams are at least as frequent); counts merge as an exact
+      tree; only the survivors of a level travel to the workers. A worker keeps each shard's
+      state between levels in its temporary directory (about 4 bytes per character at the
+      peak, removed at the end, on error too) and rebuilds it from the shard when it is
+      missing. A one-shot iterable (a generator, a stdin
+      :class:`~kexue.text.corpus.Corpus`) is read once, in batches, so memory stays bounded
+      by a few chunks plus the candidate n-grams of one level, whatever the stream's length.
 
     Args:
-        texts: a string, an iterable of strings, or a callable returning one (called once).
-        max_n: longest n-gram, ≥ 1.
+        texts: a string, an iterable of strings, a callable returning one (called once), or a
+            sequence of :class:`~kexue.text._drivers.Shard` objects (e.g.
+            :func:`kexue.text.shards.plan_shards`) that the workers read themselves.
+        max_n: longest n-gram (in units), ≥ 1.
         min_count: minimum count of a kept n-gram, ≥ 1.
-        processes: worker processes, ≥ 1.
-        chunk_chars: characters per chunk, in [1, 2^24].
+        processes: worker processes on this machine, ≥ 1 (not with ``scheduler``).
+        chunk_chars: characters per chunk (and per piece of a shard that a worker counts at
+            once), in [1, 2^24].
+        script: ``"mixed"`` (Han and Latin letter/digit atoms) or ``"han"`` (Han only).
+        scheduler: where to run instead of a local pool (see above).
 
     Returns:
         The :class:`NgramTable` of kept n-grams with exact counts.
 
     Raises:
-        ValueError: on an argument out of range or a non-``str`` text.
-        OSError: when the spool file of the level-wise path cannot be created, written or read
-            (no room or no write permission in the temporary directory, a file size limit);
-            the message names the file and the cause, and no spool file is left behind.
+        ValueError: on an argument out of range, a non-``str`` text, or a bad ``scheduler``.
+        OSError: when a spill file cannot be created, written or read (no room or no write
+            permission in the temporary directory, a file size limit); the message names the
+            file and the cause, and the run's spill is removed.
     """
     max_n = check_int("max_n", max_n, low=1)
     min_count = check_int("min_count", min_count, low=1)
     processes = check_int("processes", processes, low=1)
     chunk_chars = check_int("chunk_chars", chunk_chars, low=1, high=_MAX_CHUNK)
-    if isinstance(texts, str):
-        texts = [texts]
-    elif callable(texts):
-        texts = texts()
-    chunks = _chunks(texts, chunk_chars)  # type: ignore[arg-type]
-    first = next(chunks, [])
-    second = next(chunks, None)
-    if second is None:  # whole corpus in one chunk: prune while counting
-        codes = _encode(first)
-        levels = _count_codes(codes, max_n, min_count)
-        return NgramTable(levels, total_chars=int(np.count_nonzero(codes)), min_count=min_count)
+    script = check_script(script)
+    driver_cm = resolve_driver(processes, scheduler)  # validates; starts nothing yet
+    shards = _as_shards(texts)
+    one_shot = False
+    if shards is None:
+        if isinstance(texts, str):
+            texts = [texts]
+        elif callable(texts):
+            texts = texts()
+        one_shot = not isinstance(texts, (list, tuple))
+        chunks = _chunks(texts, chunk_chars)  # type: ignore[arg-type]
+        first = next(chunks, [])
+        second = next(chunks, None)
+        if second is None:  # whole corpus in one chunk: prune while counting
+            return _count_one(first, max_n, min_count, script)
 
-    def all_chunks() -> Iterator[list[str]]:
-        yield first
-        yield second
-        yield from chunks
+        def all_chunks() -> Iterator[list[str]]:
+            yield first
+            yield second
+            yield from chunks
 
-    if processes == 1:
-        levels, total_chars = _count_levelwise(all_chunks(), max_n, min_count)
-        return NgramTable(levels, total_chars=total_chars, min_count=min_count)
-
-    total: NgramCounter | None = None
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(processes) as pool:
-        jobs = ((chunk, max_n) for chunk in all_chunks())
-        for part in pool.imap_unordered(_count_chunk_args, jobs):
-            total = part if total is None else total.merge(part)
-    assert total is not None
-    return total.finalize(min_count)
+    run = new_run()
+    try:
+        with driver_cm as driver:
+            if shards is not None:
+                batches: Iterable[Sequence[Shard]] = [shards]
+            else:
+                size = 2 * int(getattr(driver, "parallelism", 1) or 1) if one_shot else None
+                batches = _batches(all_chunks(), size)
+            counted = count_shards(driver, batches, max_n, min_count, script, chunk_chars, run)
+    finally:
+        shutil.rmtree(_spill_dir(run), ignore_errors=True)
+    return NgramTable(counted.levels, total_chars=counted.total_chars, min_count=min_count,
+                      alphabet=counted.alphabet,
+                      stats={"shards": counted.shards, "spill_bytes": counted.spill})
 
 
 @dataclass(frozen=True)
@@ -360,18 +410,34 @@ class Neighbours:
 class NgramTable:
     """Kept n-grams with exact counts: a trie stored as one sorted key array per length.
 
+    Units (Han characters, and atoms such as "PM2.5" with ``script="mixed"``) are coded by
+    :attr:`alphabet`; :meth:`strings`, :meth:`lookup`, :meth:`count` and ``table[gram]`` go
+    through it (a lookup NFKC-normalises an atom: "ＰＭ２．５" finds "PM2.5").
+
     Attributes:
-        max_n: longest n-gram length in the table.
-        total_chars: number of Han characters in the corpus.
+        max_n: longest n-gram length (in units) in the table.
+        total_chars: number of units (Han characters and atoms) in the corpus.
         min_count: the pruning threshold used.
+        alphabet: the :class:`~kexue.text._script.Alphabet` of the corpus's units.
+        stats: how it was counted: ``shards`` (1: one chunk in this process) and, for the
+            sharded path, ``spill_bytes`` (bytes of per-shard state kept on the workers' disks
+            after each level, summed over shards; the spill peaks at about the largest).
     """
 
-    def __init__(self, levels: list[_Level], *, total_chars: int, min_count: int) -> None:
+    def __init__(self, levels: list[_Level], *, total_chars: int, min_count: int,
+                 alphabet: Alphabet | None = None, stats: dict[str, Any] | None = None) -> None:
         self._levels = levels
         self.max_n = len(levels)
         self.total_chars = check_int("total_chars", total_chars, low=0)
         self.min_count = check_int("min_count", min_count, low=1)
+        self.alphabet = alphabet if alphabet is not None else Alphabet("han")
+        self.stats = dict(stats or {})
         self._cache: dict[tuple[str, int], np.ndarray] = {}
+
+    @property
+    def script(self) -> str:
+        """``"mixed"`` or ``"han"``: what counted as a unit."""
+        return self.alphabet.script
 
     def _level(self, n: int) -> _Level:
         check_int("n", n, low=1, high=self.max_n)
@@ -396,7 +462,7 @@ class NgramTable:
         """``(size(n),)`` id (at length n − 1) of each n-gram's prefix c_1 … c_{n−1}; n ≥ 2."""
         if n < 2:
             raise ValueError(f"n must be >= 2 for prefixes, got {n!r}")
-        return (self._level(n).keys >> np.uint64(_CHAR_BITS)).astype(np.int64)
+        return (self._level(n).keys >> np.uint64(CODE_BITS)).astype(np.int64)
 
     def suffix(self, n: int) -> np.ndarray:
         """``(size(n),)`` id (at length n − 1) of each n-gram's suffix c_2 … c_n; n ≥ 2."""
@@ -416,53 +482,71 @@ class NgramTable:
             idx = np.arange(lev.keys.shape[0])
             for k in range(n, 0, -1):
                 keys = self._levels[k - 1].keys[idx]
-                out[:, k - 1] = (keys & _CHAR_MASK).astype(np.int32)
-                idx = (keys >> np.uint64(_CHAR_BITS)).astype(np.int64)
+                out[:, k - 1] = (keys & _CODE_MASK).astype(np.int32)
+                idx = (keys >> np.uint64(CODE_BITS)).astype(np.int64)
             self._cache[key] = out
         return self._cache[key]
 
     def strings(self, n: int) -> list[str]:
-        """The kept n-grams of length ``n`` as strings, in the order of :meth:`counts`."""
-        return decode(self.codes(n))
+        """The kept n-grams of length ``n`` as strings (atoms in the corpus's own form), in the
+        order of :meth:`counts`."""
+        return self.alphabet.decode(self.codes(n))
 
     def index(self, codes: np.ndarray) -> np.ndarray:
         """Vectorised lookup: ids (length n) of the rows of an ``(m, n)`` code array (−1: absent).
 
-        Codes ≤ 0 (non-Han) never match.
+        Codes ≤ 0 (boundaries) or ≥ 2^16 never match.
         """
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or not 1 <= codes.shape[1] <= self.max_n:
             raise ValueError(
                 f"codes must have shape (m, n) with 1 <= n <= {self.max_n}, got {codes.shape}"
             )
-        ids = _find(self._levels[0].keys, np.maximum(codes[:, 0], 0).astype(np.uint64))
-        ids[codes[:, 0] <= 0] = -1
+        valid = (codes > 0) & (codes < 1 << CODE_BITS)
+        codes = np.where(valid, codes, 0).astype(np.uint64)
+        ids = np.where(valid[:, 0], _find(self._levels[0].keys, codes[:, 0]), -1)
         for k in range(1, codes.shape[1]):
-            q = (np.maximum(ids, 0).astype(np.uint64) << np.uint64(_CHAR_BITS)) | np.maximum(
-                codes[:, k], 0
-            ).astype(np.uint64)
-            nxt = _find(self._levels[k].keys, q)
-            ids = np.where((ids >= 0) & (codes[:, k] > 0), nxt, -1)
+            q = (np.maximum(ids, 0).astype(np.uint64) << np.uint64(CODE_BITS)) | codes[:, k]
+            ids = np.where((ids >= 0) & valid[:, k], _find(self._levels[k].keys, q), -1)
         return ids
 
     def lookup(self, grams: Sequence[str]) -> np.ndarray:
-        """Counts of many strings at once (0 for absent or pruned ones); any lengths."""
+        """Counts of many strings at once (0 for absent or pruned ones); any lengths.
+
+        A string is an n-gram when it is made of units only (Han characters, atoms in any
+        NFKC-equal form); anything else (punctuation, a space, a rare atom) counts 0.
+        """
         grams = _check_texts(grams)
         out = np.zeros(len(grams), dtype=np.int64)
-        by_len: dict[int, list[int]] = {}
+        by_len: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+        han_rows: dict[int, list[int]] = {}
         for i, g in enumerate(grams):
-            if 1 <= len(g) <= self.max_n:
-                by_len.setdefault(len(g), []).append(i)
-        for n, rows in by_len.items():
+            if _HAN_ONLY.fullmatch(g):  # the common case: codes without the alphabet
+                if len(g) <= self.max_n:
+                    han_rows.setdefault(len(g), []).append(i)
+                continue
+            parts = units(g, self.script)
+            if not parts or len(parts) > self.max_n or "".join(parts) != g:
+                continue
+            codes = self.alphabet.encode([g])[:-1]  # (n,) then the text's closing boundary
+            if codes.shape[0] == len(parts) and codes.all():
+                rows, arrays = by_len.setdefault(len(parts), ([], []))
+                rows.append(i)
+                arrays.append(codes)
+        for n, rows in han_rows.items():
             codes = encode([grams[i] for i in rows])[:-1]
             codes = np.delete(codes, np.arange(n, codes.shape[0], n + 1)).reshape(len(rows), n)
-            ids = self.index(codes)
+            by_len.setdefault(n, ([], []))
+            by_len[n][0].extend(rows)
+            by_len[n][1].extend(codes)
+        for n, (rows, arrays) in by_len.items():
+            ids = self.index(np.stack(arrays).reshape(len(rows), n))
             cnt = self._levels[n - 1].counts
             out[rows] = np.where(ids >= 0, cnt[np.maximum(ids, 0)], 0) if cnt.size else 0
         return out
 
     def count(self, gram: str) -> int:
-        """Exact count of one n-gram (0 if absent, pruned, or not Han of length ≤ max_n)."""
+        """Exact count of one n-gram (0 if absent, pruned, or not units of length ≤ max_n)."""
         if not isinstance(gram, str):
             raise ValueError(f"gram must be str, got {type(gram).__name__}")
         return int(self.lookup([gram])[0])
