@@ -1,5 +1,7 @@
 """Samplers over sequences: exact stationarity of the MH kernel, TV convergence, Gibbs, annealing,
-importance and rejection sampling, all against targets enumerated exactly on tiny spaces."""
+importance and rejection sampling, all against targets enumerated exactly on tiny spaces; the
+batched chains (``chains=K``) against the same enumerated kernel: the distribution after t steps,
+stationarity, every transition row, and chain-by-chain equality with single chains."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import pytest
 
 from kexue.text.sampling import (
     EditProposal,
+    MCMCChains,
     State,
+    chain_generators,
     exponential_cooling,
     gibbs,
     importance_sampling,
@@ -326,3 +330,138 @@ def test_gibbs_uses_a_conditional_in_the_callers_candidate_order():
     with pytest.raises(ValueError, match="batch"):
         rejection_sampling(target, lambda rng: (0,), lambda b: np.zeros(len(b)), 0.0, 1,
                            batch=0)
+
+
+# --- many chains as one batch ---------------------------------------------------------------
+
+def _exact_setting(seed=2, shape=8.0):
+    """39 states (lengths 1..3 around a locked keyword), a random π, the enumerated MH kernel
+    P built from the brute-force proposal (independent of EditProposal) and its proposal."""
+    states = states_with_key(3)
+    table = random_table(states, seed=seed, shape=shape)
+    target = TableTarget(table)
+    weights = {"replace": 0.5, "insert": 0.3, "delete": 0.2}
+    P = transition_matrix(target, lambda x: brute_force_kernel(x, context_tokens, weights, 1, 3),
+                          states)
+    pi = np.array([table[s.tokens] for s in states])
+    return states, target, EditProposal(context_tokens, weights, min_len=1, max_len=3), P, \
+        pi / pi.sum()
+
+
+def _frequencies(final, states):
+    index = {s: i for i, s in enumerate(states)}
+    counts = np.zeros(len(states))
+    for s in final:
+        counts[index[s]] += 1
+    return counts / len(final)
+
+
+def _within(freq, p, n, sigmas=5.0):
+    """Every frequency within ``sigmas`` binomial standard errors of p (plus 1/n for p = 0)."""
+    return np.all(np.abs(freq - p) <= sigmas * np.sqrt(p * (1 - p) / n) + 1.0 / n)
+
+
+def test_batched_chains_have_the_exact_distribution_after_t_steps():
+    """2000 chains from one start, 4 steps: the states are draws of e_x0 P^4, P enumerated."""
+    states, target, proposal, P, _ = _exact_setting()
+    x0 = State((0, KEY), (0, 1))
+    run = metropolis_hastings(target, proposal, x0, 4, chains=2000, seed=0)
+    assert isinstance(run, MCMCChains) and run.log_probs.shape == (2000, 4)
+    exact = np.linalg.matrix_power(P, 4)[states.index(x0)]
+    freq = _frequencies(run.states, states)
+    assert _within(freq, exact, 2000)
+    assert 0.5 * np.abs(freq - exact).sum() <= 0.08  # declared tolerance, TV
+
+
+def test_batched_chains_started_from_the_target_stay_there():
+    """Stationarity: 2000 chains started from exact draws of π are still π after 5 steps."""
+    states, target, proposal, _, pi = _exact_setting()
+    rng = np.random.default_rng(1)
+    starts = [states[i] for i in rng.choice(len(states), 2000, p=pi)]
+    run = metropolis_hastings(target, proposal, starts, 5, chains=2000, seed=1)
+    assert _within(_frequencies(run.states, states), pi, 2000)
+
+
+@pytest.mark.parametrize("x0", [State((1, 1, KEY), (0, 0, 1)),  # a run, at max_len
+                                State((KEY,), (1,)),  # only the keyword: min_len
+                                State((2, KEY), (0, 1))])
+def test_every_batched_transition_row_is_the_enumerated_kernel(x0):
+    """One step of 4000 chains from x0: the frequencies are row x0 of P (enumerated from the
+    brute-force proposal), and every reported q(x'|x), q(x|x') is the kernel's log_prob."""
+    states, target, proposal, P, _ = _exact_setting()
+    uniforms = np.random.default_rng(2).random((4000, 3))
+    props = proposal.propose_batch([x0] * 4000, uniforms)
+    for prop in props[:400]:
+        if prop.state != x0:
+            assert math.isclose(prop.log_forward, proposal.log_prob(x0, prop.state),
+                                rel_tol=1e-12)
+            assert math.isclose(prop.log_reverse, proposal.log_prob(prop.state, x0),
+                                rel_tol=1e-12, abs_tol=1e-300) or \
+                prop.log_reverse == proposal.log_prob(prop.state, x0) == -math.inf
+    run = metropolis_hastings(target, proposal, x0, 1, chains=4000, seed=3)
+    assert _within(_frequencies(run.states, states), P[states.index(x0)], 4000)
+
+
+@pytest.mark.parametrize("mode", ["exact", "cgmh"])
+def test_chain_k_of_a_batch_is_the_single_chain_on_its_generator(mode):
+    """Per-chain reproducibility: chain k of a batch equals a single chain run on chain k's
+    generator, whatever the batch size, and chain 0 equals the single chain of the same seed."""
+    states, target, proposal, _, _ = _exact_setting()
+    x0 = State((0, KEY), (0, 1))
+    batch = metropolis_hastings(target, proposal, x0, 150, chains=5, seed=7, mode=mode, top_k=2)
+    wider = metropolis_hastings(target, proposal, x0, 150, chains=8, seed=7, mode=mode, top_k=2)
+    for k, rng in enumerate(chain_generators(7, 5)):
+        single = metropolis_hastings(target, proposal, x0, 150, seed=rng, mode=mode, top_k=2)
+        np.testing.assert_array_equal(single.log_probs, batch.log_probs[k])
+        np.testing.assert_array_equal(wider.log_probs[k], batch.log_probs[k])
+        assert single.state == batch.states[k] and single.proposed == batch.chain(k).proposed
+    same_seed = metropolis_hastings(target, proposal, x0, 150, seed=7, mode=mode, top_k=2)
+    np.testing.assert_array_equal(same_seed.log_probs, batch.log_probs[0])
+
+
+def test_the_rhat_stop_ends_mixed_chains_early():
+    states, target, proposal, _, _ = _exact_setting()
+    run = metropolis_hastings(target, proposal, State((KEY,), (1,)), 20_000, chains=8, seed=0,
+                              stop_rhat=1.05, check_every=100)
+    assert run.steps < 20_000 and run.steps % 100 == 0 and run.log_probs.shape == (8, run.steps)
+    assert run.rhat() < 1.05  # the window of the last check: the last half
+    assert 0 < run.ess() <= 8 * run.steps
+    full = metropolis_hastings(target, proposal, State((KEY,), (1,)), run.steps, chains=8,
+                               seed=0)
+    np.testing.assert_array_equal(full.log_probs, run.log_probs)  # stopping changes nothing else
+
+
+def test_annealed_chains_report_best_energies_and_refuse_rhat():
+    states = states_with_key(4)
+    table = random_table(states, seed=4)
+    best = max(table, key=table.get)
+    target = TableTarget(table)
+    proposal = EditProposal(context_tokens, max_len=4)
+    x0 = State((KEY,), (1,))
+    run = simulated_annealing(target, proposal, x0, 3000, exponential_cooling(2.0, 0.998),
+                              chains=4, seed=0)
+    assert all(b.tokens == best for b in run.best)
+    start = -target.log_prob([x0.tokens])[0]
+    expected = np.minimum.accumulate(np.minimum(-run.log_probs, start), axis=1)
+    np.testing.assert_array_equal(run.best_energies, expected)  # the running best, by hand
+    with pytest.raises(ValueError, match="annealed"):
+        run.rhat()
+    with pytest.raises(ValueError, match="annealed"):
+        run.ess()
+
+
+def test_batched_bad_inputs_are_named():
+    proposal = EditProposal(uniform_tokens([0, 1], 2), max_len=3)
+    target = TableTarget({(0,): 1.0, (1,): 1.0})
+    with pytest.raises(ValueError, match=r"x0\[1\] must have positive target probability"):
+        metropolis_hastings(target, proposal, [State((0,)), State((0, 0))], 3, chains=2)
+    with pytest.raises(ValueError, match="chains=2"):
+        metropolis_hastings(target, proposal, [State((0,)), State((1,))], 3, chains=3)
+    with pytest.raises(ValueError, match="chains"):
+        metropolis_hastings(target, proposal, State((0,)), 3, chains=0)
+    with pytest.raises(ValueError, match="stop_rhat"):
+        metropolis_hastings(target, proposal, State((0,)), 3, chains=2, stop_rhat=1.0)
+    with pytest.raises(ValueError, match="check_every"):
+        metropolis_hastings(target, proposal, State((0,)), 3, chains=2, check_every=0)
+    with pytest.raises(ValueError, match="uniforms"):
+        proposal.propose_batch([State((0,))], np.zeros((1, 2)))
