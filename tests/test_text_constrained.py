@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from kexue.text.constrained import (
+    Generations,
     TextTarget,
     TokenSpace,
     compress,
     correct,
     fluency,
     hard_keywords,
+    keyword_multiplicity,
     keywords_to_sentence,
     length_prior,
     lm_tokens,
@@ -27,7 +29,7 @@ from kexue.text.constrained import (
 )
 from kexue.text.data import pd1998
 from kexue.text.lm import BiLM, split_sentences
-from kexue.text.sampling import State
+from kexue.text.sampling import State, chain_generators
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,9 @@ def test_placements_count_every_in_order_occurrence():
                     all(ends[j] <= starts[j + 1] for j in range(len(words) - 1)):
                 brute += 1
         assert placements(text, words) == brute, (text, words)
+        # the term's shortcut (each keyword once) and its table agree with the enumeration
+        with np.errstate(divide="ignore"):
+            assert keyword_multiplicity(words)([text])[0] == -np.log(float(brute))
 
 
 def test_terms_by_hand():
@@ -111,6 +116,54 @@ def test_proposal_is_the_normalised_forward_backward_product(lm):
     assert space.strings[int(np.argmax(logq))] == "生"
     mixed = lm_tokens(lm, space, uniform_mix=0.1)(left, right)
     assert np.all(np.isfinite(mixed[cands])) and np.all(np.isinf(mixed[:3]))
+
+
+def test_batched_proposal_rows_equal_one_context_at_a_time(lm):
+    """LMTokens.probs of many contexts (phrases among the tokens, short and long sides) equals
+    the exponential of its one-context call and the normalised forward×backward product."""
+    space = TokenSpace(lm.forward, ["经济", "发展"])
+    q = lm_tokens(lm, space, uniform_mix=0.05)
+    key = space.phrase_ids["经济"]
+    contexts = [(space.encode("人民"), space.encode("活水平")), ((), ()),
+                ((key,) + space.encode("的"), space.encode("很快")),
+                (space.encode("我们要加快"), (space.phrase_ids["发展"],))]
+    rows = q.probs(contexts)
+    assert rows.shape == (4, len(space))
+    np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert np.all(rows[:, list(space.phrase_ids.values())] == 0) and np.all(rows[:, :3] == 0)
+    cands = space.char_ids
+    for row, (left, right) in zip(rows, contexts, strict=True):
+        np.testing.assert_allclose(row, np.exp(q(left, right)), rtol=1e-12, atol=0)
+        f = lm.forward.next_log_probs(lm.forward.encode(space.decode(left)))[cands]
+        b = lm.backward.next_log_probs(lm.backward.encode(space.decode(right)))[cands]
+        direct = np.exp(f + b - np.logaddexp.reduce(f + b))
+        np.testing.assert_allclose(row[cands], 0.95 * direct + 0.05 / len(cands), rtol=1e-9)
+
+
+def test_batched_keywords_equal_single_runs_chain_by_chain(lm):
+    """chains=3 gives three sentences with the keywords; sentence k is the single run on chain
+    k's generator (the batched LM rows and scores change nothing), and R-hat/ESS are there."""
+    words = ["经济", "发展"]
+    batch = keywords_to_sentence(words, 60, lm=lm, method="mh", chains=3, seed=5)
+    assert isinstance(batch, Generations) and len(batch) == 3
+    assert batch.chains.log_probs.shape == (3, 60)
+    for k, (g, rng) in enumerate(zip(batch, chain_generators(5, 3), strict=True)):
+        single = keywords_to_sentence(words, 60, lm=lm, method="mh", seed=rng)
+        assert single.text == g.text == batch.texts[k]
+        np.testing.assert_array_equal(single.chain.log_probs, batch.chains.log_probs[k])
+        assert g.text.index("经济") < g.text.index("发展")
+        assert math.isclose(g.log_prob, sum(g.terms.values()), rel_tol=1e-9)
+    assert batch.rhat() >= 1.0 and batch.ess() > 0
+
+
+def test_annealing_has_no_rhat(lm):
+    with pytest.raises(ValueError, match="stop_rhat"):
+        keywords_to_sentence(["经济"], 10, lm=lm, method="anneal", chains=2, stop_rhat=1.01)
+    runs = keywords_to_sentence(["经济"], 10, lm=lm, method="anneal", chains=2, seed=0)
+    with pytest.raises(ValueError, match="annealed"):
+        runs.rhat()
+    assert runs.chains.best_energies.shape == (2, 10)
+    assert np.all(np.diff(runs.chains.best_energies, axis=1) <= 0)
 
 
 def test_compress_keeps_source_words_in_a_shorter_sentence(lm):

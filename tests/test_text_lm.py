@@ -98,6 +98,45 @@ def test_sentence_log_prob_is_the_chain_of_next_probabilities():
         assert math.isclose(lm.log_prob(s), expected, rel_tol=1e-12)
 
 
+def test_batched_next_probs_match_the_reference_formulas():
+    """Every context of the toy model at once, with leading batch axes: (V, V, 2) -> (V, V, V)."""
+    lm = NgramLM.train(TOY, order=3)
+    ref = reference_kn(TOY, 3, lm.chars)
+    v = lm.vocab_size
+    grid = np.stack(np.meshgrid(np.arange(v), np.arange(v), indexing="ij"), -1)  # (V, V, 2)
+    p = lm.next_probs(grid)
+    assert p.shape == (v, v, v)
+    for h1 in range(1, v):
+        for h2 in range(v):
+            for w in range(v):
+                if w != BOS:
+                    assert math.isclose(p[h1, h2, w], ref([h1, h2], w), rel_tol=1e-12)
+    # a short context is padded with <s>; only the last order − 1 ids count
+    np.testing.assert_allclose(lm.next_probs([[4]]), lm.next_probs([[BOS, 4]]), rtol=0)
+    np.testing.assert_allclose(lm.next_probs([[5, 3, 4]]), lm.next_probs([[3, 4]]), rtol=0)
+
+
+def test_batched_sentence_scores_equal_the_chain_rule_one_by_one():
+    """log_prob of a batch (one vectorised pass, remembered n-grams) equals the reference chain
+    rule of each sentence, in both directions, with unknown characters and empty text."""
+    lm = NgramLM.train(TOY, order=3)
+    ref = reference_kn(TOY, 3, lm.chars)
+    ids = {c: i + 3 for i, c in enumerate(lm.chars)}
+    texts = ["abc", "", "ccba", "axb", "a", "abcabcab"]
+    for _ in range(2):  # the second call reads the memo
+        got = lm.log_prob(texts)
+        for text, value in zip(texts, got, strict=True):
+            seq = [BOS, BOS] + [ids.get(c, 0) for c in text] + [EOS]
+            expected = sum(math.log(ref(seq[i - 2:i], seq[i])) for i in range(2, len(seq)))
+            assert math.isclose(value, expected, rel_tol=1e-12)
+    bwd = NgramLM.train(TOY, order=3, reverse=True)
+    fwd_of_reversed = NgramLM.train([t[::-1] for t in TOY], order=3)
+    np.testing.assert_allclose(bwd.log_prob(texts), fwd_of_reversed.log_prob(
+        [t[::-1] for t in texts]), rtol=1e-12)
+    np.testing.assert_array_equal(lm.log_prob(texts), lm.log_prob_ids(
+        [lm.encode(t) for t in texts]))
+
+
 @pytest.fixture(scope="module")
 def news_lm():
     sentences = split_sentences(pd1998()[:3000])
