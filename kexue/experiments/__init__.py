@@ -40,7 +40,7 @@ NAMES: tuple[str, ...] = (
     "ema_digits", "layerwise_lr", "attention_maps", "mixers_digits", "attention_scaling",
     "estimator_variance", "direct_metric", "gan_dynamics", "path_kernel_digits",
     "modified_flow", "domain_vocab", "constrained_text", "gan_digits", "glann_digits",
-    "nvae_digits",
+    "nvae_digits", "segmentation_pd1998",
 )
 
 
