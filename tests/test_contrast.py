@@ -10,7 +10,9 @@ import pytest
 from kexue.text.contrast import (
     METHODS,
     contrast,
+    has_latin,
     is_han_word,
+    is_term,
     log_likelihood_ratio,
     log_odds_z,
     log_rate_ratio_lcb,
@@ -201,3 +203,31 @@ def test_precision_at_k_filters_candidates():
     assert not is_han_word("气\u3400")
     with pytest.raises(ValueError, match="ks"):
         precision_at_k(ranked, ref, [0])
+
+
+def test_mixed_terms_use_units():
+    assert is_term("PM2.5") and is_term("PM2.5浓度") and is_term("B超") and is_term("气候")
+    assert not is_term("B") and not is_term("的") and not is_term("CO2，") and not is_term("a b")
+    assert has_latin("ＣＯ２排放") and has_latin("5G")
+    assert not has_latin("气候") and not has_latin("，")
+    assert not is_han_word("PM2.5浓度")  # Han-only precision is unchanged
+    # "PM2.5" stands alone 6 times and sits at the edge of PM2.5浓度 twice: s = 6/8 for the unit,
+    # not for its letters; a one-unit word gets no edge term
+    dom = {"PM2.5": 6, "PM2.5浓度": 2, "浓度": 3, "度": 1}
+    gen = {"浓度": 1}
+    share = standalone_share(dom, gen)
+    assert share["PM2.5"] == pytest.approx(6 / 8)
+    assert share["度"] == pytest.approx(1 / 7) and "P" not in share
+    plain = {r.word: r.score for r in contrast(dom, gen, method="ratio_lcb")}
+    edges = {r.word: r.score for r in contrast(dom, gen, method="ratio_lcb_edges")}
+    assert edges["PM2.5浓度"] == pytest.approx(
+        plain["PM2.5浓度"] + math.log(1 - 6 / 8) + math.log(1 - 1 / 7))
+    assert edges["PM2.5"] == pytest.approx(plain["PM2.5"])
+    # a Han character next to atoms only stands alone (a measure word after a number), as it
+    # did when digits were boundaries: 年 alone in 1998年 (2) and 年 (1), bound in 今年 (1)
+    years = standalone_share({"1998年": 2, "年": 1, "今年": 1, "B超": 1})
+    assert years["年"] == pytest.approx(3 / 4) and years["超"] == 1.0
+    assert years["1998"] == 0.0 and years["B"] == 0.0  # an atom is alone in a one-unit word only
+    ranked = [r.word for r in contrast(dom, gen)]
+    assert precision_at_k(ranked, {"PM2.5浓度"}, [1], candidate=is_term) == {1: 0.0}
+    assert precision_at_k(ranked, {"PM2.5"}, [1], candidate=is_term) == {1: 1.0}

@@ -50,6 +50,8 @@ Methods (``method=``), every score larger = more domain-specific:
   word and a term than a term; single-character words get no edge term. The shares need the
   single characters in the count tables (as :func:`kexue.text.vocab.paired_counts` returns
   them); without them s = 0 and this equals ``"ratio_lcb"``. Climate vs pd1998: 0.41/0.230.
+  "Character" means unit (:mod:`kexue.text._script`): in a mixed-script term such as
+  "PM2.5浓度" the edge units are "PM2.5" and 度, and a one-atom word ("PM2.5") gets no edge term.
 - ``"blog"``: the note's published pandas code, for parity. General counts are rescaled to the
   domain's total, f_g = y_g · n_d/n_g ("总词频归一化"), t = y_d + f_g, and
 
@@ -85,12 +87,15 @@ import numpy as np
 from scipy.special import betaincinv
 
 from kexue._checks import check_int, check_real
+from kexue.text._script import units
 
 __all__ = [
     "METHODS",
     "Scored",
     "contrast",
+    "has_latin",
     "is_han_word",
+    "is_term",
     "log_likelihood_ratio",
     "log_odds_z",
     "log_rate_ratio_lcb",
@@ -270,20 +275,35 @@ def log_rate_ratio_lcb(
         return np.log(lo) - np.log(one_minus_lo) + math.log(n_g / n_d)
 
 
+def _units(word: str) -> list[str]:
+    """The units of a word (Han characters and atoms); its characters if it is not made of them."""
+    us = units(word)
+    return us if len(us) == len(word) or "".join(us) == word else list(word)
+
+
+def _is_han(unit: str) -> bool:
+    return len(unit) == 1 and "\u4e00" <= unit <= "\u9fff"
+
+
 def standalone_share(*tables: Mapping[str, float]) -> dict[str, float]:
-    """Share of each character's occurrences that stand alone as a one-character word.
+    """Share of each unit's occurrences that stand alone, outside a word of several units.
 
-        s(c) = Σ_t count_t(c) / Σ_t Σ_w count_t(w) · #(c in w)
+        s(c) = Σ_t Σ_w count_t(w) · #(c alone in w) / Σ_t Σ_w count_t(w) · #(c in w)
 
-    over the given word-count tables t (tokens of one segmenter, single characters included).
-    Function characters (的, 是, 了, 在, ...) come out near 1 and characters that live inside
-    words near 0, measured from the data rather than listed by hand.
+    over the given word-count tables t (tokens of one segmenter, single units included). A unit
+    is a Han character or a Latin/digit atom such as "PM2.5" (:mod:`kexue.text._script`); a word
+    not made of units counts its characters. An atom is alone in a one-unit word; a Han
+    character is alone when no Han character is next to it in its word, so 年 in "1998年" and
+    个 in "3个" stand alone as they did when digits were boundaries: a measure word after a
+    number is not bound inside a Han word. Function characters (的, 是, 了, 在, ...) come out
+    near 1 and characters that live inside words near 0, measured from the data rather than
+    listed by hand.
 
     Args:
         *tables: Word -> count mappings (e.g. the domain and the general side of a contrast).
 
     Returns:
-        ``{character: s(c)}`` for every character occurring in the tables.
+        ``{unit: s(unit)}`` for every unit occurring in the tables.
     """
     alone: dict[str, float] = {}
     total: dict[str, float] = {}
@@ -291,22 +311,31 @@ def standalone_share(*tables: Mapping[str, float]) -> dict[str, float]:
         for word, c in table.items():
             if c <= 0:
                 continue
-            if len(word) == 1:
-                alone[word] = alone.get(word, 0.0) + float(c)
-            for ch in word:
-                total[ch] = total.get(ch, 0.0) + float(c)
+            us = _units(word)
+            c = float(c)
+            for k, u in enumerate(us):
+                total[u] = total.get(u, 0.0) + c
+                if len(us) == 1 or _is_han(u) and not (
+                    k > 0 and _is_han(us[k - 1]) or k + 1 < len(us) and _is_han(us[k + 1])
+                ):
+                    alone[u] = alone.get(u, 0.0) + c
     return {ch: alone.get(ch, 0.0) / t for ch, t in total.items()}
 
 
 def _edge_log_bound(words: list[str], share: Mapping[str, float]) -> np.ndarray:
-    """log(1 − s(first)) + log(1 − s(last)) per word; 0 for single characters."""
+    """log(1 − s(first unit)) + log(1 − s(last unit)) per word; 0 for one-unit words."""
 
-    # s < 1 for every character of a word with a positive count (its occurrences inside the
+    # s < 1 for every unit of a word with a positive count (its occurrences inside the
     # word are not standalone); the floor only guards hand-made tables
     def bound(ch: str) -> float:
         return math.log(max(1.0 - share.get(ch, 0.0), 1e-300))
 
-    return np.array([bound(w[0]) + bound(w[-1]) if len(w) >= 2 else 0.0 for w in words])
+    out = np.zeros(len(words))
+    for i, w in enumerate(words):
+        us = _units(w)
+        if len(us) >= 2:
+            out[i] = bound(us[0]) + bound(us[-1])
+    return out
 
 
 def _blog(y_d: np.ndarray, y_g: np.ndarray, n_d: float, n_g: float, filled: bool) -> np.ndarray:
@@ -432,6 +461,26 @@ def is_han_word(word: str, min_len: int = 2) -> bool:
     """
     check_int("min_len", min_len)
     return len(word) >= min_len and all("\u4e00" <= ch <= "\u9fff" for ch in word)
+
+
+def is_term(word: str, min_len: int = 2) -> bool:
+    """True when ``word`` is made of units only and has at least ``min_len`` characters.
+
+    Units are Han characters U+4E00-U+9FFF and Latin/digit atoms (ASCII or full-width letters and
+    digits with inner joiners, :mod:`kexue.text._script`), i.e. everything word discovery with
+    ``script="mixed"`` can return: "气候", "PM2.5", "5G", "PM2.5浓度", "B超" pass; "的", "B",
+    "CO2，" and "a b" do not. The mixed-script counterpart of :func:`is_han_word`.
+    """
+    check_int("min_len", min_len)
+    return len(word) >= min_len and "".join(units(word)) == word
+
+
+def has_latin(word: str) -> bool:
+    """True when ``word`` holds an ASCII or full-width Latin letter or digit (a mixed term)."""
+    return any(
+        ch.isascii() and ch.isalnum() or "\uff10" <= ch <= "\uff5a" and ch.isalnum()
+        for ch in word
+    )
 
 
 def precision_at_k(

@@ -31,6 +31,16 @@ when it is
 Surviving words are ranked by count (ties: higher PMI first). The
 vocabulary exports a unigram segmenter: Viterbi over log p(w), unknown single characters allowed.
 
+Mixed script (``script="mixed"``, the default). The "characters" above are atoms
+(:mod:`kexue.text._script`): a Han character, or a maximal run of Latin letters and digits with
+inner joiners ("PM2.5", "COVID-19", "110kV", "１９９８"), counted in its NFKC form and shown in the
+corpus's most frequent surface form. Lengths (``max_len``, n) and N count atoms, so "PM2.5浓度"
+is a 3-gram and is kept only when the statistics make it a cohesive, free unit, exactly like a
+Han word; an atom is never split. A single atom of two or more characters is a candidate word
+of its own ("5G", "PM2.5"): it cannot be split, so it has no PMI (reported as +inf) and must only
+be free at both ends (the entropy test; "1998" in "１９９８年" is not, "1998年" is). On text without
+Latin letters or digits the result is bit-identical to ``script="han"``.
+
 References:
     https://kexue.fm/archives/6540 (分享一次专业领域词汇的无监督挖掘)
     https://kexue.fm/archives/3491 (新词发现的信息熵方法与实现)
@@ -49,7 +59,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kexue._checks import check_int, check_real
-from kexue.text.ngrams import NgramTable, count_ngrams, decode
+from kexue.text._script import ATOM_FIRST, Alphabet, check_script, nfkc, unit_runs, units
+from kexue.text.ngrams import NgramTable, count_ngrams
 
 __all__ = [
     "Vocabulary",
@@ -121,7 +132,6 @@ def split_pmi(table: NgramTable, n: int) -> tuple[np.ndarray, np.ndarray]:
     return logc + log_n - worst, worst
 
 
-_HAN_RUN = re.compile("([\u4e00-\u9fff]+)")
 _HAN_WORD = re.compile("[\u4e00-\u9fff]{2,}")
 
 
@@ -139,25 +149,42 @@ class WordScores:
 class Vocabulary:
     """Discovered words, ranked, with their scores, and a unigram segmenter.
 
+    Words are shown in the corpus's surface form and looked up in any NFKC-equal form
+    (``"ＰＭ２．５" in vocab`` when "PM2.5" was discovered).
+
     Args:
         scores: the words' scores, in rank order.
-        char_counts: counts of single Han characters (the segmenter's fallback pieces).
-        total_chars: number of Han characters in the corpus, N.
+        char_counts: counts of single units (Han characters and atoms; the segmenter's fallback
+            pieces), keyed by their surface form.
+        total_chars: number of units in the corpus, N.
+        script: how :meth:`segment` cuts text into units: ``"mixed"`` (Han characters and
+            atoms) or ``"han"`` (Han characters; everything else is left to whitespace).
+
+    Raises:
+        ValueError: on a negative ``total_chars`` or an unknown ``script``.
     """
 
     def __init__(
-        self, scores: Sequence[WordScores], char_counts: dict[str, int], total_chars: int
+        self,
+        scores: Sequence[WordScores],
+        char_counts: dict[str, int],
+        total_chars: int,
+        *,
+        script: str = "mixed",
     ) -> None:
         self.scores = list(scores)
         self.words = [s.word for s in self.scores]
         self.total_chars = check_int("total_chars", total_chars, low=0)
-        self._count = {s.word: s.count for s in self.scores}
-        # unigram model over words ∪ single characters: p(x) = count(x) / Z
+        self.script = check_script(script)
+        self._count = {nfkc(s.word): s.count for s in self.scores}
+        # unigram model over words ∪ single units: p(x) = count(x) / Z, keyed by NFKC form
         z = float(sum(self._count.values()) + sum(char_counts.values())) or 1.0
-        self._logp = {c: math.log(k / z) for c, k in char_counts.items()}
+        self._logp = {nfkc(c): math.log(k / z) for c, k in char_counts.items()}
         self._logp.update({w: math.log(k / z) for w, k in self._count.items()})
         self._unknown = math.log(0.5 / z)
-        self.max_len = max((len(w) for w in self.words), default=1)
+        self._display = {nfkc(c): c for c in char_counts}
+        self._display.update({nfkc(w): w for w in self.words})
+        self.max_len = max((len(units(w, self.script)) or len(w) for w in self.words), default=1)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -166,14 +193,18 @@ class Vocabulary:
         return iter(self.words)
 
     def __contains__(self, word: object) -> bool:
-        return word in self._count
+        return isinstance(word, str) and nfkc(word) in self._count
 
     def __repr__(self) -> str:
         return f"Vocabulary({len(self)} words, top={self.words[:5]})"
 
     def count(self, word: str) -> int:
-        """Corpus count of a discovered word (0 if not in the vocabulary)."""
-        return self._count.get(word, 0)
+        """Corpus count of a discovered word in any NFKC-equal form (0 if not in the vocabulary)."""
+        return self._count.get(nfkc(word), 0)
+
+    def display(self, piece: str) -> str:
+        """The corpus's surface form of a word or unit in any NFKC-equal form (else itself)."""
+        return self._display.get(nfkc(piece), piece)
 
     def rows(self) -> list[tuple[str, int, float, float, float]]:
         """``(word, count, pmi, left_entropy, right_entropy)`` rows in rank order."""
@@ -186,20 +217,23 @@ class Vocabulary:
         return "\n".join(lines) + "\n"
 
     def log_proba(self, piece: str) -> float:
-        """log p(piece) of the unigram model; unknown single characters get log(0.5 / Z)."""
-        lp = self._logp.get(piece)
+        """log p(piece) of the unigram model; an unknown single unit gets log(0.5 / Z)."""
+        lp = self._logp.get(nfkc(piece))
         if lp is not None:
             return lp
-        return self._unknown if len(piece) == 1 else -math.inf
+        one = len(piece) == 1 or units(piece, self.script) == [piece]
+        return self._unknown if one else -math.inf
 
-    def _viterbi(self, run: str) -> list[str]:
-        n = len(run)
+    def _viterbi(self, run: str, key: str, off: Sequence[int]) -> list[str]:
+        """Pieces of one run of units; unit k is ``run[off[k]:off[k + 1]]`` (``key``: NFKC)."""
+        n = len(off) - 1
         best = [0.0] + [-math.inf] * n
         back = [0] * (n + 1)
         logp = self._logp
         for j in range(1, n + 1):
+            end = off[j]
             for i in range(max(0, j - self.max_len), j):
-                lp = logp.get(run[i:j])
+                lp = logp.get(key[off[i] : end])
                 if lp is None:
                     if j - i != 1:
                         continue
@@ -210,24 +244,41 @@ class Vocabulary:
         out: list[str] = []
         j = n
         while j > 0:
-            out.append(run[back[j] : j])
+            out.append(run[off[back[j]] : off[j]])
             j = back[j]
         return out[::-1]
 
+    def _run_pieces(self, run: str) -> list[str]:
+        key = nfkc(run)
+        if min(key) >= "\u4e00" and max(key) <= "\u9fff":  # Han only: unit k is character k
+            return self._viterbi(run, key, range(len(key) + 1))
+        off = [0]
+        for u in units(key, self.script):
+            off.append(off[-1] + len(u))
+        return self._viterbi(run, key, off)
+
     def word_counts(self, texts: Iterable[str]) -> collections.Counter[str]:
-        """Counts of the pieces of :meth:`segment` over ``texts``."""
+        """Counts of the pieces of :meth:`segment` over ``texts``, keyed by the corpus's surface
+        form of each word or unit (so "ＰＭ２．５" and "PM2.5" count together)."""
         counts: collections.Counter[str] = collections.Counter()
         for text in texts:
             counts.update(self.segment(text))
-        return counts
+        display = self._display
+        out: collections.Counter[str] = collections.Counter()
+        for piece, c in counts.items():
+            out[display.get(piece) or display.get(nfkc(piece), piece)] += c
+        return out
 
     def segment(self, text: str) -> list[str]:
         """Most probable segmentation under the unigram model (exact Viterbi).
 
             argmax_{w_1 … w_k = run} Σ_i log p(w_i)
 
-        over each Han run; any single character is allowed (unknown ones at log(0.5 / Z)).
-        Non-Han stretches are split on whitespace and returned as they are.
+        over each run of adjacent units (Han characters and, with ``script="mixed"``, atoms:
+        "PM2.5" is one unit and is never cut); any single unit is allowed (unknown ones at
+        log(0.5 / Z)); words match in any NFKC-equal form. The pieces are substrings of
+        ``text`` as written (``"".join`` gives the text back without whitespace). Other
+        stretches are split on whitespace and returned as they are.
 
         Raises:
             ValueError: if ``text`` is not a ``str``.
@@ -235,11 +286,13 @@ class Vocabulary:
         if not isinstance(text, str):
             raise ValueError(f"text must be str, got {type(text).__name__}")
         out: list[str] = []
-        for k, part in enumerate(_HAN_RUN.split(text)):
-            if k % 2:
-                out.extend(self._viterbi(part))
-            else:
-                out.extend(part.split())
+        pos = 0
+        for start, end in unit_runs(text, self.script):
+            if start > pos:
+                out.extend(text[pos:start].split())
+            out.extend(self._run_pieces(text[start:end]))
+            pos = end
+        out.extend(text[pos:].split())
         return out
 
 
@@ -253,30 +306,36 @@ def discover(
     min_entropy: float = 2.0,
     processes: int = 1,
     chunk_chars: int = 4_000_000,
+    script: str = "mixed",
+    scheduler: object = None,
 ) -> Vocabulary:
     """Discover the words of a corpus without labels.
 
-    Counts all Han n-grams up to ``max_len + 1`` (exact, see :func:`count_ngrams`), and keeps the
-    candidates w with 2 ≤ |w| ≤ ``max_len`` and
+    Counts all n-grams of units up to ``max_len + 1`` (exact, see :func:`count_ngrams`), and
+    keeps the candidates w with 2 ≤ |w| ≤ ``max_len`` units and
 
         count(w) ≥ min_count,
         min_{k} log[count(w) N / (count(w_{≤k}) count(w_{>k}))] ≥ min_pmi + pmi_per_char (|w| − 2),
         min(H_left(w), H_right(w)) ≥ min_entropy,
 
-    ranked by count. Defaults were chosen on the pd1998 news corpus.
+    and (``script="mixed"``) the single atoms of ≥ 2 characters with count ≥ ``min_count`` and
+    min(H_left, H_right) ≥ ``min_entropy`` (PMI +inf: an atom is never split), ranked by count.
+    Defaults were chosen on the pd1998 news corpus.
 
     Args:
         texts: a string or an iterable of strings.
-        max_len: longest word, ≥ 2.
+        max_len: longest word in units (a Han character or an atom such as "PM2.5"), ≥ 2.
         min_count: absolute frequency floor, ≥ 1.
-        min_pmi: all-splits PMI floor (nats) for two-character words.
-        pmi_per_char: extra PMI required per character beyond two, ≥ 0.
+        min_pmi: all-splits PMI floor (nats) for two-unit words.
+        pmi_per_char: extra PMI required per unit beyond two, ≥ 0.
         min_entropy: floor (nats) on the smaller branching entropy.
         processes: counting processes, ≥ 1.
         chunk_chars: characters per counting chunk.
+        script: ``"mixed"`` (Han characters and Latin/digit atoms) or ``"han"`` (Han only).
+        scheduler: where counting runs, passed to :func:`count_ngrams` (``None``: this machine).
 
     Returns:
-        The ranked :class:`Vocabulary`.
+        The ranked :class:`Vocabulary`; its words in the corpus's surface form.
 
     Raises:
         ValueError: on an argument out of range or a non-``str`` text.
@@ -286,21 +345,37 @@ def discover(
     min_pmi = check_real("min_pmi", min_pmi, finite=False)
     min_entropy = check_real("min_entropy", min_entropy, finite=False)
     pmi_per_char = check_real("pmi_per_char", pmi_per_char, low=0, finite=False)
+    script = check_script(script)
     table = count_ngrams(
-        texts, max_len + 1, min_count, processes=processes, chunk_chars=chunk_chars
+        texts, max_len + 1, min_count, processes=processes, chunk_chars=chunk_chars,
+        script=script, scheduler=scheduler,
     )
+    alphabet: Alphabet = getattr(table, "alphabet", Alphabet(script))
     words: list[np.ndarray] = []
     cols: list[list[np.ndarray]] = [[], [], [], []]
+
+    def take(n: int, idx: np.ndarray, *arrays: np.ndarray) -> None:
+        words.append(np.asarray(alphabet.decode(table.codes(n)[idx]), dtype=object))
+        for col, arr in zip(cols, (table.counts(n), *arrays), strict=True):
+            col.append(arr[idx])
+
+    if table.size(1):  # single atoms of two or more characters
+        left, right = branching_entropy(table, 1)
+        codes = table.codes(1)[:, 0]
+        long = np.array([len(a) >= 2 for a in alphabet.atoms], dtype=bool)
+        is_long = np.zeros(codes.shape[0], dtype=bool)
+        atom = codes >= ATOM_FIRST
+        is_long[atom] = long[codes[atom] - ATOM_FIRST]
+        idx = np.flatnonzero(is_long & (np.minimum(left, right) >= min_entropy))
+        if idx.shape[0]:
+            take(1, idx, np.full(codes.shape[0], np.inf), left, right)
     for n in range(2, max_len + 1):
         if table.size(n) == 0:
             break
         left, right = branching_entropy(table, n)
         pmi, _ = split_pmi(table, n)
         keep = (pmi >= min_pmi + pmi_per_char * (n - 2)) & (np.minimum(left, right) >= min_entropy)
-        idx = np.flatnonzero(keep)
-        words.append(np.asarray(decode(table.codes(n)[idx]), dtype=object))
-        for col, arr in zip(cols, (table.counts(n), pmi, left, right), strict=True):
-            col.append(arr[idx])
+        take(n, np.flatnonzero(keep), pmi, left, right)
     if words:
         w = np.concatenate(words)
         count, pmi, left, right = (np.concatenate(c) for c in cols)
@@ -311,8 +386,9 @@ def discover(
         WordScores(str(w[i]), int(count[i]), float(pmi[i]), float(left[i]), float(right[i]))
         for i in order
     ]
-    chars = dict(zip(table.strings(1), table.counts(1).tolist(), strict=True))
-    return Vocabulary(scores, chars, table.total_chars)
+    units_1 = alphabet.decode(table.codes(1))
+    chars = dict(zip(units_1, table.counts(1).tolist(), strict=True))
+    return Vocabulary(scores, chars, table.total_chars, script=script)
 
 
 def evaluate_precision(
