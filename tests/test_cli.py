@@ -203,6 +203,24 @@ def test_generate_keywords_needs_a_keyword():
     assert proc.returncode == 2 and "Missing argument" in proc.stderr
 
 
+def test_generate_runs_the_chains_as_one_batch_with_rhat(small_lm):
+    """--n chains in one batch: mh prints the split R-hat and ESS of the energy, and
+    --stop-rhat ends the run at the first check where R-hat is below it."""
+    proc = _cli("generate", "keywords", "经济", "发展", "--method", "mh", "--steps", "400",
+                "--n", "4", "--stop-rhat", "1000", "--check-every", "20", "--lm", str(small_lm))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 chains × 20 steps" in proc.stdout and "mh, 20 steps" in proc.stdout
+    assert "split R-hat" in proc.stdout and "bulk ESS" in proc.stdout
+    assert proc.stdout.count("│ 4 ") == 1
+
+
+@pytest.mark.parametrize("args", [["经济", "--stop-rhat", "1.01"],
+                                  ["经济", "--method", "mh", "--stop-rhat", "1.0"]])
+def test_generate_stop_rhat_needs_a_fixed_target(args, capsys, monkeypatch):
+    code, _, err = kexue(capsys, monkeypatch, "generate", "keywords", *args)
+    assert code == 2 and "--stop-rhat" in one_line(err)
+
+
 def test_train_writes_checkpoint_and_samples_then_resumes(tmp_path):
     proc = _cli("train", "glann", "--epochs", "2", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -43,7 +43,14 @@ GenMethod = choices("GenMethod", ("anneal", "mh", "cgmh"))
 Method = Annotated[GenMethod, typer.Option(  # type: ignore[valid-type]
     "--method", help="anneal (maximise, exponential cooling), mh (sample exactly) or cgmh "
     "(CGMH's published heuristics, not exact).")]
-Count = Annotated[int, typer.Option("--n", min=1, help="Sentences to generate.")]
+Count = Annotated[int, typer.Option("--n", min=1, max=100_000, help="Sentences to generate: "
+                                     "one chain each, all run as one batch.")]
+StopRhat = Annotated[float | None, typer.Option(
+    "--stop-rhat", help="mh and cgmh: stop once the split R-hat of the energy across the chains "
+    "(over the last half of the steps) is below this, e.g. 1.01. Not for anneal, whose target "
+    "changes with the temperature.", show_default=False)]
+CheckEvery = Annotated[int, typer.Option("--check-every", min=1, max=10_000_000,
+                                         help="Steps between the --stop-rhat checks.")]
 
 
 @lm_app.command("train")
@@ -110,7 +117,7 @@ def load_lm(path: Path | None) -> Any:
         raise CliError(missing_data(error) or first_line(error)) from error
 
 
-def _print(rows: list, title: str) -> None:
+def _print(rows: Any, title: str) -> None:
     table = Table(title=escape(title))
     for col in ("#", "sentence", "chars", "log π", "NLL/char", "acceptance r/i/d"):
         table.add_column(col, overflow="fold")
@@ -122,17 +129,39 @@ def _print(rows: list, title: str) -> None:
     out.print(table)
 
 
-def _generate(make: Callable[[int, Callable], Any], n: int, steps: int, what: str) -> list:
-    rows = []
+def _summary(rows: Any, seconds: float) -> None:
+    """R-hat and ESS of the energy for a fixed target; annealing's best-energy trace."""
+    chains = rows.chains
+    speed = f"{len(rows)} chains × {chains.steps} steps in {seconds:.1f} s " \
+            f"({len(rows) / seconds:.1f} sentences/s)"
+    if chains.annealed:
+        best = chains.best_energies.mean(axis=0)  # (T,)
+        marks = sorted({0, *(int(f * (len(best) - 1)) for f in (0.25, 0.5, 0.75, 1.0))}) \
+            if len(best) else []
+        trace = " → ".join(f"{best[t]:.1f}" for t in marks)
+        out.print(f"{speed}. Annealing changes its target, so no R-hat: best energy −log π, "
+                  f"mean over chains, at steps {', '.join(str(t + 1) for t in marks)}: {trace}",
+                  markup=False)
+        return
+    try:
+        rhat, ess = chains.rhat(), chains.ess()
+        diag = (f"energy −log π over the last half of the steps: split R-hat {rhat:.3f} "
+                f"(rank-normalised; < 1.01 means mixed), bulk ESS {ess:.0f}")
+    except ValueError:
+        diag = "R-hat and ESS need at least 8 steps"
+    out.print(f"{speed}. {diag}", markup=False)
+
+
+def _generate(make: Callable[[Callable], Any], n: int, steps: int, what: str) -> Any:
+    """Run ``make(on_step)`` (n chains as one batch) under one progress bar; its seconds."""
     with progress() as bar:
-        for i in range(n):
-            task = bar.add_task(f"{what} {i + 1}/{n}", total=steps)
-            try:
-                rows.append(make(i, lambda t, state, task=task: bar.update(
-                    task, completed=t + 1)))
-            except ValueError as error:
-                raise CliError(f"generate {what}: {error}") from error
-    return rows
+        task = bar.add_task(f"{what}: {n} chains", total=steps)
+        start = time.perf_counter()
+        try:
+            rows = make(lambda t, states: bar.update(task, completed=t + 1))
+        except ValueError as error:
+            raise CliError(f"generate {what}: {error}") from error
+    return rows, time.perf_counter() - start
 
 
 @gen_app.command("keywords")
@@ -142,39 +171,46 @@ def keywords(
     steps: Steps = 200,
     method: Method = "anneal",
     n: Count = 3,
+    stop_rhat: StopRhat = None,
+    check_every: CheckEvery = 50,
     seed: Seed = 0,
     lm: LmPath = None,
     threads: Threads = 1,
 ) -> None:
-    """Make sentences that contain every KEYWORD (a hard constraint), by MCMC."""
-    from kexue._seeds import derive_seed
+    """Make sentences that contain every KEYWORD (a hard constraint), by MCMC: --n chains run
+    as one batch; mh reports the split R-hat and ESS of the energy, anneal its best energy."""
     from kexue.text.constrained import keywords_to_sentence
 
     method = getattr(method, "value", method)
+    if stop_rhat is not None and method == "anneal":
+        raise CliError("--stop-rhat: anneal changes its target with the temperature, so it has "
+                       "no R-hat (it reports its best-energy trace); use --method mh")
+    if stop_rhat is not None and not stop_rhat > 1:
+        raise CliError(f"--stop-rhat must be a number > 1 (e.g. 1.01), got {stop_rhat}")
     words = [text_argument(w) for w in words]
     set_threads(threads)
     model = load_lm(lm)
-    rows = _generate(lambda i, cb: keywords_to_sentence(
-        words, steps, lm=model, method=method,
-        seed=derive_seed(seed, "sentence", str(i)), on_step=cb), n, steps,
-        "keywords")
-    _print(rows, f"{' '.join(words)} · {method}, {steps} steps")
+    rows, seconds = _generate(lambda cb: keywords_to_sentence(
+        words, steps, lm=model, method=method, chains=n, stop_rhat=stop_rhat,
+        check_every=check_every, seed=seed, on_step=cb), n, steps, "keywords")
+    _print(rows, f"{' '.join(words)} · {method}, {rows.chains.steps} steps")
+    _summary(rows, seconds)
 
 
 def _edit(task: str, text: str, steps: int, n: int, seed: int, lm: Path | None, threads: int,
           title: str, **options: Any) -> None:
-    """Run the sentence-editing task ``task`` of kexue.text.constrained ``n`` times."""
-    from kexue._seeds import derive_seed
+    """Run the sentence-editing task ``task`` of kexue.text.constrained with ``n`` chains."""
     from kexue.text import constrained
 
     run = getattr(constrained, task)
     text = text_argument(text)
     set_threads(threads)
     model = load_lm(lm)
-    rows = _generate(lambda i, cb: run(text, *options.values(), steps, lm=model,
-                                       seed=derive_seed(seed, "sentence", str(i)), on_step=cb),
-                     n, steps, task)
+    rows, seconds = _generate(lambda cb: run(text, *options.values(), steps, lm=model,
+                                             chains=n, seed=seed, on_step=cb),
+                              n, steps, task)
     _print(rows, f"{title} of {text}")
+    _summary(rows, seconds)
 
 
 @gen_app.command("paraphrase")
