@@ -197,13 +197,16 @@ def scan(texts: Sequence[str], script: str = "mixed") -> Scan:
     a_next[:-1] = adj & alnum[1:]
     inner = ~alnum & a_prev & a_next
     plus = kind == _MARK_PLUS
-    p_prev = np.zeros(m, dtype=bool)
-    p_prev[1:] = adj & plus[:-1]
-    run_start = plus & ~p_prev  # first '+' of each run of '+'
     trailing = plus & ~inner
-    if trailing.any():
-        run_ok = (run_start & a_prev)[run_start]  # (#runs,) the run follows a letter/digit
-        trailing &= run_ok[np.maximum(np.cumsum(run_start) - 1, 0)]
+    pp = np.flatnonzero(trailing)  # (#p,) candidate trailing pluses (never inner joiners)
+    if pp.shape[0]:
+        # a run of '+' starts where the unit before is not a '+'; it is trailing iff that unit
+        # is a letter/digit (a run holding an inner joiner has length 1 and is not here)
+        p_prev = np.zeros(m, dtype=bool)
+        p_prev[1:] = adj & plus[:-1]
+        first = ~p_prev[pp]
+        run_ok = a_prev[pp][first]  # (#runs,)
+        trailing[pp] = run_ok[np.cumsum(first) - 1]
     member = alnum | inner | trailing
     t_prev = np.zeros(m, dtype=bool)
     t_prev[1:] = adj & trailing[:-1]
@@ -215,9 +218,13 @@ def scan(texts: Sequence[str], script: str = "mixed") -> Scan:
     members = pos[member]
     # (#members + #atoms − 1,) the atoms' units, a newline between two atoms
     text = np.insert(cp[members], np.flatnonzero(start[member])[1:], 0x0A)
-    folded = np.where(text >= 0xFF00, text - _FULL_WIDTH_SHIFT, text).astype("<u2")
     surfaces = text.astype("<u2").tobytes().decode("utf-16-le").split("\n")
-    atoms = folded.tobytes().decode("utf-16-le").split("\n")
+    wide = text >= 0xFF00
+    if wide.any():
+        folded = np.where(wide, text - _FULL_WIDTH_SHIFT, text).astype("<u2")
+        atoms = folded.tobytes().decode("utf-16-le").split("\n")
+    else:
+        atoms = surfaces.copy()
     return Scan(np.delete(pre, pos[member & ~start]), atoms, surfaces)
 
 

@@ -224,8 +224,36 @@ class Vocabulary:
         one = len(piece) == 1 or units(piece, self.script) == [piece]
         return self._unknown if one else -math.inf
 
-    def _viterbi(self, run: str, key: str, off: Sequence[int]) -> list[str]:
-        """Pieces of one run of units; unit k is ``run[off[k]:off[k + 1]]`` (``key``: NFKC)."""
+    def _viterbi(self, run: str) -> list[str]:
+        """Pieces of a run of Han characters (one unit per character; NFKC-invariant)."""
+        n = len(run)
+        best = [0.0] + [-math.inf] * n
+        back = [0] * (n + 1)
+        logp = self._logp
+        for j in range(1, n + 1):
+            for i in range(max(0, j - self.max_len), j):
+                lp = logp.get(run[i:j])
+                if lp is None:
+                    if j - i != 1:
+                        continue
+                    lp = self._unknown
+                s = best[i] + lp
+                if s > best[j]:
+                    best[j], back[j] = s, i
+        out: list[str] = []
+        j = n
+        while j > 0:
+            out.append(run[back[j] : j])
+            j = back[j]
+        return out[::-1]
+
+    def _viterbi_units(self, run: str) -> list[str]:
+        """Pieces of a run of units with atoms: unit k is ``run[off[k]:off[k + 1]]``, looked up
+        in NFKC form (the same recursion as :meth:`_viterbi`)."""
+        key = nfkc(run)
+        off = [0]
+        for u in units(key, self.script):
+            off.append(off[-1] + len(u))
         n = len(off) - 1
         best = [0.0] + [-math.inf] * n
         back = [0] * (n + 1)
@@ -247,15 +275,6 @@ class Vocabulary:
             out.append(run[off[back[j]] : off[j]])
             j = back[j]
         return out[::-1]
-
-    def _run_pieces(self, run: str) -> list[str]:
-        key = nfkc(run)
-        if min(key) >= "\u4e00" and max(key) <= "\u9fff":  # Han only: unit k is character k
-            return self._viterbi(run, key, range(len(key) + 1))
-        off = [0]
-        for u in units(key, self.script):
-            off.append(off[-1] + len(u))
-        return self._viterbi(run, key, off)
 
     def word_counts(self, texts: Iterable[str]) -> collections.Counter[str]:
         """Counts of the pieces of :meth:`segment` over ``texts``, keyed by the corpus's surface
@@ -290,7 +309,11 @@ class Vocabulary:
         for start, end in unit_runs(text, self.script):
             if start > pos:
                 out.extend(text[pos:start].split())
-            out.extend(self._run_pieces(text[start:end]))
+            run = text[start:end]
+            if min(run) >= "\u4e00" and max(run) <= "\u9fff":  # Han only: NFKC-invariant
+                out.extend(self._viterbi(run))
+            else:
+                out.extend(self._viterbi_units(run))
             pos = end
         out.extend(text[pos:].split())
         return out
