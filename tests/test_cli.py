@@ -358,6 +358,36 @@ def test_an_unwritable_output_fails_before_the_counting(tmp_path, capsys, monkey
     assert code == 2 and "does not exist" in one_line(err)
 
 
+def test_vocab_scheduler_and_script_options(tmp_path, capsys, monkeypatch):
+    """--scheduler refuses --processes, stdin and a malformed address in one line before any
+    work (dask is not needed for that); --script reaches discover and paired_counts."""
+    from kexue.text import vocab as vocab_module
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("PM2.5浓度上升\n" * 50, encoding="utf-8")
+    for args, says in ((["--processes", "2", "--scheduler", "local:2"], "not both"),
+                       (["--scheduler", "local:0"], "--scheduler"),
+                       (["--scheduler", "http://host:1"], "tcp://HOST:PORT"),
+                       (["--script", "latin"], "--script")):
+        code, _, err = kexue(capsys, monkeypatch, "vocab", "discover", corpus, *args)
+        assert code == 2 and says in one_line(err), args
+    code, _, err = kexue(capsys, monkeypatch, "vocab", "contrast", "-", "--scheduler", "local:2")
+    assert code == 2 and "stdin" in one_line(err)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("script"))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(vocab_module, "discover", spy)
+    for command in ("discover", "contrast"):
+        for script in ("han", None):
+            extra = ["--script", script] if script else []
+            code, _, err = kexue(capsys, monkeypatch, "vocab", command, corpus, *extra)
+            assert code == 2 and "stop here" in one_line(err)
+    assert seen == ["han", "mixed"] * 2
+
+
 def test_out_is_a_deprecated_alias_of_output(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "c.txt"
     corpus.write_text("气候变化的影响很大\n" * 50, encoding="utf-8")

@@ -1,11 +1,15 @@
 """Corpus options shared by ``vocab`` and ``lm``: reading with a chars/s progress bar, and the
 single-file output (``-o/--output``, with ``--out`` as a deprecated alias) written atomically
-after its path was checked — before any counting starts."""
+after its path was checked — before any counting starts. With ``--scheduler`` the inputs are
+planned as file shards that the workers of a Dask cluster read themselves."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,10 +68,14 @@ def rate(bar: Progress, task: Any, chars: int, start: float) -> None:
 
 
 def check_inputs(paths: list[Path] | None, option: str) -> None:
-    """Name the option of an input path that does not exist, before any reading."""
+    """Name the option of an input path that does not exist (or a glob pattern that matches
+    nothing), before any reading."""
     for path in paths or []:
-        if str(path) != "-" and not path.exists():
-            raise CliError(f"{option} {path} does not exist")
+        if str(path) == "-" or path.exists():
+            continue
+        if any(c in str(path) for c in "*?[") and glob.glob(str(path), recursive=True):
+            continue
+        raise CliError(f"{option} {path} does not exist")
 
 
 def documents(paths: list[Path] | None, default: str, fmt: Any, field: str, errors: Any,
@@ -111,3 +119,70 @@ def write_tsv(path: Path | None, header: list[str], rows: list[tuple]) -> None:
     except OSError as error:
         raise RunFailed(f"--output {path}: {error.strerror or first_line(error)}") from error
     err.print(f"{len(rows):,} rows written to {path}", markup=False)
+
+
+@contextlib.contextmanager
+def cluster(scheduler: str) -> Iterator[Any]:
+    """The Dask driver of ``--scheduler`` (a LocalCluster for ``local:N``, closed after), with
+    one-line errors: dask missing, a bad address, a scheduler that does not answer."""
+    from kexue.text._dask import dask_driver
+
+    stack = contextlib.ExitStack()
+    try:
+        driver = stack.enter_context(dask_driver(scheduler))
+    except ImportError as error:
+        raise CliError(f"--scheduler {scheduler} needs dask.distributed, which is not "
+                       "installed: pip install 'kexue[dask]'") from error
+    except (ConnectionError, ValueError) as error:
+        raise CliError(f"--scheduler: {first_line(error)}") from error
+    with stack:
+        yield driver
+
+
+def cluster_failed(command: str, error: BaseException) -> BaseException | None:
+    """A one-line RunFailed for an error of the cluster itself (a worker lost, a connection
+    closed), None for others."""
+    if type(error).__module__.split(".")[0] in ("distributed", "dask", "tornado"):
+        return RunFailed(f"{command}: the Dask cluster failed: {type(error).__name__}: "
+                         f"{first_line(error)}")
+    return None
+
+
+def sharded(paths: list[Path] | None, default: str, fmt: Any, field: str, errors: Any,
+            shard_mb: int, prefix: str, driver: Any, bar: Progress,
+            task: Any) -> tuple[list[Any], Any, str, int]:
+    """``(shards, summary, source, chars)`` of ``paths`` planned as file shards that the
+    workers read (a first pass through ``driver`` checks them and counts their characters), or
+    of an embedded corpus as in-memory shards."""
+    from kexue.text import data
+    from kexue.text._drivers import MemoryShard
+    from kexue.text.shards import plan_shards
+
+    fmt, errors = getattr(fmt, "value", fmt), getattr(errors, "value", errors)
+    if not paths:
+        try:
+            docs = getattr(data, default)()
+        except (ValueError, OSError, ImportError) as error:
+            raise CliError(missing_data(error) or str(error)) from error
+        chars = sum(len(d) for d in docs)
+        bar.update(task, advance=chars)
+        return [MemoryShard(f"{prefix}-{default}", docs)], None, f"embedded {default}", chars
+    if any(str(p) == "-" for p in paths):
+        raise CliError("-: the workers of --scheduler cannot read stdin; save it to a file and "
+                       "name the file")
+    try:
+        plan = plan_shards([str(p) for p in paths], fmt=fmt, field=field, errors=errors,
+                           shard_bytes=shard_mb << 20, key_prefix=prefix)
+        summary = plan.read_summary(driver, progress=lambda n: bar.update(task, advance=n))
+    except (ValueError, OSError) as error:  # bad input; a file a worker cannot open
+        raise CliError(first_line(error)) from error
+    except Exception as error:
+        failed = cluster_failed("reading", error)
+        if failed is None:
+            raise
+        raise failed from error
+    if not summary.documents:
+        why = summary.describe().splitlines()[1:2]
+        raise CliError(f"no documents in {', '.join(map(str, paths))}"
+                       + (f" ({why[0]})" if why else ""))
+    return list(plan.shards), summary, ", ".join(map(str, paths)), summary.chars
