@@ -18,7 +18,9 @@ from kexue.text.vocab import (
     branching_entropy,
     discover,
     evaluate_precision,
+    evaluate_recall,
     split_pmi,
+    term_counts,
 )
 
 
@@ -379,3 +381,33 @@ def test_han_only_text_is_bit_identical_to_script_han():
         assert a.codes(n).tobytes() == b.codes(n).tobytes()
         assert a.counts(n).tobytes() == b.counts(n).tobytes()
     assert a.total_chars == b.total_chars
+
+
+def test_term_counts_match_the_unit_ngram_reference():
+    rng = random.Random(9)
+    pieces = ["PM2.5", "ＰＭ２．５", "G20", "C++", "12", "a-b", "X"] + list("中国年峰会，。 -.+")
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 20))) for _ in range(300)]
+    ref = reference_counts(texts, 4)
+    grams = sorted(g for g in ref if len(g) <= 4)
+    terms = ["".join(g) for g in grams[::3]] + ["ＰＭ２．５国", "2中", "G2", "5年", "a b", "，"]
+    got = term_counts(terms, texts)
+    for term in terms:
+        want = ref.get(tuple(nfkc_units(term)), 0) if _UNIT_REF.sub("", term) == "" else 0
+        assert got[term] == want, term
+    # substrings that are not whole units never count: 2中 inside 12中, G2 inside G20
+    assert any("2中" in t for t in texts) and got["2中"] == 0 and got["G2"] == 0
+
+
+def nfkc_units(term):
+    return [unicodedata.normalize("NFKC", m.group()) for m in _UNIT_REF.finditer(term)]
+
+
+def test_evaluate_recall_counts_only_reachable_entries():
+    texts = ["PM2.5浓度上升", "今天PM2.5", "ＰＭ２．５很高", "G20峰会", "G20峰会召开"] * 3
+    scores = [WordScores(w, 9, 5.0, 3.0, 3.0) for w in ["PM2.5", "峰会"]]
+    vocab = Vocabulary(scores, {"PM2.5": 9}, 100)
+    r = evaluate_recall(vocab, ["ＰＭ２．５", "G20峰会", "G20", "O3", "PM2.5浓度", "十二五规划"],
+                        texts, min_count=4, max_len=2)
+    # occurring: PM2.5 (9), G20峰会 (6, 3 units: too long), G20 (6), PM2.5浓度 (3)
+    assert (r.entries, r.occurring, r.reachable) == (6, 4, 2)
+    assert r.found == ("ＰＭ２．５",) and r.missed == ("G20",) and r.recall == 0.5

@@ -59,7 +59,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from kexue._checks import check_int, check_real
-from kexue.text._script import ATOM_FIRST, Alphabet, check_script, nfkc, unit_runs, units
+from kexue.text._script import (
+    _ATOM,
+    ATOM_FIRST,
+    Alphabet,
+    check_script,
+    nfkc,
+    unit_runs,
+    units,
+)
 from kexue.text.ngrams import NgramTable, count_ngrams
 
 __all__ = [
@@ -69,6 +77,9 @@ __all__ = [
     "split_pmi",
     "discover",
     "evaluate_precision",
+    "Recall",
+    "evaluate_recall",
+    "term_counts",
 ]
 
 
@@ -440,6 +451,108 @@ def evaluate_precision(
     ranked = [w for w in words if _HAN_WORD.fullmatch(w)]
     return {int(k): sum(w in gold for w in ranked[:k]) / k for k in ks}
 
+
+
+_ATOM_RE = re.compile(f"{_ATOM}")
+
+
+def term_counts(
+    terms: Iterable[str], texts: Iterable[str], *, script: str = "mixed"
+) -> dict[str, int]:
+    """Occurrences of each term as a sequence of whole units in ``texts`` (NFKC-equal forms).
+
+    This is the count an n-gram table gives the term (without pruning): "PM2.5" is not found
+    inside "PM2.5X" or "XPM2.5" (other atoms), "2摄氏度" is not found in "12摄氏度"; a term that
+    is not made of units (a space, punctuation, ℃) counts 0.
+
+    Args:
+        terms: the terms (e.g. a reference lexicon's entries).
+        texts: the corpus.
+        script: ``"mixed"`` or ``"han"`` (Han-only terms, Han runs).
+
+    Returns:
+        ``{term: count}`` for every term.
+
+    Raises:
+        ValueError: on an unknown ``script``.
+    """
+    script = check_script(script)
+    joined = nfkc("\n".join(texts))
+    starts: set[int] = set()
+    ends: set[int] = set()
+    for m in _ATOM_RE.finditer(joined) if script == "mixed" else ():
+        starts.add(m.start())
+        ends.add(m.end())
+    out: dict[str, int] = {}
+    for term in terms:
+        key = nfkc(term)
+        n = 0
+        if key and "".join(units(key, script)) == key:
+            first_atom = not "\u4e00" <= key[0] <= "\u9fff"
+            last_atom = not "\u4e00" <= key[-1] <= "\u9fff"
+            i = joined.find(key)
+            while i >= 0:
+                n += (not first_atom or i in starts) and (not last_atom or i + len(key) in ends)
+                i = joined.find(key, i + 1)
+        out[term] = int(n)
+    return out
+
+
+@dataclass(frozen=True)
+class Recall:
+    """Recall of a reference lexicon by a vocabulary, against what the corpus makes reachable.
+
+    Attributes:
+        entries: number of reference entries.
+        occurring: entries occurring in the corpus as whole units at least once.
+        reachable: entries made of at most ``max_len`` units occurring ≥ ``min_count`` times
+            (the only ones word discovery with these settings can return).
+        found: the reachable entries in the vocabulary (reference spelling).
+        missed: the reachable entries not in it.
+    """
+
+    entries: int
+    occurring: int
+    reachable: int
+    found: tuple[str, ...]
+    missed: tuple[str, ...]
+
+    @property
+    def recall(self) -> float:
+        """|found| / reachable (0 when nothing is reachable)."""
+        return len(self.found) / self.reachable if self.reachable else 0.0
+
+
+def evaluate_recall(
+    vocab: Vocabulary,
+    reference: Iterable[str],
+    texts: Iterable[str],
+    *,
+    min_count: int = 5,
+    max_len: int = 6,
+) -> Recall:
+    """Recall of ``reference`` entries in ``vocab``, over the entries the corpus makes reachable.
+
+        recall = |{e reachable : e ∈ vocab}| / |{e reachable}|,
+        e reachable ⇔ units(e) ≤ max_len and count(e) ≥ min_count in ``texts`` (as whole units),
+
+    with counts from :func:`term_counts` and membership in any NFKC-equal form. Pass the
+    ``min_count`` and ``max_len`` the vocabulary was discovered with and the corpus it was
+    discovered on.
+
+    Raises:
+        ValueError: if ``min_count < 1`` or ``max_len < 1``.
+    """
+    min_count = check_int("min_count", min_count, low=1)
+    max_len = check_int("max_len", max_len, low=1)
+    reference = sorted(set(reference))
+    counts = term_counts(reference, texts, script=vocab.script)
+    occurring = [e for e in reference if counts[e] >= 1]
+    reachable = [e for e in occurring
+                 if counts[e] >= min_count and len(units(e, vocab.script)) <= max_len]
+    found = tuple(e for e in reachable if e in vocab)
+    missed = tuple(e for e in reachable if e not in vocab)
+    return Recall(len(reference), len(occurring), len(reachable), found, missed)
 
 # Domain terms run longer than a news vocabulary's words: a looser per-character PMI slope.
 CONTRAST_PMI_PER_CHAR = 0.5
