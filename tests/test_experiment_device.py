@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 
 # the experiments that cannot use CUDA, each with its reason beside ``devices`` in its module
 CPU_ONLY = {"attention_scaling", "estimator_variance", "direct_metric", "gan_dynamics",
-            "modified_flow", "domain_vocab", "constrained_text"}
+            "modified_flow", "domain_vocab", "constrained_text", "segmentation_pd1998"}
 # float64 identities (path kernel) honour no bf16; the training experiments do
 FP32_ONLY = CPU_ONLY | {"path_kernel_digits"}
 
