@@ -411,3 +411,5 @@ def test_evaluate_recall_counts_only_reachable_entries():
     # occurring: PM2.5 (9), G20峰会 (6, 3 units: too long), G20 (6), PM2.5浓度 (3)
     assert (r.entries, r.occurring, r.reachable) == (6, 4, 2)
     assert r.found == ("ＰＭ２．５",) and r.missed == ("G20",) and r.recall == 0.5
+    han = Vocabulary(scores, {"PM2.5": 9}, 100, script="han")
+    assert evaluate_recall(han, ["ＰＭ２．５"], texts, min_count=4).reachable == 1

@@ -536,9 +536,10 @@ def evaluate_recall(
         recall = |{e reachable : e ∈ vocab}| / |{e reachable}|,
         e reachable ⇔ units(e) ≤ max_len and count(e) ≥ min_count in ``texts`` (as whole units),
 
-    with counts from :func:`term_counts` and membership in any NFKC-equal form. Pass the
-    ``min_count`` and ``max_len`` the vocabulary was discovered with and the corpus it was
-    discovered on.
+    with counts from :func:`term_counts` (mixed-script units whatever ``vocab.script``: what is
+    reachable is a property of the corpus, so a Han-only vocabulary scores 0 on entries with
+    atoms) and membership in any NFKC-equal form. Pass the ``min_count`` and ``max_len`` the
+    vocabulary was discovered with and the corpus it was discovered on.
 
     Raises:
         ValueError: if ``min_count < 1`` or ``max_len < 1``.
@@ -546,10 +547,9 @@ def evaluate_recall(
     min_count = check_int("min_count", min_count, low=1)
     max_len = check_int("max_len", max_len, low=1)
     reference = sorted(set(reference))
-    counts = term_counts(reference, texts, script=vocab.script)
+    counts = term_counts(reference, texts)
     occurring = [e for e in reference if counts[e] >= 1]
-    reachable = [e for e in occurring
-                 if counts[e] >= min_count and len(units(e, vocab.script)) <= max_len]
+    reachable = [e for e in occurring if counts[e] >= min_count and len(units(e)) <= max_len]
     found = tuple(e for e in reachable if e in vocab)
     missed = tuple(e for e in reachable if e not in vocab)
     return Recall(len(reference), len(occurring), len(reachable), found, missed)
