@@ -12,6 +12,14 @@
    The lexicon is recall-limited (real terms such as 巴黎协定 are missing), so the absolute
    precision understates quality; compare methods at the same K.
 
+3. Mixed-script terms (``script="mixed"``: Latin letters and digits with inner joiners are
+   atoms, one unit each, "PM2.5", "G20峰会", "IC卡"): recall of the climate lexicon's entries
+   with a Latin letter or digit by the climate+pd1998 vocabulary of step 2, and of jieba's
+   dictionary words mixing Han and ASCII by a vocabulary discovered on the three corpora
+   together (pd1998, climate, reviews). Each recall counts only the entries the corpus makes
+   reachable: made of at most ``max_len`` units and occurring ≥ ``min_count`` times as whole
+   units (``kexue.text.vocab.evaluate_recall``); with ``script="han"`` both are 0.
+
 The note's own pipeline (nlp-zero with the note's parameters and formula), run by this
 project on the same climate-vs-pd1998 data, scores P@100 / P@500 = 0.18 / 0.092
 (``shared/DATA.md``); that is a measured baseline, not a figure the note publishes.
@@ -30,8 +38,8 @@ import matplotlib.pyplot as plt
 
 from kexue.experiments.base import Anchor, Context, Experiment, Result, Table
 from kexue.text import data
-from kexue.text.contrast import contrast, is_han_word, precision_at_k
-from kexue.text.vocab import CONTRAST_PMI_PER_CHAR, discover, paired_counts
+from kexue.text.contrast import contrast, has_latin, is_han_word, is_term, precision_at_k
+from kexue.text.vocab import CONTRAST_PMI_PER_CHAR, Recall, discover, evaluate_recall
 
 WORDS_P1000 = 0.92  # discovered words against pd1998's gold words (in-sample)
 WORDS_P1000_K = 1000
@@ -48,6 +56,7 @@ class Config:
     domain_ks: tuple[int, ...] = (100, 500)
     top: int = 30
     contrast_pmi_per_char: float = CONTRAST_PMI_PER_CHAR
+    script: str = "mixed"  # "han": the Han-only pipeline (mixed-script recall 0)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ class _Measured:
     p_jieba: dict[int, float]
     p_domain: dict[str, dict[int, float]]
     top: list[Any]  # the top terms by MAIN (kexue.text.contrast scores)
+    top_mixed: list[Any]  # the top mixed-script terms by MAIN
+    recall: dict[str, Recall]  # mixed-script references: climate lexicon, jieba
 
 
 def _jieba_ranked(texts: list[str]) -> tuple[list[str], float]:
@@ -77,33 +88,53 @@ def _jieba_ranked(texts: list[str]) -> tuple[list[str], float]:
     return [w for w, _ in counts.most_common()], seconds
 
 
-def _measure(config: Config, news: list[str], climate: list[str]) -> _Measured:
+def _is_mixed_term(word: str) -> bool:
+    return is_term(word) and has_latin(word)
+
+
+def _measure(config: Config, news: list[str], climate: list[str],
+             reviews: list[str]) -> _Measured:
     """Discovery on ``news`` (timed against jieba) and climate-vs-news contrast, scored
-    against pd1998's gold words and envtext's climate lexicon."""
+    against pd1998's gold words and envtext's climate lexicon; recall of the mixed-script
+    references (climate lexicon, jieba's dictionary)."""
     gold = data.pd1998_gold()
     ks = sorted(set(config.ks) | {WORDS_P1000_K})
     domain_ks = sorted(set(config.domain_ks) | set(DOMAIN_TARGET))
     start = time.perf_counter()
-    vocab = discover(news)
+    vocab = discover(news, script=config.script)
     ours_s = time.perf_counter() - start
     jieba_words, jieba_s = _jieba_ranked(news)
 
     lexicon = data.climate_lexicon()
-    domain, general = paired_counts(climate, news, pmi_per_char=config.contrast_pmi_per_char)
+    # kexue.text.vocab.paired_counts, spelled out to keep the vocabulary for the recall
+    both = climate + news
+    paired = discover(both, pmi_per_char=config.contrast_pmi_per_char, script=config.script)
+    domain, general = paired.word_counts(climate), paired.word_counts(news)
     ranked = {m: contrast(domain, general, method=m) for m in METHODS}
+    corpora = news + climate + reviews
+    jieba_mixed = [w for w in data.jieba_words()
+                   if has_latin(w) and any("\u4e00" <= c <= "\u9fff" for c in w)]
+    recall = {
+        "climate lexicon (climate+pd1998)": evaluate_recall(
+            paired, [w for w in lexicon if has_latin(w)], both),
+        "jieba Han+ASCII (all three)": evaluate_recall(
+            discover(corpora, script=config.script), jieba_mixed, corpora),
+    }
     return _Measured(
         chars=sum(len(t) for t in news), ours_s=ours_s, jieba_s=jieba_s,
         p_ours=precision_at_k(vocab.words, gold, ks),
         p_jieba=precision_at_k(jieba_words, gold, ks),
         p_domain={m: precision_at_k([s.word for s in r], lexicon, domain_ks)
                   for m, r in ranked.items()},
-        top=[s for s in ranked[MAIN] if is_han_word(s.word)][: config.top])
+        top=[s for s in ranked[MAIN] if is_han_word(s.word)][: config.top],
+        top_mixed=[s for s in ranked[MAIN] if _is_mixed_term(s.word)][: config.top],
+        recall=recall)
 
 
 def run(config: Config, ctx: Context) -> Result:
     """Discover pd1998's words and climate's terms; score both against their references."""
     del ctx  # deterministic, on the CPU
-    return _result(config, _measure(config, data.pd1998(), data.climate()), "")
+    return _result(config, _measure(config, data.pd1998(), data.climate(), data.reviews()), "")
 
 
 def control(config: Config, ctx: Context) -> Result:
@@ -120,7 +151,8 @@ def control(config: Config, ctx: Context) -> Result:
         return out
 
     news, climate = shuffled(data.pd1998()), shuffled(data.climate())
-    return _result(config, _measure(config, news, climate),
+    reviews = shuffled(data.reviews())
+    return _result(config, _measure(config, news, climate, reviews),
                    "negative control, characters shuffled within lines: ")
 
 
@@ -154,6 +186,8 @@ def _result(config: Config, m: _Measured, prefix: str) -> Result:
            for meth in (MAIN, "llr", "blog") for k in DOMAIN_TARGET},
         "chars_per_s": m.chars / m.ours_s,
         "jieba_chars_per_s": m.chars / m.jieba_s,
+        "climate_mixed_recall": m.recall["climate lexicon (climate+pd1998)"].recall,
+        "jieba_mixed_recall": m.recall["jieba Han+ASCII (all three)"].recall,
     }
     domain_ks = sorted(p_main)
     tables = (
@@ -174,6 +208,18 @@ def _result(config: Config, m: _Measured, prefix: str) -> Result:
               columns=("rank", "term", "score", "count in climate", "count in pd1998"),
               rows=tuple((i + 1, s.word, round(s.score, 2), s.domain_count, s.general_count)
                          for i, s in enumerate(m.top))),
+        Table(caption=(f"Mixed-script terms (script={config.script!r}): recall of the "
+                       "references' entries with Latin letters or digits, over the entries the "
+                       "corpus makes reachable (≤ 6 units, ≥ 5 occurrences as whole units)"),
+              columns=("reference (corpus)", "entries", "occurring", "reachable", "found",
+                       "recall", "found", "missed"),
+              rows=tuple((name, r.entries, r.occurring, r.reachable, len(r.found),
+                          round(r.recall, 3), " ".join(r.found), " ".join(r.missed))
+                         for name, r in m.recall.items())),
+        Table(caption=f"top-{len(m.top_mixed)} mixed-script climate terms by {MAIN}",
+              columns=("rank", "term", "score", "count in climate", "count in pd1998"),
+              rows=tuple((i + 1, s.word, round(s.score, 2), s.domain_count, s.general_count)
+                         for i, s in enumerate(m.top_mixed))),
     )
     summary = (prefix
                + f"pd1998 P@{'/'.join(map(str, ks))} "
@@ -181,7 +227,10 @@ def _result(config: Config, m: _Measured, prefix: str) -> Result:
                f"(jieba {'/'.join(f'{m.p_jieba[k]:.3f}' for k in ks)}); "
                f"{m.chars / m.ours_s / 1e6:.2f} M chars/s vs jieba {m.chars / m.jieba_s / 1e6:.2f}"
                " M; climate P@100/500: "
-               + ", ".join(f"{meth} {p[100]:.2f}/{p[500]:.3f}" for meth, p in m.p_domain.items()))
+               + ", ".join(f"{meth} {p[100]:.2f}/{p[500]:.3f}" for meth, p in m.p_domain.items())
+               + "; mixed-script recall: "
+               + ", ".join(f"{name} {len(r.found)}/{r.reachable}"
+                           for name, r in m.recall.items()))
     return Result(metrics=metrics, holds=holds, summary=summary, figures={"vocab": fig},
                   tables=tables)
 
