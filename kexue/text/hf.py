@@ -1,7 +1,9 @@
 """Adapters for local HuggingFace language models (``transformers``), loaded by path only.
 
 - :class:`CausalLMScorer`: log p(x) of whole texts from a causal LM, batched — a drop-in
-  fluency term for :class:`~kexue.text.constrained.TextTarget`.
+  fluency term for :class:`~kexue.text.constrained.TextTarget`. With ``chains=K`` the samplers
+  score all K proposals of a step in one call; the scorer drops repeated texts and groups the
+  rest by length, so a batch pads little.
 - :class:`MaskedLMConditional`: the conditionals p(x_i = v | x_{−i}) of a masked LM over the
   characters of a :class:`~kexue.text.constrained.TokenSpace`, for
   :func:`~kexue.text.sampling.gibbs` (the "Gibbs sampling with BERT" of the series), and its
@@ -60,8 +62,10 @@ class CausalLMScorer:
     """log p(x) = Σ_t log p(x_t | <bos>, x_{<t}) + log p(<eos> | x) under a local causal LM.
 
     The text is tokenised without special tokens; the start token is the tokenizer's BOS (or
-    CLS, or EOS), the end token its EOS (or SEP) if it has one. Texts are scored in padded
-    batches with an attention mask.
+    CLS, or EOS), the end token its EOS (or SEP) if it has one. Distinct texts are scored in
+    right-padded batches of ``batch_size`` with an attention mask, shortest first (similar
+    lengths share a batch); the log-softmax is taken in float32 at least and summed in
+    float64.
 
     Args:
         path: A directory written by ``save_pretrained`` (model and tokenizer).
@@ -92,21 +96,27 @@ class CausalLMScorer:
     @torch.no_grad()
     def log_prob(self, texts: Sequence[str]) -> np.ndarray:
         """Natural-log probability of each text, (N,)."""
-        out = np.empty(len(texts))
-        for lo in range(0, len(texts), self.batch_size):
-            seqs = [self._ids(t) for t in texts[lo:lo + self.batch_size]]
-            width = max(map(len, seqs))
-            ids = torch.zeros(len(seqs), width, dtype=torch.long)  # (B, T), right-padded
-            mask = torch.zeros(len(seqs), width, dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
+        unique = list(dict.fromkeys(texts))
+        seqs = [self._ids(t) for t in unique]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        scores = np.empty(len(unique))
+        for lo in range(0, len(order), self.batch_size):
+            chunk = order[lo:lo + self.batch_size]
+            width = max(len(seqs[i]) for i in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)  # (B, T), right-padded
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, :len(seqs[i])] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
             logp = torch.log_softmax(logits[:, :-1], -1)  # (B, T−1, V) predicts ids[:, 1:]
             picked = logp.gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]  # (B, T−1)
-            out[lo:lo + len(seqs)] = picked.sum(1).double().cpu().numpy()
-        return out
+            scores[chunk] = picked.double().sum(1).cpu().numpy()
+        where = {t: i for i, t in enumerate(unique)}
+        return scores[[where[t] for t in texts]] if len(texts) else scores
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """The fluency term: log p(x) of each text."""
