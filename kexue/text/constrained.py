@@ -23,7 +23,7 @@ References:
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
@@ -264,18 +264,22 @@ class LMTokens:
     candidate reachable, so the chain stays irreducible. Only the ``order − 1`` characters on
     each side of the slot matter. :meth:`probs` answers a batch of contexts with one
     :meth:`~kexue.text.lm.NgramLM.next_probs` call per direction (a
-    :class:`~kexue.text.sampling.BatchTokenProposal`).
+    :class:`~kexue.text.sampling.BatchTokenProposal`), and keeps the last ``cache`` rows: a
+    chain proposes again and again around the same few slots.
 
     Args:
         lm: Forward and backward models.
         space: The token space (phrase tokens are never proposed).
         candidates: Proposable ids (default: every character of the LM).
         uniform_mix: ε in [0, 1].
+        cache: Rows kept, least recently used dropped first (each is ``len(space)`` floats).
     """
 
     def __init__(self, lm: BiLM, space: TokenSpace, candidates: Sequence[int] | None = None,
-                 uniform_mix: float = 0.02) -> None:
+                 uniform_mix: float = 0.02, cache: int = 2048) -> None:
         self.uniform_mix = check_real("uniform_mix", uniform_mix, low=0, high=1)
+        self.cache = check_int("cache", cache, low=0)
+        self._rows: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self.lm, self.space = lm, space
         self.cands = np.asarray(space.char_ids if candidates is None else candidates, np.int64)
         if self.cands.size == 0 or self.cands.min() < 0 or \
@@ -302,13 +306,34 @@ class LMTokens:
 
     def probs(self, contexts: Sequence[Context]) -> np.ndarray:
         """q(· | left, right) of every context, (len(contexts), len(space)); rows sum to 1."""
+        keys = [(self._side(before, True), self._side(after, False))
+                for before, after in contexts]
+        rows, missing = self._rows, []
+        for key in dict.fromkeys(keys):
+            if key in rows:
+                rows.move_to_end(key)
+            else:
+                missing.append(key)
+        if missing:
+            fresh = self._compute(missing)
+            for key, row in zip(missing, fresh, strict=True):
+                rows[key] = row.copy()  # not a view: it would keep the whole batch alive
+            while len(rows) > self.cache:
+                rows.popitem(last=False)
+            if len(rows) < len(set(keys)):  # the cache is smaller than one batch
+                fresh_of = dict(zip(missing, fresh, strict=True))
+                return np.stack([rows[k] if k in rows else fresh_of[k] for k in keys])
+        return np.stack([rows[k] for k in keys])
+
+    def _compute(self, keys: list[tuple[str, str]]) -> np.ndarray:
+        """The rows of distinct (left, right) texts, (len(keys), len(space))."""
         n, fwd, bwd = self.n, self.lm.forward, self.lm.backward
-        left = np.full((len(contexts), n), BOS, np.int64)  # (K, order − 1), <s>-padded
-        right = np.full((len(contexts), n), BOS, np.int64)
-        for j, (before, after) in enumerate(contexts):
-            ids = fwd.encode(self._side(before, True))
+        left = np.full((len(keys), n), BOS, np.int64)  # (K, order − 1), <s>-padded
+        right = np.full((len(keys), n), BOS, np.int64)
+        for j, (before, after) in enumerate(keys):
+            ids = fwd.encode(before)
             left[j, n - len(ids):] = ids
-            ids = bwd.encode(self._side(after, False))  # read right to left: nearest last
+            ids = bwd.encode(after)  # read right to left: nearest last
             right[j, n - len(ids):] = ids
         q = fwd.next_probs(left)  # (K, V)
         q *= bwd.next_probs(right)
@@ -319,7 +344,7 @@ class LMTokens:
         v, size = fwd.vocab_size, len(self.space)
         if size == v:
             return q
-        out = np.zeros((len(contexts), size))  # (K, len(space)): phrases are never proposed
+        out = np.zeros((len(keys), size))  # (K, len(space)): phrases are never proposed
         out[:, :v] = q
         return out
 

@@ -124,6 +124,11 @@ def _order(keys: np.ndarray, counts: np.ndarray, vocab_size: int) -> _Order:
     return _Order(keys, counts, ctx[starts], total, gamma, discounts)
 
 
+def _starts(sizes: np.ndarray) -> np.ndarray:
+    """Where each of consecutive segments of ``sizes`` begins: the exclusive cumulative sum."""
+    return np.cumsum(sizes) - sizes
+
+
 def _lookup(table: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``query`` in sorted ``table`` and whether each is present."""
     pos = np.searchsorted(table, query)
@@ -219,14 +224,14 @@ class NgramLM:
         if not len(lengths):
             return np.zeros(0, np.int64)
         slots = lengths + n  # (S,) padded lengths
-        starts = np.r_[0, np.cumsum(slots)[:-1]]  # (S,) where each padded sentence begins
+        starts = _starts(slots)  # (S,) where each padded sentence begins
         flat = np.full(int(slots.sum()), BOS, np.int64)  # (Σ(L + n),)
-        first = np.repeat(starts + n - 1 - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        first = np.repeat(starts + n - 1 - _starts(lengths), lengths)
         flat[first + np.arange(len(ids))] = ids
         flat[starts + n - 1 + lengths] = EOS
         windows = np.lib.stride_tricks.sliding_window_view(flat, n)  # (Σ(L + n) − n + 1, n)
         offsets = np.arange(int((lengths + 1).sum())) - np.repeat(
-            np.r_[0, np.cumsum(lengths + 1)[:-1]], lengths + 1)  # window within its sentence
+            _starts(lengths + 1), lengths + 1)  # window within its sentence
         picked = windows[np.repeat(starts, lengths + 1) + offsets]  # (Σ(L + 1), n)
         return picked @ (v ** np.arange(n - 1, -1, -1, dtype=np.int64))
 
@@ -246,7 +251,7 @@ class NgramLM:
             np.full(len(cps), UNK, np.int64)
         if self.reverse and len(ids):  # reverse each sentence in place
             ends = np.repeat(np.cumsum(lengths), lengths)
-            starts = np.repeat(np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+            starts = np.repeat(_starts(lengths), lengths)
             ids = ids[starts + ends - 1 - np.arange(len(ids))]
         return ids, lengths
 
@@ -320,7 +325,7 @@ class NgramLM:
 
     def _sum_per_sentence(self, keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         logp = self._log_prob_keys(keys)  # (Σ(L + 1),)
-        return np.add.reduceat(logp, np.r_[0, np.cumsum(lengths + 1)[:-1]]) if len(lengths) \
+        return np.add.reduceat(logp, _starts(lengths + 1)) if len(lengths) \
             else logp
 
     _MEMO_SIZE = 1 << 19
@@ -409,7 +414,7 @@ class NgramLM:
             hi = np.searchsorted(level.keys, h[rows] * v + v)
             sizes = hi - lo  # followers of each seen context
             total = level.ctx_total[cpos[rows]]
-            at = np.repeat(lo - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(sizes.sum())
+            at = np.repeat(lo - _starts(sizes), sizes) + np.arange(sizes.sum())
             ids, mass = self._followers(k)
             scatter.append((np.repeat(rows * v, sizes) + ids[at],
                             np.repeat(beta[rows] / total, sizes) * mass[at]))
