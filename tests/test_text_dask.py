@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ distributed = pytest.importorskip("distributed")
 from kexue.cli import main  # noqa: E402
 from kexue.text import data  # noqa: E402
 from kexue.text._dask import DaskDriver, dask_driver  # noqa: E402
+from kexue.text._drivers import MemoryShard  # noqa: E402
 from kexue.text.ngrams import count_ngrams  # noqa: E402
 from kexue.text.shards import plan_shards, word_counts  # noqa: E402
 from kexue.text.vocab import discover  # noqa: E402
@@ -90,13 +94,15 @@ def test_driver_places_tasks_reduces_as_a_tree_and_broadcasts(client, corpus):
     _, paths = corpus
     plan = list(plan_shards(paths, shard_bytes=150_000))
     driver = DaskDriver(client)
-    # an order-sensitive fold shows the balanced pairing (((0 1)(2 3))((4 5)(6)) ...)
-    keys = driver.reduce(_pair, driver.map(_key, plan))
-    expected = [s.key for s in plan]
-    while len(expected) > 1:
-        expected = [f"({a} {b})" for a, b in zip(expected[::2], expected[1::2])] + (
-            expected[-1:] if len(expected) % 2 else [])
-    assert keys == expected[0]
+    # an order-keeping fold shows the tree: every leaf once, depth O(log k) (a chain per
+    # worker, merging each result into the last as it comes, reaches 12 here when the merges
+    # keep up with the leaves)
+    leaves = [MemoryShard(f"leaf{i:02d}", []) for i in range(40)]
+    tree = driver.reduce(_pair, driver.map(_slow_key, leaves))  # results come one by one
+    assert sorted(re.findall(r"leaf\d+", tree)) == [s.key for s in leaves]
+    depth = max(tree[:i].count("(") - tree[:i].count(")") for i in range(len(tree)))
+    # per worker a binary counter (ranks <= log2 20), then the few left: log2 40 + 2 = 7
+    assert depth <= math.floor(math.log2(len(leaves))) + 2
     first = driver.gather(driver.map(_worker, plan))
     big = driver.broadcast(np.arange(10))
     again = driver.gather(driver.map(_worker, plan, big))
@@ -106,7 +112,8 @@ def test_driver_places_tasks_reduces_as_a_tree_and_broadcasts(client, corpus):
         driver.reduce(_pair, [])
 
 
-def _key(shard):
+def _slow_key(shard):
+    time.sleep(0.01 * int(shard.key[4:]))
     return shard.key
 
 
