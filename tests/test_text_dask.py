@@ -95,13 +95,13 @@ def test_driver_places_tasks_reduces_as_a_tree_and_broadcasts(client, corpus):
     plan = list(plan_shards(paths, shard_bytes=150_000))
     driver = DaskDriver(client)
     # an order-keeping fold shows the tree: every leaf once, depth O(log k) (a chain per
-    # worker, merging each result into the last as it comes, reaches 12 here when the merges
-    # keep up with the leaves)
-    leaves = [MemoryShard(f"leaf{i:02d}", []) for i in range(40)]
+    # worker, merging each result into the last as it comes, goes deeper: the leaves finish
+    # 3 ms apart, so the merges keep up with them)
+    leaves = [MemoryShard(f"leaf{i:02d}", []) for i in range(32)]
     tree = driver.reduce(_pair, driver.map(_slow_key, leaves))  # results come one by one
     assert sorted(re.findall(r"leaf\d+", tree)) == [s.key for s in leaves]
     depth = max(tree[:i].count("(") - tree[:i].count(")") for i in range(len(tree)))
-    # per worker a binary counter (ranks <= log2 20), then the few left: log2 40 + 2 = 7
+    # per worker a binary counter (ranks <= log2 16), then the few left: log2 32 + 2 = 7
     assert depth <= math.floor(math.log2(len(leaves))) + 2
     first = driver.gather(driver.map(_worker, plan))
     big = driver.broadcast(np.arange(10))
@@ -113,7 +113,7 @@ def test_driver_places_tasks_reduces_as_a_tree_and_broadcasts(client, corpus):
 
 
 def _slow_key(shard):
-    time.sleep(0.01 * int(shard.key[4:]))
+    time.sleep(0.003 * int(shard.key[4:]))
     return shard.key
 
 
