@@ -137,6 +137,17 @@ def test_batched_sentence_scores_equal_the_chain_rule_one_by_one():
         [lm.encode(t) for t in texts]))
 
 
+def test_a_pickled_model_leaves_its_caches_behind():
+    import pickle
+
+    lm = NgramLM.train(TOY, order=3)
+    before = lm.log_prob(["abc", "cab"])
+    lm.next_probs([[3, 4]])
+    copy = pickle.loads(pickle.dumps(lm))
+    assert copy._memo == {} and copy._follow == {} and copy._unigram is None
+    np.testing.assert_array_equal(copy.log_prob(["abc", "cab"]), before)
+
+
 @pytest.fixture(scope="module")
 def news_lm():
     sentences = split_sentences(pd1998()[:3000])

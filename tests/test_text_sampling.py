@@ -465,3 +465,26 @@ def test_batched_bad_inputs_are_named():
         metropolis_hastings(target, proposal, State((0,)), 3, chains=2, check_every=0)
     with pytest.raises(ValueError, match="uniforms"):
         proposal.propose_batch([State((0,))], np.zeros((1, 2)))
+
+
+def test_the_public_names_of_the_sampling_api_still_import():
+    """Every name the sampling and constrained modules exported before batching still imports
+    from its old place (and the package re-exports stay)."""
+    import kexue.text as text
+    import kexue.text.constrained as constrained
+    import kexue.text.sampling as sampling
+
+    for name in ("EditProposal", "ImportanceResult", "MCMCResult", "RejectionResult", "State",
+                 "Target", "TokenProposal", "exponential_cooling", "gibbs",
+                 "importance_sampling", "linear_cooling", "logarithmic_cooling",
+                 "metropolis_hastings", "rejection_sampling", "simulated_annealing",
+                 "uniform_tokens"):
+        assert name in sampling.__all__ and hasattr(sampling, name), name
+    for name in ("Generation", "TextTarget", "TokenSpace", "compress", "correct", "default_lm",
+                 "fluency", "generate", "hard_keywords", "keyword_multiplicity",
+                 "keywords_to_sentence", "length_prior", "lm_tokens", "paraphrase",
+                 "placements", "repetition_penalty", "similarity", "soft_keywords"):
+        assert name in constrained.__all__ and hasattr(constrained, name), name
+    for name in ("EditProposal", "State", "gibbs", "metropolis_hastings", "simulated_annealing",
+                 "keywords_to_sentence", "TextTarget"):
+        assert hasattr(text, name), name

@@ -160,6 +160,12 @@ class NgramLM:
         self._memo: dict[int, float] = {}  # log p(w | h) of top-order keys already scored
         self._follow: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # see _followers
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles carry the counts, not the caches built from them (they rebuild on use)."""
+        state = dict(self.__dict__)
+        state.update(_codes=None, _unigram=None, _memo={}, _follow={})
+        return state
+
     # ------------------------------------------------------------------ building
     @classmethod
     def train(cls, sentences: Iterable[str], order: int = 5, max_vocab: int = 6000,
