@@ -305,3 +305,14 @@ def test_skip_says_why_each_file_was_skipped(tmp_path):
     # Line messages: 1500 (a_noisy) + 2 (gbk) + 2 (bad.jsonl), of which 1000 are kept.
     assert corpus.summary.messages_dropped == 1500 + 2 + 2 - 1000
     assert text.endswith("... and 504 more message(s)")
+
+
+def test_glob_patterns_read_their_sorted_matches(tmp_path):
+    for name, text in (("b.txt", "乙"), ("a.txt", "甲"), ("sub/c.txt", "丙"), ("d.csv", "丁")):
+        _write(tmp_path / name, text.encode())
+    assert list(read_documents(str(tmp_path / "*.txt"))) == ["甲", "乙"]
+    assert list(read_documents(str(tmp_path / "**" / "*.txt"))) == ["甲", "乙", "丙"]
+    odd = _write(tmp_path / "x[1].txt", "戊".encode())  # an existing name is never a pattern
+    assert list(read_documents(odd)) == ["戊"]
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        read_documents(str(tmp_path / "*.jsonl"))

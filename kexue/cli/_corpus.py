@@ -31,8 +31,9 @@ Format = choices("Format", ("auto", "lines", "jsonl"))
 ErrorMode = choices("ErrorMode", ("stop", "skip"))
 
 Corpora = Annotated[list[Path] | None, typer.Argument(
-    help="Text files (one document per line), JSON lines, .gz, directories, or - for stdin. "
-         "None: the embedded climate corpus.", show_default=False)]
+    help="Text files (one document per line), JSON lines, .gz, directories, glob patterns "
+         "(quoted: 'data/**/*.txt.gz'), or - for stdin. None: the embedded climate corpus.",
+    show_default=False)]
 Fmt = Annotated[Format, typer.Option("--format", help="How to read the files.")]  # type: ignore[valid-type]
 Field = Annotated[str, typer.Option("--field", help="JSON lines: the text field.")]
 Errors = Annotated[ErrorMode, typer.Option(  # type: ignore[valid-type]

@@ -42,7 +42,8 @@ vocab_app = typer.Typer(help="Mine a corpus's words, or a domain's terms against
 
 Top = Annotated[int, typer.Option("--top", min=1, help="Rows to print.")]
 MaxLen = Annotated[int, typer.Option("--max-len", min=2, max=32,
-                                      help="Longest word, in characters.")]
+                                      help="Longest word, in units (a Han character, or with "
+                                      "--script mixed a Latin/digit run such as PM2.5).")]
 MinCount = Annotated[int, typer.Option("--min-count", min=1, help="Frequency floor.")]
 Processes = Annotated[int, typer.Option(
     "--processes", min=1, help="Counting processes (used when the corpus spans several "
@@ -51,7 +52,7 @@ Scheduler = Annotated[str | None, typer.Option(
     "--scheduler", help="Count on a Dask cluster instead: tcp://HOST:PORT (a running scheduler) "
     "or local:N (N worker processes here). The workers read the input files themselves (byte "
     "ranges split at line boundaries, one task per .gz file), so every worker must see them "
-    "under the same paths. Needs pip install 'kexue[dask]'. Not with --processes.",
+    "under the same paths. Needs pip install 'kexue\\[dask]'. Not with --processes.",
     show_default=False)]
 ShardMB = Annotated[int, typer.Option(
     "--shard-mb", min=1, max=1 << 20, help="With --scheduler: megabytes of input per task.")]
