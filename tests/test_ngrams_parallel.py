@@ -1,16 +1,19 @@
 """Level-wise counting through drivers: bit-identical tables everywhere, spill kept clean.
 
-One PoolDriver of 2 spawned processes serves the whole module (as a driver, and its
-ProcessPoolExecutor as a ``concurrent.futures`` scheduler).
+One PoolDriver of 2 spawned processes serves the whole module, and one ProcessPoolExecutor of
+1 process the ``concurrent.futures`` cases (both started at once, so their imports overlap).
 """
 
+import multiprocessing
+import operator
 import os
 import random
 import re
 import shutil
 import tempfile
+import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -80,7 +83,8 @@ class ListShard:
 
 
 def list_shards(texts, size):
-    return [ListShard(f"part-{i}", texts[i : i + size]) for i in range(0, len(texts), size)]
+    return [ListShard(f"part-{j}", texts[i : i + size])
+            for j, i in enumerate(range(0, len(texts), size))]
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +108,22 @@ def pool(spill_root):
         yield driver
 
 
+@pytest.fixture(scope="module")
+def processes(spill_root):
+    """A ProcessPoolExecutor (one spawned worker: the code path, at little cost)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as executor:
+        executor.submit(int)  # start it now: it imports while the pool's workers do
+        yield executor
+
+
 def left_behind(root):
     return [p for p in os.listdir(root) if p.startswith(("kexue-ngrams-", "kexue-broadcast-"))]
 
 
 @pytest.mark.parametrize(("script", "max_n", "min_count"), [("mixed", 5, 2), ("han", 4, 1)])
-def test_every_driver_gives_the_same_bits(pool, spill_root, script, max_n, min_count):
+def test_every_driver_gives_the_same_bits(pool, processes, spill_root, script, max_n,
+                                          min_count):
     texts = corpus(0)
     want = reference(texts, max_n, min_count, script)
     one = count_ngrams(texts, max_n, min_count, script=script)  # one chunk, in memory
@@ -120,7 +134,7 @@ def test_every_driver_gives_the_same_bits(pool, spill_root, script, max_n, min_c
             "serial": count_ngrams(texts, max_n, min_count, **kw),
             "tiny chunks": count_ngrams(texts, max_n, min_count, chunk_chars=7, script=script),
             "pool": count_ngrams(texts, max_n, min_count, scheduler=pool, **kw),
-            "processes": count_ngrams(texts, max_n, min_count, scheduler=pool.executor, **kw),
+            "processes": count_ngrams(texts, max_n, min_count, scheduler=processes, **kw),
             "threads": count_ngrams(texts, max_n, min_count, scheduler=threads, **kw),
             "stream": count_ngrams(iter(texts), max_n, min_count, scheduler=pool, **kw),
             "shards": count_ngrams(list_shards(texts, 90), max_n, min_count, scheduler=pool,
@@ -247,6 +261,52 @@ def test_table_does_not_depend_on_reduce_order_or_chunking():
     for seed, chunk_chars in ((0, 300), (1, 50), (2, 1)):
         assert_identical(count_ngrams(texts, 5, 2, chunk_chars=chunk_chars,
                                       scheduler=Shuffled(seed)), want)
+
+
+def _pid(shard):
+    time.sleep(0.02)
+    return os.getpid()
+
+
+def _ready(driver):
+    while not all(w.ready for w in driver._workers):  # the spawned worker has started
+        driver._pump()
+
+
+def _boom(shard, n):
+    if shard.key == "part-1":
+        raise ArithmeticError(f"no luck with {n}")
+    return 1
+
+
+def test_pool_runs_tasks_in_every_process_and_survives_a_task_error(pool):
+    shards = list_shards(corpus(4), 40)
+    assert len(shards) >= 6
+    _ready(pool)
+    assert len(set(pool.gather(pool.map(_pid, shards)))) == 2  # this process and the spawned one
+    with pytest.raises(ArithmeticError, match="no luck with 3") as info:
+        pool.reduce(max, pool.map(_boom, shards, 3))
+    assert "raised in a kexue pool worker" in "".join(info.value.__notes__)
+    assert pool.reduce(operator.add, pool.map(_boom, shards[2:], 3)) == len(shards) - 2
+    with pytest.raises(AttributeError, match="pickle"):  # a task that cannot travel
+        pool.gather(pool.map(lambda shard: 1, shards))
+    assert pool.reduce(operator.add, pool.map(_boom, shards[2:], 3)) == len(shards) - 2
+
+
+def _die(shard):
+    if shard.key == "part-0":
+        os._exit(3)  # a worker killed mid-task (OOM killer, segfault)
+    return 1
+
+
+def test_a_dead_worker_fails_the_run_instead_of_hanging():
+    # its own pool: the dead worker breaks it
+    with PoolDriver(2) as driver:
+        shards = list_shards(corpus(5), 40)
+        _ready(driver)
+        with pytest.raises(RuntimeError, match=r"pool worker kexue-pool-1 died \(exit code 3\)"):
+            # part-0 goes to the spawned worker: it is the first idle one
+            driver.gather(driver.map(_die, shards))
 
 
 def test_resolve_driver_and_errors():

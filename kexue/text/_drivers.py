@@ -33,14 +33,20 @@ pool, a cluster connection) on entry and stop them on exit.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.reduction
 import os
 import pickle
+import queue
 import re
 import shutil
 import tempfile
+import threading
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -169,8 +175,8 @@ def resolve(obj: Any) -> Any:
     return obj.get() if isinstance(obj, _Shared) else obj
 
 
-def _fold(fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Any:
-    """Fold ``values`` pairwise so that merges stay balanced and few partial results live.
+class _Folder:
+    """Folds values pushed one at a time, so that merges stay balanced and few partials live.
 
     A stack of partial results whose sizes (``len`` where a value has one, else 1 per value
     folded in) shrink by more than half from bottom to top: a new value merges with the top
@@ -180,23 +186,38 @@ def _fold(fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Any:
     than 2·D: memory does not grow with the number of values.
     """
 
-    def size(v: Any, folded: int) -> int:
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        self.fn = fn
+        self.stack: list[tuple[int, Any]] = []  # (values folded in, partial result)
+
+    @staticmethod
+    def _size(v: Any, folded: int) -> int:
         return len(v) if hasattr(v, "__len__") else folded
 
-    stack: list[tuple[int, Any]] = []  # (values folded in, partial result)
-    for v in values:
+    def push(self, v: Any) -> None:
         k = 1
-        while stack and size(stack[-1][1], stack[-1][0]) <= 2 * size(v, k):
-            j, top = stack.pop()
-            v = fn(top, v)
+        while self.stack and self._size(self.stack[-1][1], self.stack[-1][0]) <= 2 * self._size(
+                v, k):
+            j, top = self.stack.pop()
+            v = self.fn(top, v)
             k += j
-        stack.append((k, v))
-    if not stack:
-        raise ValueError("handles must not be empty")
-    out = stack.pop()[1]
-    while stack:
-        out = fn(stack.pop()[1], out)
-    return out
+        self.stack.append((k, v))
+
+    def result(self) -> Any:
+        if not self.stack:
+            raise ValueError("handles must not be empty")
+        out = self.stack.pop()[1]
+        while self.stack:
+            out = self.fn(self.stack.pop()[1], out)
+        return out
+
+
+def _fold(fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Any:
+    """Fold ``values`` with an associative, commutative ``fn`` (see :class:`_Folder`)."""
+    folder = _Folder(fn)
+    for v in values:
+        folder.push(v)
+    return folder.result()
 
 
 class _Thunk:
@@ -240,6 +261,10 @@ class SerialDriver:
         return None
 
 
+def _warm() -> None:
+    import kexue.text._ngram_engine  # noqa: F401 - what the tasks will need
+
+
 def _call(fn: Callable[..., Any], shard: Any, args: tuple) -> Any:
     return fn(shard, *args)
 
@@ -247,9 +272,11 @@ def _call(fn: Callable[..., Any], shard: Any, args: tuple) -> Any:
 class ExecutorDriver:
     """Tasks on a ``concurrent.futures.Executor`` (threads, processes, or a remote pool).
 
-    Handles are futures. ``reduce`` merges results as they complete, two at a time, each merge a
-    task of the executor (a tree: every value is merged O(log k) times; the order depends on
-    timing, which an associative and commutative ``fn`` makes irrelevant). ``broadcast`` hands
+    Handles are futures. ``reduce`` merges results as they complete: on a thread pool two at a
+    time, each merge a task of the executor; on any other executor here, in this process (a
+    merge task would ship both operands to a worker and the result back). Either way a tree in
+    which each value is merged O(log k) times; the order depends on timing, which an
+    associative and commutative ``fn`` makes irrelevant. ``broadcast`` hands
     the object itself to a thread pool; for a ``ProcessPoolExecutor`` it pickles it once to a
     file in a private temporary directory, which each worker process loads once; any other
     executor gets the object pickled with each task (correct wherever the executor runs).
@@ -280,6 +307,15 @@ class ExecutorDriver:
             raise ValueError("handles must not be empty")
         pending = set(handles)
         handles.clear()  # a future holds its result: let each go once it is merged
+        if not isinstance(self.executor, cf.ThreadPoolExecutor):
+            # merge here, in the order results come: a merge task would ship both tables to a
+            # process and the sum back
+            try:
+                return _fold(fn, (f.result() for f in cf.as_completed(pending)))
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
         ready: list[Any] = []
         try:
             while pending:
@@ -334,16 +370,190 @@ class ExecutorDriver:
         self.close()
 
 
-class PoolDriver(ExecutorDriver):
-    """Tasks on ``processes`` spawned worker processes, alive for one run (a context manager).
+class _Ref:
+    """A map output kept by the pool worker that computed it (a :class:`PoolDriver` handle)."""
 
-    A ``ProcessPoolExecutor`` with the ``spawn`` start method: workers are not daemonic (a
-    worker may start processes of its own), a worker that dies fails the run with
-    ``BrokenProcessPool`` instead of hanging it, and nothing of the parent's state (threads,
-    locks, CUDA) is forked. Workers start when the driver is entered and stop when it is left.
+    __slots__ = ("task",)
+
+    def __init__(self, task: int) -> None:
+        self.task = task
+
+
+def _portable(exc: BaseException) -> tuple[BaseException, str]:
+    """An exception that pickles (itself, else a RuntimeError naming it) and its traceback."""
+    tb = "".join(traceback.format_exception(exc))[-20_000:]
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc, tb
+
+
+def _serve(store: dict[Any, Any], msg: tuple) -> tuple | None:
+    """Handle one message of the driver in a worker; the reply, if any.
+
+    ``store`` holds the results of the worker's tasks (by task id) and the folders of the
+    reductions under way (by ``("fold", reduction id)``).
+    """
+    op, tid = msg[0], msg[1]
+    try:
+        if op == "run":
+            fn, shard, args = msg[2:]
+            store[tid] = fn(shard, *args)
+            return ("done", tid, None)
+        if op == "acc":  # fold one result into a reduction, as soon as it is there
+            fn, task = msg[2:]
+            folder = store.get(("fold", tid))
+            if folder is None:
+                folder = store[("fold", tid)] = _Folder(fn)
+            folder.push(store.pop(task))
+            return None
+        if op == "fold":
+            return ("value", tid, store.pop(("fold", msg[2])).result())
+        if op == "get":
+            return ("value", tid, [store.pop(t) for t in msg[2]])
+        for t in msg[2]:  # "drop"
+            store.pop(t, None)
+        return None
+    except Exception as exc:
+        store.pop(tid, None)
+        return ("error", tid, _portable(exc))
+
+
+def _pool_worker(tasks: Any, conn: Any) -> None:
+    """A spawned :class:`PoolDriver` worker: runs tasks, keeps their results, folds them."""
+    import kexue.text._ngram_engine  # noqa: F401 - what the tasks will need: load it now
+
+    store: dict[Any, Any] = {}
+    conn.send(("ready", 0, None))
+    while True:
+        try:
+            msg = tasks.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        try:
+            reply = _serve(store, msg)
+        except BaseException as exc:  # an interrupt: the driver decides
+            reply = ("error", msg[1], _portable(exc))
+        if reply is not None:
+            conn.send(reply)
+
+
+def _send_all(box: queue.SimpleQueue[Any], conn: Any) -> None:
+    with contextlib.suppress(OSError, ValueError):  # the worker is gone: the pump reports it
+        while (buf := box.get()) is not None:
+            conn.send_bytes(buf)
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+class _Worker:
+    """A spawned worker as the driver sees it.
+
+    Messages to it are pickled by the caller and written by a thread of their own: writing a
+    big task (a shard with its text) blocks until the worker reads it, which it does only
+    between tasks (or after its imports), and the driver must not wait for that.
+    """
+
+    def __init__(self, process: Any, conn: Any, tasks: Any) -> None:
+        self.name = process.name
+        self.process, self.conn = process, conn  # conn: the worker's replies
+        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.sender = threading.Thread(target=_send_all, args=(self.outbox, tasks),
+                                       name=f"{process.name}-sender", daemon=True)
+        self.sender.start()
+        self.running: set[int] = set()  # tasks sent, not done
+        self.busy: int | None = None  # the request whose reply (a value) is awaited
+        self.ready = False  # it has started (imported what tasks need)
+        self.prefetch = True  # worth keeping a second task queued (messages take time)
+
+    def send(self, msg: tuple) -> None:
+        # pickled here, so that an object that does not pickle fails the caller
+        self.outbox.put(multiprocessing.reduction.ForkingPickler.dumps(msg))
+
+    def receive(self) -> tuple:
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        with contextlib.suppress(Exception):
+            self.process.terminate()  # results are in, spill is the engine's: no clean exit
+
+    def join(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.join(5)
+            self.conn.close()
+            self.sender.join(5)
+
+
+class _Here:
+    """The driver's own process as a worker: a thread that serves the same messages.
+
+    A thread, so that the driver still answers the spawned workers at once while it counts (the
+    counting releases the GIL in numpy's sorts and array passes). It wakes the driver through a
+    pipe, one byte per reply.
+    """
+
+    name = "the driver's process"
+
+    def __init__(self) -> None:
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.replies: collections.deque[tuple] = collections.deque()
+        self.conn, self._wake = multiprocessing.Pipe(duplex=False)
+        self.thread = threading.Thread(target=self._loop, name="kexue-pool-here", daemon=True)
+        self.thread.start()
+        self.running: set[int] = set()
+        self.busy: int | None = None
+        self.ready = True
+        self.prefetch = False
+
+    def _loop(self) -> None:
+        store: dict[Any, Any] = {}
+        while (msg := self.inbox.get()) is not None:
+            reply = _serve(store, msg)
+            if reply is not None:
+                self.replies.append(reply)
+                self._wake.send_bytes(b"")
+
+    def send(self, msg: tuple) -> None:
+        self.inbox.put(msg)
+
+    def receive(self) -> tuple:
+        self.conn.recv_bytes()
+        return self.replies.popleft()
+
+    def close(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:  # what was not started will not be
+                self.inbox.get_nowait()
+        self.inbox.put(None)
+
+    def join(self) -> None:
+        self.thread.join()  # the task it is running, if any, ends first
+        self.conn.close()
+        self._wake.close()
+
+
+class PoolDriver:
+    """Tasks on ``processes`` processes for one run: this one and ``processes − 1`` spawned.
+
+    The calling process is one of the workers (a thread of it runs tasks while the driver
+    answers the others), which also lets the counting start while the spawned workers are still
+    starting (a worker imports kexue, and with it torch, before it says it is ready for tasks).
+    Every worker keeps the results of its own map tasks; ``reduce`` has each fold its own
+    results as soon as it has run its last task of the map, and folds the ``processes``
+    values, so a map output never crosses a process boundary and the merges run in parallel.
+    A task goes to an idle worker (a spawned one gets a second, queued, while many remain, so
+    that it does not wait for the message). The spill of a task is on this machine's disk,
+    shared by all. Workers are spawned (not forked) and not daemonic (a task may start
+    processes of its own); a worker that dies fails the run with an error instead of hanging
+    it. Broadcasts are files (pickled once, loaded once per process). A context manager: the
+    workers start on entry and are stopped on exit.
 
     Args:
-        processes: worker processes, ≥ 1.
+        processes: worker processes including this one, ≥ 1 (1: everything here).
     """
 
     def __init__(self, processes: int) -> None:
@@ -351,27 +561,234 @@ class PoolDriver(ExecutorDriver):
             raise ValueError(f"processes must be an int >= 1, got {processes!r}")
         self.processes = processes
         self.parallelism = processes
-        self._local = True
-        self._dir = None
-        self.executor = None  # type: ignore[assignment]
+        self._workers: list[Any] = []
+        self._broadcast = ExecutorDriver.__new__(ExecutorDriver)
+        self._broadcast._local, self._broadcast._dir = True, None
+
+    # -- lifecycle --
 
     def __enter__(self) -> PoolDriver:
         ctx = multiprocessing.get_context("spawn")
-        self.executor = cf.ProcessPoolExecutor(self.processes, mp_context=ctx)
+        self._queue: collections.deque[tuple[int, Callable[..., Any], Any, tuple]] = (
+            collections.deque())
+        self._done: dict[int, Any] = {}  # task -> the worker holding its result
+        self._failed: dict[int, tuple[BaseException, str]] = {}
+        self._replies: dict[int, Any] = {}
+        self._next = 0
+        try:
+            for i in range(1, self.processes):
+                task_r, task_w = ctx.Pipe(duplex=False)
+                reply_r, reply_w = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_pool_worker, args=(task_r, reply_w),
+                                   name=f"kexue-pool-{i}", daemon=False)
+                proc.start()
+                task_r.close()
+                reply_w.close()
+                self._workers.append(_Worker(proc, reply_r, task_w))
+            self._workers.append(_Here())
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        executor, self.executor = self.executor, None
+    def __exit__(self, *exc: object) -> None:
+        workers, self._workers = self._workers, []
+        for w in workers:
+            w.close()
+        for w in workers:
+            w.join()
+        self._broadcast.close()
+
+    # -- the message pump --
+
+    def _id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            ready = [w for w in self._workers if w.ready and w.busy is None]
+            idle = [w for w in ready if not w.running]
+            if idle:
+                w = idle[0]
+            else:  # a second task for a spawned worker, while enough remain for the others
+                ahead = [w for w in ready if w.prefetch and len(w.running) < 2]
+                if not ahead or len(self._queue) <= len(self._workers):
+                    return
+                w = ahead[0]
+            tid, fn, shard, args = self._queue.popleft()
+            try:
+                w.send(("run", tid, fn, shard, args))
+            except Exception as exc:  # it does not pickle: the task fails, not the driver
+                self._failed[tid] = _portable(exc)
+                continue
+            w.running.add(tid)
+
+    def _pump(self) -> None:
+        """Wait for replies (or a dead worker), handle them and hand out queued tasks."""
+        if not self._workers:
+            raise RuntimeError("the PoolDriver is not running: use it as a context manager")
+        self._dispatch()
+        conns = {w.conn: w for w in self._workers}
+        sentinels = {w.process.sentinel: w for w in self._workers if isinstance(w, _Worker)}
+        for r in multiprocessing.connection.wait([*conns, *sentinels]):
+            w = conns.get(r)  # type: ignore[call-overload]
+            if w is None:
+                w = sentinels[r]  # type: ignore[index]
+                if w.conn.poll():
+                    continue  # its last messages first
+                self._died(w)
+            try:
+                kind, tid, payload = w.receive()
+            except (EOFError, OSError):
+                self._died(w)
+            if kind == "ready":
+                w.ready = True
+            elif kind == "done":
+                w.running.discard(tid)
+                self._done[tid] = w
+            elif kind == "error":
+                w.running.discard(tid)
+                if w.busy == tid:
+                    w.busy = None
+                self._failed[tid] = payload
+            else:
+                w.busy = None
+                self._replies[tid] = payload
+        self._dispatch()
+
+    def _died(self, w: _Worker) -> None:
+        w.process.join(1)
+        raise RuntimeError(
+            f"pool worker {w.name} died (exit code {w.process.exitcode}) while counting; the "
+            "run stops"
+        )
+
+    def _fail(self, tids: set[int]) -> None:
+        """Raise the first error among ``tids`` once none of them runs any more."""
+        errors = [self._failed[t] for t in sorted(tids) if t in self._failed]
+        if not errors:
+            return
+        self._queue = collections.deque(t for t in self._queue if t[0] not in tids)
+        while any(tids & w.running for w in self._workers):
+            self._pump()
+        for w in self._workers:  # the results of the tasks that did finish are not wanted
+            held = [t for t in tids if self._done.get(t) is w]
+            if held:
+                w.send(("drop", 0, held))
+        for t in tids:
+            self._done.pop(t, None)
+            self._failed.pop(t, None)
+        exc, tb = errors[0]
+        exc.add_note(f"raised in a kexue pool worker:\n{tb}")
+        raise exc
+
+    def _collect(self, refs: list[Any]) -> list[tuple[list[int], list[Any]]]:
+        """``(tasks, results)`` of every worker holding some of ``refs``, once it has run all
+        of its share."""
+        tids = [r.task for r in refs]
+        wanted = set(tids)
+        asked: dict[int, tuple[Any, list[int]]] = {}  # request id -> (worker, its tasks)
+        sent: set[int] = set()
+        while True:
+            self._fail(wanted)
+            queued = any(t[0] in wanted for t in self._queue)
+            for w in self._workers:
+                if w.busy is not None or queued or wanted & w.running:
+                    continue
+                mine = [t for t in tids if t not in sent and self._done.get(t) is w]
+                if mine:
+                    rid = self._id()
+                    w.busy = rid
+                    asked[rid] = (w, mine)
+                    sent.update(mine)
+                    for t in mine:
+                        del self._done[t]
+                    w.send(("get", rid, mine))
+            failed = [r for r in asked if r in self._failed]
+            if failed:
+                for r, (w, _) in asked.items():
+                    while w.busy == r:
+                        self._pump()
+                    self._replies.pop(r, None)
+                exc, tb = self._failed.pop(failed[0])
+                exc.add_note(f"raised in a kexue pool worker:\n{tb}")
+                raise exc
+            if len(sent) == len(wanted) and all(r in self._replies for r in asked):
+                return [(mine, self._replies.pop(r)) for r, (_, mine) in asked.items()]
+            self._pump()
+
+    # -- the Driver protocol --
+
+    def map(self, fn: Callable[..., Any], shards: Sequence[Shard], *args: Any) -> list[Any]:
+        refs = []
+        for s in shards:
+            tid = self._id()
+            self._queue.append((tid, fn, s, args))
+            refs.append(_Ref(tid))
+        self._dispatch()
+        return refs
+
+    def reduce(self, fn: Callable[[Any, Any], Any], handles: list[Any]) -> Any:
+        """Each worker folds each of its results into its share as soon as the task is done
+        (between its tasks), and returns the share once it has run its last task; the shares
+        are folded here."""
+        tids = [r.task for r in handles]
+        handles.clear()
+        if not tids:
+            raise ValueError("handles must not be empty")
+        wanted, waiting = set(tids), set(tids)  # waiting: not yet folded into a share
+        key = self._id()
+        fed: set[Any] = set()  # workers holding a share
+        asked: dict[int, Any] = {}  # request id -> worker
         try:
-            if executor is not None:
-                if exc_type is not None:  # stop now: cancel what has not started
-                    executor.shutdown(wait=False, cancel_futures=True)
-                    for p in list((getattr(executor, "_processes", None) or {}).values()):
-                        with contextlib.suppress(Exception):
-                            p.terminate()
-                executor.shutdown(wait=True, cancel_futures=True)
-        finally:
-            self.close()
+            while True:
+                self._fail(wanted)  # a task failed
+                failed = [r for r in (key, *asked) if r in self._failed]
+                if failed:  # a fold failed in a worker
+                    for r, w in asked.items():
+                        while w.busy == r:
+                            self._pump()
+                        self._replies.pop(r, None)
+                    exc, tb = self._failed.pop(failed[0])
+                    exc.add_note(f"raised in a kexue pool worker:\n{tb}")
+                    raise exc
+                for t in [t for t in waiting if t in self._done]:
+                    w = self._done.pop(t)
+                    waiting.discard(t)
+                    fed.add(w)
+                    w.send(("acc", key, fn, t))
+                queued = any(t[0] in wanted for t in self._queue)
+                for w in fed - set(asked.values()):
+                    if not queued and w.busy is None and not wanted & w.running:
+                        rid = self._id()
+                        w.busy = rid
+                        asked[rid] = w
+                        w.send(("fold", rid, key))
+                if not waiting and len(asked) == len(fed) and all(r in self._replies
+                                                                    for r in asked):
+                    return _fold(fn, (self._replies.pop(r) for r in asked))
+                self._pump()
+        except BaseException:
+            for w in fed:  # the shares of a failed reduction are not wanted
+                with contextlib.suppress(Exception):
+                    w.send(("drop", 0, [("fold", key)]))
+            raise
+
+    def gather(self, handles: list[Any]) -> list[Any]:
+        refs = list(handles)
+        order = {r.task: i for i, r in enumerate(refs)}
+        out: list[Any] = [None] * len(refs)
+        for mine, values in self._collect(refs):
+            for t, v in zip(mine, values, strict=True):
+                out[order[t]] = v
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        return self._broadcast.broadcast(obj)
+
+    def release(self, handles: list[Any]) -> None:
+        self._broadcast.release(handles)
 
 
 _LOCAL = re.compile(r"local:([0-9]+)")

@@ -110,7 +110,8 @@ def _group_sorted(
     flag = np.empty(m, dtype=bool)
     flag[:1] = True
     np.not_equal(sk[1:], sk[:-1], out=flag[1:])
-    group = np.cumsum(flag) - 1
+    group = np.cumsum(flag, dtype=np.int64 if m >= 1 << 31 else np.int32)
+    group -= 1
     starts = np.flatnonzero(flag)
     return order, sk, group, starts
 
@@ -213,13 +214,30 @@ def _merge_tables(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact sum of two tables of sorted distinct keys with counts (a linear merge).
 
-    The keys of b found in a add their counts there; the others are placed at
-    ``searchsorted(a, b) + (their rank among the new keys)``, a's keys fill the rest in order.
+    Each table is packed as ``key << c | count`` (c the bits of the largest count), which keeps
+    it sorted; the two sorted runs are merged by one stable sort (timsort merges two runs in
+    linear time), and a key found in both (two neighbours) keeps the sum of their counts. When
+    the packed values would not fit 64 bits: the keys of b found in a add their counts there,
+    the others are placed at ``searchsorted(a, b) + (their rank among the new keys)``.
     """
     if kb.shape[0] == 0:
         return ka, ca
     if ka.shape[0] == 0:
         return kb, cb
+    c_bits = max(int(ca.max()), int(cb.max())).bit_length()
+    if max(int(ka[-1]), int(kb[-1])).bit_length() + c_bits <= 64:
+        shift = _U64(c_bits)
+        packed = np.concatenate([(ka << shift) | ca.astype(_U64), (kb << shift) | cb.astype(_U64)])
+        packed.sort(kind="stable")
+        keys = packed >> shift
+        counts = (packed & _U64((1 << c_bits) - 1)).astype(np.int64)
+        dup = np.flatnonzero(keys[1:] == keys[:-1])  # (d,) the first of each equal pair
+        if dup.shape[0] == 0:
+            return keys, counts
+        counts[dup] += counts[dup + 1]
+        keep = np.ones(keys.shape[0], dtype=bool)
+        keep[dup + 1] = False
+        return keys[keep], counts[keep]
     ib = np.searchsorted(ka, kb)
     ic = np.minimum(ib, ka.shape[0] - 1)
     hit = ka[ic] == kb
@@ -282,9 +300,13 @@ class _SpillWriter:
                 f"cannot create an n-gram spill file in {where} ({exc.strerror or exc}); {_ROOM}",
             ) from exc
 
-    def write(self, record: Any) -> None:
+    def write(self, meta: Any, arrays: Sequence[np.ndarray] = ()) -> None:
+        """One record: ``meta`` (pickled, small) and the raw bytes of ``arrays``."""
         try:
-            pickle.dump(record, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((meta, [(a.dtype.str, a.shape[0]) for a in arrays]), self.file,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+            for a in arrays:
+                self.file.write(memoryview(np.ascontiguousarray(a)).cast("B"))
         except OSError as exc:
             self.abort()
             raise OSError(
@@ -339,11 +361,18 @@ def _spill_reader(run: str, key: str, level: int) -> Iterator[Any] | None:
             while True:
                 try:
                     rec = pickle.load(f)
-                except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                    if rec is None:
+                        return
+                    meta, specs = rec
+                    arrays = []
+                    for dtype, n in specs:
+                        a = np.empty(n, dtype=dtype)
+                        if f.readinto(memoryview(a).cast("B")) != a.nbytes:
+                            raise EOFError("the file ends inside a record")
+                        arrays.append(a)
+                except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
                     raise OSError(f"n-gram spill file {path}: reading back failed ({exc})") from exc
-                if rec is None:
-                    return
-                yield rec
+                yield meta, arrays
 
     return records()
 
@@ -367,21 +396,27 @@ def _cleanup(shard: Shard, run: str) -> int:
 # -- per-chunk state --
 
 
-def _pack(values: np.ndarray, width: int) -> bytes:
-    """The low ``width`` bytes of each value (little-endian), concatenated."""
-    v = np.ascontiguousarray(values, dtype="<u8")
-    if width == 8:
-        return v.tobytes()
-    return v.view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
+# unsigned integers stored in `width` bytes, as native pieces (low bytes first)
+_PIECES = {1: ("<u1",), 2: ("<u2",), 3: ("<u2", "<u1"), 4: ("<u4",), 5: ("<u4", "<u1"),
+           6: ("<u4", "<u2"), 7: ("<u8",), 8: ("<u8",)}
 
 
-def _unpack(data: bytes, width: int) -> np.ndarray:
-    if width == 8:
-        return np.frombuffer(data, dtype="<u8").astype(_U64)
-    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, width)
-    out = np.zeros((raw.shape[0], 8), dtype=np.uint8)
-    out[:, :width] = raw
-    return out.view("<u8").reshape(-1).astype(_U64, copy=False)
+def _split(values: np.ndarray, width: int) -> list[np.ndarray]:
+    """Non-negative integers as the pieces of :data:`_PIECES` (``width`` bytes each)."""
+    out, shift = [], 0
+    for dt in _PIECES[width]:
+        out.append((values >> shift).astype(dt) if shift else values.astype(dt))
+        shift += 8 * np.dtype(dt).itemsize
+    return out
+
+
+def _join(pieces: Sequence[np.ndarray], dtype: type) -> np.ndarray:
+    out = pieces[0].astype(dtype)
+    shift = 8 * pieces[0].dtype.itemsize
+    for p in pieces[1:]:
+        out |= p.astype(dtype) << dtype(shift)
+        shift += 8 * p.dtype.itemsize
+    return out
 
 
 def _width(top: int) -> int:
@@ -394,24 +429,26 @@ class _Cands:
 
     length: int  # L, positions of the chunk
     pos: np.ndarray  # (m,) int64, increasing
-    gid: np.ndarray  # (m,) int64: keys[j] = uniques[gid[j]]
+    gid: np.ndarray  # (m,) int32 (int64 for 2^31 positions): keys[j] = uniques[gid[j]]
     uniques: np.ndarray  # (u,) uint64, sorted
     counts: np.ndarray | None = None  # (u,) int64 (not spilled)
 
-    def record(self) -> tuple:
+    def record(self) -> tuple[tuple, list[np.ndarray]]:
+        """``(meta, arrays)`` to spill: a bit per position, groups and keys in few bytes."""
         mask = np.zeros(self.length, dtype=bool)
         mask[self.pos] = True
         u = self.uniques.shape[0]
         wg = _width(max(u - 1, 0))
         wu = _width(int(self.uniques[-1]) if u else 0)
-        return (self.length, np.packbits(mask).tobytes(), wg, _pack(self.gid, wg), wu,
-                _pack(self.uniques, wu))
+        gid = _split(self.gid, wg)
+        return (self.length, len(gid)), [np.packbits(mask), *gid, *_split(self.uniques, wu)]
 
     @classmethod
-    def from_record(cls, rec: tuple) -> _Cands:
-        length, bits, wg, gid, wu, uniques = rec
-        pos = np.flatnonzero(np.unpackbits(np.frombuffer(bits, np.uint8), count=length))
-        return cls(length, pos, _unpack(gid, wg).astype(np.int64), _unpack(uniques, wu))
+    def from_record(cls, meta: tuple, arrays: list[np.ndarray]) -> _Cands:
+        length, n_gid = meta
+        pos = np.flatnonzero(np.unpackbits(arrays[0], count=length))
+        gid = _join(arrays[1 : 1 + n_gid], np.int32 if length < 1 << 31 else np.int64)
+        return cls(length, pos, gid, _join(arrays[1 + n_gid :], _U64))
 
 
 def _candidates(length: int, P: np.ndarray, ids: np.ndarray, last: np.ndarray,
@@ -429,7 +466,7 @@ def _candidates(length: int, P: np.ndarray, ids: np.ndarray, last: np.ndarray,
         return _Cands(length, pos, np.zeros(0, np.int64), np.zeros(0, _U64),
                       np.zeros(0, np.int64))
     order, sk, group, starts = _group_sorted(keys, key_bits)
-    gid = np.empty(m, dtype=np.int64)
+    gid = np.empty(m, dtype=group.dtype)
     gid[order] = group
     counts = np.diff(starts, append=m).astype(np.int64)
     return _Cands(length, pos, gid, sk[starts], counts)
@@ -522,7 +559,7 @@ def _map_scan(shard: Shard, run: str, script: str, chunk_chars: int, spill: bool
             atoms.update(a)
             surfaces.update(sf)
             if w is not None:
-                w.write((s.precodes, s.atoms))
+                w.write(s.atoms, [s.precodes])
     han[0] = 0
     return _ScanPart(han, dict(atoms), dict(surfaces), w.nbytes if w is not None else 0)
 
@@ -571,9 +608,9 @@ def _map_level(shard: Shard, run: str, n: int, max_n: int, script: str, chunk_ch
         states = _recompute(shard, n - 1, script, chunk_chars, alphabet,
                             [resolve(h) for h in levels[: n - 1]])
     elif n == 2:
-        states = records  # the scans: (pre-codes, atoms)
+        states = ((arrays[0], atoms) for atoms, arrays in records)  # the scans
     else:
-        states = (_Cands.from_record(rec) for rec in records)
+        states = (_Cands.from_record(*rec) for rec in records)
     parts: list[_Part] = []
     writer = (_spill_writer(run, shard.key, n) if n < max_n
               else contextlib.nullcontext(None))
@@ -583,7 +620,7 @@ def _map_level(shard: Shard, run: str, n: int, max_n: int, script: str, chunk_ch
             P, ids, L = _starts(state, prev, alphabet)
             cands = _candidates(L, P, ids, prev.last, prev.key_bits)
             if w is not None:
-                w.write(cands.record())
+                w.write(*cands.record())
             parts.append(_Part(cands.uniques, cands.counts, 0))
     _remove_spill(run, shard.key, n - 1)
     if not parts:
