@@ -1,7 +1,11 @@
 """Chinese text without labels: domain vocabulary mining and constrained text generation.
 
-- :mod:`~kexue.text.ngrams`: exact streaming n-gram counts (map per chunk, exact merge, prune
-  once), over processes.
+- :mod:`~kexue.text.ngrams`: exact n-gram counts of Han characters and mixed-script atoms,
+  level-wise Apriori as map/reduce over shards, in this process, a process pool, any
+  ``concurrent.futures`` executor or a Dask cluster (:mod:`~kexue.text.shards`: inputs that
+  workers read themselves).
+- :mod:`~kexue.text.segmentation`: SIGHAN-scored unsupervised segmentation (nVBE autonomy).
+- :mod:`~kexue.text.diagnostics`: split R-hat and ESS of MCMC chains.
 - :mod:`~kexue.text.vocab`: word discovery (all-splits PMI, branching entropy, frequency floor)
   and the unigram segmenter of the discovered vocabulary.
 - :mod:`~kexue.text.corpus`: streaming input (text lines, JSON lines, gz, directories, stdin)
@@ -24,6 +28,7 @@ References:
 """
 
 from kexue.text.constrained import (
+    Generations,
     TextTarget,
     TokenSpace,
     compress,
@@ -40,6 +45,7 @@ from kexue.text.lm import BiLM, NgramLM, cache_dir, default_lm
 from kexue.text.ngrams import NgramCounter, NgramTable, count_ngrams
 from kexue.text.sampling import (
     EditProposal,
+    MCMCChains,
     State,
     gibbs,
     importance_sampling,
@@ -47,13 +53,18 @@ from kexue.text.sampling import (
     rejection_sampling,
     simulated_annealing,
 )
+from kexue.text.segmentation import AutonomySegmenter, score_segmentation
+from kexue.text.shards import plan_shards
 from kexue.text.vocab import Vocabulary, WordScores, discover
 
 __all__ = [
+    "AutonomySegmenter",
     "BiLM",
     "Corpus",
     "DataPackageError",
     "EditProposal",
+    "Generations",
+    "MCMCChains",
     "NgramCounter",
     "NgramLM",
     "NgramTable",
@@ -77,8 +88,10 @@ __all__ = [
     "keywords_to_sentence",
     "metropolis_hastings",
     "paraphrase",
+    "plan_shards",
     "precision_at_k",
     "read_documents",
     "rejection_sampling",
+    "score_segmentation",
     "simulated_annealing",
 ]
