@@ -642,6 +642,7 @@ class Counted:
     total_chars: int
     spill: list[int]  # bytes spilled after each level (summed over shards)
     shards: int
+    atom_chars: int = 0  # occurrences of mixed-script atoms (kept or not) among total_chars
 
 
 def count_shards(
@@ -708,7 +709,8 @@ def count_shards(
                 del part
                 if n < max_n:
                     handles.append(driver.broadcast(_Survivors.of(levels[-1].keys)))
-            return Counted(levels, alphabet, total_chars, spill, len(shards))
+            return Counted(levels, alphabet, total_chars, spill, len(shards),
+                           int(sum(first.atoms.values())))
         finally:
             if shards:
                 with contextlib.suppress(Exception):

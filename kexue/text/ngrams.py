@@ -294,7 +294,8 @@ def _count_one(texts: list[str], max_n: int, min_count: int, script: str) -> Ngr
     alphabet = Alphabet.build(script, *atom_counts(s), min_count)
     levels = _count_codes(alphabet.resolve(s), max_n, min_count)
     return NgramTable(levels, total_chars=int(np.count_nonzero(s.precodes)),
-                      min_count=min_count, alphabet=alphabet, stats={"shards": 1})
+                      min_count=min_count, alphabet=alphabet,
+                      stats={"shards": 1, "atom_chars": len(s.atoms)})
 
 
 def count_ngrams(
@@ -388,7 +389,8 @@ def count_ngrams(
         shutil.rmtree(_spill_dir(run), ignore_errors=True)
     return NgramTable(counted.levels, total_chars=counted.total_chars, min_count=min_count,
                       alphabet=counted.alphabet,
-                      stats={"shards": counted.shards, "spill_bytes": counted.spill})
+                      stats={"shards": counted.shards, "spill_bytes": counted.spill,
+                             "atom_chars": counted.atom_chars})
 
 
 @dataclass(frozen=True)
@@ -419,9 +421,11 @@ class NgramTable:
         total_chars: number of units (Han characters and atoms) in the corpus.
         min_count: the pruning threshold used.
         alphabet: the :class:`~kexue.text._script.Alphabet` of the corpus's units.
-        stats: how it was counted: ``shards`` (1: one chunk in this process) and, for the
-            sharded path, ``spill_bytes`` (bytes of per-shard state kept on the workers' disks
-            after each level, summed over shards; the spill peaks at about the largest).
+        stats: how it was counted: ``shards`` (1: one chunk in this process), ``atom_chars``
+            (occurrences of mixed-script atoms among ``total_chars``, rare ones included) and,
+            for the sharded path, ``spill_bytes`` (bytes of per-shard state kept on the
+            workers' disks after each level, summed over shards; the spill peaks at about the
+            largest).
     """
 
     def __init__(self, levels: list[_Level], *, total_chars: int, min_count: int,

@@ -118,6 +118,11 @@ def split_pmi(table: NgramTable, n: int) -> tuple[np.ndarray, np.ndarray]:
 
         pmi(w) = min_{1≤k<n} log [ count(w) · N / (count(c_1…c_k) · count(c_{k+1}…c_n)) ]
 
+    with N the number of Han characters of the corpus (``table.total_chars`` less the
+    mixed-script atoms, ``table.stats["atom_chars"]``): Latin letters and digits added to a
+    corpus do not shift the PMI of its Han words, so the floors keep the meaning they had on
+    Han text (counting atoms in N would raise every PMI by log(N_units / N_han)).
+
     Args:
         table: n-gram table containing length ``n``.
         n: n-gram length, in [2, table.max_n].
@@ -132,7 +137,7 @@ def split_pmi(table: NgramTable, n: int) -> tuple[np.ndarray, np.ndarray]:
     n = check_int("n", n, low=2, high=table.max_n)
     codes = table.codes(n)
     logc = np.log(table.counts(n).astype(np.float64))
-    log_n = math.log(max(table.total_chars, 1))
+    log_n = math.log(max(table.total_chars - int(table.stats.get("atom_chars", 0)), 1))
     worst = np.full(codes.shape[0], -np.inf)
     for k in range(1, n):
         a = table.index(codes[:, :k])
