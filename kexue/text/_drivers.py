@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import mmap
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.reduction
@@ -397,16 +398,15 @@ def _serve(store: dict[Any, Any], msg: tuple) -> tuple | None:
     """
     op, tid = msg[0], msg[1]
     try:
-        if op == "run":
-            fn, shard, args = msg[2:]
+        if op == "run":  # and, with ``into``, fold the result into that reduction at once
+            fn, shard, args, into = msg[2:]
             store[tid] = fn(shard, *args)
+            if into is not None:
+                _accumulate(store, *into, tid)
             return ("done", tid, None)
         if op == "acc":  # fold one result into a reduction, as soon as it is there
             fn, task = msg[2:]
-            folder = store.get(("fold", tid))
-            if folder is None:
-                folder = store[("fold", tid)] = _Folder(fn)
-            folder.push(store.pop(task))
+            _accumulate(store, tid, fn, task)
             return None
         if op == "fold":
             return ("value", tid, store.pop(("fold", msg[2])).result())
@@ -420,7 +420,52 @@ def _serve(store: dict[Any, Any], msg: tuple) -> tuple | None:
         return ("error", tid, _portable(exc))
 
 
-def _pool_worker(tasks: Any, conn: Any) -> None:
+def _accumulate(store: dict[Any, Any], key: int, fn: Callable[[Any, Any], Any], task: int
+                ) -> None:
+    folder = store.get(("fold", key))
+    if folder is None:
+        folder = store[("fold", key)] = _Folder(fn)
+    folder.push(store.pop(task))
+
+
+_OUT_OF_BAND = 1 << 20  # a reply holding more bytes of arrays than this goes through a file
+
+
+def _send_value(conn: Any, reply: tuple, where: str) -> None:
+    """Send a reply; the array buffers of a big value go through a file in ``where``.
+
+    Pickle protocol 5 hands out the buffers of numpy arrays: they are written once to a file
+    (the page cache) and the driver maps it, instead of being copied into the message, through
+    the pipe and out of it again.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(reply[2], protocol=5, buffer_callback=buffers.append)
+    sizes = [b.raw().nbytes for b in buffers]
+    if sum(sizes) < _OUT_OF_BAND:
+        conn.send(reply)
+        return
+    fd, path = tempfile.mkstemp(prefix="value-", dir=where)
+    with open(fd, "wb") as f:
+        for b in buffers:
+            f.write(b.raw())
+    conn.send(("file", reply[1], (data, path, sizes)))
+
+
+def _receive_value(data: bytes, path: str, sizes: list[int]) -> Any:
+    """The value of a ``("file", ...)`` reply: its arrays map the file (copy on write)."""
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if sum(sizes) else b""
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # the mapping stays
+    view = memoryview(mapped)
+    buffers, at = [], 0
+    for n in sizes:
+        buffers.append(view[at : at + n])
+        at += n
+    return pickle.loads(data, buffers=buffers)
+
+
+def _pool_worker(tasks: Any, conn: Any, where: str) -> None:
     """A spawned :class:`PoolDriver` worker: runs tasks, keeps their results, folds them."""
     import kexue.text._ngram_engine  # noqa: F401 - what the tasks will need: load it now
 
@@ -435,6 +480,9 @@ def _pool_worker(tasks: Any, conn: Any) -> None:
             return
         try:
             reply = _serve(store, msg)
+            if reply is not None and reply[0] == "value":
+                _send_value(conn, reply, where)
+                continue
         except BaseException as exc:  # an interrupt: the driver decides
             reply = ("error", msg[1], _portable(exc))
         if reply is not None:
@@ -562,8 +610,7 @@ class PoolDriver:
         self.processes = processes
         self.parallelism = processes
         self._workers: list[Any] = []
-        self._broadcast = ExecutorDriver.__new__(ExecutorDriver)
-        self._broadcast._local, self._broadcast._dir = True, None
+        self._dir: str | None = None  # broadcasts and big replies, while the pool runs
 
     # -- lifecycle --
 
@@ -575,11 +622,13 @@ class PoolDriver:
         self._failed: dict[int, tuple[BaseException, str]] = {}
         self._replies: dict[int, Any] = {}
         self._next = 0
+        self._into: dict[int, tuple[int, Callable[[Any, Any], Any]]] = {}  # task -> reduction
+        self._dir = tempfile.mkdtemp(prefix="kexue-pool-")
         try:
             for i in range(1, self.processes):
                 task_r, task_w = ctx.Pipe(duplex=False)
                 reply_r, reply_w = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_pool_worker, args=(task_r, reply_w),
+                proc = ctx.Process(target=_pool_worker, args=(task_r, reply_w, self._dir),
                                    name=f"kexue-pool-{i}", daemon=False)
                 proc.start()
                 task_r.close()
@@ -597,7 +646,9 @@ class PoolDriver:
             w.close()
         for w in workers:
             w.join()
-        self._broadcast.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
     # -- the message pump --
 
@@ -618,7 +669,7 @@ class PoolDriver:
                 w = ahead[0]
             tid, fn, shard, args = self._queue.popleft()
             try:
-                w.send(("run", tid, fn, shard, args))
+                w.send(("run", tid, fn, shard, args, self._into.get(tid)))
             except Exception as exc:  # it does not pickle: the task fails, not the driver
                 self._failed[tid] = _portable(exc)
                 continue
@@ -629,6 +680,8 @@ class PoolDriver:
         if not self._workers:
             raise RuntimeError("the PoolDriver is not running: use it as a context manager")
         self._dispatch()
+        if not any(w.running or w.busy is not None or not w.ready for w in self._workers):
+            return  # nothing will arrive (the caller finds the failures)
         conns = {w.conn: w for w in self._workers}
         sentinels = {w.process.sentinel: w for w in self._workers if isinstance(w, _Worker)}
         for r in multiprocessing.connection.wait([*conns, *sentinels]):
@@ -652,6 +705,9 @@ class PoolDriver:
                 if w.busy == tid:
                     w.busy = None
                 self._failed[tid] = payload
+            elif kind == "file":
+                w.busy = None
+                self._replies[tid] = _receive_value(*payload)
             else:
                 w.busy = None
                 self._replies[tid] = payload
@@ -726,8 +782,7 @@ class PoolDriver:
             tid = self._id()
             self._queue.append((tid, fn, s, args))
             refs.append(_Ref(tid))
-        self._dispatch()
-        return refs
+        return refs  # they start when asked for (reduce, gather), so a reduce can say where
 
     def reduce(self, fn: Callable[[Any, Any], Any], handles: list[Any]) -> Any:
         """Each worker folds each of its results into its share as soon as the task is done
@@ -739,6 +794,10 @@ class PoolDriver:
             raise ValueError("handles must not be empty")
         wanted, waiting = set(tids), set(tids)  # waiting: not yet folded into a share
         key = self._id()
+        queued = {t[0] for t in self._queue}
+        for t in tids:  # not started yet: its worker folds its result at once
+            if t in queued:
+                self._into[t] = (key, fn)
         fed: set[Any] = set()  # workers holding a share
         asked: dict[int, Any] = {}  # request id -> worker
         try:
@@ -757,7 +816,8 @@ class PoolDriver:
                     w = self._done.pop(t)
                     waiting.discard(t)
                     fed.add(w)
-                    w.send(("acc", key, fn, t))
+                    if self._into.pop(t, None) is None:
+                        w.send(("acc", key, fn, t))
                 queued = any(t[0] in wanted for t in self._queue)
                 for w in fed - set(asked.values()):
                     if not queued and w.busy is None and not wanted & w.running:
@@ -770,9 +830,11 @@ class PoolDriver:
                     return _fold(fn, (self._replies.pop(r) for r in asked))
                 self._pump()
         except BaseException:
-            for w in fed:  # the shares of a failed reduction are not wanted
+            for w in self._workers:  # the shares of a failed reduction are not wanted
                 with contextlib.suppress(Exception):
                     w.send(("drop", 0, [("fold", key)]))
+            for t in tids:
+                self._into.pop(t, None)
             raise
 
     def gather(self, handles: list[Any]) -> list[Any]:
@@ -785,10 +847,20 @@ class PoolDriver:
         return out
 
     def broadcast(self, obj: Any) -> Any:
-        return self._broadcast.broadcast(obj)
+        if self._dir is None:
+            raise RuntimeError("the PoolDriver is not running: use it as a context manager")
+        token = uuid.uuid4().hex
+        path = os.path.join(self._dir, token)
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return _Shared(path, token)
 
     def release(self, handles: list[Any]) -> None:
-        self._broadcast.release(handles)
+        """Delete the files of broadcast handles (the run that made them is over)."""
+        for h in handles:
+            if isinstance(h, _Shared):
+                with contextlib.suppress(OSError):
+                    os.unlink(h.path)
 
 
 _LOCAL = re.compile(r"local:([0-9]+)")
