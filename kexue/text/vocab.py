@@ -242,34 +242,19 @@ class Vocabulary:
 
     def _viterbi(self, run: str) -> list[str]:
         """Pieces of a run of Han characters (one unit per character; NFKC-invariant)."""
-        n = len(run)
-        best = [0.0] + [-math.inf] * n
-        back = [0] * (n + 1)
-        logp = self._logp
-        for j in range(1, n + 1):
-            for i in range(max(0, j - self.max_len), j):
-                lp = logp.get(run[i:j])
-                if lp is None:
-                    if j - i != 1:
-                        continue
-                    lp = self._unknown
-                s = best[i] + lp
-                if s > best[j]:
-                    best[j], back[j] = s, i
-        out: list[str] = []
-        j = n
-        while j > 0:
-            out.append(run[back[j] : j])
-            j = back[j]
-        return out[::-1]
+        return self._best_pieces(run, run, range(len(run) + 1))
 
     def _viterbi_units(self, run: str) -> list[str]:
-        """Pieces of a run of units with atoms: unit k is ``run[off[k]:off[k + 1]]``, looked up
-        in NFKC form (the same recursion as :meth:`_viterbi`)."""
+        """Pieces of a run of units with atoms, looked up in NFKC form."""
         key = nfkc(run)
         off = [0]
         for u in units(key, self.script):
             off.append(off[-1] + len(u))
+        return self._best_pieces(run, key, off)
+
+    def _best_pieces(self, run: str, key: str, off: Sequence[int]) -> list[str]:
+        """Exact Viterbi over the units of ``run``: unit k is ``key[off[k]:off[k + 1]]`` (looked
+        up) and ``run[off[k]:off[k + 1]]`` (returned); pieces of at most ``max_len`` units."""
         n = len(off) - 1
         best = [0.0] + [-math.inf] * n
         back = [0] * (n + 1)
@@ -282,9 +267,9 @@ class Vocabulary:
                     if j - i != 1:
                         continue
                     lp = self._unknown
-                s = best[i] + lp
-                if s > best[j]:
-                    best[j], back[j] = s, i
+                score = best[i] + lp
+                if score > best[j]:
+                    best[j], back[j] = score, i
         out: list[str] = []
         j = n
         while j > 0:
