@@ -71,6 +71,7 @@ MODULES = (
 EXEMPT: dict[tuple[str, str], str] = {
     ("kexue.text.ReadSummary", "*"): "record of what a Corpus pass read; filled by the reader",
     ("kexue.text.WordScores", "*"): "NamedTuple of one discovered word's statistics (results)",
+    ("kexue.text.MCMCChains", "*"): "record of a batch of chains that the samplers return",
     ("kexue.train.RegularizedStep", "*"): "record that regularized_backward returns",
     ("kexue.train.GradientPenalty", "*"): "deprecated name of RegularizedStep",
     ("kexue.generative.base.check_state", "seed"): "compared with the state's seed, which "
@@ -293,14 +294,22 @@ rows(X.discover, {"texts": "经济发展经济发展", "max_len": 2, "min_count"
      min_entropy=REAL, processes=count(1), chunk_chars=count(1))
 rows(X.is_han_word, {"word": "经济"}, min_len=INT)
 rows(X.keywords_to_sentence, {"keywords": ["经济"], "steps": 1, "lm": _LM, "seed": 0},
-     steps=count(0), repetition=finite(), seed=SEED)
+     steps=count(0), repetition=finite(), seed=SEED, chains=count(1))
+rows(X.keywords_to_sentence, {"keywords": ["经济"], "steps": 1, "lm": _LM, "seed": 0,
+                              "method": "mh", "chains": 2},
+     stop_rhat=(*REAL, 1.0, 0.5, INF), check_every=count(1))
 rows(X.paraphrase, {"source": "经济发展", "steps": 1, "lm": _LM, "seed": 0},
-     steps=count(0), closeness=finite(), seed=SEED)
+     steps=count(0), closeness=finite(), seed=SEED, chains=count(1))
 rows(X.correct, {"source": "经济发展", "steps": 1, "lm": _LM, "seed": 0},
-     steps=count(0), closeness=finite(), seed=SEED)
+     steps=count(0), closeness=finite(), seed=SEED, chains=count(1))
 rows(X.compress, {"source": "经济发展", "steps": 1, "lm": _LM, "seed": 0},
      run_valid=False,  # the valid call loads jieba's dictionary (~1 s)
-     ratio=(*REAL, 0.0, 1.5, INF), steps=count(0), closeness=finite(), seed=SEED)
+     ratio=(*REAL, 0.0, 1.5, INF), steps=count(0), closeness=finite(), seed=SEED,
+     chains=count(1))
+rows(X.AutonomySegmenter, {"levels": [], "train_units": 1}, train_units=count(0),
+     piece_cost=(*REAL, -1.0, INF), length_exponent=(*REAL, -1.0, INF))
+rows(X.plan_shards, {"paths": [__file__]}, run_valid=False,  # a .py file is no corpus input
+     shard_bytes=count(1))
 rows(X.metropolis_hastings, _CHAIN, steps=count(0), seed=SEED, thin=count(0),
      top_k=count(1))
 rows(X.simulated_annealing, dict(_CHAIN, schedule=lambda t: 1.0), steps=count(0), seed=SEED)
