@@ -130,15 +130,15 @@ def test_every_driver_gives_the_same_bits(pool, processes, spill_root, script, m
     assert one.stats["shards"] == 1 and as_dict(one) == want
     kw = {"chunk_chars": 600, "script": script}
     with ThreadPoolExecutor(2) as threads:
-        runs = {
+        runs = {  # the spawned workers start meanwhile: the executor's is asked last
             "serial": count_ngrams(texts, max_n, min_count, **kw),
             "tiny chunks": count_ngrams(texts, max_n, min_count, chunk_chars=7, script=script),
-            "pool": count_ngrams(texts, max_n, min_count, scheduler=pool, **kw),
-            "processes": count_ngrams(texts, max_n, min_count, scheduler=processes, **kw),
             "threads": count_ngrams(texts, max_n, min_count, scheduler=threads, **kw),
+            "pool": count_ngrams(texts, max_n, min_count, scheduler=pool, **kw),
             "stream": count_ngrams(iter(texts), max_n, min_count, scheduler=pool, **kw),
             "shards": count_ngrams(list_shards(texts, 90), max_n, min_count, scheduler=pool,
                                    **kw),
+            "processes": count_ngrams(texts, max_n, min_count, scheduler=processes, **kw),
         }
     for name, table in runs.items():
         assert table.stats["shards"] > 1, name
@@ -256,7 +256,7 @@ class Shuffled(SerialDriver):
 
 
 def test_table_does_not_depend_on_reduce_order_or_chunking():
-    texts = corpus(3)
+    texts = corpus(3, 150)
     want = count_ngrams(texts, 5, 2)
     for seed, chunk_chars in ((0, 300), (1, 50), (2, 1)):
         assert_identical(count_ngrams(texts, 5, 2, chunk_chars=chunk_chars,
@@ -293,22 +293,6 @@ def test_pool_runs_tasks_in_every_process_and_survives_a_task_error(pool):
     assert pool.reduce(operator.add, pool.map(_boom, shards[2:], 3)) == len(shards) - 2
 
 
-def _die(shard):
-    if shard.key == "part-0":
-        os._exit(3)  # a worker killed mid-task (OOM killer, segfault)
-    return 1
-
-
-def test_a_dead_worker_fails_the_run_instead_of_hanging():
-    # its own pool: the dead worker breaks it
-    with PoolDriver(2) as driver:
-        shards = list_shards(corpus(5), 40)
-        _ready(driver)
-        with pytest.raises(RuntimeError, match=r"pool worker kexue-pool-1 died \(exit code 3\)"):
-            # part-0 goes to the spawned worker: it is the first idle one
-            driver.gather(driver.map(_die, shards))
-
-
 def test_resolve_driver_and_errors():
     assert isinstance(resolve_driver(), SerialDriver)
     assert isinstance(resolve_driver(3), PoolDriver)  # not started until entered
@@ -336,3 +320,18 @@ def test_resolve_driver_and_errors():
         count_ngrams([ListShard("b", ["中国", 3])], 2)
     with pytest.raises(ValueError, match="script must be one of"):
         count_ngrams(["中国"], 2, script="latin")
+
+
+def _die(shard):
+    if shard.key == "part-0":
+        os._exit(3)  # a worker killed mid-task (OOM killer, segfault)
+    return 1
+
+
+def test_a_dead_worker_fails_the_run_instead_of_hanging(pool):
+    # the last test of the module: the dead worker breaks the shared pool
+    shards = list_shards(corpus(5), 40)
+    _ready(pool)
+    with pytest.raises(RuntimeError, match=r"pool worker kexue-pool-1 died \(exit code 3\)"):
+        # part-0 goes to the spawned worker: it is the first idle one
+        pool.gather(pool.map(_die, shards))

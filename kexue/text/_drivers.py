@@ -144,8 +144,9 @@ class MemoryShard:
 
 # -- broadcast by file: written once by the driver, loaded once per worker process --
 
-_LOADED: dict[str, Any] = {}  # token -> object, in this process
+_LOADED: dict[str, Any] = {}  # token -> object, in this process, least recently used first
 _LOADED_MAX = 4
+_LOADED_LOCK = threading.Lock()
 
 
 class _Shared:
@@ -158,14 +159,21 @@ class _Shared:
         self.token = token
 
     def get(self) -> Any:
-        obj = _LOADED.get(self.token)
+        with _LOADED_LOCK:
+            obj = _LOADED.pop(self.token, None)
         if obj is None:
             with open(self.path, "rb") as f:
                 obj = pickle.load(f)
+        self.keep(obj)
+        return obj
+
+    def keep(self, obj: Any) -> None:
+        """Hold ``obj`` as this process's copy (most recently used)."""
+        with _LOADED_LOCK:
+            _LOADED.pop(self.token, None)
             while len(_LOADED) >= _LOADED_MAX:
                 _LOADED.pop(next(iter(_LOADED)))
             _LOADED[self.token] = obj
-        return obj
 
     def __reduce__(self) -> tuple:
         return (_Shared, (self.path, self.token))
@@ -853,7 +861,9 @@ class PoolDriver:
         path = os.path.join(self._dir, token)
         with open(path, "wb") as f:
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        return _Shared(path, token)
+        shared = _Shared(path, token)
+        shared.keep(obj)  # the tasks run here use it as it is
+        return shared
 
     def release(self, handles: list[Any]) -> None:
         """Delete the files of broadcast handles (the run that made them is over)."""
@@ -861,6 +871,8 @@ class PoolDriver:
             if isinstance(h, _Shared):
                 with contextlib.suppress(OSError):
                     os.unlink(h.path)
+                with _LOADED_LOCK:
+                    _LOADED.pop(h.token, None)
 
 
 _LOCAL = re.compile(r"local:([0-9]+)")

@@ -318,7 +318,8 @@ def count_ngrams(
       Apriori pruning at count time.
     * Otherwise: level-wise Apriori as map/reduce over shards (in-memory shards of about
       ``chunk_chars`` characters, or the ``texts`` given as shards) through a driver: this
-      process (``processes=1``), a pool of ``processes`` spawned processes, or ``scheduler``
+      process (``processes=1``), ``processes`` processes on this machine (this one and
+      ``processes − 1`` spawned, :class:`~kexue.text._drivers.PoolDriver`), or ``scheduler``
       (a ``concurrent.futures.Executor``, ``"local:N"`` / ``"tcp://HOST:PORT"`` / a
       ``distributed.Client`` for Dask). Level 1 counts units and builds the corpus's
       alphabet; level n counts only the n-grams whose (n−1)-prefix and (n−1)-suffix survived
@@ -336,7 +337,8 @@ def count_ngrams(
             :func:`kexue.text.shards.plan_shards`) that the workers read themselves.
         max_n: longest n-gram (in units), ≥ 1.
         min_count: minimum count of a kept n-gram, ≥ 1.
-        processes: worker processes on this machine, ≥ 1 (not with ``scheduler``).
+        processes: processes that count on this machine, this one included, ≥ 1 (not with
+            ``scheduler``).
         chunk_chars: characters per chunk (and per piece of a shard that a worker counts at
             once), in [1, 2^24].
         script: ``"mixed"`` (Han and Latin letter/digit atoms) or ``"han"`` (Han only).
