@@ -229,6 +229,42 @@ def _fold(fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Any:
     return folder.result()
 
 
+_SPLIT = 1 << 20  # values holding more entries than this are folded in two key ranges at once
+
+
+def _fold_split(fn: Callable[[Any, Any], Any], values: list[Any]) -> Any:
+    """Fold a few big values here, the lower and upper key ranges in two threads at once.
+
+    For values that split by key range (``pivot()``, ``split_at(pivot)``, ``join(low,
+    high)``, like the engine's sorted count tables) and hold many entries: the fold of each
+    range is an independent job (the merge releases the GIL in numpy's sort and copies), so
+    the last step of a reduction takes about half the time. Anything else: :func:`_fold`.
+    """
+    splittable = all(hasattr(v, "split_at") and hasattr(v, "__len__") for v in values)
+    if len(values) < 2 or not splittable or sum(len(v) for v in values) < _SPLIT:
+        return _fold(fn, values)
+    pivot = max(values, key=len).pivot()
+    low, high = zip(*(v.split_at(pivot) for v in values), strict=True)
+    del values
+    out: list[Any] = []
+
+    def upper() -> None:
+        try:
+            out.append(_fold(fn, high))
+        except BaseException as exc:
+            out.append(exc)
+
+    helper = threading.Thread(target=upper, name="kexue-fold-upper", daemon=True)
+    helper.start()
+    try:
+        lower = _fold(fn, low)
+    finally:
+        helper.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return type(lower).join(lower, out[0])
+
+
 class _Thunk:
     __slots__ = ("args", "fn", "shard")
 
@@ -835,7 +871,7 @@ class PoolDriver:
                         w.send(("fold", rid, key))
                 if not waiting and len(asked) == len(fed) and all(r in self._replies
                                                                     for r in asked):
-                    return _fold(fn, (self._replies.pop(r) for r in asked))
+                    return _fold_split(fn, [self._replies.pop(r) for r in asked])
                 self._pump()
         except BaseException:
             for w in self._workers:  # the shares of a failed reduction are not wanted

@@ -575,6 +575,25 @@ class _Part:
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
+    # sorted by key, so it splits by key range and its pieces join back (a driver may fold the
+    # ranges of several values at once: see kexue.text._drivers._fold_split)
+
+    def pivot(self) -> Any:
+        """A key splitting this table in two halves."""
+        return self.keys[self.keys.shape[0] // 2]
+
+    def split_at(self, pivot: Any) -> tuple[_Part, _Part]:
+        """Entries with key < ``pivot`` and the others (views); the spill goes with the first."""
+        i = int(np.searchsorted(self.keys, pivot))
+        return (_Part(self.keys[:i], self.counts[:i], self.spill),
+                _Part(self.keys[i:], self.counts[i:], 0))
+
+    @staticmethod
+    def join(low: _Part, high: _Part) -> _Part:
+        """The table of two key ranges, ``low`` below ``high``."""
+        return _Part(np.concatenate([low.keys, high.keys]),
+                     np.concatenate([low.counts, high.counts]), low.spill + high.spill)
+
 
 def _add_parts(a: _Part, b: _Part) -> _Part:
     keys, counts = _merge_tables(a.keys, a.counts, b.keys, b.counts)
