@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Protocol, overload
 
 import numpy as np
 
@@ -140,8 +140,17 @@ class TextTarget:
         return [{name: float(v[i]) for name, v in values.items()} for i in range(len(texts))]
 
 
-def fluency(lm: NgramLM, weight: float = 1.0) -> Term:
-    """weight · log p_LM(x), ``</s>`` included."""
+class SentenceModel(Protocol):
+    """Anything that scores whole sentences: :class:`~kexue.text.lm.NgramLM`,
+    :class:`~kexue.text.neural.NeuralLM`."""
+
+    def log_prob(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def fluency(lm: SentenceModel, weight: float = 1.0) -> Term:
+    """weight · log p_LM(x), ``</s>`` included (``lm``: any model with ``log_prob(texts)``,
+    e.g. the n-gram :class:`~kexue.text.lm.NgramLM` or the neural
+    :class:`~kexue.text.neural.NeuralLM`)."""
     return lambda texts: weight * np.asarray(lm.log_prob(list(texts)), np.float64)
 
 
@@ -537,7 +546,8 @@ def _check_keywords(keywords: Sequence[str], lm: BiLM) -> list[str]:
 
 def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM | None = None,
                          method: str = "anneal", length: tuple[float, float] | None = None,
-                         repetition: float = 2.0, chains: int | None = None,
+                         repetition: float = 2.0, fluency_lm: SentenceModel | None = None,
+                         chains: int | None = None,
                          stop_rhat: float | None = None, check_every: int = 50,
                          seed: int | np.random.Generator | None = None,
                          on_step: Callable[..., None] | None = None
@@ -555,6 +565,8 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
         length: (mean, std) of the length prior in characters; default (keyword characters
             + 10, 1): without a tight prior the most probable sentence is the shortest one.
         repetition: Weight of the repeated-bigram penalty (0 switches it off).
+        fluency_lm: The model of the target's fluency term log p(x) (default: ``lm.forward``),
+            e.g. a :class:`~kexue.text.neural.NeuralLM`; ``lm`` stays the proposal.
         chains: ``None``: one sentence, a :class:`Generation`; K: K chains run as one batch,
             a :class:`Generations` (with R̂ and ESS for ``"mh"``).
         stop_rhat, check_every: Stop ``"mh"`` once R̂ < ``stop_rhat`` (see :func:`generate`).
@@ -571,7 +583,8 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
     words = _check_keywords(keywords, lm)
     space = TokenSpace(lm.forward, words)
     mean, std = length or (sum(map(len, words)) + 10.0, 1.0)
-    terms: dict[str, Term] = {"fluency": fluency(lm.forward), "keywords": hard_keywords(words),
+    terms: dict[str, Term] = {"fluency": fluency(fluency_lm or lm.forward),
+                              "keywords": hard_keywords(words),
                               "length": length_prior(mean, std)}
     if repetition:
         terms["repetition"] = repetition_penalty(repetition)
@@ -598,14 +611,16 @@ def _source(text: str, lm: BiLM) -> tuple[TokenSpace, State]:
 
 
 def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
-               closeness: float = 8.0, method: str = "anneal", chains: int | None = None,
+               closeness: float = 8.0, method: str = "anneal",
+               fluency_lm: SentenceModel | None = None, chains: int | None = None,
                seed: int | np.random.Generator | None = None,
                on_step: Callable[..., None] | None = None) -> Generation | Generations:
     """A fluent sentence close to, but not equal to, ``source`` (``chains=K``: K of them, as in
     :func:`keywords_to_sentence`).
 
     Target: log p(x) + closeness·F1_bigram(x, source) − closeness·[x = source] (the copy is
-    excluded so the chain has to rephrase).
+    excluded so the chain has to rephrase). ``fluency_lm`` replaces ``lm.forward`` in the
+    fluency term, as in :func:`keywords_to_sentence`.
 
     Raises:
         ValueError: For an empty source or characters the model has never seen.
@@ -616,7 +631,8 @@ def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
     lm = default_lm() if lm is None else lm
     space, x0 = _source(source, lm)
     clean = space.decode(x0.tokens)
-    terms = {"fluency": fluency(lm.forward), "similarity": similarity(clean, closeness),
+    terms = {"fluency": fluency(fluency_lm or lm.forward),
+             "similarity": similarity(clean, closeness),
              "not_copy": lambda texts: np.array([-closeness if t == clean else 0.0
                                                  for t in texts])}
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method=method,
@@ -624,7 +640,8 @@ def paraphrase(source: str, steps: int = 300, *, lm: BiLM | None = None,
 
 
 def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | None = None,
-             closeness: float = 6.0, chains: int | None = None,
+             closeness: float = 6.0, fluency_lm: SentenceModel | None = None,
+             chains: int | None = None,
              seed: int | np.random.Generator | None = None,
              on_step: Callable[..., None] | None = None) -> Generation | Generations:
     """A shorter sentence that keeps the gist of ``source``: deletions of whole words only
@@ -634,6 +651,7 @@ def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | No
     word rather than breaking one; insertions put back one of the source's words, which keeps
     the chain reversible (and the acceptance ratio exact). Target: log p(x) +
     closeness·F1_bigram(x, source) + a length prior N(ratio·|source|, 1) in characters.
+    ``fluency_lm`` replaces ``lm.forward`` in the fluency term, as in :func:`keywords_to_sentence`.
 
     Raises:
         ValueError: For an empty source, unknown characters or ``ratio`` outside (0, 1].
@@ -649,7 +667,8 @@ def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | No
     space = TokenSpace(lm.forward, list(dict.fromkeys(words)))
     x0 = State(tuple(space.phrase_ids[w] for w in words))
     target_len = max(1.0, ratio * len(clean))
-    terms = {"fluency": fluency(lm.forward), "similarity": similarity(clean, closeness),
+    terms = {"fluency": fluency(fluency_lm or lm.forward),
+             "similarity": similarity(clean, closeness),
              "length": length_prior(target_len, 1.0)}
     # deleting a word is reversed by inserting one of the source's words anywhere
     words_only = uniform_tokens(sorted(space.phrase_ids.values()), len(space))
@@ -669,13 +688,15 @@ def _words(text: str) -> list[str]:
 
 
 def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness: float = 20.0,
-            chains: int | None = None, seed: int | np.random.Generator | None = None,
+            fluency_lm: SentenceModel | None = None, chains: int | None = None,
+            seed: int | np.random.Generator | None = None,
             on_step: Callable[..., None] | None = None) -> Generation | Generations:
     """Fix likely errors of ``source`` with few edits: a fluent sentence very close to it
     (``chains=K``: K of them, as in :func:`keywords_to_sentence`).
 
     Target: log p(x) + closeness·F1_bigram(x, source); a large closeness allows only the edits
-    that buy much fluency.
+    that buy much fluency. ``fluency_lm`` replaces ``lm.forward`` in the fluency term, as in
+    :func:`keywords_to_sentence`.
 
     Raises:
         ValueError: For an empty source or characters the model has never seen.
@@ -685,7 +706,7 @@ def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness:
     _check_seed(seed)
     lm = default_lm() if lm is None else lm
     space, x0 = _source(source, lm)
-    terms = {"fluency": fluency(lm.forward),
+    terms = {"fluency": fluency(fluency_lm or lm.forward),
              "similarity": similarity(space.decode(x0.tokens), closeness)}
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method="anneal",
                     max_len=len(x0) + 4, chains=chains, seed=seed, on_step=on_step)
