@@ -6,7 +6,8 @@ move can break. The target is a sum of log-terms over the decoded text::
 
     log π(x) = fluency(x) + Σ_j term_j(x)
 
-with the terms of this module: :func:`hard_keywords` (χ ∈ {0, 1}), :func:`soft_keywords`,
+with the terms of this module: :func:`hard_keywords` (χ ∈ {0, 1}), :func:`keyword_boundaries`
+(every keyword stays a word under a segmenter), :func:`soft_keywords`,
 :func:`similarity` (character-bigram overlap with a source sentence), :func:`length_prior`
 and :func:`repetition_penalty`. The proposal q(v | left, right) ∝ p→(v | left)·p←(v | right)
 multiplies the forward and backward models (:func:`lm_tokens`). The applications —
@@ -23,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from typing import Protocol, overload
 import numpy as np
 
 from kexue._checks import check_int, check_real
+from kexue.text.judging import Segmenter, segmenter
+from kexue.text.judging import intact as _intact
 from kexue.text.lm import BOS, BiLM, NgramLM, default_lm
 from kexue.text.sampling import (
     Context,
@@ -57,6 +61,7 @@ __all__ = [
     "fluency",
     "generate",
     "hard_keywords",
+    "keyword_boundaries",
     "keyword_multiplicity",
     "keywords_to_sentence",
     "length_prior",
@@ -169,6 +174,60 @@ def _in_order(text: str, keywords: Sequence[str]) -> bool:
             return False
         start += len(k)
     return True
+
+
+def keyword_boundaries(keywords: Sequence[str], segment: Segmenter | None = None,
+                       cache: int = 65536) -> Term:
+    """0 if every keyword is intact in x under ``segment``, −inf otherwise.
+
+    intact: no token of ``segment(x)`` crosses either edge of the keyword's span, the leftmost
+    in-order placement (:func:`~kexue.text.judging.intact`); a text without the keywords in
+    order scores −inf. A log-term of π like :func:`hard_keywords` (a function of the text
+    alone), so the sampler stays exact: π(x) ∝ p(x)·χ(x)·β(x) with β ∈ {0, 1}.
+
+    Args:
+        keywords: The keywords, in order.
+        segment: The segmenter (default: jieba without HMM,
+            :func:`~kexue.text.judging.segmenter` ``("jieba")``).
+        cache: Texts whose verdict is kept (least recently used dropped first): a chain
+            proposes the same texts again and again.
+    """
+    words = list(keywords)
+    cache = check_int("cache", cache, low=0)
+    seg = segmenter("jieba") if segment is None else segment
+
+    @functools.lru_cache(maxsize=cache)
+    def ok(text: str) -> bool:
+        return all(_intact(text, words, seg))
+
+    def term(texts: Sequence[str]) -> np.ndarray:
+        return np.array([0.0 if ok(t) else -np.inf for t in texts])
+    return term
+
+
+_SEPARATORS = ("，", "、", "；", " ")  # non-Han characters: jieba cuts on both sides of them
+
+
+def _intact_start(keywords: Sequence[str], lm: NgramLM, segment: Segmenter | None = None) -> str:
+    """The separator of a start text in which every keyword is intact: "" (the bare keywords
+    side by side) if ``segment`` keeps them all intact so, else the first of ``_SEPARATORS``
+    that ``lm`` knows and that keeps them intact between each pair of keywords.
+
+    jieba (the default) yields every non-Han character as a token of its own and segments
+    each run of Han and alphanumeric characters apart, so a separator puts a token edge on
+    both sides of it: every keyword of "k₁，k₂，…" is intact, whatever the keywords.
+
+    Raises:
+        ValueError: If no start keeps every keyword intact under ``segment``.
+    """
+    seg = segmenter("jieba") if segment is None else segment
+    words = list(keywords)
+    for sep in ("", *_SEPARATORS):
+        if (not sep or not lm.unknown(sep)) and all(_intact(sep.join(words), words, seg)):
+            return sep
+    raise ValueError(f"no start text keeps the keywords {words} intact under the segmenter "
+                     f"(tried them side by side and separated by {_SEPARATORS}); use "
+                     "intact=False")
 
 
 def placements(text: str, keywords: Sequence[str]) -> int:
@@ -547,15 +606,18 @@ def _check_keywords(keywords: Sequence[str], lm: BiLM) -> list[str]:
 def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM | None = None,
                          method: str = "anneal", length: tuple[float, float] | None = None,
                          repetition: float = 2.0, fluency_lm: SentenceModel | None = None,
-                         chains: int | None = None,
+                         intact: bool = True, chains: int | None = None,
                          stop_rhat: float | None = None, check_every: int = 50,
                          seed: int | np.random.Generator | None = None,
                          on_step: Callable[..., None] | None = None
                          ) -> Generation | Generations:
     """A fluent sentence containing every keyword, in the order given (or K of them).
 
-    Target: log p(x) + log χ(x ⊇ keywords) + length prior + repetition penalty. The keywords
-    start as locked tokens; replace, insert and delete build the sentence around them.
+    Target: log p(x) + log χ(x ⊇ keywords) + log β(keywords stay words) + length prior +
+    repetition penalty. The keywords start as locked tokens; replace, insert and delete build
+    the sentence around them. With ``intact`` the start is the bare keywords if jieba keeps
+    them intact side by side, else the keywords separated by "，" (a free token the chain may
+    replace or delete), so π(start) > 0.
 
     Args:
         keywords: Words that must appear (hard constraint).
@@ -567,6 +629,8 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
         repetition: Weight of the repeated-bigram penalty (0 switches it off).
         fluency_lm: The model of the target's fluency term log p(x) (default: ``lm.forward``),
             e.g. a :class:`~kexue.text.neural.NeuralLM`; ``lm`` stays the proposal.
+        intact: Add :func:`keyword_boundaries` (jieba): no jieba word crosses a keyword's
+            edge, so 节日 never ends up inside 春节日. ``False``: only the characters are kept.
         chains: ``None``: one sentence, a :class:`Generation`; K: K chains run as one batch,
             a :class:`Generations` (with R̂ and ESS for ``"mh"``).
         stop_rhat, check_every: Stop ``"mh"`` once R̂ < ``stop_rhat`` (see :func:`generate`).
@@ -586,15 +650,33 @@ def keywords_to_sentence(keywords: Sequence[str], steps: int = 200, *, lm: BiLM 
     terms: dict[str, Term] = {"fluency": fluency(fluency_lm or lm.forward),
                               "keywords": hard_keywords(words),
                               "length": length_prior(mean, std)}
+    if intact:
+        terms["boundaries"] = keyword_boundaries(words)
     if repetition:
         terms["repetition"] = repetition_penalty(repetition)
     if method == "mh":  # exact sampling of texts, not of token states
         terms["multiplicity"] = keyword_multiplicity(words)
-    x0 = State(tuple(space.phrase_ids[w] for w in words), tuple(range(1, len(words) + 1)))
+    x0 = _keyword_state(space, words, _intact_start(words, lm.forward) if intact else "")
     return generate(TextTarget(space, terms), x0, steps, lm=lm, method=method,
-                    max_len=max(int(mean + 3 * std), len(words) + 1), min_len=len(words),
+                    max_len=max(int(mean + 3 * std), len(words) + 1, len(x0)),
+                    min_len=len(words),
                     chains=chains, stop_rhat=stop_rhat, check_every=check_every, seed=seed,
                     on_step=on_step)
+
+
+def _keyword_state(space: TokenSpace, words: Sequence[str], sep: str) -> State:
+    """The keywords as locked phrase tokens (span j + 1 for keyword j) with the free
+    characters of ``sep`` between each pair."""
+    between = space.encode(sep) if sep else ()
+    tokens: list[int] = []
+    spans: list[int] = []
+    for j, w in enumerate(words):
+        if j:
+            tokens.extend(between)
+            spans.extend([0] * len(between))
+        tokens.append(space.phrase_ids[w])
+        spans.append(j + 1)
+    return State(tuple(tokens), tuple(spans))
 
 
 def _check_seed(seed: object) -> None:
