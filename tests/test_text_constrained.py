@@ -1,5 +1,6 @@
-"""Constrained generation: hard constraints always hold, terms compute what they say, the
-forward×backward proposal is the normalised product, and bad input gets named."""
+"""Constrained generation: hard constraints always hold, keywords stay words (jieba), terms
+compute what they say, the forward×backward proposal is the normalised product, and bad input
+gets named."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from kexue.text.constrained import (
     Generations,
     TextTarget,
     TokenSpace,
+    _intact_start,
+    _keyword_state,
     compress,
     correct,
     fluency,
     hard_keywords,
+    keyword_boundaries,
     keyword_multiplicity,
     keywords_to_sentence,
     length_prior,
@@ -28,6 +32,7 @@ from kexue.text.constrained import (
     soft_keywords,
 )
 from kexue.text.data import pd1998
+from kexue.text.judging import intact, keyword_integrity, segmenter
 from kexue.text.lm import BiLM, split_sentences
 from kexue.text.sampling import State, chain_generators
 
@@ -61,6 +66,76 @@ def test_annealing_beats_the_start_and_sampling(lm):
     sample = keywords_to_sentence(words, 150, lm=lm, method="mh", seed=0)
     assert anneal.log_prob > anneal.chain.log_probs[0] + 5.0
     assert anneal.terms["fluency"] > sample.terms["fluency"]
+
+
+# The 50 most frequent content words (POS n, v, vn, ns, nt, nz, a, an; >= 2 Han characters) of
+# pd1998_tagged(), in order, and three words of the issue's examples.
+WORDS = ("中国 发展 经济 工作 企业 国家 记者 建设 问题 市场 全国 人民 北京 进行 改革 政府 社会 "
+         "我国 地区 美国 公司 世界 新华社 领导 管理 关系 活动 国际 群众 重要 提高 技术 干部 部门 "
+         "职工 文化 生产 同志 金融 加强 会议 组织 方面 生活 产品 人员 研究 报道 增长 服务 "
+         "科技 创新 节日").split()
+
+
+def test_the_start_keeps_every_pair_of_real_words_intact(lm):
+    """π(start) > 0 with the boundary term: for every ordered pair of 53 real words (2756
+    sets) the start text holds both, in order, and jieba keeps both intact; side by side
+    fuses some pairs (市场经济 is one jieba word), and those get a separator."""
+    jieba = segmenter("jieba")
+    separated = 0
+    for a, b in itertools.permutations(WORDS, 2):
+        sep = _intact_start([a, b], lm.forward)
+        assert sep in ("", "，"), (a, b, sep)
+        text = sep.join([a, b])
+        assert hard_keywords([a, b])([text])[0] == 0.0
+        assert intact(text, [a, b], jieba) == [True, True], (a, b)
+        separated += bool(sep)
+    assert separated > 0 and not any(intact("市场经济", ["市场", "经济"], jieba))
+    space = TokenSpace(lm.forward, ["市场", "经济"])
+    x0 = _keyword_state(space, ["市场", "经济"], "，")
+    assert x0.spans == (1, 0, 2) and space.decode(x0.tokens) == "市场，经济"
+    assert keyword_boundaries(["市场", "经济"])(["市场，经济", "市场经济"]).tolist() == \
+        [0.0, -np.inf]
+
+
+def test_the_boundary_term_by_hand():
+    term = keyword_boundaries(["节日"])
+    # jieba: 春节|日 · 节日快乐 (one dictionary word: 节日 fused) · 春节 (no 节日) · 在|节日|里
+    assert term(["春节日", "节日快乐", "春节", "在节日里"]).tolist() == \
+        [-np.inf, -np.inf, -np.inf, 0.0]
+    assert keyword_boundaries(["科技", "创新"])(["科技术创新", "科技，创新"]).tolist() == \
+        [-np.inf, 0.0]
+    whole = keyword_boundaries(["ab", "c"], segment=lambda t: [t])  # one token: fused
+    assert whole(["abc", "ab"]).tolist() == [-np.inf, -np.inf]
+    assert keyword_boundaries(["ab"], segment=lambda t: [t])(["ab"]).tolist() == [0.0]
+
+
+def test_a_segmenter_that_fuses_everything_has_no_start(lm):
+    with pytest.raises(ValueError, match="no start text keeps the keywords"):
+        _intact_start(["经济", "发展"], lm.forward, segment=lambda t: [t])
+
+
+@pytest.mark.parametrize("method", ["anneal", "mh"])
+def test_generated_keywords_stay_words_under_jieba(lm, method):
+    """intact=True: every visited state and every output keeps its keywords intact under
+    jieba (integrity 1.0), on keyword sets whose bare start fuses (市场经济) or that the issue
+    saw broken (节日 → 春节日, 科技 → 科技术)."""
+    jieba = segmenter("jieba")
+    sets = [["确保", "节日", "群众"], ["科技", "创新", "企业"], ["市场", "经济"]]
+    outputs, before = [], []
+    for words in sets:
+        space = TokenSpace(lm.forward, words)
+        seen = []
+        runs = keywords_to_sentence(words, 40, lm=lm, method=method, chains=4, seed=3,
+                                    on_step=lambda t, s, seen=seen: seen.extend(s))
+        texts = [space.decode(x.tokens) for x in seen]
+        assert keyword_integrity(texts, [words] * len(texts), jieba) == 1.0
+        assert all(g.terms["boundaries"] == 0.0 for g in runs)
+        outputs += runs.texts
+        before += keywords_to_sentence(words, 40, lm=lm, method=method, chains=4, seed=3,
+                                       intact=False).texts
+    sets = [w for w in sets for _ in range(4)]
+    assert keyword_integrity(outputs, sets, jieba) == 1.0
+    assert keyword_integrity(before, sets, jieba) < 0.8  # without the term: 市场经济, 科技术 …
 
 
 def test_placements_count_every_in_order_occurrence():

@@ -1,7 +1,8 @@
 """Samplers over sequences: exact stationarity of the MH kernel, TV convergence, Gibbs, annealing,
 importance and rejection sampling, all against targets enumerated exactly on tiny spaces; the
 batched chains (``chains=K``) against the same enumerated kernel: the distribution after t steps,
-stationarity, every transition row, and chain-by-chain equality with single chains."""
+stationarity, every transition row, and chain-by-chain equality with single chains; and a target
+with the word-boundary term (jieba keeps the keyword 节日 a word), exactly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import math
 import numpy as np
 import pytest
 
+from kexue.text.constrained import keyword_boundaries
+from kexue.text.judging import segmenter
 from kexue.text.sampling import (
     EditProposal,
     MCMCChains,
@@ -112,12 +115,15 @@ def brute_force_kernel(x: State, tokens, weights, min_len, max_len) -> dict[Stat
 
 def transition_matrix(target, kernel, states):
     """The MH kernel P[x, y] = q(y|x)·min(1, π(y)q(x|y) / (π(x)q(y|x))) from a proposal
-    kernel given as x -> {y: q(y|x)}."""
+    kernel given as x -> {y: q(y|x)} (rows of states with π(x) = 0: the identity)."""
     index = {s: i for i, s in enumerate(states)}
     logp = target.log_prob([s.tokens for s in states])
     qs = [kernel(x) for x in states]
     P = np.zeros((len(states), len(states)))
     for i, x in enumerate(states):
+        if logp[i] == -np.inf:  # π(x) = 0: never entered, never started from; left at rest
+            P[i, i] = 1.0
+            continue
         for y, q in qs[i].items():
             if y == x:
                 continue
@@ -488,3 +494,76 @@ def test_the_public_names_of_the_sampling_api_still_import():
     for name in ("EditProposal", "State", "gibbs", "metropolis_hastings", "simulated_annealing",
                  "keywords_to_sentence", "TextTarget"):
         assert hasattr(text, name), name
+
+
+# --- the word-boundary term (issue 18): π(x) ∝ w(x)·β(x), β = 0 where jieba breaks 节日 --------
+
+CHARS = ("春", "的", "假", "节", "日")  # token t spells CHARS[t]; 3 4 is the locked keyword 节日
+
+
+def _spell(tokens) -> str:
+    return "".join(CHARS[t] for t in tokens)
+
+
+class BoundaryTarget:
+    """A random table over states times the keyword-boundary term of the decoded text."""
+
+    def __init__(self, table: dict[tuple[int, ...], float]) -> None:
+        self.table, self.term = table, keyword_boundaries(["节日"])
+
+    def log_prob(self, batch):
+        return np.log([self.table[tuple(x)] for x in batch]) + \
+            self.term([_spell(x) for x in batch])
+
+
+def _boundary_setting():
+    states = states_with_key(5, key=(KEY, KEY + 1))  # 142 states, lengths 2..5
+    table = random_table(states, seed=5, shape=4.0)
+    weights = {"replace": 0.5, "insert": 0.3, "delete": 0.2}
+    target = BoundaryTarget(table)
+    P = transition_matrix(target, lambda x: brute_force_kernel(x, context_tokens, weights, 2, 5),
+                          states)
+    pi = np.array([table[x.tokens] * _intact_by_hand(_spell(x.tokens)) for x in states])
+    return states, target, EditProposal(context_tokens, weights, min_len=2, max_len=5), P, \
+        pi / pi.sum()
+
+
+def _intact_by_hand(text: str) -> float:
+    """β from the definition, on jieba's tokens: 1 if no token crosses an edge of 节日 (the
+    only 节 of the text: the free tokens spell 春 的 假)."""
+    a, cuts, pos = text.index("节日"), [], 0
+    for tok in segmenter("jieba")(text):
+        cuts.append((pos, pos + len(tok)))
+        pos += len(tok)
+    assert pos == len(text)
+    return float(not any(s < edge < e for s, e in cuts for edge in (a, a + 2)))
+
+
+def test_the_word_boundary_term_keeps_the_mh_kernel_exact():
+    """The term excludes 春节日 and its extensions (jieba: 春节|日), and the enumerated kernel
+    (brute-force proposal, MH acceptance) leaves π ∝ w·β exactly stationary; it never enters an
+    excluded state, and it is irreducible on the rest."""
+    states, target, _, P, pi = _boundary_setting()
+    excluded = {_spell(x.tokens) for x, p in zip(states, pi, strict=True) if p == 0}
+    assert {"春节日", "春节日的", "假春节日", "春春节日春"} <= excluded
+    assert all("春节日" in t for t in excluded) and len(excluded) == 34
+    assert np.all(P >= -1e-15) and np.allclose(P.sum(1), 1.0)
+    assert np.max(np.abs(pi @ P - pi)) <= 1e-12
+    live = pi > 0
+    assert np.all(P[np.ix_(live, ~live)] == 0.0)
+    reach = np.linalg.matrix_power((P[np.ix_(live, live)] > 0) + np.eye(live.sum()),
+                                   int(live.sum()))
+    assert np.all(reach > 0)
+
+
+def test_chains_on_the_word_boundary_target_follow_the_enumerated_kernel():
+    """2000 chains from 节日, 4 steps of the real sampler: the states are draws of
+    e_x0 P^4, P enumerated (declared tolerance: 5 binomial SEs per state, TV <= 0.08)."""
+    states, target, proposal, P, _ = _boundary_setting()
+    x0 = State((KEY, KEY + 1), (1, 1))
+    run = metropolis_hastings(target, proposal, x0, 4, chains=2000, seed=4)
+    exact = np.linalg.matrix_power(P, 4)[states.index(x0)]
+    freq = _frequencies(run.states, states)
+    assert all("春节日" not in _spell(x.tokens) for x in run.states)
+    assert _within(freq, exact, 2000)
+    assert 0.5 * np.abs(freq - exact).sum() <= 0.08
