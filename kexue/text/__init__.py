@@ -20,6 +20,8 @@
   insert / delete with locked spans, exact acceptance ratios) and simulated annealing.
 - :mod:`~kexue.text.constrained`: p(x | c) ∝ p(x)·χ(x, c) from composable terms; keywords to
   sentence, paraphrase, compression, correction.
+- :mod:`~kexue.text.neural`: a causal character LM that kexue trains itself (``kexue lm train
+  --neural``), opt-in as the fluency term of constrained generation.
 - :mod:`~kexue.text.hf`: local HuggingFace causal and masked LMs as terms and conditionals.
 
 References:
@@ -65,6 +67,8 @@ __all__ = [
     "EditProposal",
     "Generations",
     "MCMCChains",
+    "NeuralConfig",
+    "NeuralLM",
     "NgramCounter",
     "NgramLM",
     "NgramTable",
@@ -94,4 +98,16 @@ __all__ = [
     "rejection_sampling",
     "score_segmentation",
     "simulated_annealing",
+    "train_neural",
 ]
+
+_NEURAL = ("NeuralConfig", "NeuralLM", "train_neural")
+
+
+def __getattr__(name: str) -> object:
+    """The neural LM's names, imported on first use (they pull in torch and kexue.attention)."""
+    if name in _NEURAL:
+        from kexue.text import neural
+
+        return getattr(neural, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
