@@ -112,6 +112,10 @@ def test_the_boundary_term_by_hand():
 def test_a_segmenter_that_fuses_everything_has_no_start(lm):
     with pytest.raises(ValueError, match="no start text keeps the keywords"):
         _intact_start(["经济", "发展"], lm.forward, segment=lambda t: [t])
+    with pytest.raises(ValueError, match="keywords must be a list of strings"):
+        keyword_boundaries("节日")
+    with pytest.raises(ValueError, match="cache must be an int >= 0"):
+        keyword_boundaries(["节日"], cache=-1)
 
 
 @pytest.mark.parametrize("method", ["anneal", "mh"])

@@ -192,13 +192,14 @@ def keyword_boundaries(keywords: Sequence[str], segment: Segmenter | None = None
         cache: Texts whose verdict is kept (least recently used dropped first): a chain
             proposes the same texts again and again.
     """
+    if isinstance(keywords, str):
+        raise ValueError(f"keywords must be a list of strings, got the string {keywords!r}")
     words = list(keywords)
     cache = check_int("cache", cache, low=0)
-    seg = segmenter("jieba") if segment is None else segment
 
     @functools.lru_cache(maxsize=cache)
-    def ok(text: str) -> bool:
-        return all(_intact(text, words, seg))
+    def ok(text: str) -> bool:  # jieba's dictionary loads on the first text, not before
+        return all(_intact(text, words, segmenter("jieba") if segment is None else segment))
 
     def term(texts: Sequence[str]) -> np.ndarray:
         return np.array([0.0 if ok(t) else -np.inf for t in texts])
