@@ -80,7 +80,7 @@ def lm_train(
         "it writes the default model into the cache; checkpointed, and the same command "
         "resumes after an interruption.")] = False,
     steps: Annotated[int, typer.Option("--steps", min=1, max=10_000_000,
-                                       help="--neural: optimizer steps.")] = 5000,
+                                       help="--neural: optimizer steps.")] = 9000,
     minutes: Annotated[float | None, typer.Option(
         "--minutes", help="--neural: stop after this many minutes of training (checkpointed; "
         "the same command continues).", show_default=False)] = None,
@@ -94,6 +94,9 @@ def lm_train(
         "--attention", help="--neural: causal dense or causal local attention.")] = "dense",
     kind: Annotated[NetKind, typer.Option(  # type: ignore[valid-type]
         "--kind", help="--neural: a transformer or a recurrent (GRU) LM.")] = "transformer",
+    dropout: Annotated[float, typer.Option(
+        "--dropout", min=0.0, max=0.99, help="--neural: dropout in training (0: the 30-minute "
+        "recipe underfits, and dropout's random numbers cost 40 % of a CPU step).")] = 0.0,
     seed: Seed = 0,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="--neural: replace a finished model at the output path (and "
@@ -107,7 +110,8 @@ def lm_train(
     if neural:
         _train_neural(corpus, output, old_out, steps=steps, minutes=minutes, dim=dim,
                       layers=layers, heads=heads, attention=getattr(attention, "value", attention),
-                      kind=getattr(kind, "value", kind), seed=seed, max_vocab=max_vocab,
+                      kind=getattr(kind, "value", kind), dropout=dropout, seed=seed,
+                      max_vocab=max_vocab,
                       fmt=fmt, field=field, errors=errors, threads=threads, overwrite=overwrite)
         return
     path = output_path(output, old_out, corpus) if (output or old_out) else \
@@ -138,7 +142,8 @@ def lm_train(
 
 def _train_neural(corpus: list[Path] | None, output: Path | None, old_out: Path | None, *,
                   steps: int, minutes: float | None, dim: int, layers: int, heads: int,
-                  attention: str, kind: str, seed: int, max_vocab: int, fmt: Any, field: str,
+                  attention: str, kind: str, dropout: float, seed: int, max_vocab: int,
+                  fmt: Any, field: str,
                   errors: Any, threads: int, overwrite: bool) -> None:
     """``kexue lm train --neural``: train, checkpoint beside the output, resume, write."""
     from kexue.cli._common import make_dir
@@ -149,7 +154,7 @@ def _train_neural(corpus: list[Path] | None, output: Path | None, old_out: Path 
         raise CliError(f"--minutes must be a number > 0, got {minutes}")
     try:
         config = NeuralConfig(kind=kind, dim=dim, layers=layers, heads=heads,
-                              attention=attention)
+                              attention=attention, dropout=dropout)
     except ValueError as error:
         raise CliError(f"lm train --neural: {error}") from error
     default = not corpus and output is None and old_out is None
