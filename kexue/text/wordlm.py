@@ -52,13 +52,21 @@ class WordLM:
 
     Build with :meth:`train`.
 
-    Attributes:
+    Args:
+        unigrams: Word counts, ``</s>`` included (one per line).
+        bigrams: Counts of (previous, word) pairs, ``<s>`` and ``</s>`` included.
+        chars: Character counts of the words.
         max_word: Longest word (in characters) a segmentation may use.
+
+    Raises:
+        ValueError: If ``max_word`` is not an integer >= 1 or there are no words.
     """
 
     def __init__(self, unigrams: Counter, bigrams: Counter, chars: Counter, max_word: int
                  ) -> None:
-        self.max_word = max_word
+        self.max_word = check_int("max_word", max_word, low=1)
+        if not chars:
+            raise ValueError("lines must hold at least one non-empty word, got none")
         self._uni = unigrams
         self._n = sum(unigrams.values())
         self._d1 = _discount(unigrams.values())
@@ -90,7 +98,6 @@ class WordLM:
         Raises:
             ValueError: If ``max_word`` is not an integer >= 1 or there are no words.
         """
-        max_word = check_int("max_word", max_word, low=1)
         unigrams: Counter = Counter()
         bigrams: Counter = Counter()
         chars: Counter = Counter()
@@ -103,8 +110,6 @@ class WordLM:
             bigrams.update(zip(seq[:-1], seq[1:], strict=False))
             for w in words:
                 chars.update(w)
-        if not chars:
-            raise ValueError("lines must hold at least one non-empty word, got none")
         return cls(unigrams, bigrams, chars, max_word)
 
     def _spell(self, word: str) -> float:
