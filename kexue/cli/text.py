@@ -80,7 +80,7 @@ def lm_train(
         "it writes the default model into the cache; checkpointed, and the same command "
         "resumes after an interruption.")] = False,
     steps: Annotated[int, typer.Option("--steps", min=1, max=10_000_000,
-                                       help="--neural: optimizer steps.")] = 9000,
+                                       help="--neural: optimizer steps.")] = 6000,
     minutes: Annotated[float | None, typer.Option(
         "--minutes", help="--neural: stop after this many minutes of training (checkpointed; "
         "the same command continues).", show_default=False)] = None,
@@ -95,8 +95,8 @@ def lm_train(
     kind: Annotated[NetKind, typer.Option(  # type: ignore[valid-type]
         "--kind", help="--neural: a transformer or a recurrent (GRU) LM.")] = "transformer",
     dropout: Annotated[float, typer.Option(
-        "--dropout", min=0.0, max=0.99, help="--neural: dropout in training (0: the 30-minute "
-        "recipe underfits, and dropout's random numbers cost 40 % of a CPU step).")] = 0.0,
+        "--dropout", min=0.0, max=0.99, help="--neural: dropout in training (measured on "
+        "pd1998: 0 learns fastest in the first 20 minutes; 0.1 learns slower).")] = 0.0,
     seed: Seed = 0,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="--neural: replace a finished model at the output path (and "

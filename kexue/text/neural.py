@@ -581,7 +581,7 @@ class _Batches:
 
 
 def train_neural(sentences: Sequence[str], config: NeuralConfig = NeuralConfig(), *,
-                 steps: int = 9000, minutes: float | None = None, batch_size: int = 32,
+                 steps: int = 6000, minutes: float | None = None, batch_size: int = 32,
                  lr: float = 3e-3, max_vocab: int = 6000, seed: int = 0,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 500,
                  schedule_steps: int | None = None,
