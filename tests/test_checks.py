@@ -19,6 +19,7 @@ import re
 import types
 import typing
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -306,6 +307,22 @@ rows(X.compress, {"source": "经济发展", "steps": 1, "lm": _LM, "seed": 0},
      run_valid=False,  # the valid call loads jieba's dictionary (~1 s)
      ratio=(*REAL, 0.0, 1.5, INF), steps=count(0), closeness=finite(), seed=SEED,
      chains=count(1))
+_NCFG = X.NeuralConfig(dim=8, layers=1, heads=1, max_len=8)
+rows(X.NeuralConfig, {"dim": 8, "layers": 1, "heads": 1},
+     dim=count(1, (4097,)), layers=count(1, (65,)), heads=count(1, (3,)),
+     mlp_ratio=(*REAL, -1.0, INF), dropout=(*REAL, -0.1, 1.0, INF),
+     window=count(1), max_len=count(2, (65537,)))
+rows(X.NeuralLM, {"chars": ["经", "济"], "config": _NCFG}, cache_size=count(0))
+rows(X.train_neural, {"sentences": ["经济发展"], "config": _NCFG, "steps": 1},
+     steps=count(1), minutes=pos(), batch_size=count(1), lr=(*pos(), 2.0),
+     max_vocab=count(1), seed=count(0), checkpoint_every=count(1), schedule_steps=count(1))
+rows(X.keyword_boundaries, {"keywords": ["经济"]}, cache=count(0))
+rows(X.WordLM, {"unigrams": Counter({"a": 1, "</s>": 1}),
+                "bigrams": Counter({("<s>", "a"): 1}),
+                "chars": Counter("a"), "max_word": 2},
+     max_word=count(1))
+rows(X.heldout_keyword_sets, {"n": 1}, run_valid=False,  # the valid call reads pd1998 (~1 s)
+     n=count(1), seed=count(0))
 rows(X.AutonomySegmenter, {"levels": [], "train_units": 1}, train_units=count(0),
      piece_cost=(*REAL, -1.0, INF), length_exponent=(*REAL, -1.0, INF))
 rows(X.plan_shards, {"paths": [__file__]}, run_valid=False,  # a .py file is no corpus input

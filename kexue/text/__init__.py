@@ -22,6 +22,9 @@
   sentence, paraphrase, compression, correction.
 - :mod:`~kexue.text.neural`: a causal character LM that kexue trains itself (``kexue lm train
   --neural``), opt-in as the fluency term of constrained generation.
+- :mod:`~kexue.text.judging`: judges that need no language model (do keywords stay words under a
+  segmenter; grammar proxies) and the held-out keyword sets; :mod:`~kexue.text.wordlm`: a word
+  bigram judge that scores raw text by summing over every segmentation.
 - :mod:`~kexue.text.hf`: local HuggingFace causal and masked LMs as terms and conditionals.
 
 References:
@@ -35,6 +38,7 @@ from kexue.text.constrained import (
     TokenSpace,
     compress,
     correct,
+    keyword_boundaries,
     keywords_to_sentence,
     paraphrase,
 )
@@ -43,6 +47,7 @@ from kexue.text.constrained import (
 from kexue.text.contrast import Scored, is_han_word, precision_at_k
 from kexue.text.corpus import Corpus, ReadSummary, chunks, read_documents
 from kexue.text.data import DataPackageError
+from kexue.text.judging import heldout_keyword_sets, keyword_integrity
 from kexue.text.lm import BiLM, NgramLM, cache_dir, default_lm
 from kexue.text.ngrams import NgramCounter, NgramTable, count_ngrams
 from kexue.text.sampling import (
@@ -58,6 +63,7 @@ from kexue.text.sampling import (
 from kexue.text.segmentation import AutonomySegmenter, score_segmentation
 from kexue.text.shards import plan_shards
 from kexue.text.vocab import Vocabulary, WordScores, discover
+from kexue.text.wordlm import WordLM
 
 __all__ = [
     "AutonomySegmenter",
@@ -78,6 +84,7 @@ __all__ = [
     "TextTarget",
     "TokenSpace",
     "Vocabulary",
+    "WordLM",
     "WordScores",
     "cache_dir",
     "chunks",
@@ -87,8 +94,11 @@ __all__ = [
     "default_lm",
     "discover",
     "gibbs",
+    "heldout_keyword_sets",
     "importance_sampling",
     "is_han_word",
+    "keyword_boundaries",
+    "keyword_integrity",
     "keywords_to_sentence",
     "metropolis_hastings",
     "paraphrase",
