@@ -275,3 +275,45 @@ def test_fluency_term_in_constrained_generation(models):
     for g in out:
         assert "中国" in g.text
         assert g.terms["fluency"] == pytest.approx(lm.log_prob(g.text), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_token_log_probs_are_the_next_probs_of_each_prefix(models, name):
+    lm = models[name]
+    texts = ["中国人民", "经济", ("全国人民代表大会" * 4)[:30]]  # the last one past max_len
+    per = lm.token_log_probs(texts)
+    for text, logp in zip(texts, per, strict=True):
+        probs = lm.next_probs([text[:k] for k in range(len(text) + 1)])  # (L + 1, V)
+        want = np.log(probs[np.arange(len(text) + 1), [*lm.encode(text), EOS]])
+        assert logp.shape == (len(text) + 1,)
+        np.testing.assert_allclose(logp, want, atol=1e-4, rtol=0)
+
+
+def test_mixture_of_neural_and_ngram_is_the_per_character_interpolation(models, corpus):
+    """log p_mix(z_t | z_<t) = log(w·p_nn + (1 − w)·p_kn) from each model's next_probs (an
+    independent path); the mixture's next-character distribution sums to 1."""
+    from kexue.text.lm import MixtureLM
+
+    train, held = corpus
+    nn_, kn = models["dense"], NgramLM.train(train, order=3)
+    mix = MixtureLM([nn_, kn], [0.3, 0.7])
+    text = "中国人民"
+    contexts = [text[:k] for k in range(len(text) + 1)]
+    p_nn = nn_.next_probs(contexts)  # (L + 1, V)
+    p_kn = kn.next_probs([np.concatenate([[BOS] * 2, kn.encode(c)])[-2:] for c in contexts])
+    p_kn[:, BOS] = 0.0  # KN's recursion leaves mass on <s>, an id it never predicts
+    p_mix = 0.3 * p_nn + 0.7 * p_kn
+    np.testing.assert_allclose(p_mix.sum(1), 1.0, atol=1e-9)
+    want = np.log(p_mix[np.arange(len(text) + 1), [*kn.encode(text), EOS]])
+    np.testing.assert_allclose(mix.token_log_probs([text])[0], want, atol=1e-4, rtol=0)
+    assert mix.log_prob(text) == pytest.approx(want.sum(), abs=1e-4)
+    np.testing.assert_allclose(mix.log_prob(held[:5]),
+                               [mix.log_prob(t) for t in held[:5]], atol=1e-5)
+    with pytest.raises(ValueError, match="weights must be 2 numbers"):
+        MixtureLM([nn_, kn], [0.5, 0.6])
+    with pytest.raises(ValueError, match="another vocabulary"):
+        MixtureLM([nn_, NgramLM.train(train[:5], order=2)])
+    with pytest.raises(ValueError, match="forward model"):
+        MixtureLM([nn_, NgramLM.train(train, order=2, reverse=True)])
+    with pytest.raises(ValueError, match="at least two"):
+        MixtureLM([nn_])

@@ -263,21 +263,31 @@ class NeuralLM:
         """
         if isinstance(texts, str):
             return float(self.log_prob([texts])[0])
+        return np.array([float(t.sum()) for t in self.token_log_probs(texts)], np.float64)
+
+    def token_log_probs(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """log p(z_t | z_<t) of every predicted id of each text, scored in one batch.
+
+        Returns:
+            One (|x| + 1,) float64 array per text: its characters, then ``</s>``.
+        """
+        if isinstance(texts, str):
+            raise ValueError("texts must be a sequence of strings, got one string")
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ValueError(f"texts must be strings, got {type(t).__name__} at {i}")
-        out = np.zeros(len(texts))
+        out: list[np.ndarray] = [np.zeros(0)] * len(texts)
         short = [i for i, t in enumerate(texts) if len(t) + 1 <= self.config.max_len]
-        long = [i for i, t in enumerate(texts) if len(t) + 1 > self.config.max_len]
         with torch.inference_mode():
             if short:
-                if self.config.kind == "transformer":
-                    out[short] = self._score_incremental([texts[i] for i in short])
-                else:
-                    out[short] = self._score_full([texts[i] for i in short])
-            for i in long:
-                out[i] = self._score_windows(texts[i])
+                score = self._score_incremental if self.config.kind == "transformer" \
+                    else self._score_full
+                for i, logp in zip(short, score([texts[i] for i in short]), strict=True):
+                    out[i] = logp
+            for i, t in enumerate(texts):
+                if len(t) + 1 > self.config.max_len:
+                    out[i] = self._score_windows(t)
         return out
 
     def nll_per_char(self, texts: Sequence[str]) -> float:
@@ -317,23 +327,22 @@ class NeuralLM:
                 out[chunk:chunk + len(part)] = torch.softmax(logits, -1).numpy()
         return out
 
-    def _score_full(self, texts: list[str]) -> np.ndarray:
-        """Sum of log p over positions by one padded forward pass (any kind, no cache)."""
+    def _score_full(self, texts: list[str]) -> list[np.ndarray]:
+        """log p of every position by one padded forward pass (any kind, no cache)."""
         seqs = [np.concatenate([[BOS], self.encode(t), [EOS]]) for t in texts]
         ids, lengths = _pad([s[:-1] for s in seqs])  # (B, T) inputs
         targets, _ = _pad([s[1:] for s in seqs])
         keep = torch.arange(ids.shape[1])[None, :] < lengths[:, None]  # (B, T)
         h = self.module.hidden(ids)[keep]  # (R, D) real positions only
-        picked = _head_log_probs(self.module, h, targets[keep])  # (R,)
-        sums = torch.zeros(len(texts), dtype=torch.float64)
-        return sums.index_add_(0, torch.arange(len(texts)).repeat_interleave(lengths),
-                               picked).numpy()
+        picked = _head_log_probs(self.module, h, targets[keep]).numpy()  # (R,)
+        return np.split(picked, np.cumsum(lengths.numpy())[:-1])
 
-    def _score_windows(self, text: str) -> float:
-        """log p of one sentence longer than the model's positions, window by window."""
+    def _score_windows(self, text: str) -> np.ndarray:
+        """log p of every position of one sentence longer than the model's positions, window
+        by window."""
         w = self.config.max_len
         z = np.concatenate([[BOS], self.encode(text), [EOS]])
-        total, t = 0.0, 1
+        parts, t = [], 1
         while t < len(z):
             start = 0 if t <= w else _window_start(t, w)
             stop = min(start + w, len(z) - 1)  # inputs z[start:stop] predict z[start+1:stop+1]
@@ -341,11 +350,11 @@ class NeuralLM:
             logp = torch.log_softmax(self.module(ids)[0].float(), -1)  # (T, V)
             targets = torch.as_tensor(z[start + 1:stop + 1])
             picked = logp.gather(-1, targets[:, None])[:, 0].double()  # (T,)
-            total += float(picked[t - start - 1:].sum())
+            parts.append(picked[t - start - 1:].numpy())
             t = stop + 1
-        return total
+        return np.concatenate(parts)
 
-    def _score_incremental(self, texts: list[str]) -> np.ndarray:
+    def _score_incremental(self, texts: list[str]) -> list[np.ndarray]:
         """The transformer's batched scoring with the prefix cache (see the module docstring).
 
         Per text i of L_i characters, the cache serves positions 0 … m_i (their keys, values
@@ -422,17 +431,17 @@ class NeuralLM:
         new = _head_log_probs(net, hs[torch.as_tensor(hb), torch.as_tensor(hp)],
                               torch.as_tensor(targets))  # (R',)
         offsets = np.concatenate([[0], np.cumsum(hn)])
-        totals = np.zeros(b)
+        per: list[np.ndarray] = []
         for i in range(b):
             e, f = cached[i], int(head_from[i])
             part = new[offsets[i]:offsets[i + 1]]
             logp = torch.cat([e.logp[:f], part]) if e is not None else part  # (L_i + 1,)
-            totals[i] = float(logp.sum())
+            per.append(logp.numpy().copy())  # a copy: the cache keeps its own
             if self.cache_size:
                 n = int(lengths[i]) + 1
                 self._cache.put(texts_u[i],
                                 _Entry(kv[i, :, :, :n].clone(), hs[i, :n].clone(), logp))
-        return totals[[index[t] for t in texts]]
+        return [per[index[t]] for t in texts]
 
     # ------------------------------------------------------------------ files
     def _payload(self) -> dict[str, Any]:
