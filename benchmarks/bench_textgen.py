@@ -17,27 +17,31 @@ sentences (10–30 characters), drawn by a fixed seed with
 vn, ns, nt, nz, a, an; ≥ 2 Han characters) are kept in order as the keyword set. Every method runs
 with the length prior N(|human|, 1), so fluency is compared at matched length.
 
-Train section. The neural target (``NeuralConfig()``: a causal transformer of
-:mod:`kexue.attention` blocks) trains on *train* for ``--minutes`` on 1 thread; its held-out
-NLL/char is read at 5, 15 and 30 minutes, beside the modified-KN 5-gram of the same part. The
+Train section. The neural target (``NEURAL_CONFIG``: a causal transformer of
+:mod:`kexue.attention` blocks; the recipe of ``kexue lm train --neural``) trains on *train* on 1
+thread for 6000 steps or ``--minutes``, whichever comes first; its held-out NLL/char is read at
+5, 15 and 30 minutes (the marks scale with ``--minutes``) and at the end, beside the
+modified-KN 5-gram of the same part and the 0.5/0.5 mixture of the two. The
 recurrent judge (``NeuralConfig(kind="gru")``) trains on *judge* for ``--judge-minutes``. Both
 are written under ``cache_dir()/bench-textgen`` (with their checkpoints: an interrupted run
 resumes), where the other sections read them.
 
 Quality section. Methods: the KN target (today's default; once with ``intact=False``, the
-keywords as before this issue) and the neural target, each with ``anneal`` and ``mh`` for 200
-steps, one chain per set. Judges: the KN 5-gram of *judge* (the n-gram family: the KN target's
-own family), the GRU of *judge* (recurrent) and a word bigram model of *judge*'s gold words
-that sums over every segmentation (:class:`kexue.text.wordlm.WordLM`; word-level) — the last two
-of families neither target uses. Per method: keyword
-coverage, keyword integrity (share of keywords no token crosses, under jieba — the segmenter
-the target uses — and snownlp, which it does not; snownlp's model was trained on all of
-pd1998's gold words, held-out lines included, so it is independent of the target, not of the
-corpus), NLL/char under every judge, the grammar
-proxies (snownlp's segmentation against the gold word types of *judge*: share of characters in
-dictionary words of ≥ 2 characters, share of single-character tokens), length, repetition,
-sentences/s. Twenty keyword sets drawn by a fixed seed show human, KN-target and neural-target
-outputs side by side. Baseline: rejection sampling from the generator's own p(x).
+keywords as before this issue), the neural target, and the per-character 0.5/0.5 mixture of the
+two (:class:`kexue.text.lm.MixtureLM`), each with ``anneal`` and ``mh`` for 200 steps, one chain
+per set (the KN pair of *train* is the proposal of all). Judges: the KN 5-gram of *judge* (the
+n-gram family: the KN target's own family, and half of the mixture's), the GRU of *judge*
+(recurrent) and a word bigram model of *judge*'s gold words that sums over every segmentation
+(:class:`kexue.text.wordlm.WordLM`; word-level) — the last two of families neither target
+uses. Per method: keyword coverage, keyword integrity (share of keywords no token crosses,
+under jieba — the segmenter the target uses — and snownlp, which it does not; snownlp's model
+was trained on all of pd1998's gold words, held-out lines included, so it is independent of
+the target, not of the corpus), NLL/char under every judge, the grammar proxies (each
+segmenter's tokens against the gold word types of *judge*: share of Han characters in
+dictionary words of ≥ 2 characters, share of single-character Han tokens), length,
+repetition, sentences/s. Twenty keyword sets drawn by a fixed seed show human, KN-target,
+neural-target and mixture-target outputs side by side. Baseline: rejection sampling from the
+generator's own p(x).
 
 Batch section. ``kexue generate keywords … --n 100 --steps 200`` with the default model (the
 5-gram KN model of People's Daily, as the CLI uses it) on two keyword sets (2 and 3 keywords),
@@ -76,7 +80,14 @@ from kexue.text.judging import (  # noqa: E402
     keyword_integrity,
     segmenter,
 )  # noqa: E402
-from kexue.text.lm import BiLM, NgramLM, cache_dir, default_lm, split_sentences  # noqa: E402
+from kexue.text.lm import (  # noqa: E402
+    BiLM,
+    MixtureLM,
+    NgramLM,
+    cache_dir,
+    default_lm,
+    split_sentences,
+)
 from kexue.text.neural import NeuralConfig, NeuralLM, train_neural  # noqa: E402
 from kexue.text.wordlm import WordLM  # noqa: E402
 
@@ -149,9 +160,12 @@ def train(args) -> dict:
     gru, gru_curve = _train_one("gru-judge", _sentences("judge"), GRU_CONFIG, GRU_STEPS,
                                 args.judge_minutes, heldout, (args.judge_minutes,))
     kn_nll = nll_per_char(kn, heldout)
+    mixture = MixtureLM([neural, kn])
     return {"environment": _env(), "heldout_sentences": len(heldout),
             "heldout_chars": sum(map(len, heldout)),
             "kn": {"nll_per_char": kn_nll, "train_seconds": kn_s},
+            "mixture": {"weights": mixture.weights.tolist(),
+                        "nll_per_char": nll_per_char(mixture, heldout)},
             "neural": {"config": repr(neural.config), "curve": curve,
                        "nll_per_char": nll_per_char(neural, heldout)},
             "gru_judge": {"config": repr(gru.config), "curve": gru_curve,
@@ -199,7 +213,7 @@ def quality(args) -> dict:
                                     for line in pd1998_split("judge", tagged=True)])}
     train_s = time.perf_counter() - t0
     neural = _trained("neural-train")
-    targets = {"kn": gen.forward, "neural": neural}
+    targets = {"kn": gen.forward, "neural": neural, "mixture": MixtureLM([neural, gen.forward])}
     for j in judges.values():  # no method is judged by its own target model
         assert all(j is not t for t in targets.values())
     dictionary = {w for line in pd1998_split("judge", tagged=True) for w, _ in line}
@@ -212,6 +226,8 @@ def quality(args) -> dict:
         "KN target, mh": ("kn", "mh", True),
         "neural target, anneal": ("neural", "anneal", True),
         "neural target, mh": ("neural", "mh", True),
+        "neural⊕KN target, anneal": ("mixture", "anneal", True),
+        "neural⊕KN target, mh": ("mixture", "mh", True),
     }
     rows = [{"method": "held-out human sentences", "target": None,
              **_metrics([h for h, _ in cases], cases, judges, segs, dictionary)}]
@@ -222,7 +238,7 @@ def quality(args) -> dict:
         for j, (human, words) in enumerate(cases):
             g = keywords_to_sentence(words, 200, lm=gen, method=method, seed=j,
                                      length=(float(len(human)), 1.0), intact=intact,
-                                     fluency_lm=None if target == "kn" else neural)
+                                     fluency_lm=targets[target])
             outs.append(g.text)
             for kind in g.chain.proposed:
                 proposed[kind] = proposed.get(kind, 0) + g.chain.proposed[kind]
@@ -240,7 +256,8 @@ def quality(args) -> dict:
         len(cases), min(EXAMPLES, len(cases)), replace=False).tolist())
     examples = [{"keywords": cases[i][1], "human": cases[i][0],
                  "kn": outputs["KN target, anneal"][i],
-                 "neural": outputs["neural target, anneal"][i]} for i in pick]
+                 "neural": outputs["neural target, anneal"][i],
+                 "mixture": outputs["neural⊕KN target, anneal"][i]} for i in pick]
 
     pool_size = 200 if args.quick else 500
     t0 = time.perf_counter()
@@ -389,6 +406,10 @@ def train_md(result: dict) -> list[str]:
         md.append(f"| neural transformer | {when} | "
                   f"{nll:.3f} | {100 * (nll / kn - 1):+.1f} % | "
                   f"{row.get('load_average_1min', '-')} |")
+    mix = result["mixture"]
+    md.append(f"| neural⊕KN, per-character mixture {' / '.join(f'{w:g}' for w in mix['weights'])}"
+              f" (`MixtureLM`) | the two above | {mix['nll_per_char']:.3f} | "
+              f"{100 * (mix['nll_per_char'] / kn - 1):+.1f} % | — |")
     gru = result["gru_judge"]
     md += ["", f"Recurrent judge (trained on *judge*, `{gru['config']}`): held-out NLL/char "
            f"{gru['nll_per_char']:.3f}."]
@@ -443,9 +464,10 @@ def quality_md(result: dict) -> list[str]:
            + ", ".join(f"{k}: {v:.4f}" for k, v in rejection["by_keyword_count"].items()), "",
            f"### {len(examples)} keyword sets drawn by a fixed seed ({result['example_seed']}; "
            "no cherry-picking): anneal, 200 steps", "",
-           "| keywords | human | KN target | neural target |", "|---|---|---|---|"]
-    md += [f"| {' '.join(e['keywords'])} | {e['human']} | {e['kn']} | {e['neural']} |"
-           for e in examples]
+           "| keywords | human | KN target | neural target | neural⊕KN target |",
+           "|---|---|---|---|---|"]
+    md += [f"| {' '.join(e['keywords'])} | {e['human']} | {e['kn']} | {e['neural']} | "
+           f"{e['mixture']} |" for e in examples]
     return md
 
 
