@@ -10,27 +10,13 @@ import sys
 
 import pytest
 import torch
+from _cli import kexue, one_line
 from typer.testing import CliRunner
 
-from kexue.cli import app, main
+from kexue.cli import app
 from kexue.experiments import EXPERIMENTS
 
 runner = CliRunner()
-
-
-def kexue(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    """Run the real entry point in this process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["kexue", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        main()
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kexue: error:"), stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("command", [[], ["report"], ["run"], ["list"], ["bench"], ["vocab"],

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
+from _cli import kexue, one_line
 
-from kexue.cli import main
 from kexue.text.data import pd1998_split
 from kexue.text.neural import NeuralLM
 
 TINY = ["--dim", "16", "--layers", "1", "--heads", "2"]
-
-
-def kexue(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["kexue", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        main()
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kexue: error:"), stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
