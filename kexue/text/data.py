@@ -201,7 +201,8 @@ def pd1998_split(part: str, *, tagged: bool = False) -> list[str] | list[list[tu
     """One of three disjoint parts of the distinct lines of :func:`pd1998_tagged`.
 
     The lines are shuffled by a fixed permutation (``np.random.default_rng(0)``) and cut 45 / 45
-    / 10 %: ``"train"`` trains the models a generator uses (its proposal and its target),
+    / 10 % (a line whose text already sits in an earlier part is left out: no text is in two
+    parts): ``"train"`` trains the models a generator uses (its proposal and its target),
     ``"judge"`` trains the models that judge the generated text (never a generator's own
     model), ``"heldout"`` gives the human sentences everything is compared with.
 
@@ -216,12 +217,29 @@ def pd1998_split(part: str, *, tagged: bool = False) -> list[str] | list[list[tu
     """
     if part not in PD1998_PARTS:
         raise ValueError(f"part must be one of {sorted(PD1998_PARTS)}, got {part!r}")
-    lines, order = _pd1998_tagged(), _pd1998_order()
-    lo, hi = (int(f * len(order)) for f in PD1998_PARTS[part])
-    chosen = [lines[i] for i in order[lo:hi]]
+    chosen = _pd1998_parts()[part]
     if tagged:
         return [list(pairs) for pairs in chosen]
     return ["".join(w for w, _ in pairs) for pairs in chosen]
+
+
+@functools.cache
+def _pd1998_parts() -> dict[str, tuple[tuple[tuple[str, str], ...], ...]]:
+    """The three parts; a line whose text already sits in an earlier part (two gold taggings of
+    one text) is left out of the later one, so no text is in two parts."""
+    lines, order = _pd1998_tagged(), _pd1998_order()
+    seen: set[str] = set()
+    parts = {}
+    for name, (lo_f, hi_f) in PD1998_PARTS.items():
+        lo, hi = int(lo_f * len(order)), int(hi_f * len(order))
+        kept = []
+        for i in order[lo:hi]:
+            text = "".join(w for w, _ in lines[i])
+            if text not in seen:
+                kept.append(lines[i])
+        seen.update("".join(w for w, _ in pairs) for pairs in kept)
+        parts[name] = tuple(kept)
+    return parts
 
 
 def pd1998_gold() -> set[str]:
