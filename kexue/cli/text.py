@@ -273,12 +273,18 @@ def _is_neural_file(path: Path) -> bool:
         return path.suffix in (".pt", ".pth", ".ckpt")
 
 
+def _names_neural(path: Path | str) -> bool:
+    """Whether ``--lm`` asks for a neural model: ``neural`` (the cached default) or a torch
+    file."""
+    return str(path) == "neural" or _is_neural_file(Path(path))
+
+
 def load_lm(path: Path | str | None) -> Any:
     """The KN model of ``--lm`` (a KN file), or the embedded default from the shared disk
     cache (also the proposal when ``--lm`` names a neural model)."""
     from kexue.text.lm import BiLM
 
-    if path is not None and str(path) != "neural" and not _is_neural_file(Path(path)):
+    if path is not None and not _names_neural(path):
         try:
             return BiLM.load(path)
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -294,7 +300,7 @@ def load_lm(path: Path | str | None) -> Any:
 def load_fluency(path: Path | str | None) -> Any:
     """The neural model of ``--lm neural`` (the cached default) or ``--lm FILE.pt``; None for a
     KN model (the target's fluency is then its forward model)."""
-    if path is None or (str(path) != "neural" and not _is_neural_file(Path(path))):
+    if path is None or not _names_neural(path):
         return None
     from kexue.text.neural import NeuralLM, default_neural_lm
 

@@ -33,7 +33,7 @@ from typing import Protocol, overload
 import numpy as np
 
 from kexue._checks import check_int, check_real
-from kexue.text.judging import Segmenter, segmenter
+from kexue.text.judging import Segmenter, keyword_spans, segmenter
 from kexue.text.judging import intact as _intact
 from kexue.text.lm import BOS, BiLM, NgramLM, default_lm
 from kexue.text.sampling import (
@@ -162,18 +162,9 @@ def fluency(lm: SentenceModel, weight: float = 1.0) -> Term:
 def hard_keywords(keywords: Sequence[str]) -> Term:
     """χ(x, c): 0 if every keyword occurs in x (in order), −inf otherwise."""
     def term(texts: Sequence[str]) -> np.ndarray:
-        return np.array([0.0 if _in_order(t, keywords) else -np.inf for t in texts])
+        return np.array([0.0 if keyword_spans(t, keywords) is not None else -np.inf
+                         for t in texts])
     return term
-
-
-def _in_order(text: str, keywords: Sequence[str]) -> bool:
-    start = 0
-    for k in keywords:
-        start = text.find(k, start)
-        if start < 0:
-            return False
-        start += len(k)
-    return True
 
 
 def keyword_boundaries(keywords: Sequence[str], segment: Segmenter | None = None,
@@ -762,12 +753,7 @@ def compress(source: str, ratio: float = 0.6, steps: int = 300, *, lm: BiLM | No
 
 def _words(text: str) -> list[str]:
     """jieba's segmentation (its dictionary ships with the package; nothing is downloaded)."""
-    import logging
-
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    return [w for w in jieba.lcut(text, HMM=False) if w]
+    return [w for w in segmenter("jieba")(text) if w]
 
 
 def correct(source: str, steps: int = 300, *, lm: BiLM | None = None, closeness: float = 20.0,

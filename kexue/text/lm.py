@@ -56,12 +56,30 @@ __all__ = [
     "default_lm",
     "default_lm_path",
     "split_sentences",
+    "vocabulary",
 ]
 
 UNK, BOS, EOS = 0, 1, 2
 _SPECIALS = ("<unk>", "<s>", "</s>")
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;])")
 _FORMAT = 1  # version of the saved-model layout
+
+
+def vocabulary(sentences: Iterable[str], max_vocab: int) -> list[str]:
+    """The ``max_vocab`` most frequent characters of ``sentences``, ties broken by code point:
+    the characters of ids 3, 4, … of every character model of kexue (n-gram and neural).
+
+    Raises:
+        ValueError: If ``max_vocab`` is not an integer >= 1 or ``sentences`` holds no
+            character.
+    """
+    max_vocab = check_int("max_vocab", max_vocab, low=1)
+    freq: Counter[str] = Counter()
+    for s in sentences:
+        freq.update(s)
+    if not freq:
+        raise ValueError("sentences must hold at least one character, got none")
+    return [c for c, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))][:max_vocab]
 
 
 def split_sentences(documents: Iterable[str], min_chars: int = 2) -> list[str]:
@@ -186,12 +204,7 @@ class NgramLM:
         order = check_int("order", order, low=1)
         max_vocab = check_int("max_vocab", max_vocab, low=1)
         sentences = [s for s in sentences if s]
-        freq = Counter()
-        for s in sentences:
-            freq.update(s)
-        if not freq:
-            raise ValueError("sentences must hold at least one character, got none")
-        chars = [c for c, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))][:max_vocab]
+        chars = vocabulary(sentences, max_vocab)
         vocab_size = len(chars) + len(_SPECIALS)
         if order * math.log2(vocab_size) >= 63:
             raise ValueError(

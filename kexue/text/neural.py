@@ -36,7 +36,7 @@ import hashlib
 import math
 import os
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +51,7 @@ from kexue._checks import check_int, check_real
 from kexue._io import atomic_save
 from kexue._seeds import derive_seed
 from kexue.attention import Block, DenseAttention, LocalAttention
-from kexue.text.lm import BOS, EOS, UNK, cache_dir
+from kexue.text.lm import _SPECIALS, BOS, EOS, UNK, cache_dir, vocabulary
 
 __all__ = [
     "NeuralConfig",
@@ -61,7 +61,7 @@ __all__ = [
     "train_neural",
 ]
 
-_SPECIALS = ("<unk>", "<s>", "</s>")
+_CACHE_SIZE = 1024  # sentences the prefix cache of a NeuralLM keeps by default
 _FORMAT = 1  # version of the saved-model and checkpoint layout
 _KINDS = ("transformer", "gru")
 _ATTENTIONS = ("dense", "local")
@@ -226,7 +226,7 @@ class NeuralLM:
     """
 
     def __init__(self, chars: Sequence[str], config: NeuralConfig, module: nn.Module | None = None,
-                 *, cache_size: int = 1024) -> None:
+                 *, cache_size: int = _CACHE_SIZE) -> None:
         if not isinstance(config, NeuralConfig):
             raise ValueError(f"config must be a NeuralConfig, got {type(config).__name__}")
         self.chars = list(chars)
@@ -530,16 +530,6 @@ def _pad(seqs: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
 
 
 # ----------------------------------------------------------------------------- training
-def _vocabulary(sentences: Sequence[str], max_vocab: int) -> list[str]:
-    """The ``max_vocab`` most frequent characters, ties by code point: NgramLM.train's rule."""
-    freq: Counter[str] = Counter()
-    for s in sentences:
-        freq.update(s)
-    if not freq:
-        raise ValueError("sentences must hold at least one character, got none")
-    return [c for c, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))][:max_vocab]
-
-
 def _digest(sentences: Sequence[str]) -> str:
     h = hashlib.sha256()
     for s in sentences:
@@ -658,7 +648,7 @@ def train_neural(sentences: Sequence[str], config: NeuralConfig = NeuralConfig()
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be callable, got {fn!r}")
     sentences = [s for s in sentences if s]
-    chars = _vocabulary(sentences, max_vocab)
+    chars = vocabulary(sentences, max_vocab)
     lm = NeuralLM(chars, config, _net_seeded(config, len(chars) + len(_SPECIALS), seed),
                   cache_size=0)
     w = config.max_len
@@ -748,7 +738,7 @@ def train_neural(sentences: Sequence[str], config: NeuralConfig = NeuralConfig()
     net.eval()
     if step != last_save or (path is not None and not path.exists()):
         save()
-    lm.cache_size = 1024
+    lm.cache_size = _CACHE_SIZE  # trained with no cache: the weights kept changing
     lm.clear_cache()
     return lm
 
@@ -801,7 +791,7 @@ def default_neural_lm() -> NeuralLM:
     path = Path(os.path.abspath(default_neural_lm_path()))
     if not path.is_file():
         raise FileNotFoundError(f"no neural language model at {path}: train it once with "
-                                "`kexue lm train --neural` (about 30 minutes on one thread)")
+                                "`kexue lm train --neural` (about 25 minutes on one thread)")
     key = (path, path.stat().st_mtime)
     if key not in _DEFAULT_MEMO:
         _DEFAULT_MEMO[key] = NeuralLM.load(path)
